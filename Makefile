@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh Linux machine (see README):
+#   make run    executes notebooks 00-04 headless into outputs/<profile>/
+#   make test   runs pytest on helpers/ and executes every notebook with nbmake (smoke profile)
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed-stamp
+# torch and torchvision both from PyPI: the only pair that loads together on CPU here and on Colab.
+TORCH_PINS = "torch==2.13.0" "torchvision==0.28.0"
+
+.PHONY: install run smoke test clean strip
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade uv
+	$(VENV)/bin/uv pip install --python $(PY) -e ".[test]" $(TORCH_PINS)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m helpers.run_notebooks
+
+smoke: $(STAMP)
+	SAMCLIP_PROFILE=smoke $(PY) -m helpers.run_notebooks
+
+test: $(STAMP)
+	SAMCLIP_PROFILE=smoke $(PY) -m pytest -q --nbmake tests notebooks
+
+strip: $(STAMP)
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,83 @@
+"""Tiny, randomly initialised SAM and CLIP built from the libraries' own classes.
+
+They exercise every code path (saving, loading, automatic mask generation, CLIP encoders) in
+well under a second on a CPU; their outputs are noise. Used by the tests and by the notebooks'
+smoke profile.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import clip
+import torch
+from clip.model import CLIP
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from .checkpoints import Checkpoint, register_checkpoint, sha256_of
+
+TINY_SAM = "sam_tiny"
+TINY_CLIP = "clip_tiny"
+TINY_SAM_FILE = "sam_tiny_random.pth"
+TINY_CLIP_FILE = "clip_tiny_random.pt"  # a TorchScript archive, like OpenAI's files
+TINY_SAM_IMAGE_SIZE = 256
+
+
+def build_sam_tiny(checkpoint: str | None = None) -> Sam:
+    """A SAM with a 2-block, 32-wide image encoder working at 256 px (same signature as
+    ``sam_model_registry`` builders; the checkpoint is loaded by ``helpers.models.load_sam``)."""
+    dim, patch = 32, 16
+    grid = TINY_SAM_IMAGE_SIZE // patch
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=2, embed_dim=dim, img_size=TINY_SAM_IMAGE_SIZE, mlp_ratio=2,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=patch, qkv_bias=True,
+            use_rel_pos=True, global_attn_indexes=(1,), window_size=4, out_chans=dim),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid),
+                                     input_image_size=(TINY_SAM_IMAGE_SIZE, TINY_SAM_IMAGE_SIZE), mask_in_chans=4),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                 transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+                                 transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    if checkpoint is not None:
+        sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return sam.eval()
+
+
+def build_clip_tiny() -> CLIP:
+    """A CLIP ViT with one 64-wide block per tower, 32 px input, 32-d embeddings. Widths are
+    multiples of 64 because ``clip.model.build_model`` infers the head count as width // 64."""
+    return CLIP(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+                context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                transformer_layers=1).eval()
+
+
+def save_clip_archive(model: CLIP, path: Path) -> None:
+    """Save like OpenAI did: a traced TorchScript archive that ``clip.load(path, jit=False)`` reads."""
+    resolution = model.visual.input_resolution
+    image = torch.zeros(1, 3, resolution, resolution)
+    text = clip.tokenize(["a photo"])
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (image, text), check_trace=False)
+    torch.jit.save(traced, str(path))
+
+
+def write_tiny_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
+    """Build (once) and register the tiny checkpoints in ``folder``; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sam_path, clip_path = folder / TINY_SAM_FILE, folder / TINY_CLIP_FILE
+    if not sam_path.is_file() or not clip_path.is_file():
+        torch.manual_seed(seed)
+        tmp = sam_path.with_name(sam_path.name + ".part")
+        torch.save(build_sam_tiny().state_dict(), tmp)
+        tmp.replace(sam_path)
+        tmp = clip_path.with_name(clip_path.name + ".part")
+        save_clip_archive(build_clip_tiny(), tmp)
+        tmp.replace(clip_path)
+    for name, family, path, fmt in ((TINY_SAM, "sam", sam_path, "sam"), (TINY_CLIP, "clip", clip_path, "openai")):
+        register_checkpoint(Checkpoint(name, family, path.name, sha256_of(path), path.stat().st_size,
+                                       (str(path),), fmt))
+    return {"sam": sam_path, "clip": clip_path}
