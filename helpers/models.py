@@ -7,6 +7,7 @@ OpenAI weights, or our tiny test models) go through ``clip.model.build_model``.
 """
 from __future__ import annotations
 
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,9 @@ def load_clip(checkpoint: str | Path, device: str = "cpu", name: str | None = No
         raise CheckpointError(f"CLIP checkpoint {path} does not exist. Run notebooks/00_download_checkpoints.ipynb "
                               "or `python -m helpers.checkpoints ViT-B/32` first.")
     if is_torchscript_archive(path):
-        model, preprocess = clip.load(str(path), device=device, jit=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
+            model, preprocess = clip.load(str(path), device=device, jit=False)
     else:
         state = open_clip_to_clip_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         try:

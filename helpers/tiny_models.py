@@ -6,6 +6,7 @@ smoke profile.
 """
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -59,9 +60,10 @@ def save_clip_archive(model: CLIP, path: Path) -> None:
     resolution = model.visual.input_resolution
     image = torch.zeros(1, 3, resolution, resolution)
     text = clip.tokenize(["a photo"])
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes about Python control flow, jit deprecation
         traced = torch.jit.trace(model, (image, text), check_trace=False)
-    torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path))
 
 
 def write_tiny_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:

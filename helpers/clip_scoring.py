@@ -1,0 +1,86 @@
+"""CLIP embeddings of regions and prompts, always returned as float32 on the CPU."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import clip
+import numpy as np
+import torch
+from PIL import Image
+
+from .models import LoadedClip
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+# A small ensemble in the spirit of CLIP's ImageNet prompt engineering.
+ENSEMBLE_TEMPLATES = (
+    "a photo of a {}.", "a bad photo of a {}.", "a cropped photo of the {}.", "a close-up photo of a {}.",
+    "a photo of the small {}.", "a photo of the large {}.", "a low resolution photo of a {}.", "a rendering of a {}.",
+)
+
+
+def check_prompts(names: Sequence[str]) -> list[str]:
+    if isinstance(names, str):
+        names = [names]
+    cleaned = [str(n).strip() for n in names]
+    if not cleaned or any(not n for n in cleaned):
+        raise ValueError("The prompt is empty: type what to find, for example 'chair'.")
+    return cleaned
+
+
+def _normalise(embeddings: torch.Tensor) -> np.ndarray:
+    embeddings = embeddings.float()
+    return (embeddings / embeddings.norm(dim=-1, keepdim=True)).cpu().numpy().astype(np.float32)
+
+
+def encode_text(model: LoadedClip, names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
+    """One unit vector per name: the normalised mean of its normalised template embeddings."""
+    names = check_prompts(names)
+    tokens = clip.tokenize([t.format(n) for n in names for t in templates]).to(model.device)
+    with torch.inference_mode():
+        per_template = torch.from_numpy(_normalise(model.model.encode_text(tokens)))
+    mean = per_template.reshape(len(names), len(templates), -1).mean(dim=1)
+    return _normalise(mean)
+
+
+def preprocess_regions(model: LoadedClip, regions: Sequence[np.ndarray]) -> torch.Tensor:
+    return torch.stack([model.preprocess(Image.fromarray(region)) for region in regions])
+
+
+def encode_images(model: LoadedClip, regions: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
+    """Unit embeddings of all ``regions`` (RGB uint8 arrays), ``batch_size`` at a time."""
+    width = model.model.visual.output_dim
+    if len(regions) == 0:
+        return np.zeros((0, width), np.float32)
+    chunks = []
+    for start in range(0, len(regions), batch_size):
+        batch = preprocess_regions(model, regions[start:start + batch_size]).to(model.device)
+        with torch.inference_mode():
+            chunks.append(_normalise(model.model.encode_image(batch)))
+    return np.concatenate(chunks)
+
+
+def naive_scores(model: LoadedClip, regions: Sequence[np.ndarray], prompt: str,
+                 templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
+    """The reference loop of the source reports: one forward pass per region, the text
+    encoded again every time. Kept to check and benchmark the batched path."""
+    scores = []
+    for region in regions:
+        text = encode_text(model, [prompt], templates)[0]
+        image = encode_images(model, [region], batch_size=1)[0]
+        scores.append(float(image @ text))
+    return np.asarray(scores, np.float32)
+
+
+class TextEmbeddings:
+    """Prompt embeddings computed once per (name, templates) and reused."""
+
+    def __init__(self, model: LoadedClip, templates: Sequence[str] = DEFAULT_TEMPLATES) -> None:
+        self.model, self.templates = model, tuple(templates)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, names: Sequence[str]) -> np.ndarray:
+        names = check_prompts(names)
+        missing = [n for n in dict.fromkeys(names) if n not in self._cache]
+        if missing:
+            self._cache.update(zip(missing, encode_text(self.model, missing, self.templates)))
+        return np.stack([self._cache[n] for n in names])

@@ -1,0 +1,70 @@
+"""Pick the masks that match a prompt from their CLIP similarities.
+
+Every mode turns the N x K similarity table (regions x prompts) into one score per mask for
+the target prompt such that a mask is kept when its score >= ``threshold``. That makes a
+threshold sweep one sort (see ``helpers.metrics.sweep``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SELECTION_MODES = ("threshold", "softmax", "top1")
+CLIP_LOGIT_SCALE = 100.0  # the temperature CLIP was trained with
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """``threshold``: cosine similarity to the prompt >= threshold (object-retrieval report);
+    ``softmax``: over the class list, the target wins and its probability >= threshold (CIFAR-10
+    paper); ``top1``: the single best region (SLIP paper), threshold ignored.
+    ``negatives`` (e.g. "background") join the class list: a mask that resembles one of them
+    more than the target is never kept."""
+
+    mode: str = "threshold"
+    threshold: float = 0.25
+    negatives: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in SELECTION_MODES:
+            raise ValueError(f"Unknown selection mode {self.mode!r}; use one of {SELECTION_MODES}.")
+
+
+def similarities(region_embeddings: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
+    """Cosine similarities, N regions x K prompts, float32."""
+    return (np.asarray(region_embeddings, np.float32) @ np.asarray(text_embeddings, np.float32).T).astype(np.float32)
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def mask_scores(sims: np.ndarray, target: int, mode: str, n_negatives: int = 0) -> np.ndarray:
+    """One score per mask for prompt column ``target``; -inf marks masks that can never be kept.
+
+    The last ``n_negatives`` columns of ``sims`` are negative prompts."""
+    if sims.shape[0] == 0:
+        return np.zeros(0, np.float32)
+    winner = np.argmax(sims, axis=1) == target
+    if mode == "threshold":
+        scores = sims[:, target].copy()
+        if n_negatives:
+            beaten = sims[:, target] <= sims[:, sims.shape[1] - n_negatives:].max(axis=1)
+            scores[beaten] = -np.inf
+        return scores
+    if mode == "softmax":
+        probs = softmax(CLIP_LOGIT_SCALE * sims, axis=1)[:, target]
+        return np.where(winner, probs, -np.inf).astype(np.float32)
+    if mode == "top1":
+        scores = np.full(sims.shape[0], -np.inf, np.float32)
+        scores[int(np.argmax(sims[:, target]))] = np.inf
+        return scores
+    raise ValueError(f"Unknown selection mode {mode!r}; use one of {SELECTION_MODES}.")
+
+
+def select(sims: np.ndarray, target: int, settings: SelectionSettings) -> np.ndarray:
+    """Booleans over masks: which are kept for prompt column ``target``."""
+    return mask_scores(sims, target, settings.mode, len(settings.negatives)) >= settings.threshold
