@@ -1,0 +1,125 @@
+"""Figures: the four panels per image, all SAM masks in colour, cut-outs with scores, failure
+galleries and sweep plots. Every function returns a matplotlib Figure; nothing is shown here."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .masks import MaskSet
+
+PREDICTION_COLOUR = (255, 40, 40)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour=PREDICTION_COLOUR, alpha: float = 0.5) -> np.ndarray:
+    """``image`` with ``mask`` tinted in ``colour``."""
+    out = image.astype(np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(colour, np.float32)
+    return out.round().astype(np.uint8)
+
+
+def colour_masks(masks: MaskSet, seed: int = 0) -> np.ndarray:
+    """An RGB picture of all masks, each in its own colour; smaller masks drawn on top."""
+    colours = np.random.default_rng(seed).integers(40, 256, (max(len(masks), 1), 3)).astype(np.uint8)
+    picture = np.zeros((*masks.shape, 3), np.uint8)
+    for index in np.argsort(-masks.areas, kind="stable"):
+        picture[masks.mask(index)] = colours[index]
+    return picture
+
+
+def four_panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, title: str = "",
+               figure: plt.Figure | None = None) -> plt.Figure:
+    """Original, ground truth, prediction and prediction over the image (axes 0-3)."""
+    figure = figure or plt.figure(figsize=(14, 3.8))
+    figure.clear()
+    axes = figure.subplots(1, 4)
+    panels = [(image, "original", None), (truth.astype(np.uint8), "ground truth", "gray"),
+              (prediction.astype(np.uint8), "prediction", "gray"), (overlay(image, prediction), "overlay", None)]
+    for ax, (array, label, cmap) in zip(axes, panels):
+        ax.imshow(array, cmap=cmap, vmin=0, vmax=1 if cmap else None, interpolation="nearest")
+        ax.set_title(label)
+        ax.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def show_masks(image: np.ndarray, masks: MaskSet, title: str = "") -> plt.Figure:
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].imshow(image)
+    axes[0].set_title("image")
+    axes[1].imshow(overlay(image, masks.to_dense().any(0) if len(masks) else np.zeros(masks.shape, bool),
+                           (0, 0, 0), 0.0) // 2 + colour_masks(masks) // 2)
+    axes[1].set_title(f"{len(masks)} SAM masks")
+    for ax in axes:
+        ax.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def show_regions(regions: Sequence[np.ndarray], scores: np.ndarray, kept: np.ndarray, title: str = "",
+                 columns: int = 8, limit: int = 32) -> plt.Figure:
+    """The cut-outs CLIP saw, best score first, kept ones framed in red."""
+    order = np.argsort(-scores)[:limit]
+    rows = max(1, int(np.ceil(len(order) / columns)))
+    figure, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, index in zip(axes.ravel(), order):
+        ax.imshow(regions[index])
+        ax.set_title(f"#{index}: {scores[index]:.3f}", color="red" if kept[index] else "black", fontsize=9)
+        if kept[index]:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_sweep(table: pd.DataFrame, title: str = "", best: float | None = None) -> plt.Figure:
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for column in ("mean_iou", "dataset_iou", "precision", "recall"):
+        ax.plot(table["threshold"], table[column], label=column.replace("_", " "))
+    if best is not None:
+        ax.axvline(best, color="grey", linestyle="--", label=f"best {best:.3f}")
+    ax.set_xlabel("threshold")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    ax.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def worst_gallery(per_image: pd.DataFrame, images: dict[str, np.ndarray], predictions: dict[tuple[str, str], np.ndarray],
+                  truths: dict[tuple[str, str], np.ndarray], count: int = 4, title: str = "") -> plt.Figure:
+    """Four panels for each of the ``count`` lowest-IoU (image, class) pairs."""
+    worst = per_image.dropna(subset=["iou"]).nsmallest(count, "iou")
+    figure = plt.figure(figsize=(14, 3.4 * max(len(worst), 1)))
+    subfigures = np.atleast_1d(figure.subfigures(max(len(worst), 1), 1))
+    for sub, (_, row) in zip(subfigures, worst.iterrows()):
+        key = (row["image_id"], row["class"])
+        axes = sub.subplots(1, 4)
+        image = images[row["image_id"]]
+        for ax, array, label in zip(axes, (image, truths[key], predictions[key], overlay(image, predictions[key])),
+                                    ("original", "ground truth", "prediction", "overlay")):
+            ax.imshow(array, cmap="gray" if array.ndim == 2 else None, interpolation="nearest")
+            ax.set_title(label)
+            ax.axis("off")
+        sub.suptitle(f"{row['image_id']} - {row['class']} - IoU {row['iou']:.3f}")
+    figure.suptitle(title, y=1.0)
+    return figure
+
+
+def save_figure(figure: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    return path

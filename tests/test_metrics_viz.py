@@ -1,0 +1,186 @@
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from helpers import metrics, viz  # noqa: E402
+from helpers.data import Dataset, LabelledImage, Sample, make_mosaics  # noqa: E402
+from helpers.masks import MaskSet  # noqa: E402
+from helpers.pipeline import ImageResult, Pipeline  # noqa: E402
+from helpers.selection import SelectionSettings  # noqa: E402
+from helpers.tuner import ThresholdTuner  # noqa: E402
+
+
+def box(h, w, y0, y1, x0, x1):
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_metric_values_on_hand_made_masks():
+    truth = box(10, 10, 0, 4, 0, 5)  # 20 px
+    pred = box(10, 10, 2, 6, 0, 5)  # 20 px, 10 shared
+    c = metrics.counts(pred, truth)
+    assert (c.intersection, c.union, c.iou, c.precision, c.recall) == (10, 30, 1 / 3, 0.5, 0.5)
+    empty = np.zeros((10, 10), bool)
+    assert math.isnan(metrics.iou(empty, empty))  # nothing to find, nothing found: not scored
+    assert metrics.iou(pred, empty) == 0.0 and math.isnan(metrics.counts(pred, empty).recall)
+    assert metrics.iou(empty, truth) == 0.0 and math.isnan(metrics.counts(empty, truth).precision)
+    ignore = box(10, 10, 4, 6, 0, 5)  # the 10 predicted pixels outside the truth are a crowd region
+    ignored = metrics.counts(pred, truth, ignore)
+    assert (ignored.iou, ignored.precision, ignored.recall) == (0.5, 1.0, 0.5)
+    with pytest.raises(ValueError, match="ground truth is"):
+        metrics.iou(pred, truth[:5])
+
+
+def test_summary_mean_and_dataset_iou():
+    rows = pd.DataFrame([
+        {"image_id": "a", "class": "cat", "iou": 1.0, "precision": 1.0, "recall": 1.0, "intersection": 10, "union": 10},
+        {"image_id": "b", "class": "cat", "iou": 0.0, "precision": 0.0, "recall": 0.0, "intersection": 0, "union": 90},
+        {"image_id": "c", "class": "cat", "iou": np.nan, "precision": np.nan, "recall": np.nan, "intersection": 0,
+         "union": 0},
+    ])
+    summary = metrics.summarize(rows).set_index("class").loc["cat"]
+    assert summary["mean_iou"] == 0.5 and summary["dataset_iou"] == 0.1
+    assert (summary["images_scored"], summary["images"]) == (2, 3)
+
+
+@pytest.fixture
+def scene(tiny_models):
+    """Three images with hand-made masks and embeddings steered towards 'cat' or 'dog'."""
+    sam, clip_model = tiny_models
+    pipe = Pipeline(sam, clip_model)
+    cat, dog = pipe.text(["cat", "dog"])
+    rng = np.random.default_rng(0)
+    samples, results = [], []
+    for k in range(3):
+        dense = np.stack([box(20, 30, 0, 10, 0, 15), box(20, 30, 5, 20, 10, 30), box(20, 30, 0, 20, 0, 30),
+                          box(20, 30, 12, 18, 2 + k, 8 + k)])
+        mix = [(0.9, 0.1), (0.1, 0.9), (0.5, 0.5), (rng.random(), rng.random())]
+        embeddings = np.stack([a * cat + b * dog + 0.05 * rng.normal(size=cat.shape) for a, b in mix]).astype(np.float32)
+        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+        truth = {"cat": box(20, 30, 0, 10, 0, 14), "dog": box(20, 30, 6, 20, 10, 30)}
+        ignore = {"cat": box(20, 30, 19, 20, 0, 30)} if k == 1 else {}
+        samples.append(Sample(f"img{k}", np.full((20, 30, 3), 60 * k, np.uint8), truth, ignore))
+        results.append(ImageResult(f"img{k}", MaskSet.from_masks(dense), embeddings))
+    return Dataset("scene", samples, ["cat", "dog"]), results, pipe
+
+
+def test_evaluate_and_the_fast_sweep_agree(scene):
+    dataset, results, pipe = scene
+    thresholds = np.linspace(-0.2, 1.0, 25)
+    for name in ("cat", "dog"):
+        table = metrics.atom_table(dataset, results, name)
+        for mode in ("threshold", "softmax"):
+            fast = metrics.sweep(table, pipe, name, thresholds, mode=mode, classes=["cat", "dog"])
+            for t, row in zip(thresholds, fast.itertuples()):
+                slow = metrics.summarize(metrics.evaluate(dataset, results, pipe, [name], SelectionSettings(mode, t),
+                                                          )) if mode == "threshold" else None
+                if slow is None:  # softmax competes over both classes
+                    per = metrics.evaluate(dataset, results, pipe, ["cat", "dog"], SelectionSettings(mode, t))
+                    slow = metrics.summarize(per[per["class"] == name])
+                slow = slow.iloc[0]
+                for column in ("mean_iou", "dataset_iou", "precision", "recall"):
+                    expected, got = slow[column], getattr(row, column)
+                    assert (np.isnan(expected) and np.isnan(got)) or abs(expected - got) < 1e-9, (name, mode, t, column)
+    best, value = metrics.best_threshold(fast)
+    assert value == fast["mean_iou"].max()
+
+
+def test_cat_prompt_finds_the_cat_mask(scene):
+    dataset, results, pipe = scene
+    per = metrics.evaluate(dataset, results, pipe, ["cat"], SelectionSettings("top1"))
+    assert np.allclose(per["iou"], 140 / 150)  # mask 0 (150 px) over the 140 px cat
+    with pytest.raises(KeyError, match="Known classes: cat, dog"):
+        metrics.evaluate(dataset, results, pipe, ["horse"])
+
+
+def test_recognition_and_mosaic_accuracy(tiny_models, scene):
+    dataset, results, pipe = scene
+    # mosaic top-1: a region inside the right tile counts, one across tiles does not
+    tiles = {"cat": box(20, 30, 0, 20, 0, 15), "dog": box(20, 30, 0, 20, 15, 30)}
+    mosaic = Dataset("m", [Sample("m0", dataset[0].image, tiles)], ["cat", "dog"])
+    acc = metrics.mosaic_top1_accuracy(mosaic, results[:1], pipe)
+    # cat -> mask 0 (fully in the cat tile); dog -> mask 1 (area 300, 250 in the dog tile)
+    assert acc == 1.0
+    tiles_swapped = {"cat": tiles["dog"], "dog": tiles["cat"]}
+    assert metrics.mosaic_top1_accuracy(Dataset("m", [Sample("m0", dataset[0].image, tiles_swapped)], ["cat", "dog"]),
+                                        results[:1], pipe) == 0.0
+    items = [LabelledImage(np.full((24, 24, 3), v, np.uint8), label, "") for v, label in ((0, "cat"), (250, "dog"))]
+    scores = metrics.recognition_accuracy(items, ["cat", "dog"], pipe)
+    assert set(scores) == {"clip_alone", "sam_clip", "images"} and scores["images"] == 2
+    assert all(s in (0.0, 0.5, 1.0) for s in (scores["clip_alone"], scores["sam_clip"]))
+
+
+def test_results_are_saved_with_their_settings(scene, tmp_path):
+    dataset, results, pipe = scene
+    per = metrics.evaluate(dataset, results, pipe, ["cat", "dog"], SelectionSettings("threshold", 0.3))
+    summary = metrics.summarize(per)
+    first = metrics.save_results(tmp_path, per, summary, {"selection": SelectionSettings("threshold", 0.3)})
+    second = metrics.save_results(tmp_path, per, summary, {"selection": SelectionSettings("top1")})
+    assert first != second
+    import json
+
+    record = json.loads((first / "results.json").read_text())
+    assert record["settings"]["selection"]["threshold"] == 0.3 and len(record["summary"]) == 2
+    assert pd.read_csv(first / "per_image.csv").shape == per.shape
+    assert len(metrics.compare_runs(first, second)) == 4
+
+
+def test_four_panel_holds_the_right_arrays():
+    image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    truth, pred = box(20, 30, 0, 10, 0, 10), box(20, 30, 5, 15, 5, 15)
+    figure = viz.four_panel(image, truth, pred, "cat - IoU 0.14")
+    arrays = [ax.images[0].get_array() for ax in figure.axes]
+    assert np.array_equal(arrays[0], image)
+    assert np.array_equal(arrays[1], truth) and np.array_equal(arrays[2], pred)
+    assert np.array_equal(arrays[3][~pred], image[~pred]) and not np.array_equal(arrays[3][pred], image[pred])
+    assert figure._suptitle.get_text() == "cat - IoU 0.14"
+    plt.close(figure)
+
+
+def test_colour_masks_and_gallery(scene, tmp_path):
+    dataset, results, pipe = scene
+    picture = viz.colour_masks(results[0].masks)
+    assert len({tuple(p) for p in picture.reshape(-1, 3)}) >= 3
+    assert np.array_equal(picture[16, 3 + 2], picture[16, 4 + 2])  # the smallest mask is on top
+    per = metrics.evaluate(dataset, results, pipe, ["cat"], SelectionSettings("threshold", 0.9))
+    preds = {(s.image_id, "cat"): pipe.predict(r, "cat", SelectionSettings("threshold", 0.9)).mask
+             for s, r in zip(dataset, results)}
+    truths = {(s.image_id, "cat"): s.masks["cat"] for s in dataset}
+    figure = viz.worst_gallery(per, {s.image_id: s.image for s in dataset}, preds, truths, count=2)
+    assert viz.save_figure(figure, tmp_path / "g.png").stat().st_size > 1000
+    plt.close("all")
+
+
+def test_tuner_callbacks_update_the_figure_and_iou(scene):
+    dataset, results, pipe = scene
+    pipe.sam_runs = pipe.clip_image_runs = 0
+    tuner = ThresholdTuner(dataset, results, pipe, ["cat", "dog"], threshold=0.3)
+
+    def shown():
+        return tuner.figure.axes[2].images[0].get_array().astype(bool)
+
+    for image_index, mode, threshold in ((0, "threshold", 0.3), (1, "threshold", 0.6), (2, "top1", 0.0),
+                                         (1, "softmax", 0.5)):
+        tuner.image.value, tuner.mode.value, tuner.threshold.value = image_index, mode, threshold
+        expected = pipe.predict(results[image_index], "cat", SelectionSettings(mode, threshold), ["cat", "dog"]).mask
+        assert np.array_equal(shown(), expected)
+        truth = dataset[image_index].masks["cat"]
+        iou = metrics.iou(expected, truth, dataset[image_index].ignore_mask("cat"))
+        assert tuner.iou == pytest.approx(iou) and f"IoU {iou:.3f}" in tuner.iou_label.value
+    tuner.mode.value, tuner.threshold.value = "threshold", 1.0
+    assert not shown().any() and "IoU 0.000" in tuner.iou_label.value
+    tuner.truth_class.value = "dog"
+    assert tuner.prompt.value == "dog"
+    assert np.array_equal(tuner.figure.axes[1].images[0].get_array().astype(bool), dataset[1].masks["dog"])
+    tuner.prompt.value = " "
+    assert "Type a prompt" in tuner.iou_label.value
+    assert (pipe.sam_runs, pipe.clip_image_runs) == (0, 0)  # all from the cache
+    assert tuner.widget() is not None
+    plt.close("all")
