@@ -115,8 +115,8 @@ def load_config() -> RunConfig:
     config = RunConfig(
         profile=profile,
         device=device,
-        sam_model="tiny" if smoke else os.environ.get("SAMCLIP_SAM_MODEL", "auto"),
-        clip_model="tiny" if smoke else os.environ.get("SAMCLIP_CLIP_MODEL", "ViT-B/32"),
+        sam_model="sam_tiny" if smoke else os.environ.get("SAMCLIP_SAM_MODEL", "auto"),
+        clip_model="clip_tiny" if smoke else os.environ.get("SAMCLIP_CLIP_MODEL", "ViT-B/32"),
         dataset=os.environ.get("SAMCLIP_DATASET", "demo"),
         classes=_env_list("SAMCLIP_CLASSES", []),
         max_images=int(max_images) if max_images else (4 if smoke else None),

@@ -292,6 +292,21 @@ def load_class_folders(root: str | Path, per_class: int | None = None) -> tuple[
     return items, [f.name for f in folders]
 
 
+def object_crops(dataset: Dataset, min_area: int = 400, margin: float = 0.1) -> list[LabelledImage]:
+    """Each class present in each sample, cut out by its ground-truth box: labelled images for
+    the recognition and mosaic evaluations when no class-folder set is at hand."""
+    items = []
+    for sample in dataset.samples:
+        for name, mask in sample.masks.items():
+            if mask.sum() < min_area:
+                continue
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            dy, dx = int((rows[-1] - rows[0]) * margin), int((cols[-1] - cols[0]) * margin)
+            crop = sample.image[max(0, rows[0] - dy):rows[-1] + 1 + dy, max(0, cols[0] - dx):cols[-1] + 1 + dx]
+            items.append(LabelledImage(crop.copy(), name, f"{sample.image_id}:{name}"))
+    return items
+
+
 def make_mosaics(items: list[LabelledImage], per_mosaic: int = 4, tile: int = 112, count: int | None = None,
                  seed: int = 0) -> Dataset:
     """Tile ``per_mosaic`` images of different classes into one square grid; each class's

@@ -107,3 +107,10 @@ class Pipeline:
                         classes: Sequence[str] | None = None) -> np.ndarray:
         """Type a word, get its mask: the one-call entry point."""
         return self.predict(self.process(image), prompt, selection, classes).mask
+
+
+def default_settings(config) -> PipelineSettings:
+    """The pipeline settings for a run: SAM's defaults, loosened in the smoke profile so that
+    random tiny models still return masks, and resized inputs on CPU to bound SAM's time."""
+    sam = SamSettings(**{**SamSettings().__dict__, **config.sam_overrides})
+    return PipelineSettings(sam=sam, filters=FilterSettings(min_area=100, max_inside=0.9))
