@@ -1,0 +1,225 @@
+"""Naive pipeline vs ours, on the same images and models, in one run.
+
+Naive (the source reports): one CLIP forward pass per mask with the prompt encoded again for
+every mask, and a threshold sweep that recomputes the scores and the union at every threshold.
+Ours: all regions of an image in batches, the prompt encoded once, a sweep from cached masks
+and embeddings. Both must give the same masks; the script asserts it.
+
+    python benchmarks/bench_pipeline.py                 # SAM vit_b + CLIP ViT-B/32, random weights
+    python benchmarks/bench_pipeline.py --device cuda   # on a GPU
+    python benchmarks/bench_pipeline.py --quick         # tiny models, seconds (used by the tests)
+
+Real checkpoints are used when present in checkpoints/ (compute does not depend on the
+weights, so random ones time the same work).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clip.model import CLIP  # noqa: E402
+from segment_anything import sam_model_registry  # noqa: E402
+
+from helpers import metrics  # noqa: E402
+from helpers.clip_scoring import naive_scores  # noqa: E402
+from helpers.data import Dataset, Sample, make_demo_dataset  # noqa: E402
+from helpers.masks import MaskSet  # noqa: E402
+from helpers.models import LoadedClip, LoadedSam, load_clip, load_sam  # noqa: E402
+from helpers.pipeline import ImageResult, Pipeline, PipelineSettings  # noqa: E402
+from helpers.regions import RegionSettings, extract_regions  # noqa: E402
+from helpers.segmentation import SamSettings, generate_masks  # noqa: E402
+from helpers.tiny_models import TINY_SAM, write_tiny_checkpoints  # noqa: E402
+
+PROMPT = "circle"
+# random weights find no masks at SAM's default gates; open them (the work done is the same)
+OPEN_GATES = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+class PeakMemory:
+    """Peak resident memory (CPU) or peak allocated CUDA memory above the start, in MiB."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.peak = device, 0.0
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss() - self.base)
+            time.sleep(0.005)
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated() / 2**20
+        else:
+            self.base = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() / 2**20 - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+        self.seconds = time.perf_counter() - self.started
+
+
+def load_benchmark_models(args) -> tuple[LoadedSam, LoadedClip, str]:
+    if args.quick:
+        paths = write_tiny_checkpoints(ROOT / "outputs" / "bench" / "checkpoints")
+        return load_sam(TINY_SAM, paths["sam"]), load_clip(paths["clip"]), "tiny random SAM and CLIP"
+    sam_file, clip_file = ROOT / "checkpoints" / "sam_vit_b_01ec64.pth", ROOT / "checkpoints" / "ViT-B-32.pt"
+    torch.manual_seed(0)
+    if sam_file.is_file():
+        sam = load_sam("vit_b", sam_file, args.device)
+    else:
+        sam = LoadedSam(sam_model_registry["vit_b"]().to(args.device).eval(), "vit_b:random")
+    if clip_file.is_file():
+        clip_model = load_clip(clip_file, args.device)
+    else:
+        from helpers.clip_scoring import clip
+
+        model = CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12).float().to(args.device).eval()
+        clip_model = LoadedClip(model, clip.clip._transform(224), "ViT-B/32:random", args.device)
+    weights = "real" if sam_file.is_file() and clip_file.is_file() else "random"
+    return sam, clip_model, f"SAM vit_b + CLIP ViT-B/32 ({weights} weights)"
+
+
+def naive_sweep(clip_model, image, masks, thresholds) -> list[np.ndarray]:
+    """Everything recomputed for every threshold: scores (one region at a time) and union."""
+    predictions = []
+    regions = None
+    for threshold in thresholds:
+        regions = extract_regions(image, masks, RegionSettings())
+        scores = naive_scores(clip_model, regions, PROMPT)
+        predictions.append(masks.union(scores >= threshold))
+    return predictions
+
+
+def box_masks(height: int, width: int, count: int, seed: int = 0) -> MaskSet:
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((count, height, width), bool)
+    for i in range(count):
+        h, w = rng.integers(height // 10, height // 2), rng.integers(width // 10, width // 2)
+        y, x = rng.integers(0, height - h), rng.integers(0, width - w)
+        dense[i, y:y + h, x:x + w] = True
+    return MaskSet.from_masks(dense)
+
+
+def compare(pipe: Pipeline, sample: Sample, masks: MaskSet, thresholds: np.ndarray, device: str) -> dict:
+    """CLIP scoring and a sweep, naive vs ours, on given masks; asserts identical predictions."""
+    image = sample.image
+    with PeakMemory(device) as naive_clip:
+        regions = extract_regions(image, masks, RegionSettings())
+        naive = naive_scores(pipe.clip, regions, PROMPT)
+    with PeakMemory(device) as ours_clip:
+        from helpers.clip_scoring import encode_images
+
+        embeddings = encode_images(pipe.clip, extract_regions(image, masks, RegionSettings()))
+        ours = embeddings @ pipe.text([PROMPT])[0]
+    np.testing.assert_allclose(ours, naive, atol=1e-4)
+    result = ImageResult(sample.image_id, masks, embeddings)
+    dataset = Dataset("bench", [sample], [PROMPT])
+    with PeakMemory(device) as naive_sweep_time:
+        naive_predictions = naive_sweep(pipe.clip, image, masks, thresholds)
+    with PeakMemory(device) as ours_sweep_time:
+        table = metrics.atom_table(dataset, [result], PROMPT)
+        metrics.sweep(table, pipe, PROMPT, thresholds)
+        ours_predictions = [masks.union(ours >= t) for t in thresholds]
+    for t, a, b in zip(thresholds, naive_predictions, ours_predictions):
+        borderline = np.abs(ours - t) < 1e-4
+        if not borderline.any():
+            assert np.array_equal(a, b), f"naive and batched masks differ at threshold {t}"
+    return {"masks": len(masks), "clip_naive": naive_clip.seconds, "clip_ours": ours_clip.seconds,
+            "sweep_naive": naive_sweep_time.seconds, "sweep_ours": ours_sweep_time.seconds,
+            "mem_naive": max(naive_clip.peak, naive_sweep_time.peak), "mem_ours": max(ours_clip.peak, ours_sweep_time.peak)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048], help="long sides in px")
+    parser.add_argument("--mask-counts", type=int, nargs="+", default=[16, 64, 128])
+    parser.add_argument("--points-per-side", type=int, default=16)
+    parser.add_argument("--thresholds", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="tiny models and sizes: a smoke test of this script")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.mask_counts, args.points_per_side, args.thresholds = [96, 192], [4, 8], 4, 5
+    sam, clip_model, what = load_benchmark_models(args)
+    pipe = Pipeline(sam, clip_model, PipelineSettings())
+    thresholds = np.linspace(-0.1, 0.4, args.thresholds)
+    torch.set_grad_enabled(False)
+    print(f"# {what} on {args.device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}")
+    print(f"# SAM points_per_side={args.points_per_side}; sweep of {args.thresholds} thresholds; prompt '{PROMPT}'\n")
+
+    print("| long side | masks | SAM s | SAM s (resized to 1024) | CLIP naive s | CLIP ours s | ratio "
+          "| sweep naive s | sweep ours s | ratio | peak MiB naive / ours |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    settings = SamSettings(points_per_side=args.points_per_side, **OPEN_GATES)
+    for side in args.sizes:
+        sample = make_demo_dataset(1, height=side * 3 // 4, width=side, seed=side)[0]
+        with PeakMemory(args.device) as sam_time:
+            masks = generate_masks(sam, sample.image, settings)
+        resized = "-"
+        if side > 1024:
+            with PeakMemory(args.device) as resized_time:
+                generate_masks(sam, sample.image, SamSettings(**{**settings.__dict__, "max_side": 1024}))
+            resized = f"{resized_time.seconds:.2f}"
+        if len(masks) == 0:
+            masks = box_masks(*sample.image.shape[:2], 8)  # random SAM found nothing: score boxes instead
+        row = compare(pipe, sample, masks, thresholds, args.device)
+        print(f"| {side} | {row['masks']} | {sam_time.seconds:.2f} | {resized} | {row['clip_naive']:.2f} | "
+              f"{row['clip_ours']:.2f} | {row['clip_naive'] / row['clip_ours']:.1f}x | {row['sweep_naive']:.2f} | "
+              f"{row['sweep_ours']:.4f} | {row['sweep_naive'] / row['sweep_ours']:.0f}x | "
+              f"{row['mem_naive']:.0f} / {row['mem_ours']:.0f} |", flush=True)
+
+    side = args.sizes[min(1, len(args.sizes) - 1)]
+    sample = make_demo_dataset(1, height=side * 3 // 4, width=side, seed=1)[0]
+    print(f"\n| masks (boxes, {side} px) | CLIP naive s | CLIP ours s | ratio | sweep naive s | sweep ours s | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for count in args.mask_counts:
+        row = compare(pipe, sample, box_masks(*sample.image.shape[:2], count), thresholds, args.device)
+        print(f"| {count} | {row['clip_naive']:.2f} | {row['clip_ours']:.2f} | {row['clip_naive'] / row['clip_ours']:.1f}x "
+              f"| {row['sweep_naive']:.2f} | {row['sweep_ours']:.4f} | {row['sweep_naive'] / row['sweep_ours']:.0f}x |",
+              flush=True)
+
+    # the evaluation-scale sweep: 100 images from the cache
+    images, results = [], []
+    for k in range(100):
+        small = make_demo_dataset(1, 240, 320, seed=1000 + k)[0]
+        masks = box_masks(240, 320, 40, seed=k)
+        vectors = np.random.default_rng(k).normal(size=(40, clip_model.model.visual.output_dim)).astype(np.float32)
+        images.append(small)
+        results.append(ImageResult(small.image_id, masks, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)))
+    dataset = Dataset("sweep", images, list(images[0].masks))
+    started = time.perf_counter()
+    table = metrics.atom_table(dataset, results, PROMPT)
+    built = time.perf_counter() - started
+    metrics.sweep(table, pipe, PROMPT, thresholds)
+    print(f"\nsweep over 100 cached images (320x240, 40 masks each), {args.thresholds} thresholds: "
+          f"{time.perf_counter() - started:.3f} s ({built:.3f} s of it building the per-class atom table)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
