@@ -154,6 +154,43 @@ def compare(pipe: Pipeline, sample: Sample, masks: MaskSet, thresholds: np.ndarr
             "mem_naive": max(naive_clip.peak, naive_sweep_time.peak), "mem_ours": max(ours_clip.peak, ours_sweep_time.peak)}
 
 
+def mask_agreement(a: MaskSet, b: MaskSet) -> float:
+    """Mean best-match IoU of a's masks among b's (1.0: the same masks)."""
+    if len(a) == 0 or len(b) == 0:
+        return float(len(a) == len(b))
+    dense_a, dense_b = a.to_dense().reshape(len(a), -1), b.to_dense().reshape(len(b), -1)
+    inter = dense_a.astype(np.float32) @ dense_b.T.astype(np.float32)
+    union = dense_a.sum(1)[:, None] + dense_b.sum(1)[None, :] - inter
+    return float(np.mean((inter / np.maximum(union, 1)).max(1)))
+
+
+def sam_costs(sam: LoadedSam, image: np.ndarray, settings: SamSettings, device: str) -> None:
+    """Where SAM's time goes, and what its knobs buy, against the plain generator under no_grad."""
+    from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+
+    predictor = SamPredictor(sam.model)
+    with torch.no_grad(), PeakMemory(device) as encoder:
+        predictor.set_image(image)
+    options = {k: v for k, v in settings.__dict__.items() if k != "max_side"}
+    with torch.no_grad(), PeakMemory(device) as plain:
+        records = SamAutomaticMaskGenerator(sam.model, output_mode="binary_mask", **options).generate(image)
+    baseline = MaskSet.from_masks(np.stack([r["segmentation"] for r in records])) if records else \
+        MaskSet.from_masks(np.zeros((0, *image.shape[:2]), bool))
+    print(f"\n| SAM variant ({image.shape[1]} px, {len(baseline)} masks) | seconds | vs plain | mask agreement |")
+    print("|---|---|---|---|")
+    print(f"| image encoder alone (set_image) | {encoder.seconds:.2f} | {encoder.seconds / plain.seconds:.2f} | - |")
+    print(f"| plain generator, torch.no_grad (baseline) | {plain.seconds:.2f} | 1.00 | 1.000 |")
+    variants = [("ours: torch.inference_mode", settings),
+                ("points_per_batch=16", SamSettings(**{**settings.__dict__, "points_per_batch": 16})),
+                ("points_per_batch=256", SamSettings(**{**settings.__dict__, "points_per_batch": 256})),
+                ("resized to 512 px first", SamSettings(**{**settings.__dict__, "max_side": 512}))]
+    for label, variant in variants:
+        with PeakMemory(device) as timed:
+            masks = generate_masks(sam, image, variant)
+        print(f"| {label} | {timed.seconds:.2f} | {timed.seconds / plain.seconds:.2f} | "
+              f"{mask_agreement(masks, baseline):.3f} |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -161,6 +198,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mask-counts", type=int, nargs="+", default=[16, 64, 128])
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--thresholds", type=int, default=20)
+    parser.add_argument("--skip-sam-costs", action="store_true", help="leave out the SAM variants table")
     parser.add_argument("--quick", action="store_true", help="tiny models and sizes: a smoke test of this script")
     args = parser.parse_args(argv)
     if args.quick:
@@ -202,6 +240,9 @@ def main(argv=None) -> int:
         print(f"| {count} | {row['clip_naive']:.2f} | {row['clip_ours']:.2f} | {row['clip_naive'] / row['clip_ours']:.1f}x "
               f"| {row['sweep_naive']:.2f} | {row['sweep_ours']:.4f} | {row['sweep_naive'] / row['sweep_ours']:.0f}x |",
               flush=True)
+
+    if not args.skip_sam_costs:
+        sam_costs(sam, sample.image, settings, args.device)
 
     # the evaluation-scale sweep: 100 images from the cache
     images, results = [], []

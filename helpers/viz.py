@@ -116,22 +116,26 @@ def plot_sweep(table: pd.DataFrame, title: str = "", best: float | None = None) 
     return figure
 
 
-def worst_gallery(per_image: pd.DataFrame, images: dict[str, np.ndarray], predictions: dict[tuple[str, str], np.ndarray],
-                  truths: dict[tuple[str, str], np.ndarray], count: int = 4, title: str = "") -> plt.Figure:
-    """Four panels for each of the ``count`` lowest-IoU (image, class) pairs."""
+def worst_gallery(per_image: pd.DataFrame, dataset, results, pipeline, selection, count: int = 4,
+                  title: str = "") -> plt.Figure:
+    """Four panels for each of the ``count`` lowest-IoU (image, class) rows of ``per_image``
+    (from ``metrics.evaluate``), predicted again from the cache."""
     worst = per_image.dropna(subset=["iou"]).nsmallest(count, "iou")
+    index = {sample.image_id: (sample, result) for sample, result in zip(dataset.samples, results)}
+    classes = list(per_image["class"].unique())
     figure = plt.figure(figsize=(14, 3.4 * max(len(worst), 1)))
     subfigures = np.atleast_1d(figure.subfigures(max(len(worst), 1), 1))
-    for sub, (_, row) in zip(subfigures, worst.iterrows()):
-        key = (row["image_id"], row["class"])
+    for sub, (image_id, name, score) in zip(subfigures, worst[["image_id", "class", "iou"]].itertuples(index=False)):
+        sample, result = index[image_id]
+        prediction = pipeline.predict(result, name, selection, classes).mask
+        truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
         axes = sub.subplots(1, 4)
-        image = images[row["image_id"]]
-        for ax, array, label in zip(axes, (image, truths[key], predictions[key], overlay(image, predictions[key])),
+        for ax, array, label in zip(axes, (sample.image, truth, prediction, overlay(sample.image, prediction)),
                                     ("original", "ground truth", "prediction", "overlay")):
             ax.imshow(array, cmap="gray" if array.ndim == 2 else None, interpolation="nearest")
             ax.set_title(label)
             ax.axis("off")
-        sub.suptitle(f"{row['image_id']} - {row['class']} - IoU {row['iou']:.3f}")
+        sub.suptitle(f"{image_id} - {name} - IoU {score:.3f}")
     figure.suptitle(title, y=1.0)
     return figure
 

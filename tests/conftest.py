@@ -93,3 +93,11 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real data {path} is absent (it sits beside the checkout in the team workspace only)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_user_checkpoint_settings(monkeypatch):
+    """A developer's own SAMCLIP_* checkpoint variables must not leak into the tests."""
+    for name in ("SAMCLIP_MIRROR", "SAMCLIP_SAM_CHECKPOINT", "SAMCLIP_CLIP_CHECKPOINT", "SAMCLIP_DRIVE_CACHE",
+                 "SAMCLIP_CHECKPOINT_DIR"):
+        monkeypatch.delenv(name, raising=False)

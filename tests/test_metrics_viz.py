@@ -149,11 +149,15 @@ def test_colour_masks_and_gallery(scene, tmp_path):
     picture = viz.colour_masks(results[0].masks)
     assert len({tuple(p) for p in picture.reshape(-1, 3)}) >= 3
     assert np.array_equal(picture[16, 3 + 2], picture[16, 4 + 2])  # the smallest mask is on top
-    per = metrics.evaluate(dataset, results, pipe, ["cat"], SelectionSettings("threshold", 0.9))
-    preds = {(s.image_id, "cat"): pipe.predict(r, "cat", SelectionSettings("threshold", 0.9)).mask
-             for s, r in zip(dataset, results)}
-    truths = {(s.image_id, "cat"): s.masks["cat"] for s in dataset}
-    figure = viz.worst_gallery(per, {s.image_id: s.image for s in dataset}, preds, truths, count=2)
+    selection = SelectionSettings("threshold", 0.3)
+    per = metrics.evaluate(dataset, results, pipe, ["cat", "dog"], selection)
+    figure = viz.worst_gallery(per, dataset, results, pipe, selection, count=2)
+    worst = per.dropna(subset=["iou"]).nsmallest(2, "iou")
+    for sub, row in zip(figure.subfigs, worst.itertuples(index=False)):
+        image_index = [s.image_id for s in dataset].index(row.image_id)
+        expected = pipe.predict(results[image_index], row[1], selection, ["cat", "dog"]).mask
+        assert np.array_equal(sub.axes[2].images[0].get_array(), expected)
+        assert f"IoU {row.iou:.3f}" in sub._suptitle.get_text()
     assert viz.save_figure(figure, tmp_path / "g.png").stat().st_size > 1000
     plt.close("all")
 
