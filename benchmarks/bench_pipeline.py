@@ -104,15 +104,16 @@ def load_benchmark_models(args) -> tuple[LoadedSam, LoadedClip, str]:
     return sam, clip_model, f"SAM vit_b + CLIP ViT-B/32 ({weights} weights)"
 
 
-def naive_sweep(clip_model, image, masks, thresholds) -> list[np.ndarray]:
-    """Everything recomputed for every threshold: scores (one region at a time) and union."""
-    predictions = []
-    regions = None
+def naive_sweep(clip_model, sample: Sample, masks: MaskSet, thresholds) -> tuple[list[np.ndarray], list[float]]:
+    """Everything recomputed for every threshold: scores (one region at a time), union, IoU."""
+    predictions, ious = [], []
+    truth = sample.masks[PROMPT]
     for threshold in thresholds:
-        regions = extract_regions(image, masks, RegionSettings())
+        regions = extract_regions(sample.image, masks, RegionSettings())
         scores = naive_scores(clip_model, regions, PROMPT)
         predictions.append(masks.union(scores >= threshold))
-    return predictions
+        ious.append(metrics.iou(predictions[-1], truth))
+    return predictions, ious
 
 
 def box_masks(height: int, width: int, count: int, seed: int = 0) -> MaskSet:
@@ -140,15 +141,15 @@ def compare(pipe: Pipeline, sample: Sample, masks: MaskSet, thresholds: np.ndarr
     result = ImageResult(sample.image_id, masks, embeddings)
     dataset = Dataset("bench", [sample], [PROMPT])
     with PeakMemory(device) as naive_sweep_time:
-        naive_predictions = naive_sweep(pipe.clip, image, masks, thresholds)
+        naive_predictions, naive_ious = naive_sweep(pipe.clip, sample, masks, thresholds)
     with PeakMemory(device) as ours_sweep_time:
         table = metrics.atom_table(dataset, [result], PROMPT)
-        metrics.sweep(table, pipe, PROMPT, thresholds)
-        ours_predictions = [masks.union(ours >= t) for t in thresholds]
-    for t, a, b in zip(thresholds, naive_predictions, ours_predictions):
-        borderline = np.abs(ours - t) < 1e-4
-        if not borderline.any():
-            assert np.array_equal(a, b), f"naive and batched masks differ at threshold {t}"
+        curve = metrics.sweep(table, pipe, PROMPT, thresholds)
+    # same masks and same IoU curve (thresholds within 1e-4 of a score may fall either way)
+    for t, naive_mask, naive_iou, ours_iou in zip(thresholds, naive_predictions, naive_ious, curve["mean_iou"]):
+        if not (np.abs(ours - t) < 1e-4).any():
+            assert np.array_equal(naive_mask, masks.union(ours >= t)), f"masks differ at threshold {t}"
+            assert np.isclose(naive_iou, ours_iou, equal_nan=True), f"IoU differs at threshold {t}"
     return {"masks": len(masks), "clip_naive": naive_clip.seconds, "clip_ours": ours_clip.seconds,
             "sweep_naive": naive_sweep_time.seconds, "sweep_ours": ours_sweep_time.seconds,
             "mem_naive": max(naive_clip.peak, naive_sweep_time.peak), "mem_ours": max(ours_clip.peak, ours_sweep_time.peak)}
