@@ -50,14 +50,16 @@ def four_panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, tit
 def show_sample(image: np.ndarray, masks: dict[str, np.ndarray], title: str = "") -> plt.Figure:
     """An image beside its ground-truth classes, one colour per class, with a legend."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    colours = plt.cm.tab10(np.arange(len(masks)) % 10)[:, :3] * 255
+    present = [name for name, mask in masks.items() if mask.any()]
+    palette = plt.get_cmap("tab10" if len(present) <= 10 else "tab20")
+    colours = {name: np.asarray(palette(i % palette.N)[:3]) for i, name in enumerate(present)}
     picture = np.zeros_like(image)
-    for colour, (name, mask) in zip(colours, masks.items()):
-        picture[mask] = colour
+    for name in present:
+        picture[masks[name]] = (colours[name] * 255).astype(np.uint8)
     axes[0].imshow(image)
     axes[1].imshow(picture)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c / 255) for c, m in zip(colours, masks.values()) if m.any()]
-    axes[1].legend(handles, [n for n, m in masks.items() if m.any()], loc="upper right", fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[name]) for name in present]
+    axes[1].legend(handles, present, loc="upper right", fontsize=8)
     for ax in axes:
         ax.axis("off")
     figure.suptitle(title)

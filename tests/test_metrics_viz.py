@@ -188,3 +188,14 @@ def test_tuner_callbacks_update_the_figure_and_iou(scene):
     assert (pipe.sam_runs, pipe.clip_image_runs) == (0, 0)  # all from the cache
     assert tuner.widget() is not None
     plt.close("all")
+
+
+def test_sample_figure_gives_each_present_class_its_own_colour():
+    masks = {f"class{i}": box(20, 30, i, i + 1, 0, 30) for i in range(12)}
+    masks["absent"] = np.zeros((20, 30), bool)
+    figure = viz.show_sample(np.zeros((20, 30, 3), np.uint8), masks)
+    picture = figure.axes[1].images[0].get_array()
+    colours = {tuple(picture[i, 0]) for i in range(12)}
+    assert len(colours) == 12 and (0, 0, 0) not in colours
+    assert [t.get_text() for t in figure.axes[1].get_legend().get_texts()] == [f"class{i}" for i in range(12)]
+    plt.close(figure)
