@@ -26,11 +26,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import clip  # noqa: E402
 from clip.model import CLIP  # noqa: E402
 from segment_anything import sam_model_registry  # noqa: E402
 
 from helpers import metrics  # noqa: E402
-from helpers.clip_scoring import naive_scores  # noqa: E402
+from helpers.clip_scoring import encode_images, naive_scores  # noqa: E402
 from helpers.data import Dataset, Sample, make_demo_dataset  # noqa: E402
 from helpers.masks import MaskSet  # noqa: E402
 from helpers.models import LoadedClip, LoadedSam, load_clip, load_sam  # noqa: E402
@@ -96,8 +97,6 @@ def load_benchmark_models(args) -> tuple[LoadedSam, LoadedClip, str]:
     if clip_file.is_file():
         clip_model = load_clip(clip_file, args.device)
     else:
-        from helpers.clip_scoring import clip
-
         model = CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12).float().to(args.device).eval()
         clip_model = LoadedClip(model, clip.clip._transform(224), "ViT-B/32:random", args.device)
     weights = "real" if sam_file.is_file() and clip_file.is_file() else "random"
@@ -133,8 +132,6 @@ def compare(pipe: Pipeline, sample: Sample, masks: MaskSet, thresholds: np.ndarr
         regions = extract_regions(image, masks, RegionSettings())
         naive = naive_scores(pipe.clip, regions, PROMPT)
     with PeakMemory(device) as ours_clip:
-        from helpers.clip_scoring import encode_images
-
         embeddings = encode_images(pipe.clip, extract_regions(image, masks, RegionSettings()))
         ours = embeddings @ pipe.text([PROMPT])[0]
     np.testing.assert_allclose(ours, naive, atol=1e-4)

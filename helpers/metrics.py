@@ -73,13 +73,12 @@ def evaluate(dataset: Dataset, results: Sequence[ImageResult], pipeline: Pipelin
     """One row per image and class. ``prompts`` maps a class to the text typed for it
     (default: the class name); the softmax mode competes over all of ``classes``."""
     dataset.check_classes(list(classes))
-    prompts = prompts or {}
+    typed = {name: (prompts or {}).get(name, name) for name in classes}
+    competitors = list(typed.values())
     rows = []
     for sample, result in zip(dataset.samples, results, strict=True):
         for name in classes:
-            prompt = prompts.get(name, name)
-            others = [prompts.get(c, c) for c in classes]
-            prediction = pipeline.predict(result, prompt, selection, others)
+            prediction = pipeline.predict(result, typed[name], selection, competitors)
             truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
             rows.append(_row(sample.image_id, name, counts(prediction.mask, truth, sample.ignore_mask(name)),
                              int(prediction.keep.sum())))

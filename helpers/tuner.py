@@ -41,8 +41,10 @@ class ThresholdTuner:
         self.update()
 
     def _class_changed(self, change) -> None:
-        self.prompt.value = change["new"]  # triggers update through the prompt's observer
-        self.update()
+        if self.prompt.value == change["new"]:
+            self.update()
+        else:
+            self.prompt.value = change["new"]  # the prompt's observer redraws
 
     def update(self) -> None:
         sample = self.dataset.samples[self.image.value]

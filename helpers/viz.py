@@ -71,8 +71,7 @@ def show_masks(image: np.ndarray, masks: MaskSet, title: str = "") -> plt.Figure
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].imshow(image)
     axes[0].set_title("image")
-    axes[1].imshow(overlay(image, masks.to_dense().any(0) if len(masks) else np.zeros(masks.shape, bool),
-                           (0, 0, 0), 0.0) // 2 + colour_masks(masks) // 2)
+    axes[1].imshow(image // 2 + colour_masks(masks) // 2)
     axes[1].set_title(f"{len(masks)} SAM masks")
     for ax in axes:
         ax.axis("off")
