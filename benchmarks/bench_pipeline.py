@@ -18,6 +18,7 @@ import argparse
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -179,9 +180,9 @@ def sam_costs(sam: LoadedSam, image: np.ndarray, settings: SamSettings, device: 
     print(f"| image encoder alone (set_image) | {encoder.seconds:.2f} | {encoder.seconds / plain.seconds:.2f} | - |")
     print(f"| plain generator, torch.no_grad (baseline) | {plain.seconds:.2f} | 1.00 | 1.000 |")
     variants = [("ours: torch.inference_mode", settings),
-                ("points_per_batch=16", SamSettings(**{**settings.__dict__, "points_per_batch": 16})),
-                ("points_per_batch=256", SamSettings(**{**settings.__dict__, "points_per_batch": 256})),
-                ("resized to 512 px first", SamSettings(**{**settings.__dict__, "max_side": 512}))]
+                ("points_per_batch=16", replace(settings, points_per_batch=16)),
+                ("points_per_batch=256", replace(settings, points_per_batch=256)),
+                ("resized to 512 px first", replace(settings, max_side=512))]
     for label, variant in variants:
         with PeakMemory(device) as timed:
             masks = generate_masks(sam, image, variant)
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
         resized = "-"
         if side > 1024:
             with PeakMemory(args.device) as resized_time:
-                generate_masks(sam, sample.image, SamSettings(**{**settings.__dict__, "max_side": 1024}))
+                generate_masks(sam, sample.image, replace(settings, max_side=1024))
             resized = f"{resized_time.seconds:.2f}"
         if len(masks) == 0:
             masks = box_masks(*sample.image.shape[:2], 8)  # random SAM found nothing: score boxes instead

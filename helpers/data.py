@@ -169,26 +169,27 @@ def read_label_map(path: Path, valid_ids: list[int]) -> tuple[np.ndarray, int]:
 
     Returns the map and the number of pixels that snapping changed.
     """
+    is_jpeg = path.suffix in (".jpg", ".jpeg")
     if path.suffix == ".npy":
         labels = np.load(path)
         if labels.ndim == 3 and labels.shape[-1] == 1:
             labels = labels[..., 0]
-        if not np.issubdtype(labels.dtype, np.integer):
-            if not np.all(np.mod(labels, 1) == 0):
-                raise DatasetError(f"{path.name}: label map holds non-integer values")
-            labels = labels.astype(np.int64)
+        if not np.issubdtype(labels.dtype, np.integer) and not np.all(np.mod(labels, 1) == 0):
+            raise DatasetError(f"{path.name}: label map holds non-integer values")
     else:
         with Image.open(path) as image:
             labels = np.asarray(image)
         if labels.ndim == 3:
-            if not (np.array_equal(labels[..., 0], labels[..., 1]) or path.suffix in (".jpg", ".jpeg")):
+            if is_jpeg:  # grey label maps saved as colour JPEGs: average out the channel noise
+                labels = labels[..., :3].mean(axis=-1).round()
+            elif np.array_equal(labels[..., 0], labels[..., 1]):
+                labels = labels[..., 0]
+            else:
                 raise DatasetError(f"{path.name}: colour-coded masks are not class-id maps; convert them to ids")
-            labels = labels[..., :3].mean(axis=-1).round().astype(np.int64) if path.suffix != ".png" \
-                else labels[..., 0]
     if labels.ndim != 2:
         raise DatasetError(f"{path.name}: a label map must be 2-D, got shape {labels.shape}")
     labels = labels.astype(np.int64)
-    if path.suffix in (".jpg", ".jpeg"):
+    if is_jpeg:
         snapped = snap_to_ids(labels, np.asarray(valid_ids))
         return snapped, int((snapped != labels).sum())
     return labels, 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
+import warnings
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +25,7 @@ import pandas as pd
 from .clip_scoring import encode_images
 from .data import Dataset, LabelledImage
 from .pipeline import ImageResult, Pipeline
-from .selection import SelectionSettings, mask_scores, similarities
+from .selection import SelectionSettings, mask_scores, prompt_columns, similarities
 
 
 @dataclass
@@ -133,8 +135,7 @@ def sweep(table: AtomTable, pipeline: Pipeline, prompt: str, thresholds: Sequenc
     A pixel is predicted at threshold t when the best score among the masks covering it is
     >= t, so each image needs one sort of its atoms, whatever the number of thresholds.
     """
-    names = list(dict.fromkeys([*(classes or []), prompt]))
-    names += [n for n in negatives if n not in names]
+    names = prompt_columns(prompt, classes, negatives)
     text = pipeline.text(names)
     thresholds = np.asarray(thresholds, np.float64)
     shape = (len(table.results), len(thresholds))
@@ -153,25 +154,16 @@ def sweep(table: AtomTable, pipeline: Pipeline, prompt: str, thresholds: Sequenc
         inter[i], pred[i] = cum_truth[taken], cum_valid[taken]
     truth = table.truth_total[:, None]
     union = pred + truth - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_image_iou = np.where(union > 0, inter / union, np.nan)
-        precision = np.where(pred > 0, inter / pred, np.nan)
-        recall = np.where(truth > 0, inter / truth, np.nan)
     summed_union = union.sum(0)
-    return pd.DataFrame({
-        "threshold": thresholds,
-        "mean_iou": _nanmean(per_image_iou),
-        "dataset_iou": np.where(summed_union > 0, inter.sum(0) / np.where(summed_union > 0, summed_union, 1), np.nan),
-        "precision": _nanmean(precision),
-        "recall": _nanmean(recall),
-    })
-
-
-def _nanmean(values: np.ndarray) -> np.ndarray:
-    valid = ~np.isnan(values)
-    total = np.where(valid, values, 0).sum(0)
-    count = valid.sum(0)
-    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a threshold where no image is scored gives NaN
+        return pd.DataFrame({
+            "threshold": thresholds,
+            "mean_iou": np.nanmean(np.where(union > 0, inter / union, np.nan), axis=0),
+            "dataset_iou": np.where(summed_union > 0, inter.sum(0) / summed_union, np.nan),
+            "precision": np.nanmean(np.where(pred > 0, inter / pred, np.nan), axis=0),
+            "recall": np.nanmean(np.where(truth > 0, inter / truth, np.nan), axis=0),
+        })
 
 
 def best_threshold(sweep_table: pd.DataFrame, metric: str = "mean_iou") -> tuple[float, float]:

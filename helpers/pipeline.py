@@ -5,7 +5,7 @@ mode only costs a matrix product. ``process_dataset`` resumes after an interrupt
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +18,7 @@ from .masks import FilterSettings, MaskSet, apply_filters
 from .models import LoadedClip, LoadedSam
 from .regions import RegionSettings, extract_regions
 from .segmentation import SamSettings, generate_masks
-from .selection import SelectionSettings, mask_scores, similarities
+from .selection import SelectionSettings, mask_scores, prompt_columns, similarities
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,7 @@ class Pipeline:
                 classes: Sequence[str] | None = None) -> Prediction:
         """The mask for ``prompt``. ``classes`` is the list the softmax mode competes over
         (the prompt is added when missing); negative prompts are appended to it."""
-        names = list(dict.fromkeys([*(classes or []), prompt]))
-        names += [n for n in selection.negatives if n not in names]
+        names = prompt_columns(prompt, classes, selection.negatives)
         sims = similarities(result.embeddings, self.text(names))
         scores = mask_scores(sims, names.index(prompt), selection.mode, len(selection.negatives))
         keep = scores >= selection.threshold
@@ -110,7 +109,6 @@ class Pipeline:
 
 
 def default_settings(config) -> PipelineSettings:
-    """The pipeline settings for a run: SAM's defaults, loosened in the smoke profile so that
-    random tiny models still return masks, and resized inputs on CPU to bound SAM's time."""
-    sam = SamSettings(**{**SamSettings().__dict__, **config.sam_overrides})
-    return PipelineSettings(sam=sam, filters=FilterSettings(min_area=100, max_inside=0.9))
+    """The pipeline settings for a run: SAM's defaults (loosened in the smoke profile so that
+    random tiny models still return masks), small masks and masks inside larger ones dropped."""
+    return PipelineSettings(sam=replace(SamSettings(), **config.sam_overrides), filters=FilterSettings(min_area=100, max_inside=0.9))

@@ -31,6 +31,13 @@ class SelectionSettings:
             raise ValueError(f"Unknown selection mode {self.mode!r}; use one of {SELECTION_MODES}.")
 
 
+def prompt_columns(prompt: str, classes=None, negatives=()) -> list[str]:
+    """The prompts to score against, in column order: the class list (the prompt added when
+    missing), then the negative prompts. ``mask_scores`` expects negatives last."""
+    names = list(dict.fromkeys([*(classes or []), prompt]))
+    return names + [n for n in negatives if n not in names]
+
+
 def similarities(region_embeddings: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
     """Cosine similarities, N regions x K prompts, float32."""
     return (np.asarray(region_embeddings, np.float32) @ np.asarray(text_embeddings, np.float32).T).astype(np.float32)

@@ -56,7 +56,6 @@ class ThresholdTuner:
             return
         selection = SelectionSettings(self.mode.value, self.threshold.value)
         prediction = self.pipeline.predict(self.results[self.image.value], prompt, selection, self.classes)
-        self.prediction = prediction
         self.iou = counts(prediction.mask, truth, sample.ignore_mask(name)).iou
         self.iou_label.value = (f"<b>IoU {self.iou:.3f}</b> &nbsp; kept {int(prediction.keep.sum())} of "
                                 f"{len(prediction.keep)} masks")

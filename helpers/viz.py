@@ -30,18 +30,22 @@ def colour_masks(masks: MaskSet, seed: int = 0) -> np.ndarray:
     return picture
 
 
+def draw_panels(container, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
+    """The four panels in a row of new axes of ``container`` (a Figure or SubFigure)."""
+    panels = [(image, "original", None), (truth.astype(np.uint8), "ground truth", "gray"),
+              (prediction.astype(np.uint8), "prediction", "gray"), (overlay(image, prediction), "overlay", None)]
+    for ax, (array, label, cmap) in zip(container.subplots(1, 4), panels):
+        ax.imshow(array, cmap=cmap, vmin=0, vmax=1 if cmap else None, interpolation="nearest")
+        ax.set_title(label)
+        ax.axis("off")
+
+
 def four_panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, title: str = "",
                figure: plt.Figure | None = None) -> plt.Figure:
     """Original, ground truth, prediction and prediction over the image (axes 0-3)."""
     figure = figure or plt.figure(figsize=(14, 3.8))
     figure.clear()
-    axes = figure.subplots(1, 4)
-    panels = [(image, "original", None), (truth.astype(np.uint8), "ground truth", "gray"),
-              (prediction.astype(np.uint8), "prediction", "gray"), (overlay(image, prediction), "overlay", None)]
-    for ax, (array, label, cmap) in zip(axes, panels):
-        ax.imshow(array, cmap=cmap, vmin=0, vmax=1 if cmap else None, interpolation="nearest")
-        ax.set_title(label)
-        ax.axis("off")
+    draw_panels(figure, image, truth, prediction)
     figure.suptitle(title)
     figure.tight_layout()
     return figure
@@ -130,12 +134,7 @@ def worst_gallery(per_image: pd.DataFrame, dataset, results, pipeline, selection
         sample, result = index[image_id]
         prediction = pipeline.predict(result, name, selection, classes).mask
         truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
-        axes = sub.subplots(1, 4)
-        for ax, array, label in zip(axes, (sample.image, truth, prediction, overlay(sample.image, prediction)),
-                                    ("original", "ground truth", "prediction", "overlay")):
-            ax.imshow(array, cmap="gray" if array.ndim == 2 else None, interpolation="nearest")
-            ax.set_title(label)
-            ax.axis("off")
+        draw_panels(sub, sample.image, truth, prediction)
         sub.suptitle(f"{image_id} - {name} - IoU {score:.3f}")
     figure.suptitle(title, y=1.0)
     return figure

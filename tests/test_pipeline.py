@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -122,7 +124,7 @@ def test_tiny_sam_masks_come_back_at_the_image_size(tiny_models):
     image = make_demo_dataset(1, 96, 128)[0].image
     masks = generate_masks(sam, image, LOOSE_SAM)
     assert len(masks) > 0 and masks.shape == (96, 128)
-    resized = generate_masks(sam, image, SamSettings(**{**LOOSE_SAM.__dict__, "max_side": 64}))
+    resized = generate_masks(sam, image, replace(LOOSE_SAM, max_side=64))
     assert resized.shape == (96, 128)
     with pytest.raises(ValueError, match="uint8 RGB"):
         generate_masks(sam, image[..., 0], LOOSE_SAM)
@@ -145,11 +147,11 @@ def test_cache_skips_sam_and_settings_invalidate_it(tiny_models, tmp_path):
         again.predict(cached, "circle", SelectionSettings(mode, 0.0), classes=["circle", "square"])
     assert again.sam_runs == 0
     # only points_per_batch changed: same masks, still cached
-    batch = Pipeline(sam, clip_model, PipelineSettings(sam=SamSettings(**{**LOOSE_SAM.__dict__, "points_per_batch": 8})),
+    batch = Pipeline(sam, clip_model, PipelineSettings(sam=replace(LOOSE_SAM, points_per_batch=8)),
                      tmp_path)
     batch.process(image)
     assert batch.sam_runs == 0
-    changed = Pipeline(sam, clip_model, PipelineSettings(sam=SamSettings(**{**LOOSE_SAM.__dict__, "points_per_side": 5})),
+    changed = Pipeline(sam, clip_model, PipelineSettings(sam=replace(LOOSE_SAM, points_per_side=5)),
                        tmp_path)
     changed.process(image)
     assert changed.sam_runs == 1
