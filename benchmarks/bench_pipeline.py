@@ -32,16 +32,20 @@ from clip.model import CLIP  # noqa: E402
 from segment_anything import sam_model_registry  # noqa: E402
 
 from helpers import metrics  # noqa: E402
-from helpers.clip_scoring import encode_images, naive_scores  # noqa: E402
+from helpers.clip_scoring import encode_images, encode_text, naive_scores  # noqa: E402
 from helpers.data import Dataset, Sample, make_demo_dataset  # noqa: E402
 from helpers.masks import MaskSet  # noqa: E402
 from helpers.models import LoadedClip, LoadedSam, load_clip, load_sam  # noqa: E402
 from helpers.pipeline import ImageResult, Pipeline, PipelineSettings  # noqa: E402
+from helpers.precision import check_precision  # noqa: E402
 from helpers.regions import RegionSettings, extract_regions  # noqa: E402
 from helpers.segmentation import SamSettings, generate_masks  # noqa: E402
 from helpers.tiny_models import TINY_SAM, write_tiny_checkpoints  # noqa: E402
 
 PROMPT = "circle"
+# a dataset's class list: the first three are the COCO mini's, all eleven CamVid's size
+CLASS_NAMES = ("person", "chair", "dog", "sky", "building", "pole", "road", "sidewalk", "tree", "car", "bicycle")
+MIN_SCORED_MASKS = 16  # the size table scores at least this many masks, boxes when SAM finds fewer
 # random weights find no masks at SAM's default gates; open them (the work done is the same)
 OPEN_GATES = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
@@ -126,7 +130,8 @@ def box_masks(height: int, width: int, count: int, seed: int = 0) -> MaskSet:
     return MaskSet.from_masks(dense)
 
 
-def compare(pipe: Pipeline, sample: Sample, masks: MaskSet, thresholds: np.ndarray, device: str) -> dict:
+def compare(pipe: Pipeline, sample: Sample, masks: MaskSet, thresholds: np.ndarray, device: str,
+            fast_precision: str = "bfloat16") -> dict:
     """CLIP scoring and a sweep, naive vs ours, on given masks; asserts identical predictions."""
     image = sample.image
     with PeakMemory(device) as naive_clip:
@@ -134,23 +139,80 @@ def compare(pipe: Pipeline, sample: Sample, masks: MaskSet, thresholds: np.ndarr
         naive = naive_scores(pipe.clip, regions, PROMPT)
     with PeakMemory(device) as ours_clip:
         embeddings = encode_images(pipe.clip, extract_regions(image, masks, RegionSettings()))
-        ours = embeddings @ pipe.text([PROMPT])[0]
+        ours = embeddings @ encode_text(pipe.clip, [PROMPT])[0]  # not the pipeline's text cache: timed fresh
     np.testing.assert_allclose(ours, naive, atol=1e-4)
+    with PeakMemory(device) as fast_clip:  # opt-in 16-bit image encoder: faster, scores not identical
+        fast = encode_images(pipe.clip, extract_regions(image, masks, RegionSettings()), precision=fast_precision)
+        fast = fast @ encode_text(pipe.clip, [PROMPT])[0]
     result = ImageResult(sample.image_id, masks, embeddings)
     dataset = Dataset("bench", [sample], [PROMPT])
     with PeakMemory(device) as naive_sweep_time:
         naive_predictions, naive_ious = naive_sweep(pipe.clip, sample, masks, thresholds)
+    fresh = Pipeline(pipe.sam, pipe.clip, pipe.settings)  # empty text cache: the prompt is encoded inside the timer
     with PeakMemory(device) as ours_sweep_time:
         table = metrics.atom_table(dataset, [result], PROMPT)
-        curve = metrics.sweep(table, pipe, PROMPT, thresholds)
+        curve = metrics.sweep(table, fresh, PROMPT, thresholds)
     # same masks and same IoU curve (thresholds within 1e-4 of a score may fall either way)
     for t, naive_mask, naive_iou, ours_iou in zip(thresholds, naive_predictions, naive_ious, curve["mean_iou"]):
         if not (np.abs(ours - t) < 1e-4).any():
             assert np.array_equal(naive_mask, masks.union(ours >= t)), f"masks differ at threshold {t}"
             assert np.isclose(naive_iou, ours_iou, equal_nan=True), f"IoU differs at threshold {t}"
     return {"masks": len(masks), "clip_naive": naive_clip.seconds, "clip_ours": ours_clip.seconds,
+            "clip_fast": fast_clip.seconds, "fast_error": float(np.abs(fast - ours).max()),
             "sweep_naive": naive_sweep_time.seconds, "sweep_ours": ours_sweep_time.seconds,
             "mem_naive": max(naive_clip.peak, naive_sweep_time.peak), "mem_ours": max(ours_clip.peak, ours_sweep_time.peak)}
+
+
+def compare_classes(clip_model: LoadedClip, sample: Sample, masks: MaskSet, names: list[str], device: str) -> dict:
+    """Scoring every mask against every class of a dataset (what notebook 03 evaluates):
+    the naive pipeline runs once per class; ours embeds the regions once for all classes."""
+    with PeakMemory(device) as naive_time:
+        regions = extract_regions(sample.image, masks, RegionSettings())
+        naive = np.stack([naive_scores(clip_model, regions, name) for name in names], axis=1)
+    with PeakMemory(device) as ours_time:
+        embeddings = encode_images(clip_model, extract_regions(sample.image, masks, RegionSettings()))
+        ours = embeddings @ encode_text(clip_model, names).T
+    np.testing.assert_allclose(ours, naive, atol=1e-4)
+    return {"naive": naive_time.seconds, "ours": ours_time.seconds}
+
+
+def timed(device: str, work, repeats: int = 3) -> float:
+    """The fastest of ``repeats`` runs of ``work()``, in seconds (after one warm-up)."""
+    work()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        work()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def image_encoder_roofline(clip_model: LoadedClip, device: str, batch_sizes=(1, 8, 16, 32, 64)) -> None:
+    """How close the CLIP image encoder runs to the machine's float32 matrix-multiply speed,
+    per batch size: the ceiling on what batching can gain over one region at a time."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    visual = clip_model.model.visual
+    size = visual.input_resolution
+    pixels = torch.randn(max(batch_sizes), 3, size, size, device=device)
+    with FlopCounterMode(display=False) as counter:
+        clip_model.model.encode_image(pixels[:1])
+    flops = counter.get_total_flops()
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    peak = 2 * 2048**3 / timed(device, lambda: a @ b) / 1e9
+    total = max(batch_sizes)
+    print(f"\n| CLIP image encoder, batch size | ms per region | GFLOP/s | share of float32 matmul peak ({peak:.0f} GFLOP/s) |")
+    print("|---|---|---|---|")
+    for size in batch_sizes:
+        seconds = timed(device, lambda: [clip_model.model.encode_image(pixels[s:s + size]) for s in range(0, total, size)], 2)
+        per_region = seconds / total
+        print(f"| {size} | {per_region * 1000:.1f} | {flops / per_region / 1e9:.0f} | {flops / per_region / 1e9 / peak:.0%} |",
+              flush=True)
+    print(f"({flops / 1e9:.2f} GFLOP per region)")
 
 
 def mask_agreement(a: MaskSet, b: MaskSet) -> float:
@@ -170,7 +232,7 @@ def sam_costs(sam: LoadedSam, image: np.ndarray, settings: SamSettings, device: 
     predictor = SamPredictor(sam.model)
     with torch.no_grad(), PeakMemory(device) as encoder:
         predictor.set_image(image)
-    options = {k: v for k, v in settings.__dict__.items() if k != "max_side"}
+    options = {k: v for k, v in settings.__dict__.items() if k not in ("max_side", "precision")}
     with torch.no_grad(), PeakMemory(device) as plain:
         records = SamAutomaticMaskGenerator(sam.model, output_mode="binary_mask", **options).generate(image)
     baseline = MaskSet.from_masks(np.stack([r["segmentation"] for r in records])) if records else \
@@ -183,6 +245,12 @@ def sam_costs(sam: LoadedSam, image: np.ndarray, settings: SamSettings, device: 
                 ("points_per_batch=16", replace(settings, points_per_batch=16)),
                 ("points_per_batch=256", replace(settings, points_per_batch=256)),
                 ("resized to 512 px first", replace(settings, max_side=512))]
+    for precision in ("bfloat16", "float16"):
+        try:
+            check_precision(precision, device)
+        except ValueError:
+            continue
+        variants.append((f"image encoder in {precision}", replace(settings, precision=precision)))
     for label, variant in variants:
         with PeakMemory(device) as timed:
             masks = generate_masks(sam, image, variant)
@@ -196,12 +264,17 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048], help="long sides in px")
     parser.add_argument("--mask-counts", type=int, nargs="+", default=[16, 64, 128])
     parser.add_argument("--points-per-side", type=int, default=16)
+    parser.add_argument("--class-counts", type=int, nargs="+", default=[1, 3, 11],
+                        help="dataset class lists to score against (COCO mini has 3, CamVid 11)")
     parser.add_argument("--thresholds", type=int, default=20)
+    parser.add_argument("--fast-precision", default="bfloat16", choices=["bfloat16", "float16"],
+                        help="the opt-in CLIP precision timed beside float32 (float16 on GPUs without bfloat16)")
     parser.add_argument("--skip-sam-costs", action="store_true", help="leave out the SAM variants table")
     parser.add_argument("--quick", action="store_true", help="tiny models and sizes: a smoke test of this script")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.mask_counts, args.points_per_side, args.thresholds = [96, 192], [4, 8], 4, 5
+        args.class_counts = [1, 3]
     sam, clip_model, what = load_benchmark_models(args)
     pipe = Pipeline(sam, clip_model, PipelineSettings())
     thresholds = np.linspace(-0.1, 0.4, args.thresholds)
@@ -222,23 +295,37 @@ def main(argv=None) -> int:
             with PeakMemory(args.device) as resized_time:
                 generate_masks(sam, sample.image, replace(settings, max_side=1024))
             resized = f"{resized_time.seconds:.2f}"
-        if len(masks) == 0:
-            masks = box_masks(*sample.image.shape[:2], 8)  # random SAM found nothing: score boxes instead
+        found = f"{len(masks)} from SAM"
+        if len(masks) < MIN_SCORED_MASKS:  # random SAM finds about one: score boxes, as many at every size
+            masks, found = box_masks(*sample.image.shape[:2], MIN_SCORED_MASKS), f"{MIN_SCORED_MASKS} boxes"
         row = compare(pipe, sample, masks, thresholds, args.device)
-        print(f"| {side} | {row['masks']} | {sam_time.seconds:.2f} | {resized} | {row['clip_naive']:.2f} | "
+        print(f"| {side} | {found} | {sam_time.seconds:.2f} | {resized} | {row['clip_naive']:.2f} | "
               f"{row['clip_ours']:.2f} | {row['clip_naive'] / row['clip_ours']:.1f}x | {row['sweep_naive']:.2f} | "
               f"{row['sweep_ours']:.4f} | {row['sweep_naive'] / row['sweep_ours']:.0f}x | "
               f"{row['mem_naive']:.0f} / {row['mem_ours']:.0f} |", flush=True)
 
     side = args.sizes[min(1, len(args.sizes) - 1)]
     sample = make_demo_dataset(1, height=side * 3 // 4, width=side, seed=1)[0]
-    print(f"\n| masks (boxes, {side} px) | CLIP naive s | CLIP ours s | ratio | sweep naive s | sweep ours s | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    fast = check_precision(args.fast_precision, args.device)
+    print(f"\n| masks (boxes, {side} px) | CLIP naive s | CLIP ours s | ratio | sweep naive s | sweep ours s | ratio "
+          f"| CLIP ours {fast} s (opt-in) | ratio | max score change |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for count in args.mask_counts:
-        row = compare(pipe, sample, box_masks(*sample.image.shape[:2], count), thresholds, args.device)
+        row = compare(pipe, sample, box_masks(*sample.image.shape[:2], count), thresholds, args.device, fast)
         print(f"| {count} | {row['clip_naive']:.2f} | {row['clip_ours']:.2f} | {row['clip_naive'] / row['clip_ours']:.1f}x "
-              f"| {row['sweep_naive']:.2f} | {row['sweep_ours']:.4f} | {row['sweep_naive'] / row['sweep_ours']:.0f}x |",
+              f"| {row['sweep_naive']:.2f} | {row['sweep_ours']:.4f} | {row['sweep_naive'] / row['sweep_ours']:.0f}x "
+              f"| {row['clip_fast']:.2f} | {row['clip_naive'] / row['clip_fast']:.1f}x | {row['fast_error']:.4f} |",
               flush=True)
+
+    masks = box_masks(*sample.image.shape[:2], args.mask_counts[0])
+    print(f"\n| classes scored ({len(masks)} box masks, {side} px) | CLIP naive s | CLIP ours s | ratio |")
+    print("|---|---|---|---|")
+    for count in args.class_counts:
+        names = list(CLASS_NAMES[:count])
+        row = compare_classes(clip_model, sample, masks, names, args.device)
+        print(f"| {count} | {row['naive']:.2f} | {row['ours']:.2f} | {row['naive'] / row['ours']:.1f}x |", flush=True)
+
+    image_encoder_roofline(clip_model, args.device, (1, 4) if args.quick else (1, 8, 16, 32, 64))
 
     if not args.skip_sam_costs:
         sam_costs(sam, sample.image, settings, args.device)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .precision import check_precision
+
 PROFILE_ENV = "SAMCLIP_PROFILE"
 PROFILES = ("full", "smoke")
 SMOKE_TAG = "SMOKE TEST - random tiny models, results are meaningless"
@@ -65,6 +67,7 @@ class RunConfig:
     max_images: int | None
     root: Path
     sam_overrides: dict = field(default_factory=dict)
+    precision: str = "float32"  # SAM's image encoder and CLIP's: float32, bfloat16 or float16
 
     @property
     def is_smoke(self) -> bool:
@@ -121,6 +124,7 @@ def load_config() -> RunConfig:
         classes=_env_list("SAMCLIP_CLASSES", []),
         max_images=int(max_images) if max_images else (4 if smoke else None),
         root=project_root(),
+        precision=check_precision(os.environ.get("SAMCLIP_PRECISION", "float32").strip().lower(), device),
     )
     if config.sam_model == "auto":
         config.sam_model = default_sam_model(device)
@@ -134,7 +138,7 @@ def load_config() -> RunConfig:
 def banner(config: RunConfig) -> str:
     """One block of text that every notebook prints first."""
     lines = [f"profile={config.profile}  device={config.device}  SAM={config.sam_model}  "
-             f"CLIP={config.clip_model}  dataset={config.dataset}"]
+             f"CLIP={config.clip_model}  dataset={config.dataset}  precision={config.precision}"]
     if config.is_smoke:
         rule = "!" * 78
         lines = [rule, f"!! {SMOKE_TAG}", "!! (set SAMCLIP_PROFILE=full or unset it for real runs)", rule, *lines]

@@ -16,6 +16,7 @@ from .clip_scoring import DEFAULT_TEMPLATES, TextEmbeddings, encode_images
 from .data import Dataset
 from .masks import FilterSettings, MaskSet, apply_filters
 from .models import LoadedClip, LoadedSam
+from .precision import PRECISIONS
 from .regions import RegionSettings, extract_regions
 from .segmentation import SamSettings, generate_masks
 from .selection import SelectionSettings, mask_scores, prompt_columns, similarities
@@ -27,7 +28,12 @@ class PipelineSettings:
     filters: FilterSettings = field(default_factory=FilterSettings)
     regions: RegionSettings = field(default_factory=RegionSettings)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
-    batch_size: int = 64
+    batch_size: int | None = None  # regions per CLIP pass; None: 16 on CPU, 64 on GPU
+    clip_precision: str = "float32"  # "bfloat16" / "float16": faster image encoder, scores change ~1e-3
+
+    def __post_init__(self) -> None:
+        if self.clip_precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.clip_precision!r}; use one of {PRECISIONS}.")
 
 
 @dataclass
@@ -60,7 +66,7 @@ class Pipeline:
         self.clip_image_runs = 0
         self.sam_key = settings_key(model=sam.name, **settings.sam.cache_fields())
         self.embedding_key = settings_key(sam=self.sam_key, filters=asdict(settings.filters), clip=clip.name,
-                                          regions=asdict(settings.regions))
+                                          regions=asdict(settings.regions), precision=settings.clip_precision)
 
     def segment(self, image: np.ndarray, key: str | None = None) -> MaskSet:
         """SAM's raw masks for ``image``, from the cache when there."""
@@ -80,7 +86,7 @@ class Pipeline:
         masks = apply_filters(self.segment(image, key), self.settings.filters)
         if embeddings is None or len(embeddings) != len(masks):
             regions = extract_regions(image, masks, self.settings.regions)
-            embeddings = encode_images(self.clip, regions, self.settings.batch_size)
+            embeddings = encode_images(self.clip, regions, self.settings.batch_size, self.settings.clip_precision)
             self.clip_image_runs += 1
             if self.cache:
                 self.cache.save_embeddings(key, self.embedding_key, embeddings)
@@ -110,5 +116,7 @@ class Pipeline:
 
 def default_settings(config) -> PipelineSettings:
     """The pipeline settings for a run: SAM's defaults (loosened in the smoke profile so that
-    random tiny models still return masks), small masks and masks inside larger ones dropped."""
-    return PipelineSettings(sam=replace(SamSettings(), **config.sam_overrides), filters=FilterSettings(min_area=100, max_inside=0.9))
+    random tiny models still return masks), small masks and masks inside larger ones dropped,
+    both image encoders in the run's precision."""
+    return PipelineSettings(sam=replace(SamSettings(precision=config.precision), **config.sam_overrides),
+                            filters=FilterSettings(min_area=100, max_inside=0.9), clip_precision=config.precision)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from helpers import pipeline as pipeline_module
-from helpers.clip_scoring import ENSEMBLE_TEMPLATES, TextEmbeddings, encode_images, encode_text, naive_scores
+from helpers.clip_scoring import (ENSEMBLE_TEMPLATES, TextEmbeddings, default_batch_size, encode_images, encode_text,
+                                  naive_scores)
 from helpers.data import make_demo_dataset
 from helpers.masks import (FilterSettings, MaskSet, apply_filters, drop_contained, drop_largest, filter_min_area,
                            split_overlaps)
@@ -85,6 +86,15 @@ def test_batched_scores_equal_the_naive_loop(tiny_models):
     naive = naive_scores(clip_model, regions, "chair")
     np.testing.assert_allclose(batched, naive, atol=1e-5)
     assert batched.dtype == np.float32 and np.ptp(batched) > 0  # not a constant: the test can fail
+
+
+def test_default_batch_size_depends_on_the_device_not_the_result(tiny_models):
+    _, clip_model = tiny_models
+    assert default_batch_size("cpu") == 16 and default_batch_size("cuda:0") == 64
+    rng = np.random.default_rng(2)
+    regions = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(default_batch_size("cpu") + 3)]
+    np.testing.assert_allclose(encode_images(clip_model, regions), encode_images(clip_model, regions, batch_size=1),
+                               atol=1e-5)
 
 
 def test_text_embeddings(tiny_models):

@@ -1,0 +1,73 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from helpers import config as cfg
+from helpers import precision
+from helpers.clip_scoring import encode_images
+from helpers.data import make_demo_dataset
+from helpers.pipeline import Pipeline, PipelineSettings, default_settings
+from helpers.regions import extract_regions
+from helpers.segmentation import SamSettings, generate_masks
+
+LOOSE_SAM = SamSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.95)
+
+
+def test_unsupported_precisions_say_what_to_use(monkeypatch):
+    with pytest.raises(ValueError, match="use one of"):
+        precision.check_precision("int8")
+    with pytest.raises(ValueError, match="on a CPU use 'bfloat16'"):
+        precision.check_precision("float16", "cpu")
+    monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    with pytest.raises(ValueError, match="use 'float16'"):
+        precision.check_precision("bfloat16", "cuda")
+    assert precision.check_precision("float16", "cuda:0") == "float16"
+    with pytest.raises(ValueError, match="Unknown precision"):
+        SamSettings(precision="half")
+    with pytest.raises(ValueError, match="Unknown precision"):
+        PipelineSettings(clip_precision="half")
+
+
+def test_bfloat16_sam_keeps_the_masks_close_and_float32_outputs(tiny_models):
+    sam, _ = tiny_models
+    image = make_demo_dataset(1, 120, 160, seed=3)[0].image
+    exact = generate_masks(sam, image, LOOSE_SAM)
+    fast = generate_masks(sam, image, replace(LOOSE_SAM, precision="bfloat16"))
+    assert len(exact) > 0 and len(fast) > 0
+    # every float32 mask has a bfloat16 twin that overlaps it almost entirely
+    a, b = exact.to_dense().reshape(len(exact), -1), fast.to_dense().reshape(len(fast), -1)
+    inter = a.astype(np.float32) @ b.T.astype(np.float32)
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    assert (inter / union).max(axis=1).min() > 0.9
+
+
+def test_bfloat16_clip_scores_within_tolerance(tiny_models):
+    sam, clip_model = tiny_models
+    image = make_demo_dataset(1, 120, 160, seed=4)[0].image
+    rng = np.random.default_rng(0)
+    regions = [rng.integers(0, 256, (int(rng.integers(10, 50)), int(rng.integers(10, 50)), 3), dtype=np.uint8)
+               for _ in range(6)] + extract_regions(image, generate_masks(sam, image, LOOSE_SAM))
+    exact = encode_images(clip_model, regions)
+    fast = encode_images(clip_model, regions, precision="bfloat16")
+    assert fast.dtype == np.float32 and fast.shape == exact.shape
+    assert not np.array_equal(fast, exact)  # it did run in another precision
+    assert np.min(np.sum(fast * exact, axis=1)) > 0.99  # cosine between the two embeddings of each region
+
+
+def test_run_precision_reaches_both_models_and_the_cache_key(monkeypatch, tiny_models):
+    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    monkeypatch.setenv("SAMCLIP_PRECISION", "bfloat16")
+    config = cfg.load_config()
+    assert config.precision == "bfloat16" and "precision=bfloat16" in cfg.banner(config)
+    settings = default_settings(config)
+    assert settings.sam.precision == "bfloat16" and settings.clip_precision == "bfloat16"
+    sam, clip_model = tiny_models
+    exact = Pipeline(sam, clip_model, replace(settings, sam=replace(settings.sam, precision="float32"),
+                                              clip_precision="float32"))
+    fast = Pipeline(sam, clip_model, settings)
+    assert fast.sam_key != exact.sam_key and fast.embedding_key != exact.embedding_key
+    monkeypatch.setenv("SAMCLIP_PRECISION", "float16")
+    monkeypatch.setenv("SAMCLIP_DEVICE", "cpu")
+    with pytest.raises(ValueError, match="float16 is for GPUs"):
+        cfg.load_config()
