@@ -34,7 +34,7 @@ from segment_anything import sam_model_registry  # noqa: E402
 from helpers import metrics  # noqa: E402
 from helpers.clip_scoring import encode_images, encode_text, naive_scores  # noqa: E402
 from helpers.data import Dataset, Sample, make_demo_dataset  # noqa: E402
-from helpers.masks import MaskSet  # noqa: E402
+from helpers.masks import MaskSet, best_match_iou  # noqa: E402
 from helpers.models import LoadedClip, LoadedSam, load_clip, load_sam  # noqa: E402
 from helpers.pipeline import ImageResult, Pipeline, PipelineSettings  # noqa: E402
 from helpers.precision import check_precision  # noqa: E402
@@ -219,10 +219,7 @@ def mask_agreement(a: MaskSet, b: MaskSet) -> float:
     """Mean best-match IoU of a's masks among b's (1.0: the same masks)."""
     if len(a) == 0 or len(b) == 0:
         return float(len(a) == len(b))
-    dense_a, dense_b = a.to_dense().reshape(len(a), -1), b.to_dense().reshape(len(b), -1)
-    inter = dense_a.astype(np.float32) @ dense_b.T.astype(np.float32)
-    union = dense_a.sum(1)[:, None] + dense_b.sum(1)[None, :] - inter
-    return float(np.mean((inter / np.maximum(union, 1)).max(1)))
+    return float(np.mean(best_match_iou(a, b)))
 
 
 def sam_costs(sam: LoadedSam, image: np.ndarray, settings: SamSettings, device: str) -> None:
@@ -232,9 +229,9 @@ def sam_costs(sam: LoadedSam, image: np.ndarray, settings: SamSettings, device: 
     predictor = SamPredictor(sam.model)
     with torch.no_grad(), PeakMemory(device) as encoder:
         predictor.set_image(image)
-    options = {k: v for k, v in settings.__dict__.items() if k not in ("max_side", "precision")}
     with torch.no_grad(), PeakMemory(device) as plain:
-        records = SamAutomaticMaskGenerator(sam.model, output_mode="binary_mask", **options).generate(image)
+        records = SamAutomaticMaskGenerator(sam.model, output_mode="binary_mask",
+                                            **settings.generator_options()).generate(image)
     baseline = MaskSet.from_masks(np.stack([r["segmentation"] for r in records])) if records else \
         MaskSet.from_masks(np.zeros((0, *image.shape[:2]), bool))
     print(f"\n| SAM variant ({image.shape[1]} px, {len(baseline)} masks) | seconds | vs plain | mask agreement |")

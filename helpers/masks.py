@@ -108,6 +108,17 @@ class FilterSettings:
     split_overlaps: bool = False  # give each pixel to the smallest mask covering it
 
 
+def best_match_iou(masks: MaskSet, others: MaskSet) -> np.ndarray:
+    """For each of ``masks``, its highest IoU with any of ``others`` (1.0: found unchanged)."""
+    if len(masks) == 0 or len(others) == 0:
+        return np.zeros(len(masks), np.float32)
+    a = masks.to_dense().reshape(len(masks), -1).astype(np.float32)
+    b = others.to_dense().reshape(len(others), -1).astype(np.float32)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return (inter / np.maximum(union, 1)).max(axis=1)
+
+
 def drop_largest(masks: MaskSet) -> MaskSet:
     if len(masks) == 0:
         return masks

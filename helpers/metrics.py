@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 import warnings
-import warnings
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Sequence

@@ -16,7 +16,7 @@ from .clip_scoring import DEFAULT_TEMPLATES, TextEmbeddings, encode_images
 from .data import Dataset
 from .masks import FilterSettings, MaskSet, apply_filters
 from .models import LoadedClip, LoadedSam
-from .precision import PRECISIONS
+from .precision import check_precision
 from .regions import RegionSettings, extract_regions
 from .segmentation import SamSettings, generate_masks
 from .selection import SelectionSettings, mask_scores, prompt_columns, similarities
@@ -32,8 +32,7 @@ class PipelineSettings:
     clip_precision: str = "float32"  # "bfloat16" / "float16": faster image encoder, scores change ~1e-3
 
     def __post_init__(self) -> None:
-        if self.clip_precision not in PRECISIONS:
-            raise ValueError(f"Unknown precision {self.clip_precision!r}; use one of {PRECISIONS}.")
+        check_precision(self.clip_precision)
 
 
 @dataclass

@@ -12,10 +12,13 @@ import torch
 PRECISIONS = ("float32", "bfloat16", "float16")
 
 
-def check_precision(precision: str, device: str | torch.device = "cpu") -> str:
-    """``precision`` when it can run on ``device``, else a ValueError saying what to use instead."""
+def check_precision(precision: str, device: str | torch.device | None = None) -> str:
+    """``precision`` when it is known and can run on ``device`` (not checked when None), else a
+    ValueError saying what to use instead."""
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}; use one of {PRECISIONS}.")
+    if device is None:
+        return precision
     on_gpu = str(device).startswith("cuda")
     if precision == "float16" and not on_gpu:
         raise ValueError("float16 is for GPUs; on a CPU use 'bfloat16' (or 'float32').")

@@ -10,7 +10,7 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
 from .masks import MaskSet
 from .models import LoadedSam
-from .precision import PRECISIONS, autocast, check_precision
+from .precision import autocast, check_precision
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,14 @@ class SamSettings:
     precision: str = "float32"  # image encoder in "bfloat16" / "float16": faster, masks change slightly
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"Unknown precision {self.precision!r}; use one of {PRECISIONS}.")
+        check_precision(self.precision)
+
+    def generator_options(self) -> dict:
+        """The keyword arguments of ``SamAutomaticMaskGenerator`` (ours are not among them)."""
+        options = asdict(self)
+        for ours in ("max_side", "precision"):
+            options.pop(ours)
+        return options
 
     def cache_fields(self) -> dict:
         """What decides the masks (points_per_batch only trades memory for speed)."""
@@ -66,12 +72,9 @@ def generate_masks(sam: LoadedSam, image: np.ndarray, settings: SamSettings = Sa
     """All masks SAM finds in ``image`` (H x W x 3 uint8 RGB), at the image's own size."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"SAM needs an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}.")
-    options = asdict(settings)
-    options.pop("max_side")
-    options.pop("precision")
-    generator = SamAutomaticMaskGenerator(sam.model, output_mode="binary_mask", **options)
-    if settings.precision != "float32":
-        generator.predictor = EncoderPrecisionPredictor(sam.model, check_precision(settings.precision, sam.device))
+    generator = SamAutomaticMaskGenerator(sam.model, output_mode="binary_mask", **settings.generator_options())
+    if settings.precision != "float32":  # the predictor's autocast checks the device supports it
+        generator.predictor = EncoderPrecisionPredictor(sam.model, settings.precision)
     small = resize_long_side(image, settings.max_side)
     with torch.inference_mode():
         records = generator.generate(small)

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers.segmentation import SamSettings
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# SAM's gates opened and few prompt points: random tiny models then return masks, fast
+LOOSE_SAM = SamSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.95)
 
 
 class FileServer:
@@ -97,7 +101,7 @@ def shared_data(name: str) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_user_checkpoint_settings(monkeypatch):
-    """A developer's own SAMCLIP_* checkpoint variables must not leak into the tests."""
+    """A developer's own SAMCLIP_* checkpoint and precision variables must not leak into the tests."""
     for name in ("SAMCLIP_MIRROR", "SAMCLIP_SAM_CHECKPOINT", "SAMCLIP_CLIP_CHECKPOINT", "SAMCLIP_DRIVE_CACHE",
-                 "SAMCLIP_CHECKPOINT_DIR"):
+                 "SAMCLIP_CHECKPOINT_DIR", "SAMCLIP_PRECISION"):
         monkeypatch.delenv(name, raising=False)

@@ -1,7 +1,6 @@
 import hashlib
 import os
 from collections import namedtuple
-from pathlib import Path
 
 import pytest
 

@@ -9,7 +9,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from helpers import metrics, viz  # noqa: E402
-from helpers.data import Dataset, LabelledImage, Sample, make_mosaics  # noqa: E402
+from helpers.data import Dataset, LabelledImage, Sample  # noqa: E402
 from helpers.masks import MaskSet  # noqa: E402
 from helpers.pipeline import ImageResult, Pipeline  # noqa: E402
 from helpers.selection import SelectionSettings  # noqa: E402

@@ -3,18 +3,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from conftest import LOOSE_SAM
 from helpers import pipeline as pipeline_module
 from helpers.clip_scoring import (ENSEMBLE_TEMPLATES, TextEmbeddings, default_batch_size, encode_images, encode_text,
                                   naive_scores)
 from helpers.data import make_demo_dataset
-from helpers.masks import (FilterSettings, MaskSet, apply_filters, drop_contained, drop_largest, filter_min_area,
-                           split_overlaps)
+from helpers.masks import (FilterSettings, MaskSet, apply_filters, best_match_iou, drop_contained, drop_largest,
+                           filter_min_area, split_overlaps)
 from helpers.pipeline import Pipeline, PipelineSettings
 from helpers.regions import NEUTRAL_GREY, RegionSettings, extract_regions
-from helpers.segmentation import SamSettings, generate_masks
+from helpers.segmentation import generate_masks
 from helpers.selection import SelectionSettings, mask_scores, select
-
-LOOSE_SAM = SamSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.95)
 
 
 def boxes_mask(h, w, *boxes):
@@ -58,6 +57,14 @@ def test_filters_on_hand_made_masks():
     assert not split[0][2:8, 2:8].any()
     chained = apply_filters(masks, FilterSettings(drop_largest=True, min_area=5, max_inside=0.9))
     assert np.array_equal(chained.to_dense(), dense[[1, 4]])
+
+
+def test_best_match_iou_on_hand_made_masks():
+    masks = MaskSet.from_masks(boxes_mask(20, 20, (0, 10, 0, 10), (10, 20, 10, 20)))
+    others = MaskSet.from_masks(boxes_mask(20, 20, (0, 10, 0, 5), (10, 20, 10, 20), (0, 20, 0, 20)))
+    np.testing.assert_allclose(best_match_iou(masks, others), [0.5, 1.0])  # half of box 0; box 1 unchanged
+    assert best_match_iou(masks, others.subset([])).tolist() == [0.0, 0.0]
+    assert best_match_iou(others.subset([]), masks).shape == (0,)
 
 
 def test_region_modes():
