@@ -8,7 +8,7 @@ STAMP   = $(VENV)/.installed-stamp
 # torch and torchvision both from PyPI: the only pair that loads together on CPU here and on Colab.
 TORCH_PINS = "torch==2.13.0" "torchvision==0.28.0"
 
-.PHONY: install run smoke test clean strip
+.PHONY: install run smoke test lint clean strip
 
 install: $(STAMP)
 
@@ -24,8 +24,12 @@ run: $(STAMP)
 smoke: $(STAMP)
 	SAMCLIP_PROFILE=smoke $(PY) -m helpers.run_notebooks
 
-test: $(STAMP)
+test: $(STAMP) lint
 	SAMCLIP_PROFILE=smoke $(PY) -m pytest -q --nbmake tests notebooks
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check helpers tests benchmarks
+	$(VENV)/bin/ruff format --check helpers tests benchmarks
 
 strip: $(STAMP)
 	$(VENV)/bin/nbstripout notebooks/*.ipynb

@@ -12,6 +12,7 @@ and embeddings. Both must give the same masks; the script asserts it.
 Real checkpoints are used when present in checkpoints/ (compute does not depend on the
 weights, so random ones time the same work).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -126,12 +127,18 @@ def box_masks(height: int, width: int, count: int, seed: int = 0) -> MaskSet:
     for i in range(count):
         h, w = rng.integers(height // 10, height // 2), rng.integers(width // 10, width // 2)
         y, x = rng.integers(0, height - h), rng.integers(0, width - w)
-        dense[i, y:y + h, x:x + w] = True
+        dense[i, y : y + h, x : x + w] = True
     return MaskSet.from_masks(dense)
 
 
-def compare(pipe: Pipeline, sample: Sample, masks: MaskSet, thresholds: np.ndarray, device: str,
-            fast_precision: str = "bfloat16") -> dict:
+def compare(
+    pipe: Pipeline,
+    sample: Sample,
+    masks: MaskSet,
+    thresholds: np.ndarray,
+    device: str,
+    fast_precision: str = "bfloat16",
+) -> dict:
     """CLIP scoring and a sweep, naive vs ours, on given masks; asserts identical predictions."""
     image = sample.image
     with PeakMemory(device) as naive_clip:
@@ -157,10 +164,17 @@ def compare(pipe: Pipeline, sample: Sample, masks: MaskSet, thresholds: np.ndarr
         if not (np.abs(ours - t) < 1e-4).any():
             assert np.array_equal(naive_mask, masks.union(ours >= t)), f"masks differ at threshold {t}"
             assert np.isclose(naive_iou, ours_iou, equal_nan=True), f"IoU differs at threshold {t}"
-    return {"masks": len(masks), "clip_naive": naive_clip.seconds, "clip_ours": ours_clip.seconds,
-            "clip_fast": fast_clip.seconds, "fast_error": float(np.abs(fast - ours).max()),
-            "sweep_naive": naive_sweep_time.seconds, "sweep_ours": ours_sweep_time.seconds,
-            "mem_naive": max(naive_clip.peak, naive_sweep_time.peak), "mem_ours": max(ours_clip.peak, ours_sweep_time.peak)}
+    return {
+        "masks": len(masks),
+        "clip_naive": naive_clip.seconds,
+        "clip_ours": ours_clip.seconds,
+        "clip_fast": fast_clip.seconds,
+        "fast_error": float(np.abs(fast - ours).max()),
+        "sweep_naive": naive_sweep_time.seconds,
+        "sweep_ours": ours_sweep_time.seconds,
+        "mem_naive": max(naive_clip.peak, naive_sweep_time.peak),
+        "mem_ours": max(ours_clip.peak, ours_sweep_time.peak),
+    }
 
 
 def compare_classes(clip_model: LoadedClip, sample: Sample, masks: MaskSet, names: list[str], device: str) -> dict:
@@ -205,13 +219,21 @@ def image_encoder_roofline(clip_model: LoadedClip, device: str, batch_sizes=(1, 
     a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
     peak = 2 * 2048**3 / timed(device, lambda: a @ b) / 1e9
     total = max(batch_sizes)
-    print(f"\n| CLIP image encoder, batch size | ms per region | GFLOP/s | share of float32 matmul peak ({peak:.0f} GFLOP/s) |")
+    print(
+        "\n| CLIP image encoder, batch size | ms per region | GFLOP/s | "
+        f"share of float32 matmul peak ({peak:.0f} GFLOP/s) |"
+    )
     print("|---|---|---|---|")
     for size in batch_sizes:
-        seconds = timed(device, lambda: [clip_model.model.encode_image(pixels[s:s + size]) for s in range(0, total, size)], 2)
+        seconds = timed(
+            device, lambda: [clip_model.model.encode_image(pixels[s : s + size]) for s in range(0, total, size)], 2
+        )
         per_region = seconds / total
-        print(f"| {size} | {per_region * 1000:.1f} | {flops / per_region / 1e9:.0f} | {flops / per_region / 1e9 / peak:.0%} |",
-              flush=True)
+        print(
+            f"| {size} | {per_region * 1000:.1f} | {flops / per_region / 1e9:.0f} | "
+            f"{flops / per_region / 1e9 / peak:.0%} |",
+            flush=True,
+        )
     print(f"({flops / 1e9:.2f} GFLOP per region)")
 
 
@@ -230,18 +252,24 @@ def sam_costs(sam: LoadedSam, image: np.ndarray, settings: SamSettings, device: 
     with torch.no_grad(), PeakMemory(device) as encoder:
         predictor.set_image(image)
     with torch.no_grad(), PeakMemory(device) as plain:
-        records = SamAutomaticMaskGenerator(sam.model, output_mode="binary_mask",
-                                            **settings.generator_options()).generate(image)
-    baseline = MaskSet.from_masks(np.stack([r["segmentation"] for r in records])) if records else \
-        MaskSet.from_masks(np.zeros((0, *image.shape[:2]), bool))
+        records = SamAutomaticMaskGenerator(
+            sam.model, output_mode="binary_mask", **settings.generator_options()
+        ).generate(image)
+    baseline = (
+        MaskSet.from_masks(np.stack([r["segmentation"] for r in records]))
+        if records
+        else MaskSet.from_masks(np.zeros((0, *image.shape[:2]), bool))
+    )
     print(f"\n| SAM variant ({image.shape[1]} px, {len(baseline)} masks) | seconds | vs plain | mask agreement |")
     print("|---|---|---|---|")
     print(f"| image encoder alone (set_image) | {encoder.seconds:.2f} | {encoder.seconds / plain.seconds:.2f} | - |")
     print(f"| plain generator, torch.no_grad (baseline) | {plain.seconds:.2f} | 1.00 | 1.000 |")
-    variants = [("ours: torch.inference_mode", settings),
-                ("points_per_batch=16", replace(settings, points_per_batch=16)),
-                ("points_per_batch=256", replace(settings, points_per_batch=256)),
-                ("resized to 512 px first", replace(settings, max_side=512))]
+    variants = [
+        ("ours: torch.inference_mode", settings),
+        ("points_per_batch=16", replace(settings, points_per_batch=16)),
+        ("points_per_batch=256", replace(settings, points_per_batch=256)),
+        ("resized to 512 px first", replace(settings, max_side=512)),
+    ]
     for precision in ("bfloat16", "float16"):
         try:
             check_precision(precision, device)
@@ -251,8 +279,11 @@ def sam_costs(sam: LoadedSam, image: np.ndarray, settings: SamSettings, device: 
     for label, variant in variants:
         with PeakMemory(device) as timed:
             masks = generate_masks(sam, image, variant)
-        print(f"| {label} | {timed.seconds:.2f} | {timed.seconds / plain.seconds:.2f} | "
-              f"{mask_agreement(masks, baseline):.3f} |", flush=True)
+        print(
+            f"| {label} | {timed.seconds:.2f} | {timed.seconds / plain.seconds:.2f} | "
+            f"{mask_agreement(masks, baseline):.3f} |",
+            flush=True,
+        )
 
 
 def main(argv=None) -> int:
@@ -261,11 +292,20 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048], help="long sides in px")
     parser.add_argument("--mask-counts", type=int, nargs="+", default=[16, 64, 128])
     parser.add_argument("--points-per-side", type=int, default=16)
-    parser.add_argument("--class-counts", type=int, nargs="+", default=[1, 3, 11],
-                        help="dataset class lists to score against (COCO mini has 3, CamVid 11)")
+    parser.add_argument(
+        "--class-counts",
+        type=int,
+        nargs="+",
+        default=[1, 3, 11],
+        help="dataset class lists to score against (COCO mini has 3, CamVid 11)",
+    )
     parser.add_argument("--thresholds", type=int, default=20)
-    parser.add_argument("--fast-precision", default="bfloat16", choices=["bfloat16", "float16"],
-                        help="the opt-in CLIP precision timed beside float32 (float16 on GPUs without bfloat16)")
+    parser.add_argument(
+        "--fast-precision",
+        default="bfloat16",
+        choices=["bfloat16", "float16"],
+        help="the opt-in CLIP precision timed beside float32 (float16 on GPUs without bfloat16)",
+    )
     parser.add_argument("--skip-sam-costs", action="store_true", help="leave out the SAM variants table")
     parser.add_argument("--quick", action="store_true", help="tiny models and sizes: a smoke test of this script")
     args = parser.parse_args(argv)
@@ -279,8 +319,10 @@ def main(argv=None) -> int:
     print(f"# {what} on {args.device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}")
     print(f"# SAM points_per_side={args.points_per_side}; sweep of {args.thresholds} thresholds; prompt '{PROMPT}'\n")
 
-    print("| long side | masks | SAM s | SAM s (resized to 1024) | CLIP naive s | CLIP ours s | ratio "
-          "| sweep naive s | sweep ours s | ratio | peak MiB naive / ours |")
+    print(
+        "| long side | masks | SAM s | SAM s (resized to 1024) | CLIP naive s | CLIP ours s | ratio "
+        "| sweep naive s | sweep ours s | ratio | peak MiB naive / ours |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     settings = SamSettings(points_per_side=args.points_per_side, **OPEN_GATES)
     for side in args.sizes:
@@ -296,23 +338,31 @@ def main(argv=None) -> int:
         if len(masks) < MIN_SCORED_MASKS:  # random SAM finds about one: score boxes, as many at every size
             masks, found = box_masks(*sample.image.shape[:2], MIN_SCORED_MASKS), f"{MIN_SCORED_MASKS} boxes"
         row = compare(pipe, sample, masks, thresholds, args.device)
-        print(f"| {side} | {found} | {sam_time.seconds:.2f} | {resized} | {row['clip_naive']:.2f} | "
-              f"{row['clip_ours']:.2f} | {row['clip_naive'] / row['clip_ours']:.1f}x | {row['sweep_naive']:.2f} | "
-              f"{row['sweep_ours']:.4f} | {row['sweep_naive'] / row['sweep_ours']:.0f}x | "
-              f"{row['mem_naive']:.0f} / {row['mem_ours']:.0f} |", flush=True)
+        print(
+            f"| {side} | {found} | {sam_time.seconds:.2f} | {resized} | {row['clip_naive']:.2f} | "
+            f"{row['clip_ours']:.2f} | {row['clip_naive'] / row['clip_ours']:.1f}x | {row['sweep_naive']:.2f} | "
+            f"{row['sweep_ours']:.4f} | {row['sweep_naive'] / row['sweep_ours']:.0f}x | "
+            f"{row['mem_naive']:.0f} / {row['mem_ours']:.0f} |",
+            flush=True,
+        )
 
     side = args.sizes[min(1, len(args.sizes) - 1)]
     sample = make_demo_dataset(1, height=side * 3 // 4, width=side, seed=1)[0]
     fast = check_precision(args.fast_precision, args.device)
-    print(f"\n| masks (boxes, {side} px) | CLIP naive s | CLIP ours s | ratio | sweep naive s | sweep ours s | ratio "
-          f"| CLIP ours {fast} s (opt-in) | ratio | max score change |")
+    print(
+        f"\n| masks (boxes, {side} px) | CLIP naive s | CLIP ours s | ratio | sweep naive s | sweep ours s | ratio "
+        f"| CLIP ours {fast} s (opt-in) | ratio | max score change |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for count in args.mask_counts:
         row = compare(pipe, sample, box_masks(*sample.image.shape[:2], count), thresholds, args.device, fast)
-        print(f"| {count} | {row['clip_naive']:.2f} | {row['clip_ours']:.2f} | {row['clip_naive'] / row['clip_ours']:.1f}x "
-              f"| {row['sweep_naive']:.2f} | {row['sweep_ours']:.4f} | {row['sweep_naive'] / row['sweep_ours']:.0f}x "
-              f"| {row['clip_fast']:.2f} | {row['clip_naive'] / row['clip_fast']:.1f}x | {row['fast_error']:.4f} |",
-              flush=True)
+        print(
+            f"| {count} | {row['clip_naive']:.2f} | {row['clip_ours']:.2f} "
+            f"| {row['clip_naive'] / row['clip_ours']:.1f}x "
+            f"| {row['sweep_naive']:.2f} | {row['sweep_ours']:.4f} | {row['sweep_naive'] / row['sweep_ours']:.0f}x "
+            f"| {row['clip_fast']:.2f} | {row['clip_naive'] / row['clip_fast']:.1f}x | {row['fast_error']:.4f} |",
+            flush=True,
+        )
 
     masks = box_masks(*sample.image.shape[:2], args.mask_counts[0])
     print(f"\n| classes scored ({len(masks)} box masks, {side} px) | CLIP naive s | CLIP ours s | ratio |")
@@ -340,8 +390,10 @@ def main(argv=None) -> int:
     table = metrics.atom_table(dataset, results, PROMPT)
     built = time.perf_counter() - started
     metrics.sweep(table, pipe, PROMPT, thresholds)
-    print(f"\nsweep over 100 cached images (320x240, 40 masks each), {args.thresholds} thresholds: "
-          f"{time.perf_counter() - started:.3f} s ({built:.3f} s of it building the per-class atom table)")
+    print(
+        f"\nsweep over 100 cached images (320x240, 40 masks each), {args.thresholds} thresholds: "
+        f"{time.perf_counter() - started:.3f} s ({built:.3f} s of it building the per-class atom table)"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """Text-prompted segmentation with SAM + CLIP: the logic behind the notebooks."""
+
 import warnings
 
 # openai-clip 1.0.1 imports pkg_resources (hence the setuptools<82 pin); its deprecation

@@ -4,6 +4,7 @@ Keys are content hashes: the image's pixels, plus the model and every setting th
 the result. Files are written to a temporary name and renamed, so an interrupted run leaves
 only whole files, and a rerun picks up where it stopped. An unreadable file counts as a miss.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,5 +61,7 @@ class ResultCache:
             return None
 
     def save_embeddings(self, image: str, key: str, embeddings: np.ndarray) -> None:
-        self._write(self._path("embeddings", image, key),
-                    lambda f: np.savez_compressed(f, embeddings=embeddings.astype(np.float32)))
+        self._write(
+            self._path("embeddings", image, key),
+            lambda f: np.savez_compressed(f, embeddings=embeddings.astype(np.float32)),
+        )

@@ -9,6 +9,7 @@ known mirrors; CLIP falls back to the open_clip copy of the OpenAI weights when 
 
 Command line: ``python -m helpers.checkpoints vit_b ViT-B/32``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -73,25 +74,74 @@ class Checkpoint:
 _META = "https://dl.fbaipublicfiles.com/segment_anything/"
 _HF_SAM = "https://huggingface.co/ybelkada/segment-anything/resolve/main/checkpoints/"
 _SAM = {  # name: (file, bytes, sha256)
-    "vit_h": ("sam_vit_h_4b8939.pth", 2_564_550_879, "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e"),
-    "vit_l": ("sam_vit_l_0b3195.pth", 1_249_524_607, "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622"),
+    "vit_h": (
+        "sam_vit_h_4b8939.pth",
+        2_564_550_879,
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+    ),
+    "vit_l": (
+        "sam_vit_l_0b3195.pth",
+        1_249_524_607,
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+    ),
     "vit_b": ("sam_vit_b_01ec64.pth", 375_042_383, "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
 }
 _OPENAI = "https://openaipublic.azureedge.net/clip/models/"
 _CLIP = {  # name: (sha256, file, bytes or None, timm hub id of the open_clip copy)
-    "RN50": ("afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762", "RN50.pt", None, "resnet50_clip.openai"),
-    "RN101": ("8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599", "RN101.pt", None, "resnet101_clip.openai"),
-    "RN50x4": ("7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd", "RN50x4.pt", None, "resnet50x4_clip.openai"),
-    "RN50x16": ("52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa", "RN50x16.pt", None, "resnet50x16_clip.openai"),
-    "RN50x64": ("be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c", "RN50x64.pt", None, "resnet50x64_clip.openai"),
-    "ViT-B/32": ("40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", "ViT-B-32.pt", 353_976_522,
-                 "vit_base_patch32_clip_224.openai"),
-    "ViT-B/16": ("5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", "ViT-B-16.pt", None,
-                 "vit_base_patch16_clip_224.openai"),
-    "ViT-L/14": ("b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836", "ViT-L-14.pt", None,
-                 "vit_large_patch14_clip_224.openai"),
-    "ViT-L/14@336px": ("3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02", "ViT-L-14-336px.pt", None,
-                       "vit_large_patch14_clip_336.openai"),
+    "RN50": (
+        "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762",
+        "RN50.pt",
+        None,
+        "resnet50_clip.openai",
+    ),
+    "RN101": (
+        "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599",
+        "RN101.pt",
+        None,
+        "resnet101_clip.openai",
+    ),
+    "RN50x4": (
+        "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd",
+        "RN50x4.pt",
+        None,
+        "resnet50x4_clip.openai",
+    ),
+    "RN50x16": (
+        "52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa",
+        "RN50x16.pt",
+        None,
+        "resnet50x16_clip.openai",
+    ),
+    "RN50x64": (
+        "be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c",
+        "RN50x64.pt",
+        None,
+        "resnet50x64_clip.openai",
+    ),
+    "ViT-B/32": (
+        "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
+        "ViT-B-32.pt",
+        353_976_522,
+        "vit_base_patch32_clip_224.openai",
+    ),
+    "ViT-B/16": (
+        "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
+        "ViT-B-16.pt",
+        None,
+        "vit_base_patch16_clip_224.openai",
+    ),
+    "ViT-L/14": (
+        "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+        "ViT-L-14.pt",
+        None,
+        "vit_large_patch14_clip_224.openai",
+    ),
+    "ViT-L/14@336px": (
+        "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+        "ViT-L-14-336px.pt",
+        None,
+        "vit_large_patch14_clip_336.openai",
+    ),
 }
 
 
@@ -105,10 +155,17 @@ def _build_registry() -> dict[str, Checkpoint]:
         # clip.model.build_model expects; its checksum is not published, so it is checked by
         # structure when loaded (helpers.models.load_clip).
         open_clip_copy = Checkpoint(
-            name, "clip", file.replace(".pt", ".open_clip.bin"), None, None,
-            (f"https://huggingface.co/timm/{hub}/resolve/main/open_clip_pytorch_model.bin",), "open_clip")
-        registry[name] = Checkpoint(name, "clip", file, sha, size, (f"{_OPENAI}{sha}/{file}",), "openai",
-                                    alternates=(open_clip_copy,))
+            name,
+            "clip",
+            file.replace(".pt", ".open_clip.bin"),
+            None,
+            None,
+            (f"https://huggingface.co/timm/{hub}/resolve/main/open_clip_pytorch_model.bin",),
+            "open_clip",
+        )
+        registry[name] = Checkpoint(
+            name, "clip", file, sha, size, (f"{_OPENAI}{sha}/{file}",), "openai", alternates=(open_clip_copy,)
+        )
     return registry
 
 
@@ -182,13 +239,24 @@ def _check_disk(folder: Path, needed: int | None) -> None:
     if free < needed + DISK_MARGIN_BYTES:
         raise NotEnoughDiskError(
             f"Not enough free disk in {folder}: {needed / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free. "
-            "Free some space or set SAMCLIP_CHECKPOINT_DIR to a larger disk (on Colab, a Drive folder).")
+            "Free some space or set SAMCLIP_CHECKPOINT_DIR to a larger disk (on Colab, a Drive folder)."
+        )
 
 
 def _write_stream(chunks, part: Path, mode: str, total: int | None, initial: int, label: str, progress: bool) -> None:
     try:
-        with open(part, mode) as f, tqdm(total=total, initial=initial, unit="B", unit_scale=True,
-                                         unit_divisor=1024, desc=label, disable=not progress) as bar:
+        with (
+            open(part, mode) as f,
+            tqdm(
+                total=total,
+                initial=initial,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=label,
+                disable=not progress,
+            ) as bar,
+        ):
             for chunk in chunks:
                 f.write(chunk)
                 bar.update(len(chunk))
@@ -196,7 +264,8 @@ def _write_stream(chunks, part: Path, mode: str, total: int | None, initial: int
         if exc.errno == errno.ENOSPC:
             raise NotEnoughDiskError(
                 f"The disk filled up while writing {part}. The partial file is kept and the download resumes "
-                "once space is free (or set SAMCLIP_CHECKPOINT_DIR to a larger disk).") from exc
+                "once space is free (or set SAMCLIP_CHECKPOINT_DIR to a larger disk)."
+            ) from exc
         raise
 
 
@@ -209,8 +278,9 @@ def _fetch_local(source: str, part: Path, progress: bool) -> None:
         _write_stream(iter(lambda: f.read(CHUNK_BYTES), b""), part, "wb", path.stat().st_size, 0, path.name, progress)
 
 
-def _fetch_http(url: str, part: Path, session: requests.Session, size: int | None, progress: bool,
-                timeout: float) -> None:
+def _fetch_http(
+    url: str, part: Path, session: requests.Session, size: int | None, progress: bool, timeout: float
+) -> None:
     start = part.stat().st_size if part.exists() else 0
     if size is not None and start >= size:
         return  # already complete; the checksum decides
@@ -226,13 +296,28 @@ def _fetch_http(url: str, part: Path, session: requests.Session, size: int | Non
         length = response.headers.get("Content-Length")
         total = size if size is not None else (int(length) + start if length else None)
         _check_disk(part.parent, (total - start) if total else None)
-        _write_stream(response.iter_content(CHUNK_BYTES), part, "ab" if start else "wb", total, start,
-                      part.name.removesuffix(".part"), progress)
+        _write_stream(
+            response.iter_content(CHUNK_BYTES),
+            part,
+            "ab" if start else "wb",
+            total,
+            start,
+            part.name.removesuffix(".part"),
+            progress,
+        )
 
 
-def download_file(sources: list[str], dest: Path, sha256: str | None = None, size: int | None = None,
-                  progress: bool = True, retries: int = 3, timeout: float = 30.0,
-                  session: requests.Session | None = None, hint: str = "") -> Path:
+def download_file(
+    sources: list[str],
+    dest: Path,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    retries: int = 3,
+    timeout: float = 30.0,
+    session: requests.Session | None = None,
+    hint: str = "",
+) -> Path:
     """Fetch ``dest`` from the first source that delivers a verified copy.
 
     ``sources`` are URLs or local paths, tried in order. Interrupted transfers resume from
@@ -280,7 +365,8 @@ def download_file(sources: list[str], dest: Path, sha256: str | None = None, siz
     if bad_checksum:
         raise ChecksumMismatchError(
             f"{dest.name}: no source delivered a file with the expected sha256 {sha256}.\n  {tried}\n"
-            f"The bad download was moved to {corrupt} and is not used. Delete it, check the mirror, and retry.{hint}")
+            f"The bad download was moved to {corrupt} and is not used. Delete it, check the mirror, and retry.{hint}"
+        )
     raise DownloadError(f"Could not download {dest.name} (network down or every source gone?).\n  {tried}{hint}")
 
 
@@ -297,15 +383,24 @@ def _mirror_sources(filename: str, mirrors: list[str]) -> list[str]:
 def supply_hint(checkpoint: Checkpoint, dest_dir: Path) -> str:
     env = LOCAL_ENV[checkpoint.family] if checkpoint.family in LOCAL_ENV else "SAMCLIP_<FAMILY>_CHECKPOINT"
     urls = ", ".join(checkpoint.urls)
-    return (f"\nTo supply {checkpoint.filename} ({checkpoint.name}) yourself, any one of:\n"
-            f"  - download it from {urls} on a machine with internet and copy it to {dest_dir / checkpoint.filename}\n"
-            f"  - set {MIRROR_ENV} to a folder or http(s) URL that holds {checkpoint.filename}\n"
-            f"  - set {env}=/path/to/{checkpoint.filename}")
+    return (
+        f"\nTo supply {checkpoint.filename} ({checkpoint.name}) yourself, any one of:\n"
+        f"  - download it from {urls} on a machine with internet and copy it to {dest_dir / checkpoint.filename}\n"
+        f"  - set {MIRROR_ENV} to a folder or http(s) URL that holds {checkpoint.filename}\n"
+        f"  - set {env}=/path/to/{checkpoint.filename}"
+    )
 
 
-def ensure_checkpoint(name: str, dest_dir: Path, mirrors: list[str] | None = None, local_path: str | None = None,
-                      drive_cache: str | Path | None = None, progress: bool = True, verify: bool = True,
-                      session: requests.Session | None = None) -> Path:
+def ensure_checkpoint(
+    name: str,
+    dest_dir: Path,
+    mirrors: list[str] | None = None,
+    local_path: str | None = None,
+    drive_cache: str | Path | None = None,
+    progress: bool = True,
+    verify: bool = True,
+    session: requests.Session | None = None,
+) -> Path:
     """Return the path of a verified checkpoint ``name``, downloading it when needed.
 
     ``local_path`` (or ``SAMCLIP_SAM_CHECKPOINT`` / ``SAMCLIP_CLIP_CHECKPOINT``) names a file to
@@ -320,12 +415,15 @@ def ensure_checkpoint(name: str, dest_dir: Path, mirrors: list[str] | None = Non
     if local_path:
         path = _local_path(local_path)
         if not path.is_file():
-            raise CheckpointError(f"{LOCAL_ENV.get(checkpoint.family)} / local_path points to {path}, which is "
-                                  f"not a file. Fix the path or unset it to download.")
+            raise CheckpointError(
+                f"{LOCAL_ENV.get(checkpoint.family)} / local_path points to {path}, which is "
+                f"not a file. Fix the path or unset it to download."
+            )
         if verify and not is_verified(path, checkpoint.sha256, checkpoint.size):
             raise ChecksumMismatchError(
                 f"{path} is not the official {checkpoint.name} checkpoint (size or sha256 differ). "
-                "Pass verify=False to use your own weights on purpose, or supply the official file.")
+                "Pass verify=False to use your own weights on purpose, or supply the official file."
+            )
         return path
     if mirrors is None:
         mirrors = os.environ.get(MIRROR_ENV, "").split()
@@ -339,16 +437,20 @@ def ensure_checkpoint(name: str, dest_dir: Path, mirrors: list[str] | None = Non
             sources += _mirror_sources(candidate.filename, [str(drive_cache)])
         sources += list(candidate.urls)
         try:
-            path = download_file(sources, dest, candidate.sha256, candidate.size, progress=progress,
-                                 session=session, hint=hint)
+            path = download_file(
+                sources, dest, candidate.sha256, candidate.size, progress=progress, session=session, hint=hint
+            )
         except (DownloadError, ChecksumMismatchError) as exc:
             errors.append(exc)
             continue
         if drive_cache:
             _copy_to_cache(path, Path(drive_cache))
         if candidate is not checkpoint:
-            print(f"Note: {checkpoint.filename} could not be had; using the open_clip copy of the same OpenAI "
-                  f"weights ({path.name}), converted when loaded.", file=sys.stderr)
+            print(
+                f"Note: {checkpoint.filename} could not be had; using the open_clip copy of the same OpenAI "
+                f"weights ({path.name}), converted when loaded.",
+                file=sys.stderr,
+            )
         return path
     mismatches = [e for e in errors if isinstance(e, ChecksumMismatchError)]
     raise (mismatches[0] if mismatches else errors[0])

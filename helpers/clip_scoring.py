@@ -1,4 +1,5 @@
 """CLIP embeddings of regions and prompts, always returned as float32 on the CPU."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -14,8 +15,14 @@ from .precision import autocast
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 # A small ensemble in the spirit of CLIP's ImageNet prompt engineering.
 ENSEMBLE_TEMPLATES = (
-    "a photo of a {}.", "a bad photo of a {}.", "a cropped photo of the {}.", "a close-up photo of a {}.",
-    "a photo of the small {}.", "a photo of the large {}.", "a low resolution photo of a {}.", "a rendering of a {}.",
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a cropped photo of the {}.",
+    "a close-up photo of a {}.",
+    "a photo of the small {}.",
+    "a photo of the large {}.",
+    "a low resolution photo of a {}.",
+    "a rendering of a {}.",
 )
 
 
@@ -54,8 +61,9 @@ def default_batch_size(device: str) -> int:
     return 64 if str(device).startswith("cuda") else 16
 
 
-def encode_images(model: LoadedClip, regions: Sequence[np.ndarray], batch_size: int | None = None,
-                  precision: str = "float32") -> np.ndarray:
+def encode_images(
+    model: LoadedClip, regions: Sequence[np.ndarray], batch_size: int | None = None, precision: str = "float32"
+) -> np.ndarray:
     """Unit embeddings of all ``regions`` (RGB uint8 arrays), ``batch_size`` at a time
     (default: ``default_batch_size`` of the model's device), the encoder run in ``precision``."""
     width = model.model.visual.output_dim
@@ -64,14 +72,15 @@ def encode_images(model: LoadedClip, regions: Sequence[np.ndarray], batch_size: 
         return np.zeros((0, width), np.float32)
     chunks = []
     for start in range(0, len(regions), batch_size):
-        batch = preprocess_regions(model, regions[start:start + batch_size]).to(model.device)
+        batch = preprocess_regions(model, regions[start : start + batch_size]).to(model.device)
         with torch.inference_mode(), autocast(model.device, precision):
             chunks.append(_normalise(model.model.encode_image(batch)))
     return np.concatenate(chunks)
 
 
-def naive_scores(model: LoadedClip, regions: Sequence[np.ndarray], prompt: str,
-                 templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
+def naive_scores(
+    model: LoadedClip, regions: Sequence[np.ndarray], prompt: str, templates: Sequence[str] = DEFAULT_TEMPLATES
+) -> np.ndarray:
     """The reference loop of the source reports: one forward pass per region, the text
     encoded again every time. Kept to check and benchmark the batched path."""
     scores = []

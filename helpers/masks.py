@@ -5,6 +5,7 @@ covered by exactly the same masks share an atom. ``atoms`` (H x W ids) plus ``me
 (atoms x N booleans) reproduce every mask exactly, compress well, and make unions, areas and
 overlaps cost O(atoms) instead of O(N x H x W).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -87,8 +88,14 @@ class MaskSet:
         return boxes
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, atoms=self.atoms, membership=np.packbits(self.membership, axis=1),
-                            count=len(self), predicted_iou=self.predicted_iou, stability=self.stability)
+        np.savez_compressed(
+            path,
+            atoms=self.atoms,
+            membership=np.packbits(self.membership, axis=1),
+            count=len(self),
+            predicted_iou=self.predicted_iou,
+            stability=self.stability,
+        )
 
     @classmethod
     def load(cls, path: Path) -> "MaskSet":

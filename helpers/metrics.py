@@ -9,6 +9,7 @@ Conventions (tested):
 - mean IoU averages the per-image IoUs that are not NaN; dataset IoU = sum of intersections /
   sum of unions over all images (large objects weigh more).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,13 +65,28 @@ def iou(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -
 
 
 def _row(image_id: str, name: str, c: Counts, kept: int) -> dict:
-    return {"image_id": image_id, "class": name, "iou": c.iou, "precision": c.precision, "recall": c.recall,
-            "intersection": c.intersection, "union": c.union, "predicted": c.predicted, "truth": c.truth,
-            "kept_masks": kept}
+    return {
+        "image_id": image_id,
+        "class": name,
+        "iou": c.iou,
+        "precision": c.precision,
+        "recall": c.recall,
+        "intersection": c.intersection,
+        "union": c.union,
+        "predicted": c.predicted,
+        "truth": c.truth,
+        "kept_masks": kept,
+    }
 
 
-def evaluate(dataset: Dataset, results: Sequence[ImageResult], pipeline: Pipeline, classes: Sequence[str],
-             selection: SelectionSettings = SelectionSettings(), prompts: dict[str, str] | None = None) -> pd.DataFrame:
+def evaluate(
+    dataset: Dataset,
+    results: Sequence[ImageResult],
+    pipeline: Pipeline,
+    classes: Sequence[str],
+    selection: SelectionSettings = SelectionSettings(),
+    prompts: dict[str, str] | None = None,
+) -> pd.DataFrame:
     """One row per image and class. ``prompts`` maps a class to the text typed for it
     (default: the class name); the softmax mode competes over all of ``classes``."""
     dataset.check_classes(list(classes))
@@ -81,26 +97,35 @@ def evaluate(dataset: Dataset, results: Sequence[ImageResult], pipeline: Pipelin
         for name in classes:
             prediction = pipeline.predict(result, typed[name], selection, competitors)
             truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
-            rows.append(_row(sample.image_id, name, counts(prediction.mask, truth, sample.ignore_mask(name)),
-                             int(prediction.keep.sum())))
+            rows.append(
+                _row(
+                    sample.image_id,
+                    name,
+                    counts(prediction.mask, truth, sample.ignore_mask(name)),
+                    int(prediction.keep.sum()),
+                )
+            )
     return pd.DataFrame(rows)
 
 
 def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
     """Per class: mean IoU, dataset IoU, mean precision and recall, and how many images counted."""
     grouped = per_image.groupby("class", sort=False)
-    summary = pd.DataFrame({
-        "mean_iou": grouped["iou"].mean(),  # pandas skips NaN
-        "dataset_iou": grouped["intersection"].sum() / grouped["union"].sum().replace(0, np.nan),
-        "precision": grouped["precision"].mean(),
-        "recall": grouped["recall"].mean(),
-        "images_scored": grouped["iou"].count(),
-        "images": grouped["iou"].size(),
-    })
+    summary = pd.DataFrame(
+        {
+            "mean_iou": grouped["iou"].mean(),  # pandas skips NaN
+            "dataset_iou": grouped["intersection"].sum() / grouped["union"].sum().replace(0, np.nan),
+            "precision": grouped["precision"].mean(),
+            "recall": grouped["recall"].mean(),
+            "images_scored": grouped["iou"].count(),
+            "images": grouped["iou"].size(),
+        }
+    )
     return summary.reset_index()
 
 
 # --- threshold sweeps ---------------------------------------------------------------------------
+
 
 @dataclass
 class AtomTable:
@@ -127,8 +152,15 @@ def atom_table(dataset: Dataset, results: Sequence[ImageResult], name: str) -> A
     return AtomTable(list(results), truth_rows, valid_rows, np.asarray(totals, np.float64))
 
 
-def sweep(table: AtomTable, pipeline: Pipeline, prompt: str, thresholds: Sequence[float], mode: str = "threshold",
-          classes: Sequence[str] | None = None, negatives: Sequence[str] = ()) -> pd.DataFrame:
+def sweep(
+    table: AtomTable,
+    pipeline: Pipeline,
+    prompt: str,
+    thresholds: Sequence[float],
+    mode: str = "threshold",
+    classes: Sequence[str] | None = None,
+    negatives: Sequence[str] = (),
+) -> pd.DataFrame:
     """IoU, precision and recall against the threshold, from cached embeddings alone.
 
     A pixel is predicted at threshold t when the best score among the masks covering it is
@@ -156,13 +188,15 @@ def sweep(table: AtomTable, pipeline: Pipeline, prompt: str, thresholds: Sequenc
     summed_union = union.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a threshold where no image is scored gives NaN
-        return pd.DataFrame({
-            "threshold": thresholds,
-            "mean_iou": np.nanmean(np.where(union > 0, inter / union, np.nan), axis=0),
-            "dataset_iou": np.where(summed_union > 0, inter.sum(0) / summed_union, np.nan),
-            "precision": np.nanmean(np.where(pred > 0, inter / pred, np.nan), axis=0),
-            "recall": np.nanmean(np.where(truth > 0, inter / truth, np.nan), axis=0),
-        })
+        return pd.DataFrame(
+            {
+                "threshold": thresholds,
+                "mean_iou": np.nanmean(np.where(union > 0, inter / union, np.nan), axis=0),
+                "dataset_iou": np.where(summed_union > 0, inter.sum(0) / summed_union, np.nan),
+                "precision": np.nanmean(np.where(pred > 0, inter / pred, np.nan), axis=0),
+                "recall": np.nanmean(np.where(truth > 0, inter / truth, np.nan), axis=0),
+            }
+        )
 
 
 def best_threshold(sweep_table: pd.DataFrame, metric: str = "mean_iou") -> tuple[float, float]:
@@ -172,6 +206,7 @@ def best_threshold(sweep_table: pd.DataFrame, metric: str = "mean_iou") -> tuple
 
 
 # --- the source papers' other measures ----------------------------------------------------------
+
 
 def recognition_accuracy(items: Sequence[LabelledImage], classes: Sequence[str], pipeline: Pipeline) -> dict:
     """Whole-image classification accuracy of CLIP alone and of SAM + CLIP (the class of the
@@ -185,8 +220,11 @@ def recognition_accuracy(items: Sequence[LabelledImage], classes: Sequence[str],
         result = pipeline.process(item.image)
         sims = similarities(result.embeddings, text)
         sam_clip.append(int(np.unravel_index(sims.argmax(), sims.shape)[1]) if sims.size else int(fallback))
-    return {"clip_alone": float((clip_alone == truth).mean()), "sam_clip": float((np.array(sam_clip) == truth).mean()),
-            "images": len(items)}
+    return {
+        "clip_alone": float((clip_alone == truth).mean()),
+        "sam_clip": float((np.array(sam_clip) == truth).mean()),
+        "images": len(items),
+    }
 
 
 def mosaic_top1_accuracy(dataset: Dataset, results: Sequence[ImageResult], pipeline: Pipeline) -> float:
@@ -202,6 +240,7 @@ def mosaic_top1_accuracy(dataset: Dataset, results: Sequence[ImageResult], pipel
 
 
 # --- saving -------------------------------------------------------------------------------------
+
 
 def save_results(folder: str | Path, per_image: pd.DataFrame, summary: pd.DataFrame, settings: dict) -> Path:
     """CSV tables and a JSON file holding the settings next to the summary, in a new run folder."""

@@ -5,6 +5,7 @@ SAM: ``segment_anything.sam_model_registry`` builds the network; the state dict 
 archives go through ``clip.load(path, jit=False)``; plain state dicts (the open_clip copy of the
 OpenAI weights, or our tiny test models) go through ``clip.model.build_model``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -51,8 +52,10 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu") -> Lo
         raise UnknownModelError(f"Unknown SAM model type {model_type!r}; choose one of {sorted(SAM_BUILDERS)}.")
     path = Path(checkpoint)
     if not path.is_file():
-        raise CheckpointError(f"SAM checkpoint {path} does not exist. Run notebooks/00_download_checkpoints.ipynb "
-                              f"or `python -m helpers.checkpoints {model_type}` first.")
+        raise CheckpointError(
+            f"SAM checkpoint {path} does not exist. Run notebooks/00_download_checkpoints.ipynb "
+            f"or `python -m helpers.checkpoints {model_type}` first."
+        )
     sam = SAM_BUILDERS[model_type]()
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
@@ -61,8 +64,9 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu") -> Lo
         width = state.get("image_encoder.patch_embed.proj.weight", torch.empty(0)).shape[:1]
         guess = _SAM_WIDTH_TO_TYPE.get(width[0]) if width else None
         hint = f" It looks like a {guess} checkpoint." if guess else ""
-        raise CheckpointError(f"{path.name} does not fit SAM {model_type!r}.{hint} "
-                              "Pass the model type that matches the file.") from exc
+        raise CheckpointError(
+            f"{path.name} does not fit SAM {model_type!r}.{hint} Pass the model type that matches the file."
+        ) from exc
     sam.to(device).eval()
     return LoadedSam(sam, f"{model_type}:{path.name}:{path.stat().st_size}")
 
@@ -88,8 +92,10 @@ def open_clip_to_clip_state_dict(state: dict) -> dict:
     required = ("token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight", "logit_scale")
     missing = [key for key in required if key not in state]
     if missing or not any(key.startswith("visual.") for key in state):
-        raise CheckpointError(f"Not an OpenAI-CLIP compatible state dict (missing {missing or ['visual.*']}). "
-                              "Use an OpenAI .pt archive or the open_clip copy of the OpenAI weights.")
+        raise CheckpointError(
+            f"Not an OpenAI-CLIP compatible state dict (missing {missing or ['visual.*']}). "
+            "Use an OpenAI .pt archive or the open_clip copy of the OpenAI weights."
+        )
     return state
 
 
@@ -97,8 +103,10 @@ def load_clip(checkpoint: str | Path, device: str = "cpu", name: str | None = No
     """Load CLIP from an OpenAI archive or a plain (open_clip-style) state dict, in float32."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise CheckpointError(f"CLIP checkpoint {path} does not exist. Run notebooks/00_download_checkpoints.ipynb "
-                              "or `python -m helpers.checkpoints ViT-B/32` first.")
+        raise CheckpointError(
+            f"CLIP checkpoint {path} does not exist. Run notebooks/00_download_checkpoints.ipynb "
+            "or `python -m helpers.checkpoints ViT-B/32` first."
+        )
     if is_torchscript_archive(path):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.jit.load.*deprecated", category=DeprecationWarning)
@@ -119,8 +127,10 @@ def checkpoint_paths(config: RunConfig, progress: bool = True) -> dict[str, Path
     """Verified checkpoint files for the run: downloaded (full) or built (smoke) when missing."""
     if config.is_smoke:
         return write_tiny_checkpoints(config.checkpoint_dir)
-    return {"sam": ensure_checkpoint(config.sam_model, config.checkpoint_dir, progress=progress),
-            "clip": ensure_checkpoint(config.clip_model, config.checkpoint_dir, progress=progress)}
+    return {
+        "sam": ensure_checkpoint(config.sam_model, config.checkpoint_dir, progress=progress),
+        "clip": ensure_checkpoint(config.clip_model, config.checkpoint_dir, progress=progress),
+    }
 
 
 def load_models(config: RunConfig) -> tuple[LoadedSam, LoadedClip]:

@@ -3,6 +3,7 @@
 SAM masks and region embeddings are cached per image; a new prompt, threshold or selection
 mode only costs a matrix product. ``process_dataset`` resumes after an interruption.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
@@ -56,16 +57,22 @@ class Prediction:
 class Pipeline:
     """Holds the models, the settings and the cache; counts how often SAM really runs."""
 
-    def __init__(self, sam: LoadedSam, clip: LoadedClip, settings: PipelineSettings = PipelineSettings(),
-                 cache_dir=None) -> None:
+    def __init__(
+        self, sam: LoadedSam, clip: LoadedClip, settings: PipelineSettings = PipelineSettings(), cache_dir=None
+    ) -> None:
         self.sam, self.clip, self.settings = sam, clip, settings
         self.cache = ResultCache(cache_dir) if cache_dir else None
         self.text = TextEmbeddings(clip, settings.templates)
         self.sam_runs = 0
         self.clip_image_runs = 0
         self.sam_key = settings_key(model=sam.name, **settings.sam.cache_fields())
-        self.embedding_key = settings_key(sam=self.sam_key, filters=asdict(settings.filters), clip=clip.name,
-                                          regions=asdict(settings.regions), precision=settings.clip_precision)
+        self.embedding_key = settings_key(
+            sam=self.sam_key,
+            filters=asdict(settings.filters),
+            clip=clip.name,
+            regions=asdict(settings.regions),
+            precision=settings.clip_precision,
+        )
 
     def segment(self, image: np.ndarray, key: str | None = None) -> MaskSet:
         """SAM's raw masks for ``image``, from the cache when there."""
@@ -94,11 +101,18 @@ class Pipeline:
     def process_dataset(self, dataset: Dataset, progress: bool = True) -> list[ImageResult]:
         """Every image of ``dataset``; each result is cached as soon as it is made, so an
         interrupted run (a Colab disconnect) resumes where it stopped."""
-        return [self.process(sample.image, sample.image_id)
-                for sample in tqdm(dataset.samples, desc="SAM + CLIP", disable=not progress)]
+        return [
+            self.process(sample.image, sample.image_id)
+            for sample in tqdm(dataset.samples, desc="SAM + CLIP", disable=not progress)
+        ]
 
-    def predict(self, result: ImageResult, prompt: str, selection: SelectionSettings = SelectionSettings(),
-                classes: Sequence[str] | None = None) -> Prediction:
+    def predict(
+        self,
+        result: ImageResult,
+        prompt: str,
+        selection: SelectionSettings = SelectionSettings(),
+        classes: Sequence[str] | None = None,
+    ) -> Prediction:
         """The mask for ``prompt``. ``classes`` is the list the softmax mode competes over
         (the prompt is added when missing); negative prompts are appended to it."""
         names = prompt_columns(prompt, classes, selection.negatives)
@@ -107,8 +121,13 @@ class Pipeline:
         keep = scores >= selection.threshold
         return Prediction(result.masks.union(keep), keep, scores, sims, names)
 
-    def segment_by_text(self, image: np.ndarray, prompt: str, selection: SelectionSettings = SelectionSettings(),
-                        classes: Sequence[str] | None = None) -> np.ndarray:
+    def segment_by_text(
+        self,
+        image: np.ndarray,
+        prompt: str,
+        selection: SelectionSettings = SelectionSettings(),
+        classes: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """Type a word, get its mask: the one-call entry point."""
         return self.predict(self.process(image), prompt, selection, classes).mask
 
@@ -117,5 +136,8 @@ def default_settings(config) -> PipelineSettings:
     """The pipeline settings for a run: SAM's defaults (loosened in the smoke profile so that
     random tiny models still return masks), small masks and masks inside larger ones dropped,
     both image encoders in the run's precision."""
-    return PipelineSettings(sam=replace(SamSettings(precision=config.precision), **config.sam_overrides),
-                            filters=FilterSettings(min_area=100, max_inside=0.9), clip_precision=config.precision)
+    return PipelineSettings(
+        sam=replace(SamSettings(precision=config.precision), **config.sam_overrides),
+        filters=FilterSettings(min_area=100, max_inside=0.9),
+        clip_precision=config.precision,
+    )

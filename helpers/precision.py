@@ -3,6 +3,7 @@
 bfloat16 runs on recent CPUs (AVX-512 BF16 / AMX) and on Ampere or newer GPUs; float16 is for
 GPUs only. Both change scores and masks slightly: the benchmark states by how much.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Cut each mask out of the image as a picture CLIP can score."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

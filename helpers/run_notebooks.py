@@ -4,6 +4,7 @@ Executed copies go to ``outputs/<profile>/notebooks/``, figures to ``outputs/<pr
 A notebook that fails stops the run with its error message (for example how to supply
 checkpoints without network) and the partly executed copy is kept for inspection.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,14 +24,17 @@ def run(notebooks: list[Path], out_dir: Path, timeout: int = 3600) -> int:
         started = time.time()
         print(f"running {path.name} ...", flush=True)
         notebook = nbformat.read(path, as_version=4)
-        client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent)}})
+        client = NotebookClient(
+            notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        )
         try:
             client.execute()
         except CellExecutionError as exc:
             nbformat.write(notebook, out_dir / path.name)
-            print(f"\n{path.name} stopped: {exc.ename}: {exc.evalue}\n"
-                  f"(partly executed copy: {out_dir / path.name})", file=sys.stderr)
+            print(
+                f"\n{path.name} stopped: {exc.ename}: {exc.evalue}\n(partly executed copy: {out_dir / path.name})",
+                file=sys.stderr,
+            )
             return 1
         nbformat.write(notebook, out_dir / path.name)
         print(f"  done in {time.time() - started:.0f} s -> {out_dir / path.name}", flush=True)

@@ -1,4 +1,5 @@
 """SAM's automatic mask generator with its settings exposed, returning a ``MaskSet``."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -83,6 +84,7 @@ def generate_masks(sam: LoadedSam, image: np.ndarray, settings: SamSettings = Sa
         return MaskSet.from_masks(np.zeros((0, height, width), bool))
     masks = np.stack([r["segmentation"] for r in records])
     if small is not image:
-        masks = np.stack([cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-                          for m in masks]).astype(bool)
+        masks = np.stack(
+            [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) for m in masks]
+        ).astype(bool)
     return MaskSet.from_masks(masks, [r["predicted_iou"] for r in records], [r["stability_score"] for r in records])

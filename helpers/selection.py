@@ -4,6 +4,7 @@ Every mode turns the N x K similarity table (regions x prompts) into one score p
 the target prompt such that a mask is kept when its score >= ``threshold``. That makes a
 threshold sweep one sort (see ``helpers.metrics.sweep``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ def mask_scores(sims: np.ndarray, target: int, mode: str, n_negatives: int = 0) 
     if mode == "threshold":
         scores = sims[:, target].copy()
         if n_negatives:
-            beaten = sims[:, target] <= sims[:, sims.shape[1] - n_negatives:].max(axis=1)
+            beaten = sims[:, target] <= sims[:, sims.shape[1] - n_negatives :].max(axis=1)
             scores[beaten] = -np.inf
         return scores
     if mode == "softmax":

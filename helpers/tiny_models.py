@@ -4,6 +4,7 @@ They exercise every code path (saving, loading, automatic mask generation, CLIP 
 well under a second on a CPU; their outputs are noise. Used by the tests and by the notebooks'
 smoke profile.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -31,14 +32,32 @@ def build_sam_tiny(checkpoint: str | None = None) -> Sam:
     grid = TINY_SAM_IMAGE_SIZE // patch
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=2, embed_dim=dim, img_size=TINY_SAM_IMAGE_SIZE, mlp_ratio=2,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=2, patch_size=patch, qkv_bias=True,
-            use_rel_pos=True, global_attn_indexes=(1,), window_size=4, out_chans=dim),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(grid, grid),
-                                     input_image_size=(TINY_SAM_IMAGE_SIZE, TINY_SAM_IMAGE_SIZE), mask_in_chans=4),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                 transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
-                                 transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32),
+            depth=2,
+            embed_dim=dim,
+            img_size=TINY_SAM_IMAGE_SIZE,
+            mlp_ratio=2,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(1,),
+            window_size=4,
+            out_chans=dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(TINY_SAM_IMAGE_SIZE, TINY_SAM_IMAGE_SIZE),
+            mask_in_chans=4,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            transformer_dim=dim,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
+        ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
@@ -50,9 +69,18 @@ def build_sam_tiny(checkpoint: str | None = None) -> Sam:
 def build_clip_tiny() -> CLIP:
     """A CLIP ViT with one 64-wide block per tower, 32 px input, 32-d embeddings. Widths are
     multiples of 64 because ``clip.model.build_model`` infers the head count as width // 64."""
-    return CLIP(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
-                context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
-                transformer_layers=1).eval()
+    return CLIP(
+        embed_dim=32,
+        image_resolution=32,
+        vision_layers=1,
+        vision_width=64,
+        vision_patch_size=16,
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=64,
+        transformer_heads=1,
+        transformer_layers=1,
+    ).eval()
 
 
 def save_clip_archive(model: CLIP, path: Path) -> None:
@@ -80,6 +108,7 @@ def write_tiny_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
         save_clip_archive(build_clip_tiny(), tmp)
         tmp.replace(clip_path)
     for name, family, path, fmt in ((TINY_SAM, "sam", sam_path, "sam"), (TINY_CLIP, "clip", clip_path, "openai")):
-        register_checkpoint(Checkpoint(name, family, path.name, sha256_of(path), path.stat().st_size,
-                                       (str(path),), fmt))
+        register_checkpoint(
+            Checkpoint(name, family, path.name, sha256_of(path), path.stat().st_size, (str(path),), fmt)
+        )
     return {"sam": sam_path, "clip": clip_path}

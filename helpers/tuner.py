@@ -3,6 +3,7 @@
 Changing the prompt, threshold, selection mode or image recomputes only a matrix product and
 a union of cached masks: SAM and the CLIP image encoder never run again.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,17 +20,32 @@ from .viz import four_panel
 
 
 class ThresholdTuner:
-    def __init__(self, dataset: Dataset, results: Sequence[ImageResult], pipeline: Pipeline,
-                 classes: Sequence[str], threshold: float = 0.25, title=lambda text: text) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        results: Sequence[ImageResult],
+        pipeline: Pipeline,
+        classes: Sequence[str],
+        threshold: float = 0.25,
+        title=lambda text: text,
+    ) -> None:
         self.dataset, self.results, self.pipeline = dataset, list(results), pipeline
         self.classes, self.title = list(classes), title
-        self.image = widgets.Dropdown(options=[(s.image_id, i) for i, s in enumerate(dataset.samples)], value=0,
-                                      description="image")
+        self.image = widgets.Dropdown(
+            options=[(s.image_id, i) for i, s in enumerate(dataset.samples)], value=0, description="image"
+        )
         self.truth_class = widgets.Dropdown(options=self.classes, value=self.classes[0], description="class")
         self.prompt = widgets.Text(value=self.classes[0], description="prompt", continuous_update=False)
         self.mode = widgets.Dropdown(options=SELECTION_MODES, value="threshold", description="mode")
-        self.threshold = widgets.FloatSlider(value=threshold, min=-0.2, max=1.0, step=0.005, readout_format=".3f",
-                                             description="threshold", continuous_update=True)
+        self.threshold = widgets.FloatSlider(
+            value=threshold,
+            min=-0.2,
+            max=1.0,
+            step=0.005,
+            readout_format=".3f",
+            description="threshold",
+            continuous_update=True,
+        )
         self.iou_label = widgets.HTML()
         self.output = widgets.Output()
         with plt.ioff():
@@ -57,11 +73,16 @@ class ThresholdTuner:
         selection = SelectionSettings(self.mode.value, self.threshold.value)
         prediction = self.pipeline.predict(self.results[self.image.value], prompt, selection, self.classes)
         self.iou = counts(prediction.mask, truth, sample.ignore_mask(name)).iou
-        self.iou_label.value = (f"<b>IoU {self.iou:.3f}</b> &nbsp; kept {int(prediction.keep.sum())} of "
-                                f"{len(prediction.keep)} masks")
-        four_panel(sample.image, truth, prediction.mask,
-                   self.title(f"{sample.image_id} - class '{name}', prompt '{prompt}' - IoU {self.iou:.3f}"),
-                   figure=self.figure)
+        self.iou_label.value = (
+            f"<b>IoU {self.iou:.3f}</b> &nbsp; kept {int(prediction.keep.sum())} of {len(prediction.keep)} masks"
+        )
+        four_panel(
+            sample.image,
+            truth,
+            prediction.mask,
+            self.title(f"{sample.image_id} - class '{name}', prompt '{prompt}' - IoU {self.iou:.3f}"),
+            figure=self.figure,
+        )
         self.output.clear_output(wait=True)
         with self.output:
             from IPython.display import display
@@ -69,6 +90,10 @@ class ThresholdTuner:
             display(self.figure)
 
     def widget(self) -> widgets.Widget:
-        controls = widgets.HBox([widgets.VBox([self.image, self.truth_class, self.prompt]),
-                                 widgets.VBox([self.mode, self.threshold, self.iou_label])])
+        controls = widgets.HBox(
+            [
+                widgets.VBox([self.image, self.truth_class, self.prompt]),
+                widgets.VBox([self.mode, self.threshold, self.iou_label]),
+            ]
+        )
         return widgets.VBox([controls, self.output])

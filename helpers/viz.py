@@ -1,5 +1,6 @@
 """Figures: the four panels per image, all SAM masks in colour, cut-outs with scores, failure
 galleries and sweep plots. Every function returns a matplotlib Figure; nothing is shown here."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,16 +33,21 @@ def colour_masks(masks: MaskSet, seed: int = 0) -> np.ndarray:
 
 def draw_panels(container, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
     """The four panels in a row of new axes of ``container`` (a Figure or SubFigure)."""
-    panels = [(image, "original", None), (truth.astype(np.uint8), "ground truth", "gray"),
-              (prediction.astype(np.uint8), "prediction", "gray"), (overlay(image, prediction), "overlay", None)]
+    panels = [
+        (image, "original", None),
+        (truth.astype(np.uint8), "ground truth", "gray"),
+        (prediction.astype(np.uint8), "prediction", "gray"),
+        (overlay(image, prediction), "overlay", None),
+    ]
     for ax, (array, label, cmap) in zip(container.subplots(1, 4), panels):
         ax.imshow(array, cmap=cmap, vmin=0, vmax=1 if cmap else None, interpolation="nearest")
         ax.set_title(label)
         ax.axis("off")
 
 
-def four_panel(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, title: str = "",
-               figure: plt.Figure | None = None) -> plt.Figure:
+def four_panel(
+    image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, title: str = "", figure: plt.Figure | None = None
+) -> plt.Figure:
     """Original, ground truth, prediction and prediction over the image (axes 0-3)."""
     figure = figure or plt.figure(figsize=(14, 3.8))
     figure.clear()
@@ -84,8 +90,14 @@ def show_masks(image: np.ndarray, masks: MaskSet, title: str = "") -> plt.Figure
     return figure
 
 
-def show_regions(regions: Sequence[np.ndarray], scores: np.ndarray, kept: np.ndarray, title: str = "",
-                 columns: int = 8, limit: int = 32) -> plt.Figure:
+def show_regions(
+    regions: Sequence[np.ndarray],
+    scores: np.ndarray,
+    kept: np.ndarray,
+    title: str = "",
+    columns: int = 8,
+    limit: int = 32,
+) -> plt.Figure:
     """The cut-outs CLIP saw, best score first, kept ones framed in red."""
     order = np.argsort(-scores)[:limit]
     rows = max(1, int(np.ceil(len(order) / columns)))
@@ -121,8 +133,9 @@ def plot_sweep(table: pd.DataFrame, title: str = "", best: float | None = None) 
     return figure
 
 
-def worst_gallery(per_image: pd.DataFrame, dataset, results, pipeline, selection, count: int = 4,
-                  title: str = "") -> plt.Figure:
+def worst_gallery(
+    per_image: pd.DataFrame, dataset, results, pipeline, selection, count: int = 4, title: str = ""
+) -> plt.Figure:
     """Four panels for each of the ``count`` lowest-IoU (image, class) rows of ``per_image``
     (from ``metrics.evaluate``), predicted again from the cache."""
     worst = per_image.dropna(subset=["iou"]).nsmallest(count, "iou")

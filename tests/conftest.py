@@ -1,4 +1,5 @@
 """Shared fixtures: a local HTTP file server, tiny checkpoints, the shared real data."""
+
 from __future__ import annotations
 
 import threading
@@ -102,6 +103,12 @@ def shared_data(name: str) -> Path:
 @pytest.fixture(autouse=True)
 def no_user_checkpoint_settings(monkeypatch):
     """A developer's own SAMCLIP_* checkpoint and precision variables must not leak into the tests."""
-    for name in ("SAMCLIP_MIRROR", "SAMCLIP_SAM_CHECKPOINT", "SAMCLIP_CLIP_CHECKPOINT", "SAMCLIP_DRIVE_CACHE",
-                 "SAMCLIP_CHECKPOINT_DIR", "SAMCLIP_PRECISION"):
+    for name in (
+        "SAMCLIP_MIRROR",
+        "SAMCLIP_SAM_CHECKPOINT",
+        "SAMCLIP_CLIP_CHECKPOINT",
+        "SAMCLIP_DRIVE_CACHE",
+        "SAMCLIP_CHECKPOINT_DIR",
+        "SAMCLIP_PRECISION",
+    ):
         monkeypatch.delenv(name, raising=False)

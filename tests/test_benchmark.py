@@ -10,6 +10,12 @@ def test_benchmark_script_runs_and_checks_naive_equals_ours(capsys):
     spec.loader.exec_module(bench)
     assert bench.main(["--quick"]) == 0
     out = capsys.readouterr().out
-    for table in ("| long side | masks | SAM s", "| masks (boxes,", "| classes scored", "| CLIP image encoder, batch size",
-                  "| SAM variant", "sweep over 100 cached images"):
+    for table in (
+        "| long side | masks | SAM s",
+        "| masks (boxes,",
+        "| classes scored",
+        "| CLIP image encoder, batch size",
+        "| SAM variant",
+        "sweep over 100 cached images",
+    ):
         assert table in out, f"benchmark output lacks {table!r}"

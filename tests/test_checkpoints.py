@@ -5,8 +5,16 @@ from collections import namedtuple
 import pytest
 
 from helpers import checkpoints as ck
-from helpers.checkpoints import (Checkpoint, ChecksumMismatchError, DownloadError, NotEnoughDiskError,
-                                 UnknownModelError, download_file, ensure_checkpoint, register_checkpoint)
+from helpers.checkpoints import (
+    Checkpoint,
+    ChecksumMismatchError,
+    DownloadError,
+    NotEnoughDiskError,
+    UnknownModelError,
+    download_file,
+    ensure_checkpoint,
+    register_checkpoint,
+)
 
 PAYLOAD = os.urandom(3 * ck.CHUNK_BYTES + 12345)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -89,11 +97,16 @@ def test_local_path_source_and_local_mirror_folder(tmp_path):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     (mirror / "local.pth").write_bytes(PAYLOAD)
-    register_checkpoint(Checkpoint("test_local", "sam", "local.pth", SHA, len(PAYLOAD), ("http://127.0.0.1:9/x",), "sam"))
+    register_checkpoint(
+        Checkpoint("test_local", "sam", "local.pth", SHA, len(PAYLOAD), ("http://127.0.0.1:9/x",), "sam")
+    )
     path = ensure_checkpoint("test_local", tmp_path / "ck", mirrors=[str(mirror)], progress=False)
     assert path == tmp_path / "ck" / "local.pth" and path.read_bytes() == PAYLOAD
     # an explicit file is used in place, after verification
-    assert ensure_checkpoint("test_local", tmp_path / "other", local_path=str(mirror / "local.pth")) == mirror / "local.pth"
+    assert (
+        ensure_checkpoint("test_local", tmp_path / "other", local_path=str(mirror / "local.pth"))
+        == mirror / "local.pth"
+    )
     (tmp_path / "mine.pth").write_bytes(b"fine-tuned")
     with pytest.raises(ChecksumMismatchError, match="verify=False"):
         ensure_checkpoint("test_local", tmp_path, local_path=str(tmp_path / "mine.pth"))
@@ -125,7 +138,9 @@ def test_free_disk_is_checked_before_downloading(file_server, tmp_path, monkeypa
 
 def test_drive_cache_is_filled_and_then_used(file_server, tmp_path):
     file_server.files["/c.pth"] = PAYLOAD
-    register_checkpoint(Checkpoint("test_drive", "sam", "c.pth", SHA, len(PAYLOAD), (file_server.url + "/c.pth",), "sam"))
+    register_checkpoint(
+        Checkpoint("test_drive", "sam", "c.pth", SHA, len(PAYLOAD), (file_server.url + "/c.pth",), "sam")
+    )
     drive = tmp_path / "drive"
     ensure_checkpoint("test_drive", tmp_path / "a", mirrors=[], drive_cache=drive, progress=False)
     assert (drive / "c.pth").read_bytes() == PAYLOAD
@@ -135,8 +150,11 @@ def test_drive_cache_is_filled_and_then_used(file_server, tmp_path):
 
 def test_clip_falls_back_to_the_open_clip_copy(file_server, tmp_path, capsys):
     copy = Checkpoint("test_clip", "clip", "c.open_clip.bin", None, None, (file_server.url + "/oc.bin",), "open_clip")
-    register_checkpoint(Checkpoint("test_clip", "clip", "c.pt", SHA, len(PAYLOAD), (file_server.url + "/c.pt",), "openai",
-                                   alternates=(copy,)))
+    register_checkpoint(
+        Checkpoint(
+            "test_clip", "clip", "c.pt", SHA, len(PAYLOAD), (file_server.url + "/c.pt",), "openai", alternates=(copy,)
+        )
+    )
     file_server.files["/oc.bin"] = b"weights"
     path = ensure_checkpoint("test_clip", tmp_path, mirrors=[], progress=False)
     assert path.name == "c.open_clip.bin"

@@ -4,9 +4,9 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import shared_data
 from PIL import Image
 
-from conftest import shared_data
 from helpers import data
 from helpers.data import DatasetError, UnknownClassError
 
@@ -128,14 +128,30 @@ def _tiny_coco(tmp_path):
     poly = [[5, 5, 20, 5, 20, 15, 5, 15]]  # a 15 x 10 box
     crowd = {"counts": [30 * 30, 30 * 10], "size": [30, 40]}  # uncompressed RLE: last 10 columns
     coco = {
-        "images": [{"id": 1, "file_name": "1.png", "height": 30, "width": 40},
-                   {"id": 2, "file_name": "2.png", "height": 30, "width": 40}],
+        "images": [
+            {"id": 1, "file_name": "1.png", "height": 30, "width": 40},
+            {"id": 2, "file_name": "2.png", "height": 30, "width": 40},
+        ],
         "categories": [{"id": 1, "name": "person"}, {"id": 62, "name": "chair"}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 62, "segmentation": poly, "iscrowd": 0, "area": 150,
-             "bbox": [5, 5, 15, 10]},
-            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": crowd, "iscrowd": 1, "area": 300,
-             "bbox": [30, 0, 10, 30]},
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 62,
+                "segmentation": poly,
+                "iscrowd": 0,
+                "area": 150,
+                "bbox": [5, 5, 15, 10],
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": crowd,
+                "iscrowd": 1,
+                "area": 300,
+                "bbox": [30, 0, 10, 30],
+            },
         ],
     }
     path = tmp_path / "instances_val2017.json"
@@ -164,14 +180,23 @@ def test_fetch_coco_subset_from_a_local_server(file_server, tmp_path):
     file_server.files["/annotations/annotations_trainval2017.zip"] = buffer.getvalue()
     file_server.files["/val2017/2.png"] = (images / "2.png").read_bytes()
     ann_path, image_dir = data.fetch_coco_subset(
-        [2], tmp_path / "coco", file_server.url + "/annotations/annotations_trainval2017.zip",
-        file_server.url + "/val2017/", progress=False)
+        [2],
+        tmp_path / "coco",
+        file_server.url + "/annotations/annotations_trainval2017.zip",
+        file_server.url + "/val2017/",
+        progress=False,
+    )
     subset = json.loads(ann_path.read_text())
     assert [i["id"] for i in subset["images"]] == [2] and subset["annotations"] == []
     assert data.load_coco(ann_path, image_dir)[0].image_id == "2"
     with pytest.raises(DatasetError, match="not in COCO val2017"):
-        data.fetch_coco_subset([99], tmp_path / "coco", file_server.url + "/annotations/annotations_trainval2017.zip",
-                               file_server.url + "/val2017/", progress=False)
+        data.fetch_coco_subset(
+            [99],
+            tmp_path / "coco",
+            file_server.url + "/annotations/annotations_trainval2017.zip",
+            file_server.url + "/val2017/",
+            progress=False,
+        )
 
 
 def test_mosaics_tile_one_class_each(tmp_path):

@@ -39,12 +39,37 @@ def test_metric_values_on_hand_made_masks():
 
 
 def test_summary_mean_and_dataset_iou():
-    rows = pd.DataFrame([
-        {"image_id": "a", "class": "cat", "iou": 1.0, "precision": 1.0, "recall": 1.0, "intersection": 10, "union": 10},
-        {"image_id": "b", "class": "cat", "iou": 0.0, "precision": 0.0, "recall": 0.0, "intersection": 0, "union": 90},
-        {"image_id": "c", "class": "cat", "iou": np.nan, "precision": np.nan, "recall": np.nan, "intersection": 0,
-         "union": 0},
-    ])
+    rows = pd.DataFrame(
+        [
+            {
+                "image_id": "a",
+                "class": "cat",
+                "iou": 1.0,
+                "precision": 1.0,
+                "recall": 1.0,
+                "intersection": 10,
+                "union": 10,
+            },
+            {
+                "image_id": "b",
+                "class": "cat",
+                "iou": 0.0,
+                "precision": 0.0,
+                "recall": 0.0,
+                "intersection": 0,
+                "union": 90,
+            },
+            {
+                "image_id": "c",
+                "class": "cat",
+                "iou": np.nan,
+                "precision": np.nan,
+                "recall": np.nan,
+                "intersection": 0,
+                "union": 0,
+            },
+        ]
+    )
     summary = metrics.summarize(rows).set_index("class").loc["cat"]
     assert summary["mean_iou"] == 0.5 and summary["dataset_iou"] == 0.1
     assert (summary["images_scored"], summary["images"]) == (2, 3)
@@ -59,10 +84,18 @@ def scene(tiny_models):
     rng = np.random.default_rng(0)
     samples, results = [], []
     for k in range(3):
-        dense = np.stack([box(20, 30, 0, 10, 0, 15), box(20, 30, 5, 20, 10, 30), box(20, 30, 0, 20, 0, 30),
-                          box(20, 30, 12, 18, 2 + k, 8 + k)])
+        dense = np.stack(
+            [
+                box(20, 30, 0, 10, 0, 15),
+                box(20, 30, 5, 20, 10, 30),
+                box(20, 30, 0, 20, 0, 30),
+                box(20, 30, 12, 18, 2 + k, 8 + k),
+            ]
+        )
         mix = [(0.9, 0.1), (0.1, 0.9), (0.5, 0.5), (rng.random(), rng.random())]
-        embeddings = np.stack([a * cat + b * dog + 0.05 * rng.normal(size=cat.shape) for a, b in mix]).astype(np.float32)
+        embeddings = np.stack([a * cat + b * dog + 0.05 * rng.normal(size=cat.shape) for a, b in mix]).astype(
+            np.float32
+        )
         embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
         truth = {"cat": box(20, 30, 0, 10, 0, 14), "dog": box(20, 30, 6, 20, 10, 30)}
         ignore = {"cat": box(20, 30, 19, 20, 0, 30)} if k == 1 else {}
@@ -79,8 +112,19 @@ def test_evaluate_and_the_fast_sweep_agree(scene):
         for mode in ("threshold", "softmax"):
             fast = metrics.sweep(table, pipe, name, thresholds, mode=mode, classes=["cat", "dog"])
             for t, row in zip(thresholds, fast.itertuples()):
-                slow = metrics.summarize(metrics.evaluate(dataset, results, pipe, [name], SelectionSettings(mode, t),
-                                                          )) if mode == "threshold" else None
+                slow = (
+                    metrics.summarize(
+                        metrics.evaluate(
+                            dataset,
+                            results,
+                            pipe,
+                            [name],
+                            SelectionSettings(mode, t),
+                        )
+                    )
+                    if mode == "threshold"
+                    else None
+                )
                 if slow is None:  # softmax competes over both classes
                     per = metrics.evaluate(dataset, results, pipe, ["cat", "dog"], SelectionSettings(mode, t))
                     slow = metrics.summarize(per[per["class"] == name])
@@ -109,8 +153,12 @@ def test_recognition_and_mosaic_accuracy(tiny_models, scene):
     # cat -> mask 0 (fully in the cat tile); dog -> mask 1 (area 300, 250 in the dog tile)
     assert acc == 1.0
     tiles_swapped = {"cat": tiles["dog"], "dog": tiles["cat"]}
-    assert metrics.mosaic_top1_accuracy(Dataset("m", [Sample("m0", dataset[0].image, tiles_swapped)], ["cat", "dog"]),
-                                        results[:1], pipe) == 0.0
+    assert (
+        metrics.mosaic_top1_accuracy(
+            Dataset("m", [Sample("m0", dataset[0].image, tiles_swapped)], ["cat", "dog"]), results[:1], pipe
+        )
+        == 0.0
+    )
     items = [LabelledImage(np.full((24, 24, 3), v, np.uint8), label, "") for v, label in ((0, "cat"), (250, "dog"))]
     scores = metrics.recognition_accuracy(items, ["cat", "dog"], pipe)
     assert set(scores) == {"clip_alone", "sam_clip", "images"} and scores["images"] == 2
@@ -170,8 +218,12 @@ def test_tuner_callbacks_update_the_figure_and_iou(scene):
     def shown():
         return tuner.figure.axes[2].images[0].get_array().astype(bool)
 
-    for image_index, mode, threshold in ((0, "threshold", 0.3), (1, "threshold", 0.6), (2, "top1", 0.0),
-                                         (1, "softmax", 0.5)):
+    for image_index, mode, threshold in (
+        (0, "threshold", 0.3),
+        (1, "threshold", 0.6),
+        (2, "top1", 0.0),
+        (1, "softmax", 0.5),
+    ):
         tuner.image.value, tuner.mode.value, tuner.threshold.value = image_index, mode, threshold
         expected = pipe.predict(results[image_index], "cat", SelectionSettings(mode, threshold), ["cat", "dog"]).mask
         assert np.array_equal(shown(), expected)

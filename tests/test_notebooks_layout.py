@@ -1,5 +1,6 @@
 """The notebooks stay thin and teachable: Colab set-up first, markdown before every step,
 outputs stripped. (nbmake executes them; this checks their shape.)"""
+
 from pathlib import Path
 
 import nbformat

@@ -2,14 +2,28 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import LOOSE_SAM
+
 from helpers import pipeline as pipeline_module
-from helpers.clip_scoring import (ENSEMBLE_TEMPLATES, TextEmbeddings, default_batch_size, encode_images, encode_text,
-                                  naive_scores)
+from helpers.clip_scoring import (
+    ENSEMBLE_TEMPLATES,
+    TextEmbeddings,
+    default_batch_size,
+    encode_images,
+    encode_text,
+    naive_scores,
+)
 from helpers.data import make_demo_dataset
-from helpers.masks import (FilterSettings, MaskSet, apply_filters, best_match_iou, drop_contained, drop_largest,
-                           filter_min_area, split_overlaps)
+from helpers.masks import (
+    FilterSettings,
+    MaskSet,
+    apply_filters,
+    best_match_iou,
+    drop_contained,
+    drop_largest,
+    filter_min_area,
+    split_overlaps,
+)
 from helpers.pipeline import Pipeline, PipelineSettings
 from helpers.regions import NEUTRAL_GREY, RegionSettings, extract_regions
 from helpers.segmentation import generate_masks
@@ -29,15 +43,20 @@ def test_maskset_is_exact_and_round_trips(tmp_path):
     masks = MaskSet.from_masks(dense, predicted_iou=np.arange(13) / 13)
     assert np.array_equal(masks.to_dense(), dense)
     assert np.array_equal(masks.areas, dense.sum((1, 2)))
-    assert np.array_equal(masks.union(np.isin(np.arange(13), [0, 2])),
-                          dense[0] | dense[2])
+    assert np.array_equal(masks.union(np.isin(np.arange(13), [0, 2])), dense[0] | dense[2])
     assert np.array_equal(masks.overlaps()[3, 5], (dense[3] & dense[5]).sum())
     masks.save(tmp_path / "m.npz")
     back = MaskSet.load(tmp_path / "m.npz")
     assert np.array_equal(back.to_dense(), dense) and np.allclose(back.predicted_iou, np.arange(13) / 13)
-    assert np.array_equal(masks.bboxes()[0], [np.flatnonzero(dense[0].any(0))[0], np.flatnonzero(dense[0].any(1))[0],
-                                              np.flatnonzero(dense[0].any(0))[-1] + 1,
-                                              np.flatnonzero(dense[0].any(1))[-1] + 1])
+    assert np.array_equal(
+        masks.bboxes()[0],
+        [
+            np.flatnonzero(dense[0].any(0))[0],
+            np.flatnonzero(dense[0].any(1))[0],
+            np.flatnonzero(dense[0].any(0))[-1] + 1,
+            np.flatnonzero(dense[0].any(1))[-1] + 1,
+        ],
+    )
     empty = MaskSet.from_masks(np.zeros((0, 5, 6), bool))
     assert len(empty) == 0 and not empty.union(np.zeros(0, bool)).any()
 
@@ -87,8 +106,9 @@ def test_region_modes():
 def test_batched_scores_equal_the_naive_loop(tiny_models):
     _, clip_model = tiny_models
     rng = np.random.default_rng(1)
-    regions = [rng.integers(0, 256, (int(rng.integers(8, 60)), int(rng.integers(8, 60)), 3), dtype=np.uint8)
-               for _ in range(9)]
+    regions = [
+        rng.integers(0, 256, (int(rng.integers(8, 60)), int(rng.integers(8, 60)), 3), dtype=np.uint8) for _ in range(9)
+    ]
     batched = encode_images(clip_model, regions, batch_size=4) @ encode_text(clip_model, ["chair"])[0]
     naive = naive_scores(clip_model, regions, "chair")
     np.testing.assert_allclose(batched, naive, atol=1e-5)
@@ -100,8 +120,9 @@ def test_default_batch_size_depends_on_the_device_not_the_result(tiny_models):
     assert default_batch_size("cpu") == 16 and default_batch_size("cuda:0") == 64
     rng = np.random.default_rng(2)
     regions = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8) for _ in range(default_batch_size("cpu") + 3)]
-    np.testing.assert_allclose(encode_images(clip_model, regions), encode_images(clip_model, regions, batch_size=1),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        encode_images(clip_model, regions), encode_images(clip_model, regions, batch_size=1), atol=1e-5
+    )
 
 
 def test_text_embeddings(tiny_models):
@@ -119,10 +140,7 @@ def test_text_embeddings(tiny_models):
 
 def test_selection_modes_on_a_fixed_table():
     # regions x [chair, table, background]
-    sims = np.array([[0.30, 0.20, 0.10],
-                     [0.26, 0.29, 0.05],
-                     [0.24, 0.10, 0.28],
-                     [0.10, 0.12, 0.11]], np.float32)
+    sims = np.array([[0.30, 0.20, 0.10], [0.26, 0.29, 0.05], [0.24, 0.10, 0.28], [0.10, 0.12, 0.11]], np.float32)
     assert select(sims[:, :2], 0, SelectionSettings("threshold", 0.25)).tolist() == [True, True, False, False]
     with_negative = SelectionSettings("threshold", 0.2, negatives=("background",))
     assert select(sims, 0, with_negative).tolist() == [True, True, False, False]
@@ -164,12 +182,10 @@ def test_cache_skips_sam_and_settings_invalidate_it(tiny_models, tmp_path):
         again.predict(cached, "circle", SelectionSettings(mode, 0.0), classes=["circle", "square"])
     assert again.sam_runs == 0
     # only points_per_batch changed: same masks, still cached
-    batch = Pipeline(sam, clip_model, PipelineSettings(sam=replace(LOOSE_SAM, points_per_batch=8)),
-                     tmp_path)
+    batch = Pipeline(sam, clip_model, PipelineSettings(sam=replace(LOOSE_SAM, points_per_batch=8)), tmp_path)
     batch.process(image)
     assert batch.sam_runs == 0
-    changed = Pipeline(sam, clip_model, PipelineSettings(sam=replace(LOOSE_SAM, points_per_side=5)),
-                       tmp_path)
+    changed = Pipeline(sam, clip_model, PipelineSettings(sam=replace(LOOSE_SAM, points_per_side=5)), tmp_path)
     changed.process(image)
     assert changed.sam_runs == 1
     # new filters reuse SAM's masks but embed again

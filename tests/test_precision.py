@@ -2,8 +2,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import LOOSE_SAM
+
 from helpers import config as cfg
 from helpers import precision
 from helpers.clip_scoring import encode_images
@@ -43,8 +43,10 @@ def test_bfloat16_clip_scores_within_tolerance(tiny_models):
     sam, clip_model = tiny_models
     image = make_demo_dataset(1, 120, 160, seed=4)[0].image
     rng = np.random.default_rng(0)
-    regions = [rng.integers(0, 256, (int(rng.integers(10, 50)), int(rng.integers(10, 50)), 3), dtype=np.uint8)
-               for _ in range(6)] + extract_regions(image, generate_masks(sam, image, LOOSE_SAM))
+    regions = [
+        rng.integers(0, 256, (int(rng.integers(10, 50)), int(rng.integers(10, 50)), 3), dtype=np.uint8)
+        for _ in range(6)
+    ] + extract_regions(image, generate_masks(sam, image, LOOSE_SAM))
     exact = encode_images(clip_model, regions)
     fast = encode_images(clip_model, regions, precision="bfloat16")
     assert fast.dtype == np.float32 and fast.shape == exact.shape
@@ -60,8 +62,9 @@ def test_run_precision_reaches_both_models_and_the_cache_key(monkeypatch, tiny_m
     settings = default_settings(config)
     assert settings.sam.precision == "bfloat16" and settings.clip_precision == "bfloat16"
     sam, clip_model = tiny_models
-    exact = Pipeline(sam, clip_model, replace(settings, sam=replace(settings.sam, precision="float32"),
-                                              clip_precision="float32"))
+    exact = Pipeline(
+        sam, clip_model, replace(settings, sam=replace(settings.sam, precision="float32"), clip_precision="float32")
+    )
     fast = Pipeline(sam, clip_model, settings)
     assert fast.sam_key != exact.sam_key and fast.embedding_key != exact.embedding_key
     monkeypatch.setenv("SAMCLIP_PRECISION", "float16")
