@@ -1,60 +1,55 @@
-"""Known SAM and CLIP checkpoints and a careful downloader.
+"""Known SAM and CLIP checkpoints (a registry with sizes and sha256) and how to get them.
 
-A download streams into ``<file>.part`` (resumed with an HTTP Range request after an
-interruption), is checked against its size and sha256, and only then renamed into place, so a
-file under its final name is always complete. A file that fails its checksum is moved to
-``<file>.corrupt`` and never loaded. Sources are tried in order: an explicit local file, the
-user's mirrors (``SAMCLIP_MIRROR``), a Google Drive cache on Colab, then the official URLs and
-known mirrors; CLIP falls back to the open_clip copy of the OpenAI weights when all are gone.
+Sources are tried in order: an explicit local file, the user's mirrors, a Google Drive cache
+on Colab, then the official URLs and known mirrors; CLIP falls back to the open_clip copy of
+the OpenAI weights when all are gone. Downloads go through ``helpers.download``.
 
 Command line: ``python -m helpers.checkpoints vit_b ViT-B/32``.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
 import os
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Sequence
 
 import requests
-from tqdm.auto import tqdm
 
-MIRROR_ENV = "SAMCLIP_MIRROR"
-LOCAL_ENV = {"sam": "SAMCLIP_SAM_CHECKPOINT", "clip": "SAMCLIP_CLIP_CHECKPOINT"}
-DRIVE_CACHE_ENV = "SAMCLIP_DRIVE_CACHE"
-DISK_MARGIN_BYTES = 200 * 2**20
-CHUNK_BYTES = 2**20
+from .download import (
+    ChecksumMismatchError,
+    DownloadError,
+    NotEnoughDiskError,
+    download_file,
+    file_sha256,
+    is_local,
+    is_verified,
+    sha256_of,
+)
+from .download import (
+    local_path as local_path_of,
+)
+
+__all__ = [
+    "ChecksumMismatchError",
+    "DownloadError",
+    "NotEnoughDiskError",
+    "download_file",
+    "file_sha256",
+    "sha256_of",
+    "is_verified",
+]
 
 
 class CheckpointError(RuntimeError):
-    """Base class: every message says what to do next."""
+    """A checkpoint cannot be used; every message says what to do next."""
 
 
 class UnknownModelError(CheckpointError, KeyError):
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0])
-
-
-class DownloadError(CheckpointError):
-    pass
-
-
-class ChecksumMismatchError(CheckpointError):
-    pass
-
-
-class NotEnoughDiskError(CheckpointError):
-    pass
-
-
-class SourceMissing(Exception):
-    """A source answered that it does not have the file (HTTP 404/410, no such local file)."""
 
 
 @dataclass(frozen=True)
@@ -185,217 +180,37 @@ def get_checkpoint(name: str) -> Checkpoint:
         raise UnknownModelError(f"Unknown model name {name!r}. Known checkpoints: {known}.") from None
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK_BYTES * 8), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _marker(path: Path) -> Path:
-    return path.with_name(path.name + ".verified.json")
-
-
-def is_verified(path: Path, sha256: str | None, size: int | None = None) -> bool:
-    """True when ``path`` exists and matches size and sha256; the hash is remembered in a marker
-    file (keyed by size and mtime) so a 2.5 GB file is hashed once, not on every run."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    stat = path.stat()
-    if size is not None and stat.st_size != size:
-        return False
-    if sha256 is None:
-        return True
-    stamp = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    try:
-        if json.loads(_marker(path).read_text()) == stamp:
-            return True
-    except (OSError, ValueError):
-        pass
-    if sha256_of(path) != sha256:
-        return False
-    try:
-        _marker(path).write_text(json.dumps(stamp))
-    except OSError:
-        pass  # a read-only folder (e.g. a shared mirror) still verifies, just not remembered
-    return True
-
-
-def _is_local(source: str) -> bool:
-    return urlparse(source).scheme in ("", "file") or Path(source).exists()
-
-
-def _local_path(source: str) -> Path:
-    parsed = urlparse(source)
-    return Path(parsed.path if parsed.scheme == "file" else source).expanduser()
-
-
-def _check_disk(folder: Path, needed: int | None) -> None:
-    if not needed:
-        return
-    free = shutil.disk_usage(folder).free
-    if free < needed + DISK_MARGIN_BYTES:
-        raise NotEnoughDiskError(
-            f"Not enough free disk in {folder}: {needed / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free. "
-            "Free some space or set SAMCLIP_CHECKPOINT_DIR to a larger disk (on Colab, a Drive folder)."
-        )
-
-
-def _write_stream(chunks, part: Path, mode: str, total: int | None, initial: int, label: str, progress: bool) -> None:
-    try:
-        with (
-            open(part, mode) as f,
-            tqdm(
-                total=total,
-                initial=initial,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=label,
-                disable=not progress,
-            ) as bar,
-        ):
-            for chunk in chunks:
-                f.write(chunk)
-                bar.update(len(chunk))
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise NotEnoughDiskError(
-                f"The disk filled up while writing {part}. The partial file is kept and the download resumes "
-                "once space is free (or set SAMCLIP_CHECKPOINT_DIR to a larger disk)."
-            ) from exc
-        raise
-
-
-def _fetch_local(source: str, part: Path, progress: bool) -> None:
-    path = _local_path(source)
-    if not path.is_file():
-        raise SourceMissing(f"no file at {path}")
-    _check_disk(part.parent, path.stat().st_size)
-    with open(path, "rb") as f:
-        _write_stream(iter(lambda: f.read(CHUNK_BYTES), b""), part, "wb", path.stat().st_size, 0, path.name, progress)
-
-
-def _fetch_http(
-    url: str, part: Path, session: requests.Session, size: int | None, progress: bool, timeout: float
-) -> None:
-    start = part.stat().st_size if part.exists() else 0
-    if size is not None and start >= size:
-        return  # already complete; the checksum decides
-    headers = {"Range": f"bytes={start}-"} if start else {}
-    with session.get(url, stream=True, timeout=timeout, headers=headers) as response:
-        if response.status_code in (404, 410):
-            raise SourceMissing(f"HTTP {response.status_code}")
-        if response.status_code == 416 and start:
-            return  # the server says the part already holds every byte
-        response.raise_for_status()
-        if start and response.status_code != 206:
-            start = 0  # the server ignored the Range header: start over
-        length = response.headers.get("Content-Length")
-        total = size if size is not None else (int(length) + start if length else None)
-        _check_disk(part.parent, (total - start) if total else None)
-        _write_stream(
-            response.iter_content(CHUNK_BYTES),
-            part,
-            "ab" if start else "wb",
-            total,
-            start,
-            part.name.removesuffix(".part"),
-            progress,
-        )
-
-
-def download_file(
-    sources: list[str],
-    dest: Path,
-    sha256: str | None = None,
-    size: int | None = None,
-    progress: bool = True,
-    retries: int = 3,
-    timeout: float = 30.0,
-    session: requests.Session | None = None,
-    hint: str = "",
-) -> Path:
-    """Fetch ``dest`` from the first source that delivers a verified copy.
-
-    ``sources`` are URLs or local paths, tried in order. Interrupted transfers resume from
-    ``dest.part`` up to ``retries`` times per source. Returns ``dest``; raises
-    ``ChecksumMismatchError``, ``NotEnoughDiskError`` or ``DownloadError`` (with ``hint`` appended).
-    """
-    dest = Path(dest)
-    if is_verified(dest, sha256, size):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    corrupt = dest.with_name(dest.name + ".corrupt")
-    session = session or requests.Session()
-    failures: list[str] = []
-    bad_checksum = False
-    for source in sources:
-        for attempt in range(retries):
-            try:
-                if _is_local(source):
-                    _fetch_local(source, part, progress)
-                else:
-                    _fetch_http(source, part, session, size, progress, timeout)
-            except SourceMissing as exc:
-                failures.append(f"{source}: not there ({exc})")
-                break
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-                # includes a transfer cut off mid-way: resume from the .part file
-                failures.append(f"{source}: connection failed on try {attempt + 1} ({type(exc).__name__})")
-                continue
-            except requests.HTTPError as exc:
-                failures.append(f"{source}: {exc}")
-                break
-            if is_verified(part, sha256, size):
-                os.replace(part, dest)
-                return dest
-            got = part.stat().st_size
-            if size is not None and got < size:
-                failures.append(f"{source}: stopped at {got} of {size} bytes on try {attempt + 1}")
-                continue
-            os.replace(part, corrupt)
-            bad_checksum = True
-            failures.append(f"{source}: checksum mismatch (file kept aside as {corrupt})")
-            break
-    tried = "\n  ".join(failures) or "no sources"
-    if bad_checksum:
-        raise ChecksumMismatchError(
-            f"{dest.name}: no source delivered a file with the expected sha256 {sha256}.\n  {tried}\n"
-            f"The bad download was moved to {corrupt} and is not used. Delete it, check the mirror, and retry.{hint}"
-        )
-    raise DownloadError(f"Could not download {dest.name} (network down or every source gone?).\n  {tried}{hint}")
-
-
 def _mirror_sources(filename: str, mirrors: list[str]) -> list[str]:
     sources = []
     for mirror in mirrors:
-        if _is_local(mirror):
-            sources.append(str(_local_path(mirror) / filename))
+        if is_local(mirror):
+            sources.append(str(local_path_of(mirror) / filename))
         else:
             sources.append(mirror.rstrip("/") + "/" + filename)
     return sources
 
 
+# The settings (helpers.config reads them) that name where checkpoints come from; quoted in hints.
+MIRROR_SETTING = "SAMCLIP_MIRROR"
+LOCAL_SETTING = {"sam": "SAMCLIP_SAM_CHECKPOINT", "clip": "SAMCLIP_CLIP_CHECKPOINT"}
+
+
 def supply_hint(checkpoint: Checkpoint, dest_dir: Path) -> str:
-    env = LOCAL_ENV[checkpoint.family] if checkpoint.family in LOCAL_ENV else "SAMCLIP_<FAMILY>_CHECKPOINT"
+    setting = LOCAL_SETTING.get(checkpoint.family, "SAMCLIP_<FAMILY>_CHECKPOINT")
     urls = ", ".join(checkpoint.urls)
     return (
         f"\nTo supply {checkpoint.filename} ({checkpoint.name}) yourself, any one of:\n"
         f"  - download it from {urls} on a machine with internet and copy it to {dest_dir / checkpoint.filename}\n"
-        f"  - set {MIRROR_ENV} to a folder or http(s) URL that holds {checkpoint.filename}\n"
-        f"  - set {env}=/path/to/{checkpoint.filename}"
+        f"  - set {MIRROR_SETTING} to a folder or http(s) URL that holds {checkpoint.filename}\n"
+        f"  - set {setting}=/path/to/{checkpoint.filename}"
     )
 
 
 def ensure_checkpoint(
     name: str,
     dest_dir: Path,
-    mirrors: list[str] | None = None,
-    local_path: str | None = None,
+    mirrors: Sequence[str] = (),
+    local_path: str | Path | None = None,
     drive_cache: str | Path | None = None,
     progress: bool = True,
     verify: bool = True,
@@ -403,20 +218,18 @@ def ensure_checkpoint(
 ) -> Path:
     """Return the path of a verified checkpoint ``name``, downloading it when needed.
 
-    ``local_path`` (or ``SAMCLIP_SAM_CHECKPOINT`` / ``SAMCLIP_CLIP_CHECKPOINT``) names a file to
-    use in place; ``verify=False`` accepts it without a checksum (fine-tuned weights).
-    ``mirrors`` (or ``SAMCLIP_MIRROR``, space separated) are folders or URLs holding the files.
-    ``drive_cache`` (or ``SAMCLIP_DRIVE_CACHE``) is a folder checked first and filled after a
-    download, e.g. a Google Drive folder on Colab.
+    ``local_path`` names a file to use in place; ``verify=False`` accepts it without a checksum
+    (fine-tuned weights). ``mirrors`` are folders or URLs holding the files. ``drive_cache`` is a
+    folder checked first and filled after a download, e.g. a Google Drive folder on Colab.
+    ``helpers.config.RunConfig`` holds the run's values of all three.
     """
     checkpoint = get_checkpoint(name)
     dest_dir = Path(dest_dir)
-    local_path = local_path or os.environ.get(LOCAL_ENV.get(checkpoint.family, ""), "") or None
     if local_path:
-        path = _local_path(local_path)
+        path = local_path_of(str(local_path)).resolve()
         if not path.is_file():
             raise CheckpointError(
-                f"{LOCAL_ENV.get(checkpoint.family)} / local_path points to {path}, which is "
+                f"{LOCAL_SETTING.get(checkpoint.family)} / local_path points to {path}, which is "
                 f"not a file. Fix the path or unset it to download."
             )
         if verify and not is_verified(path, checkpoint.sha256, checkpoint.size):
@@ -425,14 +238,11 @@ def ensure_checkpoint(
                 "Pass verify=False to use your own weights on purpose, or supply the official file."
             )
         return path
-    if mirrors is None:
-        mirrors = os.environ.get(MIRROR_ENV, "").split()
-    drive_cache = drive_cache or os.environ.get(DRIVE_CACHE_ENV) or None
     hint = supply_hint(checkpoint, dest_dir)
-    errors: list[CheckpointError] = []
+    errors: list[DownloadError] = []
     for candidate in (checkpoint, *checkpoint.alternates):
         dest = dest_dir / candidate.filename
-        sources = _mirror_sources(candidate.filename, mirrors)
+        sources = _mirror_sources(candidate.filename, list(mirrors))
         if drive_cache:
             sources += _mirror_sources(candidate.filename, [str(drive_cache)])
         sources += list(candidate.urls)
@@ -440,7 +250,7 @@ def ensure_checkpoint(
             path = download_file(
                 sources, dest, candidate.sha256, candidate.size, progress=progress, session=session, hint=hint
             )
-        except (DownloadError, ChecksumMismatchError) as exc:
+        except DownloadError as exc:
             errors.append(exc)
             continue
         if drive_cache:
@@ -476,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.names:
             print(ensure_checkpoint(name, Path(args.dir)))
-    except CheckpointError as exc:
+    except (CheckpointError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

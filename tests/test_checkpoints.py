@@ -5,6 +5,7 @@ from collections import namedtuple
 import pytest
 
 from helpers import checkpoints as ck
+from helpers import download as dl
 from helpers.checkpoints import (
     Checkpoint,
     ChecksumMismatchError,
@@ -16,7 +17,7 @@ from helpers.checkpoints import (
     register_checkpoint,
 )
 
-PAYLOAD = os.urandom(3 * ck.CHUNK_BYTES + 12345)
+PAYLOAD = os.urandom(3 * dl.CHUNK_BYTES + 12345)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 
@@ -46,13 +47,13 @@ def test_fresh_download(file_server, tmp_path):
 
 def test_resume_after_interrupted_transfer(file_server, tmp_path):
     file_server.files["/m.pth"] = PAYLOAD
-    file_server.cut_once["/m.pth"] = ck.CHUNK_BYTES + 7
+    file_server.cut_once["/m.pth"] = dl.CHUNK_BYTES + 7
     dest = download_file([file_server.url + "/m.pth"], tmp_path / "m.pth", SHA, len(PAYLOAD), progress=False)
     assert dest.read_bytes() == PAYLOAD
     assert file_server.log[0] == ("/m.pth", None)
     path, header = file_server.log[1]
     resumed_at = int(header.removeprefix("bytes=").removesuffix("-"))
-    assert 0 < resumed_at <= ck.CHUNK_BYTES + 7  # resumed from the bytes kept, not restarted
+    assert 0 < resumed_at <= dl.CHUNK_BYTES + 7  # resumed from the bytes kept, not restarted
 
 
 def test_resume_of_a_part_left_by_an_earlier_session(file_server, tmp_path):
@@ -130,7 +131,7 @@ def test_a_wrong_file_under_the_final_name_is_replaced(file_server, tmp_path):
 def test_free_disk_is_checked_before_downloading(file_server, tmp_path, monkeypatch):
     file_server.files["/m.pth"] = PAYLOAD
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(ck.shutil, "disk_usage", lambda _: usage(10**9, 10**9, 10**6))
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda _: usage(10**9, 10**9, 10**6))
     with pytest.raises(NotEnoughDiskError, match="SAMCLIP_CHECKPOINT_DIR"):
         download_file([file_server.url + "/m.pth"], tmp_path / "m.pth", SHA, len(PAYLOAD), progress=False)
     assert not (tmp_path / "m.pth").exists()

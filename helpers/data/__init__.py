@@ -1,0 +1,56 @@
+"""Datasets in one simple form: samples of an RGB image with one boolean mask per class name.
+
+Modules: ``types`` (Sample, Dataset, errors, read_image), ``coco`` (COCO json, val2017 subset
+download), ``label_maps`` (folders of semantic label maps, CamVid, the coursework layout),
+``class_folders`` (labelled images, object crops, mosaics), ``demo`` (the generated shapes set),
+``storage`` (prepared datasets on disk) and ``prepare`` (the run's dataset for the notebooks).
+Problems with single items (an unreadable image, a mask of the wrong size, a class id outside
+the table) skip that item and are listed in ``Dataset.skipped``; ``strict=True`` raises instead.
+"""
+
+from .class_folders import load_class_folders, make_mosaics, object_crops
+from .coco import COCO_ANNOTATIONS_URL, COCO_IMAGES_URL, fetch_coco_subset, load_coco
+from .demo import DEMO_CLASSES, make_demo_dataset
+from .label_maps import (
+    CAMVID_CLASSES,
+    CAMVID_IGNORE_IDS,
+    MASK_SUFFIXES,
+    load_camvid,
+    load_coursework,
+    load_semantic_folder,
+    read_label_map,
+    snap_to_ids,
+)
+from .prepare import prepare_dataset
+from .storage import load_prepared, save_dataset
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError, LabelledImage, Sample, UnknownClassError, read_image
+
+__all__ = [
+    "CAMVID_CLASSES",
+    "CAMVID_IGNORE_IDS",
+    "COCO_ANNOTATIONS_URL",
+    "COCO_IMAGES_URL",
+    "DEMO_CLASSES",
+    "IMAGE_SUFFIXES",
+    "MASK_SUFFIXES",
+    "Dataset",
+    "DatasetError",
+    "LabelledImage",
+    "Sample",
+    "UnknownClassError",
+    "fetch_coco_subset",
+    "load_camvid",
+    "load_class_folders",
+    "load_coco",
+    "load_coursework",
+    "load_prepared",
+    "load_semantic_folder",
+    "make_demo_dataset",
+    "make_mosaics",
+    "object_crops",
+    "prepare_dataset",
+    "read_image",
+    "read_label_map",
+    "save_dataset",
+    "snap_to_ids",
+]

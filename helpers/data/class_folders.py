@@ -1,0 +1,73 @@
+"""Images labelled by folder, object crops, and the SLIP paper's mosaics (recognition evaluations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError, LabelledImage, Sample, read_image
+
+
+def load_class_folders(root: str | Path, per_class: int | None = None) -> tuple[list[LabelledImage], list[str]]:
+    """``root/<class>/*.png``: images labelled by their folder (CIFAR-10 or Pokemon style)."""
+    root = Path(root)
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not folders:
+        raise DatasetError(f"{root} holds no class sub-folders (expected {root}/<class name>/<images>).")
+    items = []
+    for folder in folders:
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        items += [LabelledImage(read_image(p), folder.name, str(p)) for p in paths[:per_class]]
+    return items, [f.name for f in folders]
+
+
+def object_crops(dataset: Dataset, min_area: int = 400, margin: float = 0.1) -> list[LabelledImage]:
+    """Each class present in each sample, cut out by its ground-truth box: labelled images for
+    the recognition and mosaic evaluations when no class-folder set is at hand."""
+    items = []
+    for sample in dataset.samples:
+        for name, mask in sample.masks.items():
+            if mask.sum() < min_area:
+                continue
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            dy, dx = int((rows[-1] - rows[0]) * margin), int((cols[-1] - cols[0]) * margin)
+            crop = sample.image[max(0, rows[0] - dy) : rows[-1] + 1 + dy, max(0, cols[0] - dx) : cols[-1] + 1 + dx]
+            items.append(LabelledImage(crop.copy(), name, f"{sample.image_id}:{name}"))
+    return items
+
+
+def make_mosaics(
+    items: list[LabelledImage], per_mosaic: int = 4, tile: int = 112, count: int | None = None, seed: int = 0
+) -> Dataset:
+    """Tile ``per_mosaic`` images of different classes into one square grid; each class's
+    ground truth is its tile (the SLIP paper's mosaic evaluation)."""
+    by_class: dict[str, list[LabelledImage]] = {}
+    for item in items:
+        by_class.setdefault(item.label, []).append(item)
+    if len(by_class) < per_mosaic:
+        raise DatasetError(f"A mosaic of {per_mosaic} needs as many classes; only {len(by_class)} given.")
+    side = int(np.ceil(np.sqrt(per_mosaic)))
+    rng = np.random.default_rng(seed)
+    count = count or len(items) // per_mosaic
+    samples = []
+    for index in range(count):
+        chosen = rng.choice(sorted(by_class), per_mosaic, replace=False)
+        canvas = np.full((side * tile, side * tile, 3), 127, np.uint8)
+        masks = {}
+        for slot, label in enumerate(chosen):
+            pool = by_class[label]
+            item = pool[rng.integers(len(pool))]
+            row, col = divmod(slot, side)
+            canvas[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = np.asarray(
+                Image.fromarray(item.image).resize((tile, tile), Image.BICUBIC)
+            )
+            mask = np.zeros(canvas.shape[:2], bool)
+            mask[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = True
+            masks[str(label)] = mask
+        samples.append(Sample(f"mosaic_{index:04d}", canvas, masks))
+    return Dataset("mosaics", samples, sorted(by_class))
+
+
+# --- demo set -----------------------------------------------------------------------------------
