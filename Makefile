@@ -25,7 +25,7 @@ smoke: $(STAMP)
 	SAMCLIP_PROFILE=smoke $(PY) -m helpers.run_notebooks
 
 test: $(STAMP) lint
-	SAMCLIP_PROFILE=smoke $(PY) -m pytest -q --nbmake tests notebooks
+	SAMCLIP_PROFILE=smoke SAMCLIP_START_DIR=$(CURDIR) $(PY) -m pytest -q --nbmake --nbmake-timeout=300 tests notebooks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check helpers tests benchmarks

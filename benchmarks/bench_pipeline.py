@@ -16,32 +16,30 @@ weights, so random ones time the same work).
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
+import clip
 import numpy as np
 import torch
+from clip.model import CLIP
+from segment_anything import sam_model_registry
+
+from helpers import evaluation, metrics
+from helpers.clip_scoring import DEFAULT_TEMPLATES, TextEmbeddings, encode_images, encode_text
+from helpers.data import Dataset, Sample, make_demo_dataset
+from helpers.masks import MaskSet, best_match_iou
+from helpers.models import LoadedClip, LoadedSam, load_clip, load_sam
+from helpers.pipeline import ImageResult, Pipeline, PipelineSettings
+from helpers.precision import check_precision
+from helpers.regions import RegionSettings, extract_regions
+from helpers.segmentation import SamSettings, generate_masks
+from helpers.tiny_models import TINY_SAM, write_tiny_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import clip  # noqa: E402
-from clip.model import CLIP  # noqa: E402
-from segment_anything import sam_model_registry  # noqa: E402
-
-from helpers import metrics  # noqa: E402
-from helpers.clip_scoring import encode_images, encode_text, naive_scores  # noqa: E402
-from helpers.data import Dataset, Sample, make_demo_dataset  # noqa: E402
-from helpers.masks import MaskSet, best_match_iou  # noqa: E402
-from helpers.models import LoadedClip, LoadedSam, load_clip, load_sam  # noqa: E402
-from helpers.pipeline import ImageResult, Pipeline, PipelineSettings  # noqa: E402
-from helpers.precision import check_precision  # noqa: E402
-from helpers.regions import RegionSettings, extract_regions  # noqa: E402
-from helpers.segmentation import SamSettings, generate_masks  # noqa: E402
-from helpers.tiny_models import TINY_SAM, write_tiny_checkpoints  # noqa: E402
 
 PROMPT = "circle"
 # a dataset's class list: the first three are the COCO mini's, all eleven CamVid's size
@@ -49,6 +47,19 @@ CLASS_NAMES = ("person", "chair", "dog", "sky", "building", "pole", "road", "sid
 MIN_SCORED_MASKS = 16  # the size table scores at least this many masks, boxes when SAM finds fewer
 # random weights find no masks at SAM's default gates; open them (the work done is the same)
 OPEN_GATES = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+
+
+def naive_scores(
+    model: LoadedClip, regions: Sequence[np.ndarray], prompt: str, templates: Sequence[str] = DEFAULT_TEMPLATES
+) -> np.ndarray:
+    """The reference loop of the source reports: one forward pass per region, the text encoded
+    again every time. The baseline this benchmark times, and the tests' slow reference."""
+    scores = []
+    for region in regions:
+        text = encode_text(model, [prompt], templates)[0]
+        image = encode_images(model, [region], batch_size=1)[0]
+        scores.append(float(image @ text))
+    return np.asarray(scores, np.float32)
 
 
 class PeakMemory:
@@ -92,19 +103,19 @@ class PeakMemory:
 
 def load_benchmark_models(args) -> tuple[LoadedSam, LoadedClip, str]:
     if args.quick:
-        paths = write_tiny_checkpoints(ROOT / "outputs" / "bench" / "checkpoints")
+        paths = write_tiny_checkpoints(Path(args.work_dir) / "checkpoints")
         return load_sam(TINY_SAM, paths["sam"]), load_clip(paths["clip"]), "tiny random SAM and CLIP"
     sam_file, clip_file = ROOT / "checkpoints" / "sam_vit_b_01ec64.pth", ROOT / "checkpoints" / "ViT-B-32.pt"
     torch.manual_seed(0)
     if sam_file.is_file():
         sam = load_sam("vit_b", sam_file, args.device)
     else:
-        sam = LoadedSam(sam_model_registry["vit_b"]().to(args.device).eval(), "vit_b:random")
+        sam = LoadedSam(sam_model_registry["vit_b"]().to(args.device).eval(), "vit_b:random", "vit_b:random")
     if clip_file.is_file():
         clip_model = load_clip(clip_file, args.device)
     else:
         model = CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12).float().to(args.device).eval()
-        clip_model = LoadedClip(model, clip.clip._transform(224), "ViT-B/32:random", args.device)
+        clip_model = LoadedClip(model, clip.clip._transform(224), "ViT-B/32:random", args.device, "clip:random")
     weights = "real" if sam_file.is_file() and clip_file.is_file() else "random"
     return sam, clip_model, f"SAM vit_b + CLIP ViT-B/32 ({weights} weights)"
 
@@ -155,10 +166,9 @@ def compare(
     dataset = Dataset("bench", [sample], [PROMPT])
     with PeakMemory(device) as naive_sweep_time:
         naive_predictions, naive_ious = naive_sweep(pipe.clip, sample, masks, thresholds)
-    fresh = Pipeline(pipe.sam, pipe.clip, pipe.settings)  # empty text cache: the prompt is encoded inside the timer
+    fresh = TextEmbeddings(pipe.clip)  # empty text cache: the prompt is encoded inside the timer
     with PeakMemory(device) as ours_sweep_time:
-        table = metrics.atom_table(dataset, [result], PROMPT)
-        curve = metrics.sweep(table, fresh, PROMPT, thresholds)
+        curve = evaluation.class_sweep(dataset, [result], fresh, PROMPT, thresholds)
     # same masks and same IoU curve (thresholds within 1e-4 of a score may fall either way)
     for t, naive_mask, naive_iou, ours_iou in zip(thresholds, naive_predictions, naive_ious, curve["mean_iou"]):
         if not (np.abs(ours - t) < 1e-4).any():
@@ -264,7 +274,7 @@ def sam_costs(sam: LoadedSam, image: np.ndarray, settings: SamSettings, device: 
     print("|---|---|---|---|")
     print(f"| image encoder alone (set_image) | {encoder.seconds:.2f} | {encoder.seconds / plain.seconds:.2f} | - |")
     print(f"| plain generator, torch.no_grad (baseline) | {plain.seconds:.2f} | 1.00 | 1.000 |")
-    variants = [
+    variants: list[tuple] = [
         ("ours: torch.inference_mode", settings),
         ("points_per_batch=16", replace(settings, points_per_batch=16)),
         ("points_per_batch=256", replace(settings, points_per_batch=256)),
@@ -275,10 +285,10 @@ def sam_costs(sam: LoadedSam, image: np.ndarray, settings: SamSettings, device: 
             check_precision(precision, device)
         except ValueError:
             continue
-        variants.append((f"image encoder in {precision}", replace(settings, precision=precision)))
-    for label, variant in variants:
+        variants.append((f"image encoder in {precision}", settings, precision))
+    for label, variant, *precision in variants:
         with PeakMemory(device) as timed:
-            masks = generate_masks(sam, image, variant)
+            masks = generate_masks(sam, image, variant, *precision)
         print(
             f"| {label} | {timed.seconds:.2f} | {timed.seconds / plain.seconds:.2f} | "
             f"{mask_agreement(masks, baseline):.3f} |",
@@ -308,6 +318,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--skip-sam-costs", action="store_true", help="leave out the SAM variants table")
     parser.add_argument("--quick", action="store_true", help="tiny models and sizes: a smoke test of this script")
+    parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "bench"), help="where tiny checkpoints go")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.mask_counts, args.points_per_side, args.thresholds = [96, 192], [4, 8], 4, 5
@@ -387,9 +398,10 @@ def main(argv=None) -> int:
         results.append(ImageResult(small.image_id, masks, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)))
     dataset = Dataset("sweep", images, list(images[0].masks))
     started = time.perf_counter()
-    table = metrics.atom_table(dataset, results, PROMPT)
+    table = metrics.atom_table(dataset.samples, [r.masks for r in results], PROMPT)
     built = time.perf_counter() - started
-    metrics.sweep(table, pipe, PROMPT, thresholds)
+    text = pipe.text([PROMPT])
+    metrics.sweep(table, [r.embeddings @ text[0] for r in results], thresholds)
     print(
         f"\nsweep over 100 cached images (320x240, 40 masks each), {args.thresholds} thresholds: "
         f"{time.perf_counter() - started:.3f} s ({built:.3f} s of it building the per-class atom table)"

@@ -78,19 +78,6 @@ def encode_images(
     return np.concatenate(chunks)
 
 
-def naive_scores(
-    model: LoadedClip, regions: Sequence[np.ndarray], prompt: str, templates: Sequence[str] = DEFAULT_TEMPLATES
-) -> np.ndarray:
-    """The reference loop of the source reports: one forward pass per region, the text
-    encoded again every time. Kept to check and benchmark the batched path."""
-    scores = []
-    for region in regions:
-        text = encode_text(model, [prompt], templates)[0]
-        image = encode_images(model, [region], batch_size=1)[0]
-        scores.append(float(image @ text))
-    return np.asarray(scores, np.float32)
-
-
 class TextEmbeddings:
     """Prompt embeddings computed once per (name, templates) and reused."""
 

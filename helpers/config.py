@@ -1,40 +1,49 @@
-"""Run profile, project paths and device choice, read once from environment variables.
+"""The run's settings: read once from ``SAMCLIP_*`` environment variables, validated, frozen.
 
-Two profiles exist:
+This is the only module that reads the environment; everything else receives what it needs
+as arguments. Profiles:
 - ``full`` (default): real SAM and CLIP checkpoints, the chosen dataset.
 - ``smoke``: tiny randomly initialised models built from the real classes and a few demo
   images, so the whole notebook suite runs in CI in minutes. Its results mean nothing, and
   everything it prints or draws says so.
+
+Relative paths in the variables resolve against the folder the command was started in
+(``SAMCLIP_START_DIR``, which ``make`` and ``python -m helpers.run_notebooks`` set), else the
+project root, never against ``notebooks/`` where the kernel runs.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
-from .precision import check_precision
+from .checkpoints import REGISTRY
+from .masks import FilterSettings
+from .pipeline import PipelineSettings
+from .precision import PRECISIONS, check_precision
+from .segmentation import SamSettings
+from .selection import SelectionSettings
 
-PROFILE_ENV = "SAMCLIP_PROFILE"
 PROFILES = ("full", "smoke")
+DATASETS = ("demo", "coco", "camvid", "yolo")
+SAM_MODELS = ("auto", "vit_h", "vit_l", "vit_b")
 SMOKE_TAG = "SMOKE TEST - random tiny models, results are meaningless"
+# A random model scores every mask near zero: open the gates so masks come out at all.
+SMOKE_SAM = SamSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9)
+DEFAULT_FILTERS = FilterSettings(min_area=100, max_inside=0.9)  # small masks and masks inside larger ones dropped
 
 
-def in_colab() -> bool:
-    return "google.colab" in sys.modules
+class ConfigError(ValueError):
+    """A ``SAMCLIP_*`` variable holds a value that cannot be used; the message names it."""
 
 
-def project_root() -> Path:
-    """The checkout holding ``notebooks/`` (searched upwards from the working directory).
-
-    ``SAMCLIP_HOME`` overrides it; with no checkout found, the working directory is used.
-    """
-    if os.environ.get("SAMCLIP_HOME"):
-        return Path(os.environ["SAMCLIP_HOME"]).expanduser().resolve()
-    here = Path.cwd().resolve()
+def project_root(start: Path | None = None) -> Path:
+    """The checkout holding ``notebooks/`` and ``helpers/``, searched upwards from ``start``."""
+    here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "notebooks").is_dir() and (folder / "helpers").is_dir():
             return folder
@@ -43,11 +52,13 @@ def project_root() -> Path:
 
 def choose_device(device: str = "auto") -> str:
     """``auto`` picks ``cuda`` when a GPU is visible, else ``cpu``."""
-    if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} was asked for but no CUDA GPU is visible; use 'cpu' or 'auto'.")
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"SAMCLIP_DEVICE={device!r} is not a device; use auto, cpu, cuda or cuda:N.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"SAMCLIP_DEVICE={device!r} was asked for but no CUDA GPU is visible; use cpu or auto.")
+    return device
 
 
 def default_sam_model(device: str) -> str:
@@ -55,20 +66,37 @@ def default_sam_model(device: str) -> str:
     return "vit_h" if device.startswith("cuda") else "vit_b"
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
-    """Everything a notebook needs to know about the current run."""
+    """Everything a notebook needs to know about the current run (see the README's Settings)."""
 
-    profile: str
-    device: str
-    sam_model: str
-    clip_model: str
-    dataset: str
-    classes: list[str]
-    max_images: int | None
-    root: Path
-    sam_overrides: dict = field(default_factory=dict)
-    precision: str = "float32"  # SAM's image encoder and CLIP's: float32, bfloat16 or float16
+    profile: str = "full"
+    device: str = "cpu"
+    sam_model: str = "vit_b"
+    clip_model: str = "ViT-B/32"
+    dataset: str = "demo"
+    data_path: Path | None = None  # absolute; None: data/<dataset> in the project
+    classes: tuple[str, ...] = ()  # empty: the classes present in the dataset
+    max_images: int | None = None
+    root: Path = field(default_factory=project_root)
+    checkpoint_dir: Path | None = None  # None: checkpoints/ (full) or outputs/smoke/checkpoints (smoke)
+    mirrors: tuple[str, ...] = ()
+    sam_checkpoint: Path | None = None
+    clip_checkpoint: Path | None = None
+    drive_cache: Path | None = None
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(f"SAMCLIP_PROFILE={self.profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"SAMCLIP_DATASET={self.dataset!r} is not known; use one of {', '.join(DATASETS)}.")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"SAMCLIP_MAX_IMAGES={self.max_images} must be a whole number of at least 1.")
+        if self.checkpoint_dir is None:
+            default = self.output_dir / "checkpoints" if self.is_smoke else self.root / "checkpoints"
+            object.__setattr__(self, "checkpoint_dir", default)
 
     @property
     def is_smoke(self) -> bool:
@@ -77,14 +105,6 @@ class RunConfig:
     @property
     def output_dir(self) -> Path:
         return self.root / "outputs" / self.profile
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        if os.environ.get("SAMCLIP_CHECKPOINT_DIR"):
-            return Path(os.environ["SAMCLIP_CHECKPOINT_DIR"]).expanduser()
-        if self.is_smoke:
-            return self.output_dir / "checkpoints"
-        return self.root / "checkpoints"
 
     @property
     def dataset_dir(self) -> Path:
@@ -96,53 +116,94 @@ class RunConfig:
 
     @property
     def figure_dir(self) -> Path:
-        return self.output_dir / "figures"
+        """Figures of this dataset, kept apart from other datasets' figures."""
+        return self.output_dir / "figures" / self.dataset
+
+    @property
+    def results_dir(self) -> Path:
+        return self.output_dir / "results"
 
     def title(self, text: str) -> str:
         """Figure title; smoke runs are labelled so nobody mistakes them for results."""
         return f"[{SMOKE_TAG}]\n{text}" if self.is_smoke else text
 
 
-def _env_list(name: str, default: list[str]) -> list[str]:
-    value = os.environ.get(name)
-    return [part.strip() for part in value.split(",") if part.strip()] if value else default
+def _path(environ: Mapping[str, str], name: str, base: Path) -> Path | None:
+    value = environ.get(name, "").strip()
+    return (base / Path(value).expanduser()).resolve() if value else None
 
 
-def load_config() -> RunConfig:
-    """Read the run's settings from ``SAMCLIP_*`` environment variables (see README)."""
-    profile = os.environ.get(PROFILE_ENV, "full").strip().lower()
+def _choice(environ: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = environ.get(name, "").strip() or default
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; use one of: {', '.join(allowed)}.")
+    return value
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> RunConfig:
+    """Read and check the run's settings from ``SAMCLIP_*`` variables (``os.environ`` by default)."""
+    env = os.environ if environ is None else environ
+    root = Path(env["SAMCLIP_HOME"]).expanduser().resolve() if env.get("SAMCLIP_HOME") else project_root()
+    base = Path(env["SAMCLIP_START_DIR"]).resolve() if env.get("SAMCLIP_START_DIR") else root
+    profile = env.get("SAMCLIP_PROFILE", "").strip().lower() or "full"
     if profile not in PROFILES:
-        raise ValueError(f"{PROFILE_ENV}={profile!r} is not a profile; use one of {PROFILES}.")
-    device = choose_device(os.environ.get("SAMCLIP_DEVICE", "auto"))
+        raise ConfigError(f"SAMCLIP_PROFILE={profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
     smoke = profile == "smoke"
-    max_images = os.environ.get("SAMCLIP_MAX_IMAGES")
-    config = RunConfig(
+    device = choose_device(env.get("SAMCLIP_DEVICE", "").strip() or "auto")
+    raw_max = env.get("SAMCLIP_MAX_IMAGES", "").strip()
+    if raw_max and not raw_max.isdigit():
+        raise ConfigError(f"SAMCLIP_MAX_IMAGES={raw_max!r} is not a whole number; use e.g. SAMCLIP_MAX_IMAGES=10.")
+    precision = _choice(env, "SAMCLIP_PRECISION", "float32", PRECISIONS)
+    try:
+        check_precision(precision, device)
+    except ValueError as exc:
+        raise ConfigError(f"SAMCLIP_PRECISION={precision}: {exc}") from None
+    sam_model = _choice(env, "SAMCLIP_SAM_MODEL", "auto", SAM_MODELS)
+    clip_names = tuple(name for name, c in REGISTRY.items() if c.family == "clip")
+    clip_model = _choice(env, "SAMCLIP_CLIP_MODEL", "ViT-B/32", clip_names)
+    classes = tuple(dict.fromkeys(p.strip() for p in env.get("SAMCLIP_CLASSES", "").split(",") if p.strip()))
+    return RunConfig(
         profile=profile,
         device=device,
-        sam_model="sam_tiny" if smoke else os.environ.get("SAMCLIP_SAM_MODEL", "auto"),
-        clip_model="clip_tiny" if smoke else os.environ.get("SAMCLIP_CLIP_MODEL", "ViT-B/32"),
-        dataset=os.environ.get("SAMCLIP_DATASET", "demo"),
-        classes=_env_list("SAMCLIP_CLASSES", []),
-        max_images=int(max_images) if max_images else (4 if smoke else None),
-        root=project_root(),
-        precision=check_precision(os.environ.get("SAMCLIP_PRECISION", "float32").strip().lower(), device),
+        sam_model="sam_tiny" if smoke else (default_sam_model(device) if sam_model == "auto" else sam_model),
+        clip_model="clip_tiny" if smoke else clip_model,
+        dataset=_choice(env, "SAMCLIP_DATASET", "demo", DATASETS),
+        data_path=_path(env, "SAMCLIP_DATA_PATH", base),
+        classes=classes,
+        max_images=int(raw_max) if raw_max else (4 if smoke else None),
+        root=root,
+        checkpoint_dir=_path(env, "SAMCLIP_CHECKPOINT_DIR", base),
+        mirrors=tuple(_mirror(m, base) for m in env.get("SAMCLIP_MIRROR", "").split()),
+        sam_checkpoint=_path(env, "SAMCLIP_SAM_CHECKPOINT", base),
+        clip_checkpoint=_path(env, "SAMCLIP_CLIP_CHECKPOINT", base),
+        drive_cache=_path(env, "SAMCLIP_DRIVE_CACHE", base),
+        pipeline=PipelineSettings(
+            sam=SMOKE_SAM if smoke else SamSettings(), filters=DEFAULT_FILTERS, precision=precision
+        ),
     )
-    if config.sam_model == "auto":
-        config.sam_model = default_sam_model(device)
-    if smoke:
-        # A random model scores every mask near zero: open the gates so masks come out at all.
-        config.sam_overrides = dict(
-            points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9
-        )
-    return config
+
+
+def _mirror(value: str, base: Path) -> str:
+    """A mirror URL as it is; a local folder made absolute."""
+    if "://" in value and not value.startswith("file://"):
+        return value
+    return str((base / Path(value.removeprefix("file://")).expanduser()).resolve())
+
+
+def remember_start_dir() -> None:
+    """Record the folder this command started in, so kernels (which run in ``notebooks/``)
+    resolve relative paths against it; an outer command's value is kept."""
+    os.environ.setdefault("SAMCLIP_START_DIR", os.getcwd())
 
 
 def banner(config: RunConfig) -> str:
     """One block of text that every notebook prints first."""
     lines = [
-        f"profile={config.profile}  device={config.device}  SAM={config.sam_model}  "
-        f"CLIP={config.clip_model}  dataset={config.dataset}  precision={config.precision}"
+        f"profile={config.profile}  device={config.device}  SAM={config.sam_model}  CLIP={config.clip_model}  "
+        f"dataset={config.dataset}  precision={config.pipeline.precision}"
     ]
+    if config.data_path:
+        lines.append(f"data={config.data_path}")
     if config.is_smoke:
         rule = "!" * 78
         lines = [rule, f"!! {SMOKE_TAG}", "!! (set SAMCLIP_PROFILE=full or unset it for real runs)", rule, *lines]

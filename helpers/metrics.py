@@ -1,31 +1,28 @@
-"""IoU, precision and recall per image and class; threshold sweeps; the source papers' accuracies.
+"""IoU, precision and recall per image and class, their summaries, and threshold sweeps.
 
-Conventions (tested):
+Pure arithmetic on masks and scores: nothing here runs or needs a model (``helpers.evaluation``
+feeds it from cached results). Conventions (tested):
 - Pixels in the sample's ignore region (COCO crowd, CamVid "Unlabelled") count for nothing.
 - IoU = |P & G| / |P | G|. Empty prediction and empty ground truth: IoU is NaN (nothing to find,
   nothing found) and the image does not enter the mean IoU; empty ground truth with a non-empty
   prediction: IoU 0.
 - precision = |P & G| / |P| (NaN when P is empty); recall = |P & G| / |G| (NaN when G is empty).
 - mean IoU averages the per-image IoUs that are not NaN; dataset IoU = sum of intersections /
-  sum of unions over all images (large objects weigh more).
+  sum of unions over all images (large objects weigh more). A class with no scored image has
+  NaN everywhere and no best threshold.
 """
 
 from __future__ import annotations
 
-import json
-import time
 import warnings
-from dataclasses import asdict, dataclass, is_dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .clip_scoring import encode_images
-from .data import Dataset, LabelledImage
-from .pipeline import ImageResult, Pipeline
-from .selection import SelectionSettings, mask_scores, prompt_columns, similarities
+from .data import Sample
+from .masks import MaskSet
 
 
 @dataclass
@@ -51,11 +48,24 @@ class Counts:
         return self.intersection / self.truth if self.truth else float("nan")
 
 
+def _binary(array: np.ndarray, what: str, shape: tuple[int, ...] | None) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype != bool and not (np.issubdtype(array.dtype, np.integer) and set(np.unique(array)) <= {0, 1}):
+        raise ValueError(
+            f"The {what} must be a boolean (or 0/1) H x W mask, got dtype {array.dtype} with values "
+            f"{np.unique(array)[:5]}...; threshold soft masks first, e.g. mask > 0.5."
+        )
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"The {what} is {array.shape} but the ground truth is {shape}: masks must match the image.")
+    return array.astype(bool)
+
+
 def counts(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -> Counts:
-    if pred.shape != truth.shape:
-        raise ValueError(f"Prediction is {pred.shape} but the ground truth is {truth.shape}.")
-    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    """Pixel counts of ``pred`` against ``truth`` (both H x W boolean), ``ignore`` left out."""
+    truth = _binary(truth, "ground truth", None)
+    pred = _binary(pred, "prediction", truth.shape)
     if ignore is not None:
+        ignore = _binary(ignore, "ignore mask", truth.shape)
         pred, truth = pred & ~ignore, truth & ~ignore
     return Counts(int((pred & truth).sum()), int(pred.sum()), int(truth.sum()))
 
@@ -64,7 +74,8 @@ def iou(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -
     return counts(pred, truth, ignore).iou
 
 
-def _row(image_id: str, name: str, c: Counts, kept: int) -> dict:
+def row(image_id: str, name: str, c: Counts, kept: int) -> dict:
+    """One line of the per-image table."""
     return {
         "image_id": image_id,
         "class": name,
@@ -79,37 +90,9 @@ def _row(image_id: str, name: str, c: Counts, kept: int) -> dict:
     }
 
 
-def evaluate(
-    dataset: Dataset,
-    results: Sequence[ImageResult],
-    pipeline: Pipeline,
-    classes: Sequence[str],
-    selection: SelectionSettings = SelectionSettings(),
-    prompts: dict[str, str] | None = None,
-) -> pd.DataFrame:
-    """One row per image and class. ``prompts`` maps a class to the text typed for it
-    (default: the class name); the softmax mode competes over all of ``classes``."""
-    dataset.check_classes(list(classes))
-    typed = {name: (prompts or {}).get(name, name) for name in classes}
-    competitors = list(typed.values())
-    rows = []
-    for sample, result in zip(dataset.samples, results, strict=True):
-        for name in classes:
-            prediction = pipeline.predict(result, typed[name], selection, competitors)
-            truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
-            rows.append(
-                _row(
-                    sample.image_id,
-                    name,
-                    counts(prediction.mask, truth, sample.ignore_mask(name)),
-                    int(prediction.keep.sum()),
-                )
-            )
-    return pd.DataFrame(rows)
-
-
 def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
-    """Per class: mean IoU, dataset IoU, mean precision and recall, and how many images counted."""
+    """Per class: mean IoU, dataset IoU, mean precision and recall, and how many images counted
+    (a class no image scored shows NaN and ``images_scored`` 0)."""
     grouped = per_image.groupby("class", sort=False)
     summary = pd.DataFrame(
         {
@@ -129,19 +112,20 @@ def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class AtomTable:
-    """Per image, the pixel counts each atom contributes, for one class (built once)."""
+    """Per image, the pixel counts each mask atom contributes, for one class (built once)."""
 
-    results: list[ImageResult]
+    masks: list[MaskSet]
     truth_per_atom: list[np.ndarray]  # pixels of the class in each atom (ignore excluded)
     valid_per_atom: list[np.ndarray]  # pixels not ignored in each atom
     truth_total: np.ndarray  # per image
 
 
-def atom_table(dataset: Dataset, results: Sequence[ImageResult], name: str) -> AtomTable:
+def atom_table(samples: Sequence[Sample], masks: Sequence[MaskSet], name: str) -> AtomTable:
+    """The atom table of class ``name`` over ``samples`` and their (filtered) SAM masks."""
     truth_rows, valid_rows, totals = [], [], []
-    for sample, result in zip(dataset.samples, results, strict=True):
-        atoms = result.masks.atoms.ravel()
-        n_atoms = result.masks.membership.shape[0]
+    for sample, mask_set in zip(samples, masks, strict=True):
+        atoms = mask_set.atoms.ravel()
+        n_atoms = mask_set.membership.shape[0]
         truth = sample.masks.get(name, np.zeros(atoms.shape, bool)).ravel()
         ignore = sample.ignore_mask(name)
         valid = ~ignore.ravel() if ignore is not None else np.ones(atoms.shape, bool)
@@ -149,33 +133,25 @@ def atom_table(dataset: Dataset, results: Sequence[ImageResult], name: str) -> A
         truth_rows.append(np.bincount(atoms, weights=truth, minlength=n_atoms))
         valid_rows.append(np.bincount(atoms, weights=valid, minlength=n_atoms))
         totals.append(truth.sum())
-    return AtomTable(list(results), truth_rows, valid_rows, np.asarray(totals, np.float64))
+    return AtomTable(list(masks), truth_rows, valid_rows, np.asarray(totals, np.float64))
 
 
-def sweep(
-    table: AtomTable,
-    pipeline: Pipeline,
-    prompt: str,
-    thresholds: Sequence[float],
-    mode: str = "threshold",
-    classes: Sequence[str] | None = None,
-    negatives: Sequence[str] = (),
-) -> pd.DataFrame:
-    """IoU, precision and recall against the threshold, from cached embeddings alone.
+def sweep(table: AtomTable, scores: Sequence[np.ndarray], thresholds: Sequence[float]) -> pd.DataFrame:
+    """IoU, precision and recall against the threshold, given each image's mask ``scores``.
 
     A pixel is predicted at threshold t when the best score among the masks covering it is
     >= t, so each image needs one sort of its atoms, whatever the number of thresholds.
+    Thresholds must be finite (as ``SelectionSettings`` requires).
     """
-    names = prompt_columns(prompt, classes, negatives)
-    text = pipeline.text(names)
     thresholds = np.asarray(thresholds, np.float64)
-    shape = (len(table.results), len(thresholds))
+    if not np.all(np.isfinite(thresholds)):
+        raise ValueError("Sweep thresholds must be finite numbers (no NaN or infinity).")
+    shape = (len(table.masks), len(thresholds))
     inter, pred = np.zeros(shape), np.zeros(shape)
-    for i, result in enumerate(table.results):
-        scores = mask_scores(similarities(result.embeddings, text), names.index(prompt), mode, len(negatives))
-        if scores.size == 0:
+    for i, (mask_set, image_scores) in enumerate(zip(table.masks, scores, strict=True)):
+        if image_scores.size == 0:
             continue
-        atom_score = np.where(result.masks.membership, scores[None, :], -np.inf).max(axis=1)
+        atom_score = np.where(mask_set.membership, image_scores[None, :], -np.inf).max(axis=1)
         order = np.argsort(-atom_score, kind="stable")
         sorted_scores = atom_score[order]
         cum_truth = np.concatenate([[0], np.cumsum(table.truth_per_atom[i][order])])
@@ -200,69 +176,9 @@ def sweep(
 
 
 def best_threshold(sweep_table: pd.DataFrame, metric: str = "mean_iou") -> tuple[float, float]:
-    """(threshold, value) where ``metric`` peaks."""
-    index = sweep_table[metric].idxmax()
+    """(threshold, value) where ``metric`` peaks; (NaN, NaN) when no threshold scored anything."""
+    values = sweep_table[metric]
+    if values.isna().all():
+        return float("nan"), float("nan")
+    index = values.idxmax()
     return float(sweep_table.loc[index, "threshold"]), float(sweep_table.loc[index, metric])
-
-
-# --- the source papers' other measures ----------------------------------------------------------
-
-
-def recognition_accuracy(items: Sequence[LabelledImage], classes: Sequence[str], pipeline: Pipeline) -> dict:
-    """Whole-image classification accuracy of CLIP alone and of SAM + CLIP (the class of the
-    region that matches any class best; the whole image when SAM finds nothing)."""
-    text = pipeline.text(list(classes))
-    truth = np.array([list(classes).index(item.label) for item in items])
-    whole = similarities(encode_images(pipeline.clip, [item.image for item in items]), text)
-    clip_alone = whole.argmax(1)
-    sam_clip = []
-    for item, fallback in zip(items, clip_alone):
-        result = pipeline.process(item.image)
-        sims = similarities(result.embeddings, text)
-        sam_clip.append(int(np.unravel_index(sims.argmax(), sims.shape)[1]) if sims.size else int(fallback))
-    return {
-        "clip_alone": float((clip_alone == truth).mean()),
-        "sam_clip": float((np.array(sam_clip) == truth).mean()),
-        "images": len(items),
-    }
-
-
-def mosaic_top1_accuracy(dataset: Dataset, results: Sequence[ImageResult], pipeline: Pipeline) -> float:
-    """Share of (mosaic, class) pairs whose top-1 region lies mostly (> 50 %) in the class's tile."""
-    hits = trials = 0
-    for sample, result in zip(dataset.samples, results, strict=True):
-        for name, tile in sample.masks.items():
-            prediction = pipeline.predict(result, name, SelectionSettings("top1"))
-            trials += 1
-            area = prediction.mask.sum()
-            hits += bool(area) and (prediction.mask & tile).sum() > 0.5 * area
-    return hits / trials if trials else float("nan")
-
-
-# --- saving -------------------------------------------------------------------------------------
-
-
-def save_results(folder: str | Path, per_image: pd.DataFrame, summary: pd.DataFrame, settings: dict) -> Path:
-    """CSV tables and a JSON file holding the settings next to the summary, in a new run folder."""
-    run = Path(folder) / time.strftime("run_%Y%m%d_%H%M%S")
-    suffix = 0
-    while run.exists():
-        suffix += 1
-        run = run.with_name(f"{run.name.split('__')[0]}__{suffix}")
-    run.mkdir(parents=True)
-    per_image.to_csv(run / "per_image.csv", index=False)
-    summary.to_csv(run / "summary.csv", index=False)
-    plain = {k: asdict(v) if is_dataclass(v) else v for k, v in settings.items()}
-    record = {"settings": plain, "summary": json.loads(summary.to_json(orient="records"))}
-    (run / "results.json").write_text(json.dumps(record, indent=1, default=str))
-    return run
-
-
-def compare_runs(*runs: str | Path) -> pd.DataFrame:
-    """Summaries of several saved runs side by side (one row per run and class)."""
-    frames = []
-    for run in runs:
-        frame = pd.read_csv(Path(run) / "summary.csv")
-        frame.insert(0, "run", Path(run).name)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)

@@ -20,22 +20,46 @@ from clip.model import CLIP, build_model
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
-from .checkpoints import CheckpointError, UnknownModelError, ensure_checkpoint, get_checkpoint
-from .config import RunConfig
-from .tiny_models import TINY_SAM, build_sam_tiny, write_tiny_checkpoints
+from .checkpoints import CheckpointError, UnknownModelError
+from .download import file_sha256
+from .tiny_models import TINY_SAM, build_sam_tiny
 
 SAM_BUILDERS: dict[str, Callable[..., Sam]] = {**sam_model_registry, TINY_SAM: build_sam_tiny}
 _SAM_WIDTH_TO_TYPE = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
 
 
+def weights_identity(kind: str, path: str | Path) -> str:
+    """What names a model in cache keys: its type and the sha256 of its weights file (remembered
+    beside the file), so new weights saved under an old name never reuse old results."""
+    return f"{kind}:{file_sha256(path)}"
+
+
 @dataclass
 class LoadedSam:
     model: Sam
-    name: str  # identifies the weights in cache keys
+    name: str  # the model type and file, for people
+    identity: str = ""  # the model type and the sha256 of its weights, for cache keys
 
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+
+@dataclass(frozen=True)
+class SamSource:
+    """A SAM checkpoint not loaded yet: its identity is known without loading (the cache keys
+    need only that), and ``load()`` builds it when an image is not in the cache."""
+
+    model_type: str
+    checkpoint: Path
+    device: str = "cpu"
+
+    @property
+    def identity(self) -> str:
+        return weights_identity(self.model_type, self.checkpoint)
+
+    def load(self) -> LoadedSam:
+        return load_sam(self.model_type, self.checkpoint, self.device)
 
 
 @dataclass
@@ -44,6 +68,7 @@ class LoadedClip:
     preprocess: Callable
     name: str
     device: str
+    identity: str = ""  # "clip:" and the sha256 of the weights, for cache keys
 
 
 def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu") -> LoadedSam:
@@ -68,7 +93,7 @@ def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu") -> Lo
             f"{path.name} does not fit SAM {model_type!r}.{hint} Pass the model type that matches the file."
         ) from exc
     sam.to(device).eval()
-    return LoadedSam(sam, f"{model_type}:{path.name}:{path.stat().st_size}")
+    return LoadedSam(sam, f"{model_type}:{path.name}", weights_identity(model_type, path))
 
 
 def is_torchscript_archive(path: Path) -> bool:
@@ -120,22 +145,4 @@ def load_clip(checkpoint: str | Path, device: str = "cpu", name: str | None = No
         preprocess = clip.clip._transform(model.visual.input_resolution)
     # float32 everywhere, so that CPU and GPU scores agree.
     model = model.float().to(device).eval()
-    return LoadedClip(model, preprocess, name or f"{path.name}:{path.stat().st_size}", device)
-
-
-def checkpoint_paths(config: RunConfig, progress: bool = True) -> dict[str, Path]:
-    """Verified checkpoint files for the run: downloaded (full) or built (smoke) when missing."""
-    if config.is_smoke:
-        return write_tiny_checkpoints(config.checkpoint_dir)
-    return {
-        "sam": ensure_checkpoint(config.sam_model, config.checkpoint_dir, progress=progress),
-        "clip": ensure_checkpoint(config.clip_model, config.checkpoint_dir, progress=progress),
-    }
-
-
-def load_models(config: RunConfig) -> tuple[LoadedSam, LoadedClip]:
-    """SAM and CLIP for the run's profile, on the run's device."""
-    paths = checkpoint_paths(config)
-    sam_type = config.sam_model if config.is_smoke else get_checkpoint(config.sam_model).name
-    sam = load_sam(sam_type, paths["sam"], config.device)
-    return sam, load_clip(paths["clip"], config.device, name=f"{config.clip_model}:{paths['clip'].name}")
+    return LoadedClip(model, preprocess, name or path.name, device, weights_identity("clip", path))

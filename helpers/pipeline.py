@@ -1,12 +1,14 @@
 """The text-prompted segmentation pipeline: SAM masks -> filters -> regions -> CLIP -> selection.
 
 SAM masks and region embeddings are cached per image; a new prompt, threshold or selection
-mode only costs a matrix product. ``process_dataset`` resumes after an interruption.
+mode only costs a matrix product. ``process_dataset`` resumes after an interruption. SAM may
+be given unloaded (a ``models.SamSource``): it is loaded only when an image misses the cache,
+so evaluating cached results never loads it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -16,70 +18,69 @@ from .cache import ResultCache, image_key, settings_key
 from .clip_scoring import DEFAULT_TEMPLATES, TextEmbeddings, encode_images
 from .data import Dataset
 from .masks import FilterSettings, MaskSet, apply_filters
-from .models import LoadedClip, LoadedSam
+from .models import LoadedClip, LoadedSam, SamSource
 from .precision import check_precision
 from .regions import RegionSettings, extract_regions
 from .segmentation import SamSettings, generate_masks
-from .selection import SelectionSettings, mask_scores, prompt_columns, similarities
+from .selection import ImageResult, Prediction, SelectionSettings, predict
+
+__all__ = ["ImageResult", "Pipeline", "PipelineSettings", "Prediction"]
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
+    """``sam``: SAM's generator; ``filters``: post-filters on its masks; ``regions``: how each
+    mask is cut out for CLIP; ``templates``: prompt templates averaged per name; ``batch_size``:
+    regions per CLIP pass (None: 16 on CPU, 64 on GPU); ``precision``: float32 (exact), or
+    bfloat16 / float16 for SAM's and CLIP's image encoders (faster; scores move ~1e-3)."""
+
     sam: SamSettings = field(default_factory=SamSettings)
     filters: FilterSettings = field(default_factory=FilterSettings)
     regions: RegionSettings = field(default_factory=RegionSettings)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
-    batch_size: int | None = None  # regions per CLIP pass; None: 16 on CPU, 64 on GPU
-    clip_precision: str = "float32"  # "bfloat16" / "float16": faster image encoder, scores change ~1e-3
+    batch_size: int | None = None
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
-        check_precision(self.clip_precision)
-
-
-@dataclass
-class ImageResult:
-    """What the cache holds for one image: its filtered masks and their CLIP embeddings."""
-
-    image_id: str
-    masks: MaskSet
-    embeddings: np.ndarray  # len(masks) x D, float32, unit length
-
-
-@dataclass
-class Prediction:
-    mask: np.ndarray  # H x W bool: union of the kept masks
-    keep: np.ndarray  # N bool
-    scores: np.ndarray  # N float32: the selection mode's score for the target
-    similarities: np.ndarray  # N x K cosine similarities to ``names``
-    names: list[str]
+        check_precision(self.precision)
 
 
 class Pipeline:
     """Holds the models, the settings and the cache; counts how often SAM really runs."""
 
     def __init__(
-        self, sam: LoadedSam, clip: LoadedClip, settings: PipelineSettings = PipelineSettings(), cache_dir=None
+        self,
+        sam: LoadedSam | SamSource,
+        clip: LoadedClip,
+        settings: PipelineSettings = PipelineSettings(),
+        cache_dir=None,
     ) -> None:
         self.sam, self.clip, self.settings = sam, clip, settings
         self.cache = ResultCache(cache_dir) if cache_dir else None
         self.text = TextEmbeddings(clip, settings.templates)
         self.sam_runs = 0
         self.clip_image_runs = 0
-        self.sam_key = settings_key(model=sam.name, **settings.sam.cache_fields())
+        self.sam_key = settings_key(model=sam.identity, precision=settings.precision, **settings.sam.cache_fields())
         self.embedding_key = settings_key(
             sam=self.sam_key,
             filters=asdict(settings.filters),
-            clip=clip.name,
+            clip=clip.identity,
             regions=asdict(settings.regions),
-            precision=settings.clip_precision,
+            precision=settings.precision,
         )
 
+    @property
+    def sam_loaded(self) -> bool:
+        return isinstance(self.sam, LoadedSam)
+
     def segment(self, image: np.ndarray, key: str | None = None) -> MaskSet:
-        """SAM's raw masks for ``image``, from the cache when there."""
+        """SAM's raw masks for ``image``, from the cache when there (SAM is loaded on a miss)."""
         key = key or image_key(image)
         masks = self.cache.load_masks(key, self.sam_key) if self.cache else None
         if masks is None:
-            masks = generate_masks(self.sam, image, self.settings.sam)
+            if not self.sam_loaded:
+                self.sam = self.sam.load()
+            masks = generate_masks(self.sam, image, self.settings.sam, self.settings.precision)
             self.sam_runs += 1
             if self.cache:
                 self.cache.save_masks(key, self.sam_key, masks)
@@ -92,7 +93,7 @@ class Pipeline:
         masks = apply_filters(self.segment(image, key), self.settings.filters)
         if embeddings is None or len(embeddings) != len(masks):
             regions = extract_regions(image, masks, self.settings.regions)
-            embeddings = encode_images(self.clip, regions, self.settings.batch_size, self.settings.clip_precision)
+            embeddings = encode_images(self.clip, regions, self.settings.batch_size, self.settings.precision)
             self.clip_image_runs += 1
             if self.cache:
                 self.cache.save_embeddings(key, self.embedding_key, embeddings)
@@ -113,13 +114,8 @@ class Pipeline:
         selection: SelectionSettings = SelectionSettings(),
         classes: Sequence[str] | None = None,
     ) -> Prediction:
-        """The mask for ``prompt``. ``classes`` is the list the softmax mode competes over
-        (the prompt is added when missing); negative prompts are appended to it."""
-        names = prompt_columns(prompt, classes, selection.negatives)
-        sims = similarities(result.embeddings, self.text(names))
-        scores = mask_scores(sims, names.index(prompt), selection.mode, len(selection.negatives))
-        keep = scores >= selection.threshold
-        return Prediction(result.masks.union(keep), keep, scores, sims, names)
+        """The mask for ``prompt`` (``selection.predict`` with this pipeline's text encoder)."""
+        return predict(result, self.text, prompt, selection, classes)
 
     def segment_by_text(
         self,
@@ -130,14 +126,3 @@ class Pipeline:
     ) -> np.ndarray:
         """Type a word, get its mask: the one-call entry point."""
         return self.predict(self.process(image), prompt, selection, classes).mask
-
-
-def default_settings(config) -> PipelineSettings:
-    """The pipeline settings for a run: SAM's defaults (loosened in the smoke profile so that
-    random tiny models still return masks), small masks and masks inside larger ones dropped,
-    both image encoders in the run's precision."""
-    return PipelineSettings(
-        sam=replace(SamSettings(precision=config.precision), **config.sam_overrides),
-        filters=FilterSettings(min_area=100, max_inside=0.9),
-        clip_precision=config.precision,
-    )

@@ -1,54 +1,78 @@
-"""Execute notebooks 00-04 headless (the main job): ``python -m helpers.run_notebooks``.
+"""Execute the notebooks headless (the main job): ``python -m helpers.run_notebooks``.
 
-Executed copies go to ``outputs/<profile>/notebooks/``, figures to ``outputs/<profile>/figures/``.
-A notebook that fails stops the run with its error message (for example how to supply
-checkpoints without network) and the partly executed copy is kept for inspection.
+Executed copies go to ``outputs/<profile>/notebooks/``, figures to
+``outputs/<profile>/figures/<dataset>/``. A notebook that fails stops the run with its error
+message (for example how to supply checkpoints without network) and the partly executed copy
+is kept for inspection. Each cell has a time limit (``--cell-timeout``): a hung cell fails the
+run instead of waiting for ever. Kernels talk over local sockets (IPC), not TCP.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from .config import banner, load_config
+from .config import banner, load_config, remember_start_dir
+
+CELL_TIMEOUT = {"smoke": 300, "full": 3600}  # seconds; full runs embed whole datasets in one cell
 
 
-def run(notebooks: list[Path], out_dir: Path, timeout: int = 3600) -> int:
+def execute(path: Path, out_dir: Path, timeout: int) -> str | None:
+    """Run one notebook into ``out_dir``; returns None or the error to report."""
+    notebook = nbformat.read(path, as_version=4)
+    with tempfile.TemporaryDirectory(prefix="samclip-kernel-") as runtime:
+        manager = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(runtime) / "kernel"))
+        client = NotebookClient(
+            notebook, km=manager, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}
+        )
+        try:
+            client.execute()
+            error = None
+        except CellExecutionError as exc:
+            error = f"{exc.ename}: {exc.evalue}"
+        except (CellTimeoutError, DeadKernelError, TimeoutError) as exc:
+            error = f"{type(exc).__name__}: {exc} (cell time limit {timeout} s)"
+    nbformat.write(notebook, out_dir / path.name)
+    return error
+
+
+def run(notebooks: list[Path], out_dir: Path, timeout: int) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in notebooks:
         started = time.time()
         print(f"running {path.name} ...", flush=True)
-        notebook = nbformat.read(path, as_version=4)
-        client = NotebookClient(
-            notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-        )
-        try:
-            client.execute()
-        except CellExecutionError as exc:
-            nbformat.write(notebook, out_dir / path.name)
-            print(
-                f"\n{path.name} stopped: {exc.ename}: {exc.evalue}\n(partly executed copy: {out_dir / path.name})",
-                file=sys.stderr,
-            )
+        error = execute(path, out_dir, timeout)
+        if error:
+            print(f"\n{path.name} stopped: {error}\n(partly executed copy: {out_dir / path.name})", file=sys.stderr)
             return 1
-        nbformat.write(notebook, out_dir / path.name)
         print(f"  done in {time.time() - started:.0f} s -> {out_dir / path.name}", flush=True)
     return 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Execute the notebooks headless (settings: SAMCLIP_* variables).")
+    parser.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (smoke 300, full 3600)")
+    parser.add_argument("names", nargs="*", help="notebook name prefixes to run (default: all), e.g. 03 04")
+    args = parser.parse_args(argv)
+    remember_start_dir()
     config = load_config()
     print(banner(config), flush=True)
     notebooks = sorted((config.root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.names:
+        notebooks = [p for p in notebooks if any(p.name.startswith(n) for n in args.names)]
     if not notebooks:
         print(f"no notebooks found in {config.root / 'notebooks'}", file=sys.stderr)
         return 1
-    return run(notebooks, config.output_dir / "notebooks")
+    timeout = args.cell_timeout or CELL_TIMEOUT[config.profile]
+    return run(notebooks, config.output_dir / "notebooks", timeout)
 
 
 if __name__ == "__main__":

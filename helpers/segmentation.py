@@ -27,15 +27,11 @@ class SamSettings:
     crop_n_points_downscale_factor: int = 1
     min_mask_region_area: int = 0
     max_side: int | None = None  # shrink larger images to this long side before SAM
-    precision: str = "float32"  # image encoder in "bfloat16" / "float16": faster, masks change slightly
-
-    def __post_init__(self) -> None:
-        check_precision(self.precision)
 
     def generator_options(self) -> dict:
         """The keyword arguments of ``SamAutomaticMaskGenerator`` (ours are not among them)."""
         options = asdict(self)
-        for ours in ("max_side", "precision"):
+        for ours in ("max_side",):
             options.pop(ours)
         return options
 
@@ -69,13 +65,15 @@ def resize_long_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def generate_masks(sam: LoadedSam, image: np.ndarray, settings: SamSettings = SamSettings()) -> MaskSet:
+def generate_masks(
+    sam: LoadedSam, image: np.ndarray, settings: SamSettings = SamSettings(), precision: str = "float32"
+) -> MaskSet:
     """All masks SAM finds in ``image`` (H x W x 3 uint8 RGB), at the image's own size."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"SAM needs an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}.")
     generator = SamAutomaticMaskGenerator(sam.model, output_mode="binary_mask", **settings.generator_options())
-    if settings.precision != "float32":  # the predictor's autocast checks the device supports it
-        generator.predictor = EncoderPrecisionPredictor(sam.model, settings.precision)
+    if check_precision(precision) != "float32":  # the predictor's autocast checks the device supports it
+        generator.predictor = EncoderPrecisionPredictor(sam.model, precision)
     small = resize_long_side(image, settings.max_side)
     with torch.inference_mode():
         records = generator.generate(small)

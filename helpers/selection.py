@@ -1,18 +1,24 @@
-"""Pick the masks that match a prompt from their CLIP similarities.
+"""Pick the masks that match a prompt from their CLIP similarities: the one scoring path.
 
-Every mode turns the N x K similarity table (regions x prompts) into one score per mask for
-the target prompt such that a mask is kept when its score >= ``threshold``. That makes a
-threshold sweep one sort (see ``helpers.metrics.sweep``).
+``score`` goes names -> similarities -> scores -> kept for one image; the pipeline, the
+evaluation, the sweep and the tuner all call it. Every mode turns the N x K similarity table
+(regions x prompts) into one score per mask for the target prompt such that a mask is kept
+when its score >= ``threshold``. That makes a threshold sweep one sort (``helpers.metrics.sweep``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
+from .masks import MaskSet
+
 SELECTION_MODES = ("threshold", "softmax", "top1")
 CLIP_LOGIT_SCALE = 100.0  # the temperature CLIP was trained with
+DEFAULT_THRESHOLD = 0.25  # cosine similarity; the threshold sweep (notebook 03) finds a better one per class
+TextEncoder = Callable[[Sequence[str]], np.ndarray]  # names -> K x D unit embeddings (clip_scoring.TextEmbeddings)
 
 
 @dataclass(frozen=True)
@@ -24,12 +30,38 @@ class SelectionSettings:
     more than the target is never kept."""
 
     mode: str = "threshold"
-    threshold: float = 0.25
+    threshold: float = DEFAULT_THRESHOLD
     negatives: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in SELECTION_MODES:
             raise ValueError(f"Unknown selection mode {self.mode!r}; use one of {SELECTION_MODES}.")
+        if not np.isfinite(self.threshold):
+            raise ValueError(f"threshold={self.threshold} is not a finite number.")
+
+
+@dataclass
+class ImageResult:
+    """What the cache holds for one image: its filtered masks and their CLIP embeddings."""
+
+    image_id: str
+    masks: MaskSet
+    embeddings: np.ndarray  # len(masks) x D, float32, unit length
+
+
+@dataclass
+class Scores:
+    """One image's masks scored against a prompt."""
+
+    names: list[str]  # the prompt columns: class list (with the prompt), then negatives
+    similarities: np.ndarray  # N x K cosine similarities to ``names``
+    scores: np.ndarray  # N float32: the selection mode's score for the prompt
+    keep: np.ndarray  # N bool: scores >= threshold
+
+
+@dataclass
+class Prediction(Scores):
+    mask: np.ndarray = None  # H x W bool: union of the kept masks
 
 
 def prompt_columns(prompt: str, classes=None, negatives=()) -> list[str]:
@@ -73,6 +105,28 @@ def mask_scores(sims: np.ndarray, target: int, mode: str, n_negatives: int = 0) 
     raise ValueError(f"Unknown selection mode {mode!r}; use one of {SELECTION_MODES}.")
 
 
-def select(sims: np.ndarray, target: int, settings: SelectionSettings) -> np.ndarray:
-    """Booleans over masks: which are kept for prompt column ``target``."""
-    return mask_scores(sims, target, settings.mode, len(settings.negatives)) >= settings.threshold
+def score(
+    embeddings: np.ndarray,
+    text: TextEncoder,
+    prompt: str,
+    settings: SelectionSettings = SelectionSettings(),
+    classes: Sequence[str] | None = None,
+) -> Scores:
+    """Score N region ``embeddings`` against ``prompt``: ``classes`` is the list the softmax mode
+    competes over (the prompt is added when missing); negative prompts are appended to it."""
+    names = prompt_columns(prompt, classes, settings.negatives)
+    sims = similarities(embeddings, text(names))
+    scores = mask_scores(sims, names.index(prompt), settings.mode, len(settings.negatives))
+    return Scores(names, sims, scores, scores >= settings.threshold)
+
+
+def predict(
+    result: ImageResult,
+    text: TextEncoder,
+    prompt: str,
+    settings: SelectionSettings = SelectionSettings(),
+    classes: Sequence[str] | None = None,
+) -> Prediction:
+    """The mask for ``prompt`` in one image: the union of the masks ``score`` keeps."""
+    scored = score(result.embeddings, text, prompt, settings, classes)
+    return Prediction(scored.names, scored.similarities, scored.scores, scored.keep, result.masks.union(scored.keep))

@@ -7,6 +7,7 @@ smoke profile.
 
 from __future__ import annotations
 
+import os
 import warnings
 from functools import partial
 from pathlib import Path
@@ -15,8 +16,6 @@ import clip
 import torch
 from clip.model import CLIP
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-from .checkpoints import Checkpoint, register_checkpoint, sha256_of
 
 TINY_SAM = "sam_tiny"
 TINY_CLIP = "clip_tiny"
@@ -95,20 +94,17 @@ def save_clip_archive(model: CLIP, path: Path) -> None:
 
 
 def write_tiny_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
-    """Build (once) and register the tiny checkpoints in ``folder``; returns their paths."""
+    """Build the tiny checkpoints in ``folder`` once (seeded; written under a temporary name and
+    renamed, so a reader never sees half a file); returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sam_path, clip_path = folder / TINY_SAM_FILE, folder / TINY_CLIP_FILE
     if not sam_path.is_file() or not clip_path.is_file():
         torch.manual_seed(seed)
-        tmp = sam_path.with_name(sam_path.name + ".part")
+        tmp = sam_path.with_name(f"{sam_path.name}.{os.getpid()}.part")
         torch.save(build_sam_tiny().state_dict(), tmp)
         tmp.replace(sam_path)
-        tmp = clip_path.with_name(clip_path.name + ".part")
+        tmp = clip_path.with_name(f"{clip_path.name}.{os.getpid()}.part")
         save_clip_archive(build_clip_tiny(), tmp)
         tmp.replace(clip_path)
-    for name, family, path, fmt in ((TINY_SAM, "sam", sam_path, "sam"), (TINY_CLIP, "clip", clip_path, "openai")):
-        register_checkpoint(
-            Checkpoint(name, family, path.name, sha256_of(path), path.stat().st_size, (str(path),), fmt)
-        )
     return {"sam": sam_path, "clip": clip_path}

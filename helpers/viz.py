@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .masks import MaskSet
+from .selection import SelectionSettings, TextEncoder, predict
 
 PREDICTION_COLOUR = (255, 40, 40)
 
@@ -69,7 +70,8 @@ def show_sample(image: np.ndarray, masks: dict[str, np.ndarray], title: str = ""
     axes[0].imshow(image)
     axes[1].imshow(picture)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[name]) for name in present]
-    axes[1].legend(handles, present, loc="upper right", fontsize=8)
+    if handles:  # beside the picture, never over it
+        axes[1].legend(handles, present, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
     for ax in axes:
         ax.axis("off")
     figure.suptitle(title)
@@ -82,7 +84,7 @@ def show_masks(image: np.ndarray, masks: MaskSet, title: str = "") -> plt.Figure
     axes[0].imshow(image)
     axes[0].set_title("image")
     axes[1].imshow(image // 2 + colour_masks(masks) // 2)
-    axes[1].set_title(f"{len(masks)} SAM masks")
+    axes[1].set_title(f"{len(masks)} SAM mask{'' if len(masks) == 1 else 's'}")
     for ax in axes:
         ax.axis("off")
     figure.suptitle(title)
@@ -100,8 +102,9 @@ def show_regions(
 ) -> plt.Figure:
     """The cut-outs CLIP saw, best score first, kept ones framed in red."""
     order = np.argsort(-scores)[:limit]
+    columns = max(1, min(columns, int(np.ceil(np.sqrt(len(order))))))  # a grid, not one long strip
     rows = max(1, int(np.ceil(len(order) / columns)))
-    figure, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(max(2.4 * columns, 4), 2.4 * rows + 0.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, index in zip(axes.ravel(), order):
@@ -120,10 +123,14 @@ def show_regions(
 
 
 def plot_sweep(table: pd.DataFrame, title: str = "", best: float | None = None) -> plt.Figure:
+    """IoU, precision and recall against the threshold (a sweep from ``evaluation.class_sweep``),
+    the best threshold dashed; a class without data says so instead of drawing empty lines."""
     figure, ax = plt.subplots(figsize=(6, 4))
     for column in ("mean_iou", "dataset_iou", "precision", "recall"):
         ax.plot(table["threshold"], table[column], label=column.replace("_", " "))
-    if best is not None:
+    if table[["mean_iou", "dataset_iou", "precision", "recall"]].isna().all().all():
+        ax.text(0.5, 0.5, "no data for this class", ha="center", va="center", transform=ax.transAxes)
+    if best is not None and np.isfinite(best):
         ax.axvline(best, color="grey", linestyle="--", label=f"best {best:.3f}")
     ax.set_xlabel("threshold")
     ax.set_ylim(-0.02, 1.02)
@@ -134,22 +141,30 @@ def plot_sweep(table: pd.DataFrame, title: str = "", best: float | None = None) 
 
 
 def worst_gallery(
-    per_image: pd.DataFrame, dataset, results, pipeline, selection, count: int = 4, title: str = ""
+    per_image: pd.DataFrame,
+    dataset,
+    results,
+    text: TextEncoder,
+    selection: SelectionSettings,
+    count: int = 4,
+    title: str = "",
 ) -> plt.Figure:
     """Four panels for each of the ``count`` lowest-IoU (image, class) rows of ``per_image``
-    (from ``metrics.evaluate``), predicted again from the cache."""
+    (from ``evaluation.evaluate``), predicted again from the cached results."""
     worst = per_image.dropna(subset=["iou"]).nsmallest(count, "iou")
     index = {sample.image_id: (sample, result) for sample, result in zip(dataset.samples, results)}
     classes = list(per_image["class"].unique())
-    figure = plt.figure(figsize=(14, 3.4 * max(len(worst), 1)))
-    subfigures = np.atleast_1d(figure.subfigures(max(len(worst), 1), 1))
-    for sub, (image_id, name, score) in zip(subfigures, worst[["image_id", "class", "iou"]].itertuples(index=False)):
+    rows = max(len(worst), 1)
+    figure = plt.figure(figsize=(14, 3.4 * rows + 0.8))
+    # the title gets a row of its own, so it never covers the first case's titles
+    parts = figure.subfigures(rows + 1, 1, height_ratios=[0.8 / 3.4] + [1.0] * rows)
+    parts[0].suptitle(title, y=0.5, va="center")
+    for sub, (image_id, name, iou) in zip(parts[1:], worst[["image_id", "class", "iou"]].itertuples(index=False)):
         sample, result = index[image_id]
-        prediction = pipeline.predict(result, name, selection, classes).mask
+        prediction = predict(result, text, name, selection, classes).mask
         truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
         draw_panels(sub, sample.image, truth, prediction)
-        sub.suptitle(f"{image_id} - {name} - IoU {score:.3f}")
-    figure.suptitle(title, y=1.0)
+        sub.suptitle(f"{image_id} - {name} - IoU {iou:.3f}")
     return figure
 
 

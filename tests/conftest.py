@@ -112,3 +112,14 @@ def no_user_checkpoint_settings(monkeypatch):
         "SAMCLIP_PRECISION",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (its naive baselines are the tests' slow references)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import metrics, viz  # noqa: E402
+from helpers import evaluation, metrics, runs, viz  # noqa: E402
 from helpers.data import Dataset, LabelledImage, Sample  # noqa: E402
 from helpers.masks import MaskSet  # noqa: E402
 from helpers.pipeline import ImageResult, Pipeline  # noqa: E402
@@ -108,16 +108,17 @@ def test_evaluate_and_the_fast_sweep_agree(scene):
     dataset, results, pipe = scene
     thresholds = np.linspace(-0.2, 1.0, 25)
     for name in ("cat", "dog"):
-        table = metrics.atom_table(dataset, results, name)
         for mode in ("threshold", "softmax"):
-            fast = metrics.sweep(table, pipe, name, thresholds, mode=mode, classes=["cat", "dog"])
+            fast = evaluation.class_sweep(
+                dataset, results, pipe.text, name, thresholds, mode=mode, classes=["cat", "dog"]
+            )
             for t, row in zip(thresholds, fast.itertuples()):
                 slow = (
                     metrics.summarize(
-                        metrics.evaluate(
+                        evaluation.evaluate(
                             dataset,
                             results,
-                            pipe,
+                            pipe.text,
                             [name],
                             SelectionSettings(mode, t),
                         )
@@ -126,7 +127,7 @@ def test_evaluate_and_the_fast_sweep_agree(scene):
                     else None
                 )
                 if slow is None:  # softmax competes over both classes
-                    per = metrics.evaluate(dataset, results, pipe, ["cat", "dog"], SelectionSettings(mode, t))
+                    per = evaluation.evaluate(dataset, results, pipe.text, ["cat", "dog"], SelectionSettings(mode, t))
                     slow = metrics.summarize(per[per["class"] == name])
                 slow = slow.iloc[0]
                 for column in ("mean_iou", "dataset_iou", "precision", "recall"):
@@ -138,10 +139,10 @@ def test_evaluate_and_the_fast_sweep_agree(scene):
 
 def test_cat_prompt_finds_the_cat_mask(scene):
     dataset, results, pipe = scene
-    per = metrics.evaluate(dataset, results, pipe, ["cat"], SelectionSettings("top1"))
+    per = evaluation.evaluate(dataset, results, pipe.text, ["cat"], SelectionSettings("top1"))
     assert np.allclose(per["iou"], 140 / 150)  # mask 0 (150 px) over the 140 px cat
     with pytest.raises(KeyError, match="Known classes: cat, dog"):
-        metrics.evaluate(dataset, results, pipe, ["horse"])
+        evaluation.evaluate(dataset, results, pipe.text, ["horse"])
 
 
 def test_recognition_and_mosaic_accuracy(tiny_models, scene):
@@ -149,35 +150,50 @@ def test_recognition_and_mosaic_accuracy(tiny_models, scene):
     # mosaic top-1: a region inside the right tile counts, one across tiles does not
     tiles = {"cat": box(20, 30, 0, 20, 0, 15), "dog": box(20, 30, 0, 20, 15, 30)}
     mosaic = Dataset("m", [Sample("m0", dataset[0].image, tiles)], ["cat", "dog"])
-    acc = metrics.mosaic_top1_accuracy(mosaic, results[:1], pipe)
+    acc = evaluation.mosaic_top1_accuracy(mosaic, results[:1], pipe.text)
     # cat -> mask 0 (fully in the cat tile); dog -> mask 1 (area 300, 250 in the dog tile)
     assert acc == 1.0
-    tiles_swapped = {"cat": tiles["dog"], "dog": tiles["cat"]}
-    assert (
-        metrics.mosaic_top1_accuracy(
-            Dataset("m", [Sample("m0", dataset[0].image, tiles_swapped)], ["cat", "dog"]), results[:1], pipe
-        )
-        == 0.0
-    )
-    items = [LabelledImage(np.full((24, 24, 3), v, np.uint8), label, "") for v, label in ((0, "cat"), (250, "dog"))]
-    scores = metrics.recognition_accuracy(items, ["cat", "dog"], pipe)
-    assert set(scores) == {"clip_alone", "sam_clip", "images"} and scores["images"] == 2
-    assert all(s in (0.0, 0.5, 1.0) for s in (scores["clip_alone"], scores["sam_clip"]))
+    swapped = Dataset("m", [Sample("m0", dataset[0].image, {"cat": tiles["dog"], "dog": tiles["cat"]})], ["cat", "dog"])
+    assert evaluation.mosaic_top1_accuracy(swapped, results[:1], pipe.text) == 0.0
+    # recognition: whole images embedded as cat, dog, dog (CLIP alone: 2 of 3 right); SAM + CLIP:
+    # image 0's best region is dog-like (wrong), image 1's is dog (right), image 2 has no region
+    # and falls back to the whole image (dog: right)
+    cat, dog = pipe.text(["cat", "dog"])
+    items = [LabelledImage(np.zeros((4, 4, 3), np.uint8), label, "") for label in ("cat", "dog", "dog")]
+    whole = np.stack([cat, dog, dog])
+    empty = ImageResult("e", MaskSet.from_masks(np.zeros((0, 4, 4), bool)), np.zeros((0, cat.size), np.float32))
+    regions = [
+        ImageResult("a", results[0].masks, np.stack([dog] * 4)),
+        ImageResult("b", results[0].masks, np.stack([dog] * 4)),
+        empty,
+    ]
+    whole[0] = cat
+    scores = evaluation.recognition_accuracy(items, ["cat", "dog"], pipe.text, whole, regions)
+    assert scores == {"clip_alone": 1.0, "sam_clip": pytest.approx(2 / 3), "images": 3}
+    whole[2] = cat  # CLIP alone now wrong on image 2, and SAM + CLIP falls back to that
+    scores = evaluation.recognition_accuracy(items, ["cat", "dog"], pipe.text, whole, regions)
+    assert scores == {"clip_alone": pytest.approx(2 / 3), "sam_clip": pytest.approx(1 / 3), "images": 3}
 
 
-def test_results_are_saved_with_their_settings(scene, tmp_path):
+def test_results_are_saved_with_their_settings_and_compared(scene, tmp_path):
     dataset, results, pipe = scene
-    per = metrics.evaluate(dataset, results, pipe, ["cat", "dog"], SelectionSettings("threshold", 0.3))
+    per = evaluation.evaluate(dataset, results, pipe.text, ["cat", "dog"], SelectionSettings("threshold", 0.3))
     summary = metrics.summarize(per)
-    first = metrics.save_results(tmp_path, per, summary, {"selection": SelectionSettings("threshold", 0.3)})
-    second = metrics.save_results(tmp_path, per, summary, {"selection": SelectionSettings("top1")})
+    record = {"profile": "smoke", "dataset": {"name": "scene", "images": 3}, "recognition": {"clip_alone": 0.5}}
+    first = runs.save_results(tmp_path, per, summary, {**record, "selection": SelectionSettings("threshold", 0.3)})
+    second = runs.save_results(tmp_path, per, summary, {**record, "selection": SelectionSettings("top1")})
     assert first != second
     import json
 
-    record = json.loads((first / "results.json").read_text())
-    assert record["settings"]["selection"]["threshold"] == 0.3 and len(record["summary"]) == 2
-    assert pd.read_csv(first / "per_image.csv").shape == per.shape
-    assert len(metrics.compare_runs(first, second)) == 4
+    saved = json.loads((first / "results.json").read_text())
+    assert saved["selection"]["threshold"] == 0.3 and len(saved["summary"]) == 2
+    assert saved["recognition"] == {"clip_alone": 0.5} and saved["library_versions"]["torch"]
+    table = pd.read_csv(first / "per_image.csv")
+    assert table.shape == (per.shape[0], per.shape[1] + 2) and set(table["profile"]) == {"smoke"}
+    summaries, differ = runs.compare_runs(first, second)
+    assert len(summaries) == 4
+    assert set(differ.index) == {"selection.mode", "selection.threshold"}
+    assert differ.loc["selection.mode"].tolist() == ["threshold", "top1"]
 
 
 def test_four_panel_holds_the_right_arrays():
@@ -198,10 +214,12 @@ def test_colour_masks_and_gallery(scene, tmp_path):
     assert len({tuple(p) for p in picture.reshape(-1, 3)}) >= 3
     assert np.array_equal(picture[16, 3 + 2], picture[16, 4 + 2])  # the smallest mask is on top
     selection = SelectionSettings("threshold", 0.3)
-    per = metrics.evaluate(dataset, results, pipe, ["cat", "dog"], selection)
-    figure = viz.worst_gallery(per, dataset, results, pipe, selection, count=2)
+    per = evaluation.evaluate(dataset, results, pipe.text, ["cat", "dog"], selection)
+    figure = viz.worst_gallery(per, dataset, results, pipe.text, selection, count=2, title="worst cases")
     worst = per.dropna(subset=["iou"]).nsmallest(2, "iou")
-    for sub, row in zip(figure.subfigs, worst.itertuples(index=False)):
+    assert len(figure.subfigs) == 3 and figure.subfigs[0]._suptitle.get_text() == "worst cases"
+    assert not figure.subfigs[0].axes  # the title has its own row: it cannot cover a case's titles
+    for sub, row in zip(figure.subfigs[1:], worst.itertuples(index=False)):
         image_index = [s.image_id for s in dataset].index(row.image_id)
         expected = pipe.predict(results[image_index], row[1], selection, ["cat", "dog"]).mask
         assert np.array_equal(sub.axes[2].images[0].get_array(), expected)
@@ -213,7 +231,11 @@ def test_colour_masks_and_gallery(scene, tmp_path):
 def test_tuner_callbacks_update_the_figure_and_iou(scene):
     dataset, results, pipe = scene
     pipe.sam_runs = pipe.clip_image_runs = 0
-    tuner = ThresholdTuner(dataset, results, pipe, ["cat", "dog"], threshold=0.3)
+    plt.close("all")
+    before = plt.figure()
+    tuner = ThresholdTuner(dataset, results, pipe.text, ["cat", "dog"], thresholds={"cat": 0.3, "dog": 0.55})
+    assert plt.gcf() is before and plt.get_fignums() == [before.number]  # the tuner's figure is not pyplot's
+    assert tuner.threshold.value == 0.3 and bytes(tuner.picture.value).startswith(b"\x89PNG")
 
     def shown():
         return tuner.figure.axes[2].images[0].get_array().astype(bool)
@@ -233,12 +255,14 @@ def test_tuner_callbacks_update_the_figure_and_iou(scene):
     tuner.mode.value, tuner.threshold.value = "threshold", 1.0
     assert not shown().any() and "IoU 0.000" in tuner.iou_label.value
     tuner.truth_class.value = "dog"
-    assert tuner.prompt.value == "dog"
+    assert tuner.prompt.value == "dog" and tuner.threshold.value == 0.55  # the class's saved threshold
     assert np.array_equal(tuner.figure.axes[1].images[0].get_array().astype(bool), dataset[1].masks["dog"])
     tuner.prompt.value = " "
     assert "Type a prompt" in tuner.iou_label.value
+    assert bytes(tuner.picture.value) == b"" and not tuner.figure.axes  # the old figure is cleared
     assert (pipe.sam_runs, pipe.clip_image_runs) == (0, 0)  # all from the cache
-    assert tuner.widget() is not None
+    widget = tuner.widget()
+    assert widget.children[1] is tuner.picture and tuner.threshold in widget.children[0].children[1].children
     plt.close("all")
 
 

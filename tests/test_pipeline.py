@@ -2,7 +2,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import LOOSE_SAM
+from conftest import LOOSE_SAM, load_benchmark
 
 from helpers import pipeline as pipeline_module
 from helpers.clip_scoring import (
@@ -11,7 +11,6 @@ from helpers.clip_scoring import (
     default_batch_size,
     encode_images,
     encode_text,
-    naive_scores,
 )
 from helpers.data import make_demo_dataset
 from helpers.masks import (
@@ -27,7 +26,7 @@ from helpers.masks import (
 from helpers.pipeline import Pipeline, PipelineSettings
 from helpers.regions import NEUTRAL_GREY, RegionSettings, extract_regions
 from helpers.segmentation import generate_masks
-from helpers.selection import SelectionSettings, mask_scores, select
+from helpers.selection import SelectionSettings, mask_scores, score
 
 
 def boxes_mask(h, w, *boxes):
@@ -110,7 +109,7 @@ def test_batched_scores_equal_the_naive_loop(tiny_models):
         rng.integers(0, 256, (int(rng.integers(8, 60)), int(rng.integers(8, 60)), 3), dtype=np.uint8) for _ in range(9)
     ]
     batched = encode_images(clip_model, regions, batch_size=4) @ encode_text(clip_model, ["chair"])[0]
-    naive = naive_scores(clip_model, regions, "chair")
+    naive = load_benchmark("bench_pipeline").naive_scores(clip_model, regions, "chair")
     np.testing.assert_allclose(batched, naive, atol=1e-5)
     assert batched.dtype == np.float32 and np.ptp(batched) > 0  # not a constant: the test can fail
 
@@ -139,19 +138,33 @@ def test_text_embeddings(tiny_models):
 
 
 def test_selection_modes_on_a_fixed_table():
-    # regions x [chair, table, background]
+    # regions x [chair, table, background]: "embeddings" are rows of an identity-like basis, so
+    # the similarity table equals ``sims`` and the one scoring path is tested end to end
     sims = np.array([[0.30, 0.20, 0.10], [0.26, 0.29, 0.05], [0.24, 0.10, 0.28], [0.10, 0.12, 0.11]], np.float32)
-    assert select(sims[:, :2], 0, SelectionSettings("threshold", 0.25)).tolist() == [True, True, False, False]
+    columns = {"chair": np.eye(3, dtype=np.float32)[0], "table": np.eye(3, dtype=np.float32)[1]}
+    columns["background"] = np.eye(3, dtype=np.float32)[2]
+
+    def text(names):
+        return np.stack([columns[n] for n in names])
+
+    def kept(prompt, settings, classes):
+        return score(sims, text, prompt, settings, classes).keep.tolist()
+
+    assert kept("chair", SelectionSettings("threshold", 0.25), ["chair", "table"]) == [True, True, False, False]
     with_negative = SelectionSettings("threshold", 0.2, negatives=("background",))
-    assert select(sims, 0, with_negative).tolist() == [True, True, False, False]
-    assert select(sims, 0, SelectionSettings("threshold", 0.2)).tolist() == [True, True, True, False]
+    assert kept("chair", with_negative, ["chair", "table"]) == [True, True, False, False]
+    assert kept("chair", SelectionSettings("threshold", 0.2), None) == [True, True, True, False]
     softmax = SelectionSettings("softmax", 0.5)
-    assert select(sims[:, :2], 0, softmax).tolist() == [True, False, True, False]
+    assert kept("chair", softmax, ["chair", "table"]) == [True, False, True, False]
+    scored = score(sims, text, "chair", softmax, ["chair", "table"])
+    assert scored.names == ["chair", "table"] and np.allclose(scored.similarities, sims[:, :2])
     probs = mask_scores(sims[:, :2], 0, "softmax")
     np.testing.assert_allclose(probs[0], 1 / (1 + np.exp(-10.0)), rtol=1e-5)
-    assert select(sims, 1, SelectionSettings("top1")).tolist() == [False, True, False, False]
+    assert kept("table", SelectionSettings("top1"), ["chair", "table", "background"]) == [False, True, False, False]
     with pytest.raises(ValueError, match="Unknown selection mode"):
         SelectionSettings("vote")
+    with pytest.raises(ValueError, match="not a finite number"):
+        SelectionSettings("threshold", float("nan"))
 
 
 def test_tiny_sam_masks_come_back_at_the_image_size(tiny_models):

@@ -9,9 +9,9 @@ from helpers import precision
 from helpers.clip_scoring import encode_images
 from helpers.data import make_demo_dataset
 from helpers.masks import best_match_iou
-from helpers.pipeline import Pipeline, PipelineSettings, default_settings
+from helpers.pipeline import Pipeline, PipelineSettings
 from helpers.regions import extract_regions
-from helpers.segmentation import SamSettings, generate_masks
+from helpers.segmentation import generate_masks
 
 
 def test_unsupported_precisions_say_what_to_use(monkeypatch):
@@ -24,16 +24,14 @@ def test_unsupported_precisions_say_what_to_use(monkeypatch):
         precision.check_precision("bfloat16", "cuda")
     assert precision.check_precision("float16", "cuda:0") == "float16"
     with pytest.raises(ValueError, match="Unknown precision"):
-        SamSettings(precision="half")
-    with pytest.raises(ValueError, match="Unknown precision"):
-        PipelineSettings(clip_precision="half")
+        PipelineSettings(precision="half")
 
 
 def test_bfloat16_sam_keeps_the_masks_close_and_float32_outputs(tiny_models):
     sam, _ = tiny_models
     image = make_demo_dataset(1, 120, 160, seed=3)[0].image
     exact = generate_masks(sam, image, LOOSE_SAM)
-    fast = generate_masks(sam, image, replace(LOOSE_SAM, precision="bfloat16"))
+    fast = generate_masks(sam, image, LOOSE_SAM, precision="bfloat16")
     assert len(exact) > 0 and len(fast) > 0
     # every float32 mask has a bfloat16 twin that overlaps it almost entirely
     assert best_match_iou(exact, fast).min() > 0.9
@@ -58,16 +56,12 @@ def test_run_precision_reaches_both_models_and_the_cache_key(monkeypatch, tiny_m
     monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
     monkeypatch.setenv("SAMCLIP_PRECISION", "bfloat16")
     config = cfg.load_config()
-    assert config.precision == "bfloat16" and "precision=bfloat16" in cfg.banner(config)
-    settings = default_settings(config)
-    assert settings.sam.precision == "bfloat16" and settings.clip_precision == "bfloat16"
+    assert config.pipeline.precision == "bfloat16" and "precision=bfloat16" in cfg.banner(config)
     sam, clip_model = tiny_models
-    exact = Pipeline(
-        sam, clip_model, replace(settings, sam=replace(settings.sam, precision="float32"), clip_precision="float32")
-    )
-    fast = Pipeline(sam, clip_model, settings)
+    exact = Pipeline(sam, clip_model, replace(config.pipeline, precision="float32"))
+    fast = Pipeline(sam, clip_model, config.pipeline)
     assert fast.sam_key != exact.sam_key and fast.embedding_key != exact.embedding_key
     monkeypatch.setenv("SAMCLIP_PRECISION", "float16")
     monkeypatch.setenv("SAMCLIP_DEVICE", "cpu")
-    with pytest.raises(ValueError, match="float16 is for GPUs"):
+    with pytest.raises(cfg.ConfigError, match="SAMCLIP_PRECISION=float16: float16 is for GPUs"):
         cfg.load_config()

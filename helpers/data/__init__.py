@@ -21,7 +21,7 @@ from .label_maps import (
     read_label_map,
     snap_to_ids,
 )
-from .prepare import prepare_dataset
+from .prepare import dataset_request, prepare_dataset
 from .storage import load_prepared, save_dataset
 from .types import IMAGE_SUFFIXES, Dataset, DatasetError, LabelledImage, Sample, UnknownClassError, read_image
 
@@ -49,6 +49,7 @@ __all__ = [
     "make_mosaics",
     "object_crops",
     "prepare_dataset",
+    "dataset_request",
     "read_image",
     "read_label_map",
     "save_dataset",

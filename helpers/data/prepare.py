@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .coco import load_coco
@@ -16,7 +15,7 @@ def prepare_dataset(config, path: str | Path | None = None) -> Dataset:
     """The run's dataset (``SAMCLIP_DATASET``: demo, coco, camvid; ``SAMCLIP_DATA_PATH``), saved
     to ``config.dataset_dir`` for the next notebooks."""
     kind = config.dataset
-    path = Path(path or os.environ.get("SAMCLIP_DATA_PATH", "") or config.root / "data" / kind)
+    path = Path(path or config.data_path or config.root / "data" / kind)
     limit = config.max_images
     if kind == "demo":
         dataset = make_demo_dataset(limit or 12)
@@ -34,5 +33,16 @@ def prepare_dataset(config, path: str | Path | None = None) -> Dataset:
         raise DatasetError(f"SAMCLIP_DATASET={kind!r} is not known; use demo, coco or camvid.")
     if config.classes:
         dataset.check_classes(config.classes)
-    save_dataset(dataset, config.dataset_dir)
+    save_dataset(dataset, config.dataset_dir, request=dataset_request(config))
     return dataset
+
+
+def dataset_request(config) -> dict:
+    """What the run asks for: recorded with the prepared set and checked when it is read back."""
+    path = config.data_path or config.root / "data" / config.dataset
+    return {
+        "dataset": config.dataset,
+        "data_path": str(Path(path).resolve()) if config.dataset != "demo" else None,
+        "classes": list(config.classes),
+        "max_images": config.max_images,
+    }

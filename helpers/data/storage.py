@@ -13,7 +13,7 @@ from PIL import Image
 from .types import Dataset, DatasetError, Sample, read_image
 
 
-def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
+def save_dataset(dataset: Dataset, folder: str | Path, request: dict | None = None) -> Path:
     """Write images (PNG), masks (compressed npz) and a manifest; replaces ``folder`` atomically."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".part")
@@ -30,6 +30,7 @@ def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
         "ids": [s.image_id for s in dataset.samples],
         "skipped": dataset.skipped,
         "notes": dataset.notes,
+        "request": request,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
@@ -37,12 +38,18 @@ def save_dataset(dataset: Dataset, folder: str | Path) -> Path:
     return folder
 
 
-def load_prepared(folder: str | Path) -> Dataset:
-    """Read a dataset written by ``save_dataset`` (notebook 01)."""
+def load_prepared(folder: str | Path, expected: dict | None = None) -> Dataset:
+    """Read a dataset written by ``save_dataset`` (notebook 01); with ``expected``, check that it
+    was prepared for that request (``prepare.dataset_request``)."""
     folder = Path(folder)
     if not (folder / "manifest.json").is_file():
         raise DatasetError(f"No prepared dataset in {folder}: run notebooks/01_prepare_dataset.ipynb first.")
     manifest = json.loads((folder / "manifest.json").read_text())
+    if expected is not None and manifest.get("request") != expected:
+        raise DatasetError(
+            f"The dataset in {folder.resolve()} was prepared for {manifest.get('request')}, but this run asks for "
+            f"{expected}. Run notebooks/01_prepare_dataset.ipynb again (or `make run`)."
+        )
     samples = []
     for image_id in manifest["ids"]:
         arrays = np.load(folder / f"{image_id}.npz")
