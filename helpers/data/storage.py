@@ -63,7 +63,7 @@ def load_prepared(folder: str | Path, expected: dict | None = None) -> Dataset:
         recorded = manifest.get("request") or "nothing (prepared by an older version)"
         raise DatasetError(
             f"The prepared dataset in {folder} is not the one this run asks for.\n"
-            f"  prepared for: {recorded}\n  this run asks: {_plain(expected)}\n{RERUN[0].upper() + RERUN[1:]}."
+            f"  prepared for: {recorded}\n  this run asks: {_plain(expected)}\nTo prepare this run's dataset, {RERUN}."
         )
     samples = []
     for image_id in ids:
