@@ -153,6 +153,10 @@ def test_exif_orientation_is_kept_as_stored_and_noted(tmp_path):
         data.read_image(tmp_path / "img" / "scan.tif"), stored
     )
     note = next(n for n in ds.notes if "EXIF orientation" in n)
+    _png(tmp_path / "img" / "sideways.png", stored, exif=_exif(8))
+    _png(tmp_path / "msk" / "sideways.png", np.zeros((W, H), np.uint8))  # mask drawn on the upright view
+    skipped = dict(data.load_semantic_folder(tmp_path / "img", tmp_path / "msk", ["bg"]).skipped)
+    assert "EXIF orientation 8, not applied" in skipped["sideways.png"]
     assert "photo.jpg" in note and "scan.tif" in note and "plain.png" not in note and "as stored" in note
     # COCO: same rule, same note
     coco = {

@@ -72,9 +72,10 @@ def _read_label_map(
         elif not spread.any():
             labels = colours[..., 0]
         else:
-            found = np.unique(colours.reshape(-1, colours.shape[-1]), axis=0)
+            found, counts = np.unique(colours.reshape(-1, colours.shape[-1]), axis=0, return_counts=True)
+            common = [tuple(map(int, c)) for c in found[np.argsort(-counts)[:4]]]
             raise DatasetError(
-                f"{path}: colour-coded mask ({len(found)} colours, e.g. {[tuple(map(int, c)) for c in found[:4]]}) "
+                f"{path}: colour-coded mask ({len(found)} colours, most common {common}) "
                 "is not a class-id map. Convert it to one id per pixel (a grey or palette-mode PNG, or .npy), "
                 "or pass palette={(r, g, b): class_id, ...} to load_semantic_folder."
             )
@@ -187,7 +188,8 @@ def load_semantic_folder(
                 (
                     image_path.name,
                     f"mask {mask_path.name} is {labels.shape[1]}x{labels.shape[0]}, "
-                    f"image is {image.shape[1]}x{image.shape[0]}",
+                    f"image is {image.shape[1]}x{image.shape[0]}"
+                    + (f" (EXIF orientation {orientation}, not applied)" if orientation != 1 else ""),
                 )
             )
             continue

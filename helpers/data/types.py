@@ -131,7 +131,7 @@ def open_image(path: Path, apply_orientation: bool = False, what: str = "image")
                 return image.transpose(_UNDO[orientation]), orientation
             if apply_orientation and not tiff_applied and orientation != 1:
                 return image.transpose(_ORIENT[orientation]), orientation
-            return image.copy(), orientation
+            return image, orientation
     except Image.DecompressionBombError as exc:
         raise DatasetError(
             f"{what} {path} is larger than PIL's decompression-bomb limit ({exc}). If the file is "
