@@ -107,20 +107,19 @@ def _apply_palette(
     keys = np.array(list(palette), np.int64)
     ids = np.array(list(palette.values()), np.int64)
     codes = (colours[..., 0].astype(np.int64) << 16) | (colours[..., 1].astype(np.int64) << 8) | colours[..., 2]
-    key_codes = (keys[:, 0] << 16) | (keys[:, 1] << 8) | keys[:, 2]
-    order = np.argsort(key_codes)
-    where = np.clip(np.searchsorted(key_codes[order], codes), 0, len(keys) - 1)
-    exact = key_codes[order][where] == codes
+    found, inverse = np.unique(codes.ravel(), return_inverse=True)  # compare each distinct colour once
+    found_rgb = np.stack([(found >> 16) & 255, (found >> 8) & 255, found & 255], axis=-1)
+    match = (found_rgb[:, None, :] == keys[None]).all(-1)
+    exact = match.any(1)
     if is_jpeg:
-        distance = ((colours[..., None, :].astype(np.int64) - keys) ** 2).sum(-1)
-        return ids[distance.argmin(-1)], int((~exact).sum())
+        nearest = ((found_rgb[:, None, :] - keys[None]) ** 2).sum(-1).argmin(1)
+        return ids[nearest][inverse].reshape(codes.shape), int((~exact)[inverse].sum())
     if not exact.all():
-        unknown = np.unique(colours[~exact].reshape(-1, 3), axis=0)
         raise DatasetError(
-            f"{path}: {int((~exact).sum())} pixels have colours not in the palette, "
-            f"e.g. {[tuple(map(int, c)) for c in unknown[:4]]}; add them to palette={{(r, g, b): class_id}}."
+            f"{path}: {int((~exact)[inverse].sum())} pixels have colours not in the palette, "
+            f"e.g. {[tuple(map(int, c)) for c in found_rgb[~exact][:4]]}; add them to palette={{(r, g, b): class_id}}."
         )
-    return ids[order][where], 0
+    return ids[match.argmax(1)][inverse].reshape(codes.shape), 0
 
 
 def _check_palette(palette: dict[tuple[int, int, int], int], table: dict[int, str]) -> None:
