@@ -22,6 +22,7 @@ from typing import Mapping
 import torch
 
 from .checkpoints import REGISTRY
+from .data.prepare import DATASETS
 from .masks import FilterSettings
 from .pipeline import PipelineSettings
 from .precision import PRECISIONS, check_precision
@@ -29,7 +30,6 @@ from .segmentation import SamSettings
 from .selection import SelectionSettings
 
 PROFILES = ("full", "smoke")
-DATASETS = ("demo", "coco", "camvid", "yolo")
 SAM_MODELS = ("auto", "vit_h", "vit_l", "vit_b")
 SMOKE_TAG = "SMOKE TEST - random tiny models, results are meaningless"
 # A random model scores every mask near zero: open the gates so masks come out at all.

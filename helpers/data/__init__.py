@@ -3,9 +3,11 @@
 Modules: ``types`` (Sample, Dataset, errors, read_image), ``coco`` (COCO json, val2017 subset
 download), ``label_maps`` (folders of semantic label maps, CamVid, the coursework layout),
 ``class_folders`` (labelled images, object crops, mosaics), ``demo`` (the generated shapes set),
-``storage`` (prepared datasets on disk) and ``prepare`` (the run's dataset for the notebooks).
-Problems with single items (an unreadable image, a mask of the wrong size, a class id outside
-the table) skip that item and are listed in ``Dataset.skipped``; ``strict=True`` raises instead.
+``yolo`` (ultralytics segmentation folders), ``storage`` (prepared datasets on disk, with the
+request they were prepared for) and ``prepare`` (the run's dataset for the notebooks).
+Problems with single items (an unreadable image or mask, a mask of the wrong size, a class id
+outside the table, a malformed annotation) skip that item and are listed in ``Dataset.skipped``;
+``strict=True`` raises instead. Problems with a whole file raise DatasetError naming it.
 """
 
 from .class_folders import load_class_folders, make_mosaics, object_crops
@@ -24,6 +26,7 @@ from .label_maps import (
 from .prepare import dataset_request, prepare_dataset
 from .storage import load_prepared, save_dataset
 from .types import IMAGE_SUFFIXES, Dataset, DatasetError, LabelledImage, Sample, UnknownClassError, read_image
+from .yolo import load_yolo
 
 __all__ = [
     "CAMVID_CLASSES",
@@ -45,6 +48,7 @@ __all__ = [
     "load_coursework",
     "load_prepared",
     "load_semantic_folder",
+    "load_yolo",
     "make_demo_dataset",
     "make_mosaics",
     "object_crops",

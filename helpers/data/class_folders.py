@@ -68,6 +68,3 @@ def make_mosaics(
             masks[str(label)] = mask
         samples.append(Sample(f"mosaic_{index:04d}", canvas, masks))
     return Dataset("mosaics", samples, sorted(by_class))
-
-
-# --- demo set -----------------------------------------------------------------------------------

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, read_image
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image, open_image
 
-MASK_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")  # preference order when several exist
+MASK_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")  # preference order; any case
 CAMVID_CLASSES = [
     "Sky",
     "Building",
@@ -36,35 +35,99 @@ def snap_to_ids(values: np.ndarray, valid_ids: np.ndarray) -> np.ndarray:
     return np.where(pick_left, valid[left], valid[right])
 
 
-def read_label_map(path: Path, valid_ids: list[int]) -> tuple[np.ndarray, int]:
-    """A class-id map from .npy / .png / .jpg; JPEGs are snapped to the nearest valid id.
+def read_label_map(
+    path: Path, valid_ids: list[int], palette: dict[tuple[int, int, int], int] | None = None
+) -> tuple[np.ndarray, int]:
+    """A class-id map from .npy / .png / .tif / .jpg (any case); JPEGs are snapped to the nearest
+    valid id (or, with a ``palette``, the nearest palette colour).
 
-    Returns the map and the number of pixels that snapping changed.
+    Returns the map and the number of pixels that snapping changed. Raises DatasetError naming the
+    file for unreadable files, non-integer values and colour masks without a palette.
     """
-    is_jpeg = path.suffix in (".jpg", ".jpeg")
-    if path.suffix == ".npy":
-        labels = np.load(path)
-        if labels.ndim == 3 and labels.shape[-1] == 1:
-            labels = labels[..., 0]
-        if not np.issubdtype(labels.dtype, np.integer) and not np.all(np.mod(labels, 1) == 0):
-            raise DatasetError(f"{path.name}: label map holds non-integer values")
+    labels, snapped, _ = _read_label_map(Path(path), valid_ids, palette)
+    return labels, snapped
+
+
+def _read_label_map(
+    path: Path, valid_ids: list[int], palette: dict[tuple[int, int, int], int] | None
+) -> tuple[np.ndarray, int, int]:
+    """``read_label_map`` and the file's EXIF orientation (the map is as stored, never rotated)."""
+    suffix = path.suffix.lower()
+    is_jpeg = suffix in (".jpg", ".jpeg")
+    orientation = 1
+    if suffix == ".npy":
+        labels = _load_npy(path)
     else:
-        with Image.open(path) as image:
-            labels = np.asarray(image)
-        if labels.ndim == 3:
-            if is_jpeg:  # grey label maps saved as colour JPEGs: average out the channel noise
-                labels = labels[..., :3].mean(axis=-1).round()
-            elif np.array_equal(labels[..., 0], labels[..., 1]):
-                labels = labels[..., 0]
-            else:
-                raise DatasetError(f"{path.name}: colour-coded masks are not class-id maps; convert them to ids")
+        image, orientation = open_image(path, what="mask")
+        if palette is not None:
+            image = image.convert("RGB")
+        labels = np.asarray(image)
+    if labels.ndim == 3:
+        colours = labels[..., :3] if labels.shape[-1] >= 3 else labels[..., :1]
+        if palette is not None:
+            return (*_apply_palette(path, colours, palette, is_jpeg), orientation)
+        spread = colours.max(-1).astype(np.int64) - colours.min(-1)
+        if is_jpeg and spread.max() <= 48:  # grey label maps saved as colour JPEGs: average out the noise
+            labels = colours.mean(axis=-1).round()
+        elif not spread.any():
+            labels = colours[..., 0]
+        else:
+            found, counts = np.unique(colours.reshape(-1, colours.shape[-1]), axis=0, return_counts=True)
+            common = [tuple(map(int, c)) for c in found[np.argsort(-counts)[:4]]]
+            raise DatasetError(
+                f"{path}: colour-coded mask ({len(found)} colours, most common {common}) "
+                "is not a class-id map. Convert it to one id per pixel (a grey or palette-mode PNG, or .npy), "
+                "or pass palette={(r, g, b): class_id, ...} to load_semantic_folder."
+            )
     if labels.ndim != 2:
-        raise DatasetError(f"{path.name}: a label map must be 2-D, got shape {labels.shape}")
+        raise DatasetError(f"{path}: a label map must be 2-D, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) and not np.all(np.mod(labels, 1) == 0):
+        raise DatasetError(f"{path}: label map holds non-integer values")
     labels = labels.astype(np.int64)
     if is_jpeg:
         snapped = snap_to_ids(labels, np.asarray(valid_ids))
-        return snapped, int((snapped != labels).sum())
-    return labels, 0
+        return snapped, int((snapped != labels).sum()), orientation
+    return labels, 0, orientation
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        labels = np.load(path)  # allow_pickle=False: object arrays are refused
+    except (OSError, ValueError, EOFError) as exc:
+        raise DatasetError(f"cannot read mask {path}: {exc}") from exc
+    if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "biuf":
+        raise DatasetError(f"cannot read mask {path}: not a numeric .npy array")
+    return labels[..., 0] if labels.ndim == 3 and labels.shape[-1] == 1 else labels
+
+
+def _apply_palette(
+    path: Path, colours: np.ndarray, palette: dict[tuple[int, int, int], int], is_jpeg: bool
+) -> tuple[np.ndarray, int]:
+    """Map each pixel's exact (r, g, b) to its class id; JPEGs snap to the nearest palette colour."""
+    keys = np.array(list(palette), np.int64)
+    ids = np.array(list(palette.values()), np.int64)
+    codes = (colours[..., 0].astype(np.int64) << 16) | (colours[..., 1].astype(np.int64) << 8) | colours[..., 2]
+    found, inverse = np.unique(codes.ravel(), return_inverse=True)  # compare each distinct colour once
+    found_rgb = np.stack([(found >> 16) & 255, (found >> 8) & 255, found & 255], axis=-1)
+    match = (found_rgb[:, None, :] == keys[None]).all(-1)
+    exact = match.any(1)
+    if is_jpeg:
+        nearest = ((found_rgb[:, None, :] - keys[None]) ** 2).sum(-1).argmin(1)
+        return ids[nearest][inverse].reshape(codes.shape), int((~exact)[inverse].sum())
+    if not exact.all():
+        raise DatasetError(
+            f"{path}: {int((~exact)[inverse].sum())} pixels have colours not in the palette, "
+            f"e.g. {[tuple(map(int, c)) for c in found_rgb[~exact][:4]]}; add them to palette={{(r, g, b): class_id}}."
+        )
+    return ids[match.argmax(1)][inverse].reshape(codes.shape), 0
+
+
+def _check_palette(palette: dict[tuple[int, int, int], int], table: dict[int, str]) -> None:
+    for colour, class_id in palette.items():
+        if len(tuple(colour)) != 3 or not all(isinstance(c, (int, np.integer)) and 0 <= c <= 255 for c in colour):
+            raise DatasetError(f"palette key {colour!r} is not an (r, g, b) tuple of 0-255 integers.")
+        if class_id not in table:
+            raise DatasetError(f"palette maps {colour} to class id {class_id}, which is not in the class table.")
 
 
 def _class_table(class_names: dict[int, str] | list[str]) -> dict[int, str]:
@@ -83,10 +146,15 @@ def load_semantic_folder(
     limit: int | None = None,
     strict: bool = False,
     name: str | None = None,
+    palette: dict[tuple[int, int, int], int] | None = None,
 ) -> Dataset:
     """Images plus label maps with the same stem; ``class_names`` maps id -> name (a list means
-    id = index). Pixels with ``ignore_ids`` are ignored for every class."""
+    id = index). Pixels with ``ignore_ids`` are ignored for every class. Colour-coded masks need
+    ``palette`` {(r, g, b): class id}; without one they are refused (skipped, the reason listed).
+    Unreadable images or masks are skipped and listed in ``Dataset.skipped``."""
     table = _class_table(class_names)
+    if palette is not None:
+        _check_palette(palette, table)
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
@@ -96,18 +164,21 @@ def load_semantic_folder(
     dataset.check_classes(classes or [])
     dataset.classes = classes or all_classes
     masks_by_stem: dict[str, Path] = {}
-    for suffix in reversed(MASK_SUFFIXES):
-        masks_by_stem.update({p.stem: p for p in mask_dir.glob(f"*{suffix}")})
+    rank = {suffix: i for i, suffix in enumerate(MASK_SUFFIXES)}
+    for path in sorted(mask_dir.iterdir(), key=lambda p: -rank.get(p.suffix.lower(), -1)):
+        if path.suffix.lower() in rank:
+            masks_by_stem[path.stem] = path
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     snapped_pixels = snapped_files = 0
+    oriented: list[str] = []
     for image_path in images[:limit] if limit else images:
         mask_path = masks_by_stem.get(image_path.stem)
         if mask_path is None:
             dataset.skipped.append((image_path.name, f"no mask with stem {image_path.stem!r} in {mask_dir}"))
             continue
         try:
-            image = read_image(image_path)
-            labels, snapped = read_label_map(mask_path, sorted(table))
+            image, orientation = load_image(image_path)
+            labels, snapped, mask_orientation = _read_label_map(mask_path, sorted(table), palette)
         except DatasetError as exc:
             dataset.skipped.append((image_path.name, str(exc)))
             continue
@@ -116,7 +187,8 @@ def load_semantic_folder(
                 (
                     image_path.name,
                     f"mask {mask_path.name} is {labels.shape[1]}x{labels.shape[0]}, "
-                    f"image is {image.shape[1]}x{image.shape[0]}",
+                    f"image is {image.shape[1]}x{image.shape[0]}"
+                    + (f" (EXIF orientation {orientation}, not applied)" if orientation != 1 else ""),
                 )
             )
             continue
@@ -126,6 +198,7 @@ def load_semantic_folder(
                 (image_path.name, f"class id(s) {outside} are not in the class table (known ids: {sorted(table)})")
             )
             continue
+        oriented += [p.name for p, o in ((image_path, orientation), (mask_path, mask_orientation)) if o != 1]
         snapped_pixels += snapped
         snapped_files += bool(snapped)
         ignored = np.isin(labels, list(ignore_ids)) if ignore_ids else None
@@ -135,9 +208,9 @@ def load_semantic_folder(
     if snapped_files:
         dataset.notes.append(
             f"{snapped_files} JPEG mask(s) carried compression noise: {snapped_pixels} pixels were "
-            "snapped to the nearest valid class id"
+            f"snapped to the nearest valid {'palette colour' if palette else 'class id'}"
         )
-    return finish(dataset, strict)
+    return finish(dataset, strict, oriented)
 
 
 def load_camvid(root: str | Path, limit: int | None = None, classes: list[str] | None = None) -> Dataset:
@@ -157,6 +230,3 @@ def load_coursework(root: str | Path, class_names: dict[int, str] | list[str], l
         if mask_dir.is_dir():
             return load_semantic_folder(root / "images", mask_dir, class_names, limit=limit, name=root.name)
     raise DatasetError(f"{root}/gt_semantic_2d has neither render_semantic_npy/ nor render_semantic/.")
-
-
-# --- class folders: recognition and mosaics -----------------------------------------------------

@@ -9,14 +9,42 @@ from .demo import make_demo_dataset
 from .label_maps import load_camvid
 from .storage import save_dataset
 from .types import Dataset, DatasetError
+from .yolo import load_yolo
+
+DATASETS = ("demo", "coco", "camvid", "yolo")
 
 
-def prepare_dataset(config, path: str | Path | None = None) -> Dataset:
-    """The run's dataset (``SAMCLIP_DATASET``: demo, coco, camvid; ``SAMCLIP_DATA_PATH``), saved
-    to ``config.dataset_dir`` for the next notebooks."""
+def data_path(config) -> Path | None:
+    """Where the run's dataset lies (absolute): ``config.data_path``, else ``<root>/data/<dataset>``;
+    None for the generated demo set."""
+    if config.dataset == "demo":
+        return None
+    return Path(config.data_path or Path(config.root) / "data" / config.dataset).expanduser().absolute()
+
+
+def dataset_request(config) -> dict:
+    """What the run asks for: dataset, absolute data path, classes and image limit. ``prepare_dataset``
+    records it in the manifest; ``load_prepared(folder, expected=dataset_request(config))`` checks it."""
+    path = data_path(config)
+    return {
+        "dataset": config.dataset,
+        "data_path": None if path is None else str(path),
+        "classes": list(config.classes or []),
+        "max_images": config.max_images,
+    }
+
+
+def prepare_dataset(config) -> Dataset:
+    """The run's dataset (``config.dataset``: demo, coco, camvid or yolo, read from ``config.data_path``),
+    saved with its request to ``config.dataset_dir`` for the next notebooks."""
     kind = config.dataset
-    path = Path(path or config.data_path or config.root / "data" / kind)
+    if kind not in DATASETS:
+        raise DatasetError(f"SAMCLIP_DATASET={kind!r} is not known; use one of {', '.join(DATASETS)}.")
+    path = data_path(config)
+    classes = list(config.classes or []) or None
     limit = config.max_images
+    if path is not None and not path.exists():
+        raise DatasetError(f"The {kind} data folder {path} does not exist; set SAMCLIP_DATA_PATH to where it lies.")
     if kind == "demo":
         dataset = make_demo_dataset(limit or 12)
     elif kind == "coco":
@@ -26,23 +54,12 @@ def prepare_dataset(config, path: str | Path | None = None) -> Dataset:
                 f"No annotations/instances_val2017*.json under {path}. Set SAMCLIP_DATA_PATH or "
                 "fetch a subset with helpers.data.fetch_coco_subset (notebook 01)."
             )
-        dataset = load_coco(annotations[0], path / "val2017", classes=config.classes or None, limit=limit)
+        dataset = load_coco(annotations[0], path / "val2017", classes=classes, limit=limit)
     elif kind == "camvid":
-        dataset = load_camvid(path, limit=limit, classes=config.classes or None)
+        dataset = load_camvid(path, limit=limit, classes=classes)
     else:
-        raise DatasetError(f"SAMCLIP_DATASET={kind!r} is not known; use demo, coco or camvid.")
-    if config.classes:
-        dataset.check_classes(config.classes)
+        dataset = load_yolo(path, classes=classes, limit=limit)
+    if classes:
+        dataset.check_classes(classes)
     save_dataset(dataset, config.dataset_dir, request=dataset_request(config))
     return dataset
-
-
-def dataset_request(config) -> dict:
-    """What the run asks for: recorded with the prepared set and checked when it is read back."""
-    path = config.data_path or config.root / "data" / config.dataset
-    return {
-        "dataset": config.dataset,
-        "data_path": str(Path(path).resolve()) if config.dataset != "demo" else None,
-        "classes": list(config.classes),
-        "max_images": config.max_images,
-    }

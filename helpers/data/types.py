@@ -8,7 +8,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # compared lower-cased
+ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 = as stored; 2-8 = flip and/or rotate for display
+_ORIENT = {  # orientation -> the transpose that displays the stored pixels (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_UNDO = {**_ORIENT, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
 
 
 class DatasetError(ValueError):
@@ -71,6 +82,11 @@ class Dataset:
             )
         return rows
 
+    def present_classes(self) -> list[str]:
+        """The classes with at least one mask pixel in some sample, in ``classes`` order."""
+        present = {name for s in self.samples for name, mask in s.masks.items() if mask.any()}
+        return [name for name in self.classes if name in present]
+
     def report(self) -> str:
         lines = [f"{self.name}: {len(self.samples)} images, {len(self.classes)} classes"]
         if self.skipped:
@@ -80,7 +96,16 @@ class Dataset:
         return "\n".join(lines)
 
 
-def finish(dataset: Dataset, strict: bool) -> Dataset:
+def finish(dataset: Dataset, strict: bool, oriented: list[str] | None = None, applied: bool = False) -> Dataset:
+    """Note the files with an EXIF orientation, then raise for skipped items (``strict``) or an empty set."""
+    if oriented:
+        shown = ", ".join(oriented[:10]) + (f" and {len(oriented) - 10} more" if len(oriented) > 10 else "")
+        how = (
+            "rotated/flipped upright as the tag says (as ultralytics/cv2 read them)"
+            if applied
+            else "read as stored, the tag not applied (cv2.imread and photo viewers apply it)"
+        )
+        dataset.notes.append(f"{len(oriented)} file(s) carry an EXIF orientation, {how}: {shown}")
     if strict and dataset.skipped:
         item, reason = dataset.skipped[0]
         raise DatasetError(f"{item}: {reason}")
@@ -90,17 +115,45 @@ def finish(dataset: Dataset, strict: bool) -> Dataset:
     return dataset
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB uint8 array; raises DatasetError for unreadable or truncated files."""
+def open_image(path: Path, apply_orientation: bool = False, what: str = "image") -> tuple[Image.Image, int]:
+    """A loaded PIL image and its EXIF orientation (1 when none). The pixels are as stored in the
+    file (PIL's own TIFF orientation handling is undone) unless ``apply_orientation``.
+
+    Raises DatasetError naming the file for unreadable, truncated or over-large files.
+    """
     try:
         with Image.open(path) as image:
+            orientation = image.getexif().get(ORIENTATION_TAG, 1)
+            orientation = orientation if orientation in _ORIENT else 1
             image.load()
-            return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as exc:
+            tiff_applied = image.format == "TIFF" and orientation != 1 and ORIENTATION_TAG not in image.getexif()
+            if tiff_applied and not apply_orientation:
+                return image.transpose(_UNDO[orientation]), orientation
+            if apply_orientation and not tiff_applied and orientation != 1:
+                return image.transpose(_ORIENT[orientation]), orientation
+            return image, orientation
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(
+            f"{what} {path} is larger than PIL's decompression-bomb limit ({exc}). If the file is "
+            "trusted, allow it with `PIL.Image.MAX_IMAGE_PIXELS = None` (or a larger number) before loading."
+        ) from exc
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError) as exc:
+        raise DatasetError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def read_image(path: Path, apply_orientation: bool = False) -> np.ndarray:
+    """An RGB uint8 array, pixels as stored (see ``open_image``); raises DatasetError for unreadable,
+    truncated or over-large files."""
+    return load_image(path, apply_orientation)[0]
+
+
+def load_image(path: Path, apply_orientation: bool = False) -> tuple[np.ndarray, int]:
+    """``read_image`` and the file's EXIF orientation."""
+    image, orientation = open_image(Path(path), apply_orientation)
+    try:
+        return np.asarray(image.convert("RGB")), orientation
+    except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read image {path}: {exc}") from exc
-
-
-# --- COCO ---------------------------------------------------------------------------------------
 
 
 @dataclass

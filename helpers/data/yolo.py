@@ -1,0 +1,197 @@
+"""YOLO segmentation folders (ultralytics, e.g. coco128-seg): ``images/``, ``labels/*.txt`` holding
+one instance per line, ``class x1 y1 x2 y2 ...`` (coordinates normalised to 0-1), names in ``data.yaml``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image
+
+SPLITS = ("train", "val", "test")
+
+
+def load_yolo(
+    root: str | Path,
+    split: str | None = None,
+    classes: list[str] | None = None,
+    limit: int | None = None,
+    strict: bool = False,
+    names: list[str] | dict[int, str] | None = None,
+) -> Dataset:
+    """A YOLO segmentation dataset: ``root`` is its folder (holding ``data.yaml``) or the yaml file.
+
+    ``split`` picks the yaml's ``train:``/``val:``/``test:`` entry (folders such as ``images/val``,
+    or .txt lists of image paths); without it, ``root/images`` when it holds images, else ``val``.
+    Polygons are rasterised as ultralytics does (``cv2.fillPoly`` at the image's size, coordinates
+    scaled by width and height); a class's mask is the union of its instances. An image without a
+    label file is background (as in ultralytics). Images are turned upright by their EXIF
+    orientation, as ultralytics (cv2) reads them and its labels assume; the files are listed in
+    ``Dataset.notes``. A label file with a bad line is skipped with its image and listed.
+    """
+    yaml_path, spec = _read_yaml(Path(root))
+    base = _base_folder(Path(root), yaml_path, spec)
+    table = _names(names if names is not None else spec.get("names"), yaml_path or Path(root))
+    all_classes = list(dict.fromkeys(table[i] for i in sorted(table)))
+    dataset = Dataset(yaml_path.stem if yaml_path and yaml_path.stem != "data" else base.name, [], all_classes)
+    dataset.check_classes(classes or [])
+    dataset.classes = classes or all_classes
+    images = _split_images(base, spec, split)
+    oriented: list[str] = []
+    unlabelled: list[str] = []
+    seen: dict[str, Path] = {}
+    for image_path in images[:limit] if limit else images:
+        item = str(image_path.relative_to(base)) if image_path.is_relative_to(base) else str(image_path)
+        if image_path.stem in seen:
+            dataset.skipped.append((item, f"same file name stem as {seen[image_path.stem]}"))
+            continue
+        seen[image_path.stem] = image_path
+        try:
+            image, orientation = load_image(image_path, apply_orientation=True)
+            label_path = label_path_for(image_path)
+            instances = _read_labels(label_path, table) if label_path.is_file() else []
+        except DatasetError as exc:
+            dataset.skipped.append((item, str(exc)))
+            continue
+        if not label_path.is_file():
+            unlabelled.append(image_path.name)
+        if orientation != 1:
+            oriented.append(image_path.name)
+        height, width = image.shape[:2]
+        masks = {name: np.zeros((height, width), bool) for name in classes or []}
+        for class_id, coords in instances:
+            name = table[class_id]
+            if name not in dataset.classes:
+                continue
+            layer = np.zeros((height, width), np.uint8)
+            points = (coords.reshape(-1, 2) * (width, height)).astype(np.int32)
+            cv2.fillPoly(layer, [points], 1)
+            masks[name] = masks[name] | layer.astype(bool) if name in masks else layer.astype(bool)
+        dataset.samples.append(Sample(image_path.stem, image, masks))
+    if unlabelled:
+        dataset.notes.append(
+            f"{len(unlabelled)} image(s) have no label file and count as background (no objects): "
+            + ", ".join(unlabelled[:10])
+            + (" ..." if len(unlabelled) > 10 else "")
+        )
+    return finish(dataset, strict, oriented, applied=True)
+
+
+def label_path_for(image_path: Path) -> Path:
+    """ultralytics' rule: the last ``/images/`` in the path becomes ``/labels/``, the suffix ``.txt``."""
+    images, labels = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    return Path(labels.join(str(image_path).rsplit(images, 1))).with_suffix(".txt")
+
+
+def _read_yaml(root: Path) -> tuple[Path | None, dict]:
+    if root.is_file():
+        path = root
+    elif root.is_dir():
+        found = [root / "data.yaml"] if (root / "data.yaml").is_file() else sorted(root.glob("*.y*ml"))
+        if len(found) != 1:
+            return None, {}
+        path = found[0]
+    else:
+        raise DatasetError(f"{root.absolute()} does not exist (expected a YOLO dataset folder or its data.yaml).")
+
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise DatasetError(f"cannot read {path.absolute()}: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise DatasetError(f"{path.absolute()} is not a YOLO data.yaml (expected keys path, train, val, names).")
+    return path, spec
+
+
+def _base_folder(root: Path, yaml_path: Path | None, spec: dict) -> Path:
+    """The folder that the yaml's split entries are relative to: its ``path:`` when that exists."""
+    here = yaml_path.parent if yaml_path else root
+    if spec.get("path"):
+        base = Path(str(spec["path"])).expanduser()
+        base = base if base.is_absolute() else here / base
+        if base.is_dir():
+            return base
+    return here
+
+
+def _names(names: object, where: Path) -> dict[int, str]:
+    if isinstance(names, (list, tuple)):
+        table = dict(enumerate(names))
+    elif isinstance(names, dict):
+        try:
+            table = {int(k): v for k, v in names.items()}
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{where.absolute()}: names keys must be class ids (0, 1, ...): {exc}") from exc
+    else:
+        raise DatasetError(
+            f"No class names for the YOLO dataset at {where.absolute()}: add a data.yaml with "
+            "`names: [cat, dog]` (or `names: {0: cat, 1: dog}`), or pass names=[...]."
+        )
+    if not table or not all(isinstance(v, str) for v in table.values()):
+        raise DatasetError(f"{where.absolute()}: names must be a non-empty list or {{id: name}} of strings.")
+    return table
+
+
+def _split_images(base: Path, spec: dict, split: str | None) -> list[Path]:
+    flat = base / "images"
+    if split is None:
+        if flat.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in flat.iterdir()):
+            return _images_in(flat)
+        split = "val"
+    entry = spec.get(split)
+    if entry is None and (flat / split).is_dir():
+        entry = f"images/{split}"
+    if entry is None:
+        known = [s for s in SPLITS if s in spec] + [p.name for p in sorted(flat.glob("*")) if p.is_dir()]
+        raise DatasetError(
+            f"No {split!r} split in the YOLO dataset at {base.absolute()} (found: {sorted(set(known)) or 'none'}); "
+            "pass split=... or put the images in images/ and the labels in labels/."
+        )
+    paths: list[Path] = []
+    for part in entry if isinstance(entry, list) else [entry]:
+        path = Path(str(part)).expanduser()
+        path = path if path.is_absolute() else base / path
+        if path.is_dir():
+            paths += _images_in(path)
+        elif path.is_file() and path.suffix == ".txt":  # a list of image paths, relative to its folder
+            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            paths += [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
+        else:
+            raise DatasetError(f"The {split!r} entry {part!r} is not a folder or .txt list: {path.absolute()}")
+    return paths
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _read_labels(path: Path, table: dict[int, str]) -> list[tuple[int, np.ndarray]]:
+    """(class id, normalised coordinates) per line; DatasetError naming the file and line otherwise."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"cannot read labels {path}: {exc}") from exc
+    instances = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            values = np.array(line.split(), float)
+        except ValueError as exc:
+            raise DatasetError(f"{where}: not numbers ({exc})") from exc
+        class_id, coords = values[0], values[1:]
+        if class_id != int(class_id) or int(class_id) not in table:
+            raise DatasetError(f"{where}: class {class_id:g} is not in the names (ids {min(table)}-{max(table)})")
+        if len(coords) == 4:
+            raise DatasetError(f"{where}: a box (class x y w h), not a polygon; this is a detection label file")
+        if len(coords) % 2 or len(coords) < 6:
+            raise DatasetError(f"{where}: a polygon needs at least 3 x y pairs, got {len(coords)} numbers")
+        if not np.isfinite(coords).all() or coords.min() < 0 or coords.max() > 1:
+            raise DatasetError(f"{where}: coordinates must be normalised to 0-1 (divide x by width, y by height)")
+        instances.append((int(class_id), coords))
+    return instances
