@@ -23,7 +23,7 @@ def classes_to_evaluate(dataset: Dataset, requested: Sequence[str] = ()) -> tupl
     if requested:
         dataset.check_classes(list(requested))
         return list(requested), []
-    present = [name for name in dataset.classes if any(s.masks.get(name, np.zeros(0)).any() for s in dataset)]
+    present = dataset.present_classes()
     return present, [name for name in dataset.classes if name not in present]
 
 
@@ -116,7 +116,7 @@ def mosaic_top1_accuracy(dataset: Dataset, results: Sequence[ImageResult], text:
     return hits / trials if trials else float("nan")
 
 
-def recognition_sets(dataset: Dataset, count: int = 12, mosaics: int = 2) -> tuple[list[LabelledImage], Dataset | None]:
+def recognition_sets(dataset: Dataset, count: int = 8, mosaics: int = 2) -> tuple[list[LabelledImage], Dataset | None]:
     """The ground-truth object crops (up to ``count``) for recognition accuracy and, with four
     classes or more, 4-class mosaics of them; deterministic, so notebook 02 can fill the cache
     with exactly what notebook 03 evaluates."""

@@ -275,3 +275,40 @@ def test_sample_figure_gives_each_present_class_its_own_colour():
     assert len(colours) == 12 and (0, 0, 0) not in colours
     assert [t.get_text() for t in figure.axes[1].get_legend().get_texts()] == [f"class{i}" for i in range(12)]
     plt.close(figure)
+
+
+def test_counts_check_shapes_and_dtypes_and_say_what_is_expected():
+    truth = box(20, 30, 0, 10, 0, 10)
+    with pytest.raises(ValueError, match=r"ignore mask is \(10, 30\).*must match the image"):
+        metrics.counts(truth, truth, truth[:10])
+    with pytest.raises(ValueError, match="boolean .* mask.*threshold soft masks first"):
+        metrics.counts(truth * 0.7, truth)  # a soft prediction is not silently binarised at "not zero"
+    with pytest.raises(ValueError, match="prediction is"):
+        metrics.counts(truth[:5], truth)
+    assert metrics.counts(truth.astype(np.uint8), truth).iou == 1.0  # 0/1 integers are fine
+
+
+def test_sweep_refuses_thresholds_evaluate_cannot_use(scene):
+    dataset, results, pipe = scene
+    for bad in (-np.inf, np.nan):
+        with pytest.raises(ValueError, match="finite"):
+            evaluation.class_sweep(dataset, results, pipe.text, "cat", [0.1, bad])
+        with pytest.raises(ValueError, match="finite"):
+            SelectionSettings("threshold", bad)
+
+
+def test_a_class_absent_from_every_image_is_left_out_and_tolerated(scene):
+    dataset, results, pipe = scene
+    samples = [Sample(s.image_id, s.image, {**s.masks, "horse": np.zeros((20, 30), bool)}) for s in dataset]
+    with_horse = Dataset("scene", samples, ["cat", "dog", "horse"])
+    assert evaluation.classes_to_evaluate(with_horse) == (["cat", "dog"], ["horse"])
+    assert evaluation.classes_to_evaluate(with_horse, ["horse"]) == (["horse"], [])
+    best, sweeps = evaluation.best_thresholds(with_horse, results, pipe.text, ["cat", "horse"], [1.5, 2.0])
+    horse = best.set_index("class").loc["horse"]  # nothing predicted, nothing to find: all NaN
+    assert np.isnan(horse["best_threshold"]) and np.isnan(horse["mean_iou"])
+    assert not np.isnan(best.set_index("class").loc["cat", "best_threshold"])
+    summary = metrics.summarize(evaluation.evaluate(with_horse, results, pipe.text, ["horse"], SelectionSettings()))
+    assert summary.loc[0, "images_scored"] <= 3  # empty truth and prediction: NaN, not an error
+    figure = viz.plot_sweep(sweeps["horse"], "horse", horse["best_threshold"])
+    assert "no data" in figure.axes[0].texts[0].get_text()
+    plt.close("all")

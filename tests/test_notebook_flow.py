@@ -1,0 +1,83 @@
+"""The notebooks 01-04 as a user runs them, on real data (COCO val2017 mini, CamVid), smoke profile.
+
+Each test gets its own project folder (links to the real notebooks and helpers), so its
+prepared dataset, cache and results never mix with another run's.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import shared_data
+
+from helpers.run_notebooks import execute
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def project(tmp_path: Path) -> Path:
+    home = tmp_path / "project"
+    home.mkdir()
+    for name in ("notebooks", "helpers"):
+        (home / name).symlink_to(ROOT / name)
+    return home
+
+
+def outputs(path: Path) -> str:
+    notebook = nbformat.read(path, as_version=4)
+    return "\n".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("dataset, folder", [("coco", "coco_val2017_mini"), ("camvid", "camvid_test_sample")])
+def test_notebooks_01_to_04_on_real_data(dataset, folder, tmp_path, monkeypatch):
+    data = shared_data(folder)
+    home = project(tmp_path)
+    monkeypatch.setenv("SAMCLIP_HOME", str(home))
+    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    monkeypatch.setenv("SAMCLIP_DATASET", dataset)
+    monkeypatch.setenv("SAMCLIP_START_DIR", str(data.parents[1]))
+    monkeypatch.setenv("SAMCLIP_DATA_PATH", str(Path("data") / folder))  # relative: to the start folder
+    monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "2")
+    out = tmp_path / "executed"
+    out.mkdir()
+    for name in ("01_prepare_dataset", "02_sam_clip_processing", "03_iou_evaluation", "04_visualization"):
+        error = execute(home / "notebooks" / f"{name}.ipynb", out, timeout=300)
+        assert error is None, f"{name} on {dataset}: {error}"
+    three, four = outputs(out / "03_iou_evaluation.ipynb"), outputs(out / "04_visualization.ipynb")
+    for text in (three, four):
+        assert "SAM runs in this notebook: 0 (SAM loaded: False)" in text
+    runs = sorted((home / "outputs" / "smoke" / "results").glob("run_*"))
+    record = json.loads((runs[-1] / "results.json").read_text())
+    assert record["dataset"]["kind"] == dataset and record["dataset"]["images"] == 2
+    assert record["dataset"]["path"] == str(data.resolve())
+    assert record["models"]["sam"]["weights"].startswith("sam_tiny:")
+    evaluated = record["dataset"]["classes_evaluated"]
+    assert evaluated and set(evaluated) | set(record["dataset"]["classes_absent"]) >= set(evaluated)
+    assert (home / "outputs" / "smoke" / "figures" / dataset / "04_worst_cases.png").is_file()
+
+
+def test_a_changed_dataset_setting_stops_the_next_notebook(tmp_path, monkeypatch):
+    home = project(tmp_path)
+    monkeypatch.setenv("SAMCLIP_HOME", str(home))
+    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "2")
+    out = tmp_path / "executed"
+    out.mkdir()
+    assert execute(home / "notebooks" / "01_prepare_dataset.ipynb", out, timeout=300) is None
+    monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "3")
+    error = execute(home / "notebooks" / "03_iou_evaluation.ipynb", out, timeout=300)
+    assert error and "DatasetError" in error and "01_prepare_dataset" in error
+
+
+def test_stripping_a_clean_notebook_changes_nothing(tmp_path):
+    copy = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", copy)
+    strip = Path(sys.executable).parent / "nbstripout"
+    subprocess.run([str(strip), *sorted(map(str, copy.glob("*.ipynb")))], check=True)
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert (copy / path.name).read_bytes() == path.read_bytes(), f"make strip would change {path.name}"
