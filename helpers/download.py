@@ -294,7 +294,7 @@ def download_file(
     min_speed: float = 10 * 1024,
     speed_window: float = 60.0,
     max_attempts: int = 30,
-    backoff: float = 0.5,
+    backoff: float = 0.25,
     backoff_cap: float = 30.0,
     full: bool = False,
 ) -> Path:
