@@ -8,8 +8,8 @@ and it must hold CLIP's state dict (``check_clip_state_dict_file``); the sha256 
 that passes is recorded and a later download that differs is reported. Downloads go through
 ``helpers.download`` (the registry itself is ``helpers.registry``).
 
-Command line: ``python -m helpers.checkpoints vit_b ViT-B/32``; ``--verify`` re-hashes every
-checkpoint in the folder. Defaults come from the run's settings (``helpers.config``).
+Command line (``helpers.checkpoint_cli``): ``python -m helpers.checkpoints vit_b ViT-B/32``;
+``--verify`` re-hashes every checkpoint in the folder. Defaults come from the run's settings.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from .download import (
     is_local,
     is_verified,
     private_name,
-    set_aside,
     sha256_of,
 )
 from .download import (
@@ -59,7 +58,6 @@ __all__ = [
     "open_clip_to_clip_state_dict",
     "register_checkpoint",
     "sha256_of",
-    "verify_folder",
 ]
 
 CLIP_REQUIRED_KEYS = (
@@ -257,10 +255,12 @@ def ensure_checkpoint(
         except DownloadError as exc:
             errors.append(exc)
             continue
-        if not candidate.sha256:
-            note_first_sha256(dest_dir, path)
         if drive_cache:
             _copy_to_drive(path, Path(drive_cache), candidate.sha256)
+        if not candidate.sha256:  # the first copy seen here (and on Drive, which outlives a Colab runtime)
+            for folder in [dest_dir] + ([Path(drive_cache)] if drive_cache else []):
+                if note_first_sha256(folder, path):
+                    break
         if candidate is not checkpoint:
             print(
                 f"Note: {checkpoint.filename} could not be had; using the open_clip copy of the same OpenAI "
@@ -293,71 +293,11 @@ def _copy_to_drive(path: Path, drive: Path, sha256: str | None) -> None:
         )
 
 
-def verify_folder(folder: Path) -> list[tuple[Path, str | None]]:
-    """Re-hash every known checkpoint present in ``folder``: (path, None) when good, else (path, problem).
-
-    A bad file is moved to ``<file>.corrupt`` so nothing loads it; the next run downloads it again.
-    """
-    results: list[tuple[Path, str | None]] = []
-    seen: set[Path] = set()
-    for candidate in [c for ck in list(REGISTRY.values()) for c in (ck, *ck.alternates)]:
-        path = Path(folder) / candidate.filename
-        if path in seen or not path.is_file():
-            continue
-        seen.add(path)
-        problem = None
-        if candidate.sha256:
-            if not is_verified(path, candidate.sha256, candidate.size, full=True):
-                problem = "size or sha256 differ from the published ones"
-        else:
-            try:
-                if candidate.format == "open_clip":
-                    check_clip_state_dict_file(path)
-                file_sha256(path, full=True)
-            except CheckpointError as exc:
-                problem = str(exc)
-            else:
-                first = note_first_sha256(Path(folder), path)
-                problem = f"differs from the first copy seen here (sha256 {first})" if first else None
-        if problem:
-            problem += f"; moved to {set_aside(path).name}"
-        results.append((path, problem))
-    return results
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Download (or ``--verify``) checkpoints; defaults from the run's settings; errors without a traceback."""
-    import argparse
+    """``python -m helpers.checkpoints``: see ``helpers.checkpoint_cli``."""
+    from .checkpoint_cli import main as run
 
-    from .config import load_config
-
-    try:
-        config = load_config()
-    except (ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    parser = argparse.ArgumentParser(description="Download and verify SAM / CLIP checkpoints.")
-    parser.add_argument("names", nargs="*", help=f"any of: {', '.join(REGISTRY)} (default: the run's models)")
-    parser.add_argument("--dir", type=Path, default=config.checkpoint_dir, help="checkpoint folder")
-    parser.add_argument("--mirror", action="append", help="folder or URL holding the files (repeatable)")
-    parser.add_argument("--drive-cache", type=Path, default=getattr(config, "drive_cache", None))
-    parser.add_argument("--verify", action="store_true", help="re-hash every checkpoint present in --dir")
-    args = parser.parse_args(argv)
-    mirrors = args.mirror if args.mirror is not None else list(getattr(config, "mirrors", ()))
-    names = args.names or ([] if args.verify else [n for n in (config.sam_model, config.clip_model) if n in REGISTRY])
-    bad = 0
-    try:
-        if args.verify:
-            for path, problem in verify_folder(args.dir):
-                print(f"{'BAD' if problem else 'ok '} {path}" + (f": {problem}" if problem else ""))
-                bad += problem is not None
-        for name in names:
-            verify = "full" if args.verify else True
-            print(ensure_checkpoint(name, args.dir, mirrors, drive_cache=args.drive_cache, verify=verify))
-    except (CheckpointError, DownloadError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 1 if bad else 0
+    return run(argv)
 
 
 if __name__ == "__main__":

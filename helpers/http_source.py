@@ -130,7 +130,7 @@ class HttpFetcher:
 
     def _request(self, url: str, part: Path, size: int | None, start: int, record: dict) -> bool:
         """One GET; False when the answer to a Range request does not fit the bytes kept."""
-        headers = {}
+        headers = {"Accept-Encoding": "identity"}  # sizes and ranges then count the file's own bytes
         if start:
             headers["Range"] = f"bytes={start}-"
             validator = record.get("etag") if not str(record.get("etag", "")).startswith("W/") else None
@@ -157,6 +157,7 @@ class HttpFetcher:
                 total = None if not match or match[3] == "*" else int(match[3])
                 if not match or int(match[1]) != start or _changed(record, validators):
                     return False
+                total = total if total is not None else record.get("total")
                 if total is not None and (total != record.get("total", total) or total != (size or total)):
                     return False
             else:

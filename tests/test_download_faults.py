@@ -151,7 +151,9 @@ def test_backoff_between_tries_is_capped(tmp_path, monkeypatch):
     waits: list[float] = []
     monkeypatch.setattr(dl, "time", SimpleNamespace(sleep=waits.append))
     with pytest.raises(DownloadError, match="connection failed"):
-        download_file(["http://127.0.0.1:9/m.pth"], tmp_path / "m.pth", SHA, progress=False, retries=5, backoff_cap=3)
+        download_file(
+            ["http://127.0.0.1:9/m.pth"], tmp_path / "m.pth", SHA, progress=False, retries=5, backoff=0.5, backoff_cap=3
+        )
     assert waits == [1.0, 2.0, 3.0, 3.0]
 
 
