@@ -2,6 +2,7 @@
 
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -36,6 +37,15 @@ def register_clip(server, name: str, copy_urls: list[str]) -> Checkpoint:
     )
     register_checkpoint(checkpoint)
     return checkpoint
+
+
+def changed_copy(open_clip_bytes: bytes) -> bytes:
+    """A different file that still passes the structure check (one value changed)."""
+    state = torch.load(io.BytesIO(open_clip_bytes), weights_only=True)
+    state["module.logit_scale"] = state["module.logit_scale"] + 1
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def get(name, folder, **options):
@@ -81,14 +91,19 @@ def test_first_open_clip_sha256_is_recorded_and_a_later_different_copy_warns(fil
     recorded = json.loads((tmp_path / ck.FIRST_SEEN).read_text())
     assert recorded == {"t_first.open_clip.bin": hashlib.sha256(open_clip_bytes).hexdigest()}
     path.unlink()
-    state = torch.load(__import__("io").BytesIO(open_clip_bytes), weights_only=True)
-    state["module.logit_scale"] = (
-        state["module.logit_scale"] + 1
-    )  # a different file that still passes the structure check
-    torch.save(state, tmp_path / "changed.bin")
-    file_server.files["/good.bin"] = (tmp_path / "changed.bin").read_bytes()
+    file_server.files["/good.bin"] = changed_copy(open_clip_bytes)
     with pytest.warns(UserWarning, match="differs from the first copy"):
         get("t_first", tmp_path)
+
+
+def test_the_first_open_clip_sha256_is_kept_on_drive_for_the_next_runtime(file_server, tmp_path, open_clip_bytes):
+    file_server.files["/good.bin"] = open_clip_bytes
+    register_clip(file_server, "t_drv", ["/good.bin"])
+    drive = tmp_path / "drive"
+    get("t_drv", tmp_path / "runtime1", drive_cache=drive)
+    (drive / "t_drv.open_clip.bin").write_bytes(changed_copy(open_clip_bytes))  # the Drive copy changes
+    with pytest.warns(UserWarning, match="differs from the first copy"):
+        get("t_drv", tmp_path / "runtime2", drive_cache=drive)  # a fresh runtime: only Drive remembers
 
 
 def test_structure_check_and_key_conversion_live_in_checkpoints(tmp_path, open_clip_bytes):
