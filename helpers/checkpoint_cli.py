@@ -56,19 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    mirrors = list(getattr(config, "mirrors", ()))
     parser = argparse.ArgumentParser(description="Download and verify SAM / CLIP checkpoints.")
     parser.add_argument("names", nargs="*", help=f"any of: {', '.join(REGISTRY)} (default: the run's models)")
-    parser.add_argument("--dir", type=Path, default=config.checkpoint_dir, help="checkpoint folder")
-    parser.add_argument("--mirror", action="append", help="folder or URL holding the files (repeatable)")
-    parser.add_argument("--drive-cache", type=Path, default=getattr(config, "drive_cache", None))
+    parser.add_argument("--dir", type=Path, default=config.checkpoint_dir, help="checkpoint folder (%(default)s)")
+    parser.add_argument("--mirror", action="append", help=f"folder or URL holding the files, repeatable ({mirrors})")
+    parser.add_argument("--drive-cache", type=Path, default=getattr(config, "drive_cache", None), help="(%(default)s)")
     parser.add_argument("--verify", action="store_true", help="re-hash every checkpoint present in --dir")
     args = parser.parse_args(argv)
-    mirrors = args.mirror if args.mirror is not None else list(getattr(config, "mirrors", ()))
+    mirrors = args.mirror if args.mirror is not None else mirrors
     names = args.names or ([] if args.verify else [n for n in (config.sam_model, config.clip_model) if n in REGISTRY])
     bad = 0
     try:
         if args.verify:
-            for path, problem in verify_folder(args.dir):
+            results = verify_folder(args.dir)
+            if not results:
+                print(f"No known checkpoint in {args.dir}.")
+            for path, problem in results:
                 print(f"{'BAD' if problem else 'ok '} {path}" + (f": {problem}" if problem else ""))
                 bad += problem is not None
         for name in names:
