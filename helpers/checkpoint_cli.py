@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .checkpoints import REGISTRY, CheckpointError, check_clip_state_dict_file, ensure_checkpoint, note_first_sha256
 from .download import DownloadError, file_sha256, is_verified, set_aside
+from .file_stamps import remember_sha256
 
 
 def verify_folder(folder: Path) -> list[tuple[Path, str | None]]:
@@ -33,7 +34,7 @@ def verify_folder(folder: Path) -> list[tuple[Path, str | None]]:
             try:
                 if candidate.format == "open_clip":
                     check_clip_state_dict_file(path)
-                file_sha256(path, full=True)
+                remember_sha256(path, file_sha256(path, full=True), checked=candidate.format == "open_clip")
             except CheckpointError as exc:
                 problem = str(exc)
             else:

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from .file_stamps import (
     file_sha256,
     is_verified,
+    passed_check,
     private_name,
     remember_sha256,
-    remembered_sha256,
     set_aside,
     sha256_of,
 )
@@ -128,7 +128,7 @@ class _Job:
             self.bad_file = True
             return f"{source}: {reason} (file kept aside as {set_aside(self.part)})"
         os.replace(self.part, self.dest)
-        remember_sha256(self.dest, digest)
+        remember_sha256(self.dest, digest, checked=self.check is not None)
         return None
 
     def from_source(self, source: str) -> str | None:
@@ -170,17 +170,16 @@ def _usable(dest: Path, sha256: str | None, size: int | None, check: Callable | 
     """Whether ``dest`` already holds the file; with no checksum, ``check`` decides (and is remembered)."""
     if check is None or sha256 or not dest.is_file():
         return is_verified(dest, sha256, size, full=full)
-    stat = dest.stat()
-    if size is not None and stat.st_size != size:
+    if size is not None and dest.stat().st_size != size:
         return False
-    if not full and remembered_sha256(dest, stat):
+    if not full and passed_check(dest):
         return True
     try:
         check(dest)
     except (ValueError, RuntimeError) as exc:
         print(f"{dest} failed its check ({exc}); moved aside to {set_aside(dest)}.", file=sys.stderr)
         return False
-    file_sha256(dest)
+    remember_sha256(dest, sha256_of(dest), checked=True)
     return True
 
 

@@ -33,27 +33,38 @@ def private_name(path: Path, suffix: str = ".tmp") -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
-def remembered_sha256(path: Path, stat: os.stat_result) -> str | None:
-    """The sha256 stamped beside ``path``, if the file is unchanged since: same size, mtime and ctime.
+def _fresh_stamp(path: Path, stat: os.stat_result) -> dict | None:
+    """The stamp beside ``path`` if the file is unchanged since: same size, mtime and ctime.
 
     ctime cannot be set back by ``os.utime``, so an edit that restores size and mtime still shows.
     """
     try:
         stamp = json.loads(_marker(path).read_text())
-        fresh = (stamp["size"], stamp["mtime_ns"], stamp["ctime_ns"]) == (
-            stat.st_size,
-            stat.st_mtime_ns,
-            stat.st_ctime_ns,
-        )
-        return str(stamp["sha256"]) if fresh else None
+        now = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        return stamp if (stamp["size"], stamp["mtime_ns"], stamp["ctime_ns"]) == now and stamp["sha256"] else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def remember_sha256(path: Path, digest: str, stat: os.stat_result | None = None) -> None:
-    """Stamp ``path`` with its sha256 (a read-only folder: hashed again next time)."""
+def remembered_sha256(path: Path, stat: os.stat_result) -> str | None:
+    """The sha256 stamped beside ``path``, if the file is unchanged since it was hashed."""
+    stamp = _fresh_stamp(path, stat)
+    return str(stamp["sha256"]) if stamp else None
+
+
+def passed_check(path: Path) -> bool:
+    """Whether ``path`` passed a structure check (``remember_sha256(checked=True)``) and is unchanged since."""
+    stamp = _fresh_stamp(path, path.stat())
+    return bool(stamp and stamp.get("checked") is True)
+
+
+def remember_sha256(path: Path, digest: str, stat: os.stat_result | None = None, checked: bool = False) -> None:
+    """Stamp ``path`` with its sha256, and whether it passed a structure check (a read-only folder:
+    hashed again next time)."""
     stat = stat or path.stat()
     stamp = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
+    if checked:
+        stamp["checked"] = True
     tmp = private_name(_marker(path))
     try:
         tmp.write_text(json.dumps(stamp))

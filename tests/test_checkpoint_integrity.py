@@ -78,6 +78,7 @@ def test_open_clip_copy_alone_failing_is_a_clear_error(file_server, tmp_path):
 
 def test_a_bad_open_clip_file_already_in_place_is_replaced(file_server, tmp_path, open_clip_bytes):
     (tmp_path / "t_old.open_clip.bin").write_bytes(b"<html>an error page kept by an older version</html>")
+    ck.file_sha256(tmp_path / "t_old.open_clip.bin")  # hashed for a cache key: a stamp, but not a check
     file_server.files["/good.bin"] = open_clip_bytes
     register_clip(file_server, "t_old", ["/good.bin"])
     assert get("t_old", tmp_path).read_bytes() == open_clip_bytes
