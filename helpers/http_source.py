@@ -168,7 +168,7 @@ class HttpFetcher:
                 raise SourceFailed(f"serves a file of {total} bytes, expected {size} (a different file)")
             chunks = _read_chunks(response)
             first = next(chunks, b"")
-            if not start and "html" in response.headers.get("Content-Type", "") and first.lstrip()[:1] == b"<":
+            if not start and "html" in response.headers.get("Content-Type", "") and _looks_like_html(first):
                 raise SourceFailed("answered with an HTML page (an error or login page?), not the file")
             check_disk(part.parent, (total - start) if total is not None else None)
             write_record(part, {"source": url, "total": total if total is not None else size, **validators})
@@ -211,6 +211,10 @@ class HttpFetcher:
                     "once space is free (or set SAMCLIP_CHECKPOINT_DIR to a larger disk)."
                 ) from exc
             raise
+
+
+def _looks_like_html(data: bytes) -> bool:
+    return data.lstrip()[:16].lower().startswith((b"<!doctype", b"<html", b"<head", b"<body", b"<?xml", b"<!--"))
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
