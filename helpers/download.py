@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -239,10 +239,10 @@ def download_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     if _usable(dest, sha256, size, check, full):
         return dest
-    with _exclusive(dest) as part:
+    with _exclusive(dest) as part, requests.Session() if session is None else nullcontext(session) as http:
         if _usable(dest, sha256, size, check, full=False):  # another process may have finished it meanwhile
             return dest
-        fetcher = HttpFetcher(session or requests.Session(), timeout, min_speed, speed_window, progress)
+        fetcher = HttpFetcher(http, timeout, min_speed, speed_window, progress)
         job = _Job(dest, part, sha256, size, check, fetcher, max(1, retries), max_attempts, backoff, backoff_cap)
         failures: list[str] = []
         for source in sources:
