@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mirrors = args.mirror if args.mirror is not None else mirrors
     names = args.names or ([] if args.verify else [n for n in (config.sam_model, config.clip_model) if n in REGISTRY])
+    if not names and not args.verify:
+        print(f"Nothing to download for this run's models ({config.sam_model}, {config.clip_model}); name some.")
     bad = 0
     try:
         if args.verify:
