@@ -1,20 +1,27 @@
-"""Known SAM and CLIP checkpoints (a registry with sizes and sha256) and how to get them.
+"""SAM and CLIP checkpoints: where to get them, how each is verified, and a command line.
 
 Sources are tried in order: an explicit local file, the user's mirrors, a Google Drive cache
 on Colab, then the official URLs and known mirrors; CLIP falls back to the open_clip copy of
-the OpenAI weights when all are gone. Downloads go through ``helpers.download``.
+the OpenAI weights when all are gone. That copy has no published sha256, so before it is
+accepted its size must match what the server announced, it must be a readable torch archive,
+and it must hold CLIP's state dict (``check_clip_state_dict_file``); the sha256 of the first copy
+that passes is recorded and a later download that differs is reported. Downloads go through
+``helpers.download`` (the registry itself is ``helpers.registry``).
 
-Command line: ``python -m helpers.checkpoints vit_b ViT-B/32``.
+Command line (``helpers.checkpoint_cli``): ``python -m helpers.checkpoints vit_b ViT-B/32``;
+``--verify`` re-hashes every checkpoint in the folder. Defaults come from the run's settings.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import requests
 
@@ -26,161 +33,113 @@ from .download import (
     file_sha256,
     is_local,
     is_verified,
+    private_name,
     sha256_of,
 )
 from .download import (
     local_path as local_path_of,
 )
+from .registry import REGISTRY, Checkpoint, CheckpointError, UnknownModelError, get_checkpoint, register_checkpoint
 
 __all__ = [
+    "REGISTRY",
+    "Checkpoint",
+    "CheckpointError",
     "ChecksumMismatchError",
     "DownloadError",
     "NotEnoughDiskError",
+    "UnknownModelError",
+    "check_clip_state_dict_file",
     "download_file",
+    "ensure_checkpoint",
     "file_sha256",
-    "sha256_of",
+    "get_checkpoint",
     "is_verified",
+    "open_clip_to_clip_state_dict",
+    "register_checkpoint",
+    "sha256_of",
 ]
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used; every message says what to do next."""
-
-
-class UnknownModelError(CheckpointError, KeyError):
-    def __str__(self) -> str:  # KeyError would print the message in quotes
-        return str(self.args[0])
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One weight file: where it comes from and how to recognise it."""
-
-    name: str
-    family: str  # "sam" or "clip"
-    filename: str
-    sha256: str | None
-    size: int | None
-    urls: tuple[str, ...]
-    format: str  # "sam" (state dict), "openai" (OpenAI TorchScript archive), "open_clip" (state dict)
-    alternates: tuple["Checkpoint", ...] = field(default=(), compare=False)
+CLIP_REQUIRED_KEYS = (
+    "token_embedding.weight",
+    "positional_embedding",
+    "text_projection",
+    "ln_final.weight",
+    "logit_scale",
+)
+FIRST_SEEN = "first_seen_sha256.json"  # in the checkpoint folder: sha256 of checkpoints with none published
 
 
-_META = "https://dl.fbaipublicfiles.com/segment_anything/"
-_HF_SAM = "https://huggingface.co/ybelkada/segment-anything/resolve/main/checkpoints/"
-_SAM = {  # name: (file, bytes, sha256)
-    "vit_h": (
-        "sam_vit_h_4b8939.pth",
-        2_564_550_879,
-        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-    ),
-    "vit_l": (
-        "sam_vit_l_0b3195.pth",
-        1_249_524_607,
-        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-    ),
-    "vit_b": ("sam_vit_b_01ec64.pth", 375_042_383, "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
-}
-_OPENAI = "https://openaipublic.azureedge.net/clip/models/"
-_CLIP = {  # name: (sha256, file, bytes or None, timm hub id of the open_clip copy)
-    "RN50": (
-        "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762",
-        "RN50.pt",
-        None,
-        "resnet50_clip.openai",
-    ),
-    "RN101": (
-        "8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599",
-        "RN101.pt",
-        None,
-        "resnet101_clip.openai",
-    ),
-    "RN50x4": (
-        "7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd",
-        "RN50x4.pt",
-        None,
-        "resnet50x4_clip.openai",
-    ),
-    "RN50x16": (
-        "52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa",
-        "RN50x16.pt",
-        None,
-        "resnet50x16_clip.openai",
-    ),
-    "RN50x64": (
-        "be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c",
-        "RN50x64.pt",
-        None,
-        "resnet50x64_clip.openai",
-    ),
-    "ViT-B/32": (
-        "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
-        "ViT-B-32.pt",
-        353_976_522,
-        "vit_base_patch32_clip_224.openai",
-    ),
-    "ViT-B/16": (
-        "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
-        "ViT-B-16.pt",
-        None,
-        "vit_base_patch16_clip_224.openai",
-    ),
-    "ViT-L/14": (
-        "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
-        "ViT-L-14.pt",
-        None,
-        "vit_large_patch14_clip_224.openai",
-    ),
-    "ViT-L/14@336px": (
-        "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
-        "ViT-L-14-336px.pt",
-        None,
-        "vit_large_patch14_clip_336.openai",
-    ),
-}
+def open_clip_to_clip_state_dict(state: dict) -> dict:
+    """Turn an open_clip / timm copy of OpenAI CLIP weights into ``build_model``'s key names.
 
-
-def _build_registry() -> dict[str, Checkpoint]:
-    registry = {
-        name: Checkpoint(name, "sam", file, sha, size, (_META + file, _HF_SAM + file), "sam")
-        for name, (file, size, sha) in _SAM.items()
-    }
-    for name, (sha, file, size, hub) in _CLIP.items():
-        # The open_clip copy holds the same OpenAI weights under the key names that
-        # clip.model.build_model expects; its checksum is not published, so it is checked by
-        # structure when loaded (helpers.models.load_clip).
-        open_clip_copy = Checkpoint(
-            name,
-            "clip",
-            file.replace(".pt", ".open_clip.bin"),
-            None,
-            None,
-            (f"https://huggingface.co/timm/{hub}/resolve/main/open_clip_pytorch_model.bin",),
-            "open_clip",
+    The OpenAI models in open_clip keep OpenAI's parameter names; the differences are a
+    possible ``state_dict``/``module.`` wrapping and buffers that CLIP rebuilds itself.
+    """
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {str(key).removeprefix("module."): value for key, value in state.items()}
+    state = {key: value for key, value in state.items() if not key.endswith("attn_mask")}
+    missing = [key for key in CLIP_REQUIRED_KEYS if key not in state]
+    if missing or not any(key.startswith("visual.") for key in state):
+        raise CheckpointError(
+            f"Not an OpenAI-CLIP compatible state dict (missing {missing or ['visual.*']}). "
+            "Use an OpenAI .pt archive or the open_clip copy of the OpenAI weights."
         )
-        registry[name] = Checkpoint(
-            name, "clip", file, sha, size, (f"{_OPENAI}{sha}/{file}",), "openai", alternates=(open_clip_copy,)
-        )
-    return registry
+    return state
 
 
-REGISTRY: dict[str, Checkpoint] = _build_registry()
+def check_clip_state_dict_file(path: Path) -> None:
+    """Raise CheckpointError unless ``path`` is a readable torch zip archive holding CLIP's state dict."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path.name} is not a zip/torch archive (an HTML page or a cut download?)")
+    import torch  # here, not at import time: the command line and the downloader stay light
 
-
-def register_checkpoint(checkpoint: Checkpoint) -> None:
-    """Add a checkpoint (fine-tuned weights, test models) to the registry."""
-    REGISTRY[checkpoint.name] = checkpoint
-
-
-def get_checkpoint(name: str) -> Checkpoint:
     try:
-        return REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(REGISTRY))
-        raise UnknownModelError(f"Unknown model name {name!r}. Known checkpoints: {known}.") from None
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # zip, pickle and torch errors alike: not a readable archive
+        raise CheckpointError(f"{path.name} is not a readable torch archive ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path.name} holds a {type(state).__name__}, not a state dict")
+    open_clip_to_clip_state_dict(state)
 
 
-def _mirror_sources(filename: str, mirrors: list[str]) -> list[str]:
+def _check_for(candidate: Checkpoint):
+    return check_clip_state_dict_file if candidate.format == "open_clip" else None
+
+
+def note_first_sha256(folder: Path, path: Path) -> str | None:
+    """Record the sha256 of the first copy of ``path.name`` seen in ``folder``; return the recorded
+    one when this copy differs (and warn), else None."""
+    record_file = folder / FIRST_SEEN
+    digest = file_sha256(path)
+    try:
+        known = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    first = known.get(path.name) if isinstance(known, dict) else None
+    if first is None:
+        known = {**(known if isinstance(known, dict) else {}), path.name: digest}
+        tmp = private_name(record_file)
+        try:
+            tmp.write_text(json.dumps(known, indent=1))
+            os.replace(tmp, record_file)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+        return None
+    if first != digest:
+        warnings.warn(
+            f"{path} (sha256 {digest[:12]}...) differs from the first copy seen here ({first[:12]}...). If the "
+            f"source did not publish a new version, this file may be damaged: delete it and download again, "
+            f"or remove its entry from {record_file} to accept it.",
+            stacklevel=3,
+        )
+        return first
+    return None
+
+
+def _mirror_sources(filename: str, mirrors: Sequence[str]) -> list[str]:
     sources = []
     for mirror in mirrors:
         if is_local(mirror):
@@ -198,11 +157,51 @@ LOCAL_SETTING = {"sam": "SAMCLIP_SAM_CHECKPOINT", "clip": "SAMCLIP_CLIP_CHECKPOI
 def supply_hint(checkpoint: Checkpoint, dest_dir: Path) -> str:
     setting = LOCAL_SETTING.get(checkpoint.family, "SAMCLIP_<FAMILY>_CHECKPOINT")
     urls = ", ".join(checkpoint.urls)
-    return (
+    hint = (
         f"\nTo supply {checkpoint.filename} ({checkpoint.name}) yourself, any one of:\n"
         f"  - download it from {urls} on a machine with internet and copy it to {dest_dir / checkpoint.filename}\n"
         f"  - set {MIRROR_SETTING} to a folder or http(s) URL that holds {checkpoint.filename}\n"
         f"  - set {setting}=/path/to/{checkpoint.filename}"
+    )
+    for copy in checkpoint.alternates:
+        hint += (
+            f"\nThe open_clip copy of the same weights works too: get {', '.join(copy.urls)} and save it as "
+            f"{dest_dir / copy.filename} (or in the mirror as {copy.filename}), or set {setting} to it."
+        )
+    return hint
+
+
+def _check_verify(verify: bool | str) -> bool:
+    if verify not in (True, False, "full"):
+        raise ValueError(f"verify={verify!r}: use True (checksum, remembered), 'full' (re-hash) or False.")
+    return verify == "full"
+
+
+def _local_file(checkpoint: Checkpoint, path: Path, verify: bool | str) -> Path:
+    """A file named by the user: the official one, or (CLIP) the open_clip copy; see ensure_checkpoint."""
+    if not path.is_file():
+        raise CheckpointError(
+            f"{LOCAL_SETTING.get(checkpoint.family)} / local_path points to {path}, which is "
+            f"not a file. Fix the path or unset it to download."
+        )
+    if not verify or is_verified(path, checkpoint.sha256, checkpoint.size, full=verify == "full"):
+        return path
+    problem = ""
+    if any(copy.format == "open_clip" for copy in checkpoint.alternates):
+        try:
+            check_clip_state_dict_file(path)
+        except CheckpointError as exc:
+            problem = f" nor the open_clip copy of it ({exc})"
+        else:
+            print(
+                f"Note: {path.name} is not the official {checkpoint.filename} but holds CLIP's state dict "
+                "(e.g. the open_clip copy of the OpenAI weights); it is used as such.",
+                file=sys.stderr,
+            )
+            return path
+    raise ChecksumMismatchError(
+        f"{path} is not the official {checkpoint.name} checkpoint (size or sha256 differ){problem}. "
+        "Pass verify=False to use your own weights on purpose, or supply the official file."
     )
 
 
@@ -213,31 +212,25 @@ def ensure_checkpoint(
     local_path: str | Path | None = None,
     drive_cache: str | Path | None = None,
     progress: bool = True,
-    verify: bool = True,
+    verify: bool | str = True,
     session: requests.Session | None = None,
+    download_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Return the path of a verified checkpoint ``name``, downloading it when needed.
 
     ``local_path`` names a file to use in place; ``verify=False`` accepts it without a checksum
-    (fine-tuned weights). ``mirrors`` are folders or URLs holding the files. ``drive_cache`` is a
+    (fine-tuned weights); for CLIP, a file that is not the official archive but holds CLIP's state
+    dict is accepted with a note. ``verify="full"`` re-hashes files already present instead of
+    trusting their stamp. ``mirrors`` are folders or URLs holding the files. ``drive_cache`` is a
     folder checked first and filled after a download, e.g. a Google Drive folder on Colab.
-    ``helpers.config.RunConfig`` holds the run's values of all three.
+    ``download_options`` go to ``download_file`` (speed floor, retries...).
+    ``helpers.config.RunConfig`` holds the run's values of ``mirrors`` and ``drive_cache``.
     """
     checkpoint = get_checkpoint(name)
     dest_dir = Path(dest_dir)
+    full = _check_verify(verify)
     if local_path:
-        path = local_path_of(str(local_path)).resolve()
-        if not path.is_file():
-            raise CheckpointError(
-                f"{LOCAL_SETTING.get(checkpoint.family)} / local_path points to {path}, which is "
-                f"not a file. Fix the path or unset it to download."
-            )
-        if verify and not is_verified(path, checkpoint.sha256, checkpoint.size):
-            raise ChecksumMismatchError(
-                f"{path} is not the official {checkpoint.name} checkpoint (size or sha256 differ). "
-                "Pass verify=False to use your own weights on purpose, or supply the official file."
-            )
-        return path
+        return _local_file(checkpoint, local_path_of(str(local_path)).resolve(), verify)
     hint = supply_hint(checkpoint, dest_dir)
     errors: list[DownloadError] = []
     for candidate in (checkpoint, *checkpoint.alternates):
@@ -248,13 +241,26 @@ def ensure_checkpoint(
         sources += list(candidate.urls)
         try:
             path = download_file(
-                sources, dest, candidate.sha256, candidate.size, progress=progress, session=session, hint=hint
+                sources,
+                dest,
+                candidate.sha256,
+                candidate.size,
+                progress=progress,
+                session=session,
+                hint=hint,
+                check=_check_for(candidate),
+                full=full,
+                **dict(download_options or {}),
             )
         except DownloadError as exc:
             errors.append(exc)
             continue
         if drive_cache:
-            _copy_to_cache(path, Path(drive_cache))
+            _copy_to_drive(path, Path(drive_cache), candidate.sha256)
+        if not candidate.sha256:  # the first copy seen here (and on Drive, which outlives a Colab runtime)
+            for folder in [dest_dir] + ([Path(drive_cache)] if drive_cache else []):
+                if note_first_sha256(folder, path):
+                    break
         if candidate is not checkpoint:
             print(
                 f"Note: {checkpoint.filename} could not be had; using the open_clip copy of the same OpenAI "
@@ -266,30 +272,32 @@ def ensure_checkpoint(
     raise (mismatches[0] if mismatches else errors[0])
 
 
-def _copy_to_cache(path: Path, cache: Path) -> None:
-    target = cache / path.name
-    if target.exists() and target.stat().st_size == path.stat().st_size:
-        return
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+def _copy_to_drive(path: Path, drive: Path, sha256: str | None) -> None:
+    """Keep a verified copy on Drive: a damaged one is replaced; a full or broken Drive only warns."""
+    target = drive / path.name
+    try:
+        if is_verified(target, sha256 or file_sha256(path), path.stat().st_size):
+            return
+        drive.mkdir(parents=True, exist_ok=True)
+        tmp = private_name(target, ".part")
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        warnings.warn(
+            f"Could not copy {path.name} to the Drive cache {drive} ({exc}). The checkpoint is verified "
+            f"locally at {path}, so the run goes on; free space on Drive to have it cached there.",
+            stacklevel=3,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    """``python -m helpers.checkpoints``: see ``helpers.checkpoint_cli``."""
+    from .checkpoint_cli import main as run
 
-    parser = argparse.ArgumentParser(description="Download and verify SAM / CLIP checkpoints.")
-    parser.add_argument("names", nargs="+", help=f"any of: {', '.join(REGISTRY)}")
-    parser.add_argument("--dir", default="checkpoints", help="destination folder")
-    args = parser.parse_args(argv)
-    try:
-        for name in args.names:
-            print(ensure_checkpoint(name, Path(args.dir)))
-    except (CheckpointError, DownloadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run(argv)
 
 
 if __name__ == "__main__":

@@ -1,99 +1,70 @@
-"""A careful file downloader: verified, resumable, atomic; and remembered file hashes.
+"""A careful file downloader: verified, resumable, atomic, one process at a time; remembered hashes.
 
-A download streams into ``<file>.part`` (resumed with an HTTP Range request after an
-interruption), is checked against its size and sha256, and only then renamed into place, so a
-file under its final name is always complete. A file that fails its checksum is moved to
-``<file>.corrupt`` and never loaded. Sources (URLs or local paths) are tried in order.
+A download holds a lock on the destination (``<file>.lock``, via filelock), streams into
+``<file>.part`` (resumed only from the source that wrote it, see ``helpers.http_source``), is
+checked against its size and sha256 (or, with no published checksum, the size the server
+announced and a ``check`` function), and only then renamed into place, so a file under its final
+name is always complete. A file that fails its check is moved to ``<file>.corrupt`` and never
+loaded. Sources (URLs or local paths) are tried in order; a cut transfer is retried while it makes
+progress. A second process asking for the same file waits for the lock, then finds it verified.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
 import os
-import shutil
+import sys
+import time
+import warnings
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import requests
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-DISK_MARGIN_BYTES = 200 * 2**20
-CHUNK_BYTES = 2**20
+from .file_stamps import (
+    file_sha256,
+    is_verified,
+    passed_check,
+    private_name,
+    remember_sha256,
+    set_aside,
+    sha256_of,
+)
+from .http_source import (
+    CHUNK_BYTES,
+    DISK_MARGIN_BYTES,
+    ChecksumMismatchError,
+    DownloadError,
+    HttpFetcher,
+    NotEnoughDiskError,
+    SourceFailed,
+    SourceMissing,
+    check_disk,
+    discard_part,
+    read_record,
+    record_path,
+    write_record,
+)
 
-
-class DownloadError(RuntimeError):
-    """No source delivered the file; the message lists what each source answered and what to do."""
-
-
-class ChecksumMismatchError(DownloadError):
-    pass
-
-
-class NotEnoughDiskError(DownloadError):
-    pass
-
-
-class SourceMissing(Exception):
-    """A source answered that it does not have the file (HTTP 404/410, no such local file)."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK_BYTES * 8), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of ``path``, remembered beside it (keyed by size and mtime) so a large file
-    is hashed once; used to identify weights in cache keys."""
-    path = Path(path)
-    stat = path.stat()
-    try:
-        stamp = json.loads(_marker(path).read_text())
-        if stamp.get("size") == stat.st_size and stamp.get("mtime_ns") == stat.st_mtime_ns and stamp.get("sha256"):
-            return stamp["sha256"]
-    except (OSError, ValueError, AttributeError):
-        pass
-    digest = sha256_of(path)
-    try:
-        _marker(path).write_text(json.dumps({"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
-    except OSError:
-        pass  # a read-only folder: hashed again next time
-    return digest
-
-
-def _marker(path: Path) -> Path:
-    return path.with_name(path.name + ".verified.json")
-
-
-def is_verified(path: Path, sha256: str | None, size: int | None = None) -> bool:
-    """True when ``path`` exists and matches size and sha256; the hash is remembered in a marker
-    file (keyed by size and mtime) so a 2.5 GB file is hashed once, not on every run."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    stat = path.stat()
-    if size is not None and stat.st_size != size:
-        return False
-    if sha256 is None:
-        return True
-    stamp = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    try:
-        if json.loads(_marker(path).read_text()) == stamp:
-            return True
-    except (OSError, ValueError):
-        pass
-    if sha256_of(path) != sha256:
-        return False
-    try:
-        _marker(path).write_text(json.dumps(stamp))
-    except OSError:
-        pass  # a read-only folder (e.g. a shared mirror) still verifies, just not remembered
-    return True
+__all__ = [
+    "CHUNK_BYTES",
+    "DISK_MARGIN_BYTES",
+    "ChecksumMismatchError",
+    "DownloadError",
+    "NotEnoughDiskError",
+    "SourceFailed",
+    "SourceMissing",
+    "download_file",
+    "file_sha256",
+    "is_verified",
+    "private_name",
+    "set_aside",
+    "sha256_of",
+]
 
 
 def is_local(source: str) -> bool:
@@ -105,79 +76,135 @@ def local_path(source: str) -> Path:
     return Path(parsed.path if parsed.scheme == "file" else source).expanduser()
 
 
-def _check_disk(folder: Path, needed: int | None) -> None:
-    if not needed:
-        return
-    free = shutil.disk_usage(folder).free
-    if free < needed + DISK_MARGIN_BYTES:
-        raise NotEnoughDiskError(
-            f"Not enough free disk in {folder}: {needed / 1e9:.2f} GB needed, {free / 1e9:.2f} GB free. "
-            "Free some space or set SAMCLIP_CHECKPOINT_DIR to a larger disk (on Colab, a Drive folder)."
-        )
-
-
-def _write_stream(chunks, part: Path, mode: str, total: int | None, initial: int, label: str, progress: bool) -> None:
-    try:
-        with (
-            open(part, mode) as f,
-            tqdm(
-                total=total,
-                initial=initial,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=label,
-                disable=not progress,
-            ) as bar,
-        ):
-            for chunk in chunks:
-                f.write(chunk)
-                bar.update(len(chunk))
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise NotEnoughDiskError(
-                f"The disk filled up while writing {part}. The partial file is kept and the download resumes "
-                "once space is free (or set SAMCLIP_CHECKPOINT_DIR to a larger disk)."
-            ) from exc
-        raise
-
-
-def _fetch_local(source: str, part: Path, progress: bool) -> None:
+def _fetch_local(source: str, part: Path, size: int | None, progress: bool) -> int:
     path = local_path(source)
     if not path.is_file():
         raise SourceMissing(f"no file at {path}")
-    _check_disk(part.parent, path.stat().st_size)
-    with open(path, "rb") as f:
-        _write_stream(iter(lambda: f.read(CHUNK_BYTES), b""), part, "wb", path.stat().st_size, 0, path.name, progress)
+    total = path.stat().st_size
+    if size is not None and total != size:
+        raise SourceFailed(f"holds {total} bytes, expected {size} (a different file)")
+    discard_part(part)
+    check_disk(part.parent, total)
+    write_record(part, {"source": str(path), "total": total})
+    with open(path, "rb") as src, open(part, "wb") as f:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress) as bar:
+            for block in iter(lambda: src.read(CHUNK_BYTES), b""):
+                f.write(block)
+                bar.update(len(block))
+    return total
 
 
-def _fetch_http(
-    url: str, part: Path, session: requests.Session, size: int | None, progress: bool, timeout: float
-) -> None:
-    start = part.stat().st_size if part.exists() else 0
-    if size is not None and start >= size:
-        return  # already complete; the checksum decides
-    headers = {"Range": f"bytes={start}-"} if start else {}
-    with session.get(url, stream=True, timeout=timeout, headers=headers) as response:
-        if response.status_code in (404, 410):
-            raise SourceMissing(f"HTTP {response.status_code}")
-        if response.status_code == 416 and start:
-            return  # the server says the part already holds every byte
-        response.raise_for_status()
-        if start and response.status_code != 206:
-            start = 0  # the server ignored the Range header: start over
-        length = response.headers.get("Content-Length")
-        total = size if size is not None else (int(length) + start if length else None)
-        _check_disk(part.parent, (total - start) if total else None)
-        _write_stream(
-            response.iter_content(CHUNK_BYTES),
-            part,
-            "ab" if start else "wb",
-            total,
-            start,
-            part.name.removesuffix(".part"),
-            progress,
-        )
+@dataclass
+class _Job:
+    """One destination and how to accept a file for it."""
+
+    dest: Path
+    part: Path
+    sha256: str | None
+    size: int | None
+    check: Callable[[Path], None] | None
+    fetcher: HttpFetcher
+    retries: int
+    max_attempts: int
+    backoff: float
+    backoff_cap: float
+    bad_file: bool = False
+
+    def accept(self, source: str) -> str | None:
+        """Move a complete, verified part into place (None), or set it aside and say why."""
+        if self.sha256:
+            digest = sha256_of(self.part)
+            reason = None if digest == self.sha256 else "checksum mismatch"
+        else:
+            reason = None
+            try:
+                if self.check:
+                    self.check(self.part)
+            except (ValueError, RuntimeError) as exc:
+                reason = f"failed its check: {exc}"
+            digest = sha256_of(self.part)
+        record_path(self.part).unlink(missing_ok=True)
+        if reason:
+            self.bad_file = True
+            return f"{source}: {reason} (file kept aside as {set_aside(self.part)})"
+        os.replace(self.part, self.dest)
+        remember_sha256(self.dest, digest, checked=self.check is not None)
+        return None
+
+    def from_source(self, source: str) -> str | None:
+        """None once ``dest`` holds a verified copy from ``source``; else what went wrong."""
+        stalls = attempts = 0
+        while True:
+            attempts += 1
+            self.fetcher.received = 0
+            try:
+                if is_local(source):
+                    self.fetcher.received = _fetch_local(source, self.part, self.size, self.fetcher.progress)
+                else:
+                    self.fetcher.fetch(source, self.part, self.size)
+                got = self.part.stat().st_size if self.part.exists() else 0
+                expected = self.size if self.size is not None else (read_record(self.part) or {}).get("total")
+                if expected is None or got == expected:
+                    return self.accept(source)
+                if got > expected:
+                    discard_part(self.part)
+                    return f"{source}: sent {got} bytes, more than the {expected} announced"
+                error = f"stopped at {got} of {expected} bytes on try {attempts}"
+            except SourceMissing as exc:
+                return f"{source}: not there ({exc})"
+            except SourceFailed as exc:
+                return f"{source}: {exc}"
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                error = f"connection failed on try {attempts} ({type(exc).__name__})"  # resumed from the .part
+            except requests.RequestException as exc:
+                return f"{source}: {type(exc).__name__}: {exc}"
+            except OSError as exc:
+                return f"{source}: {exc}"
+            stalls = 0 if self.fetcher.received else stalls + 1
+            if stalls >= self.retries or attempts >= self.max_attempts:
+                return f"{source}: {error}; gave up after {attempts} tries ({stalls} in a row without progress)"
+            time.sleep(min(self.backoff_cap, self.backoff * 2**stalls))
+
+
+def _usable(dest: Path, sha256: str | None, size: int | None, check: Callable | None, full: bool) -> bool:
+    """Whether ``dest`` already holds the file; with no checksum, ``check`` decides (and is remembered)."""
+    if check is None or sha256 or not dest.is_file():
+        return is_verified(dest, sha256, size, full=full)
+    if size is not None and dest.stat().st_size != size:
+        return False
+    if not full and passed_check(dest):
+        return True
+    try:
+        check(dest)
+    except (ValueError, RuntimeError) as exc:
+        print(f"{dest} failed its check ({exc}); moved aside to {set_aside(dest)}.", file=sys.stderr)
+        return False
+    remember_sha256(dest, sha256_of(dest), checked=True)
+    return True
+
+
+@contextmanager
+def _exclusive(dest: Path) -> Iterator[Path]:
+    """Hold ``dest``'s lock while downloading; yields the ``.part`` name to write."""
+    lock = FileLock(str(dest) + ".lock")
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"Waiting for another process that is downloading {dest.name} ...", file=sys.stderr)
+            lock.acquire()
+    except (OSError, NotImplementedError) as exc:  # a file system without locks: a private, one-off part
+        warnings.warn(f"Cannot lock {dest} ({exc}); downloading to a private temporary file.", stacklevel=3)
+        part = private_name(dest, ".part")
+        try:
+            yield part
+        finally:
+            discard_part(part)
+        return
+    try:
+        yield dest.with_name(dest.name + ".part")
+    finally:
+        lock.release()
 
 
 def download_file(
@@ -190,54 +217,44 @@ def download_file(
     timeout: float = 30.0,
     session: requests.Session | None = None,
     hint: str = "",
+    check: Callable[[Path], None] | None = None,
+    min_speed: float = 10 * 1024,
+    speed_window: float = 60.0,
+    max_attempts: int = 30,
+    backoff: float = 0.25,
+    backoff_cap: float = 30.0,
+    full: bool = False,
 ) -> Path:
     """Fetch ``dest`` from the first source that delivers a verified copy.
 
-    ``sources`` are URLs or local paths, tried in order. Interrupted transfers resume from
-    ``dest.part`` up to ``retries`` times per source. Returns ``dest``; raises
+    ``sources`` are URLs or local paths, tried in order. A cut transfer resumes from ``dest.part``;
+    a source is retried while each try makes progress, giving up after ``retries`` tries in a row
+    without progress or ``max_attempts`` in all, waiting ``backoff`` seconds (doubling per stalled
+    try, at most ``backoff_cap``) in between. A source slower than ``min_speed`` bytes/s over
+    ``speed_window`` seconds is abandoned. With no ``sha256``, ``check(path)`` (raising ValueError or
+    RuntimeError) must pass. ``full`` re-hashes an existing ``dest``. Returns ``dest``; raises
     ``ChecksumMismatchError``, ``NotEnoughDiskError`` or ``DownloadError`` (with ``hint`` appended).
     """
     dest = Path(dest)
-    if is_verified(dest, sha256, size):
-        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    corrupt = dest.with_name(dest.name + ".corrupt")
-    session = session or requests.Session()
-    failures: list[str] = []
-    bad_checksum = False
-    for source in sources:
-        for attempt in range(retries):
-            try:
-                if is_local(source):
-                    _fetch_local(source, part, progress)
-                else:
-                    _fetch_http(source, part, session, size, progress, timeout)
-            except SourceMissing as exc:
-                failures.append(f"{source}: not there ({exc})")
-                break
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-                # includes a transfer cut off mid-way: resume from the .part file
-                failures.append(f"{source}: connection failed on try {attempt + 1} ({type(exc).__name__})")
-                continue
-            except requests.HTTPError as exc:
-                failures.append(f"{source}: {exc}")
-                break
-            if is_verified(part, sha256, size):
-                os.replace(part, dest)
+    if _usable(dest, sha256, size, check, full):
+        return dest
+    with _exclusive(dest) as part, requests.Session() if session is None else nullcontext(session) as http:
+        if _usable(dest, sha256, size, check, full=False):  # another process may have finished it meanwhile
+            return dest
+        fetcher = HttpFetcher(http, timeout, min_speed, speed_window, progress)
+        job = _Job(dest, part, sha256, size, check, fetcher, max(1, retries), max_attempts, backoff, backoff_cap)
+        failures: list[str] = []
+        for source in sources:
+            failure = job.from_source(source)
+            if failure is None:
                 return dest
-            got = part.stat().st_size
-            if size is not None and got < size:
-                failures.append(f"{source}: stopped at {got} of {size} bytes on try {attempt + 1}")
-                continue
-            os.replace(part, corrupt)
-            bad_checksum = True
-            failures.append(f"{source}: checksum mismatch (file kept aside as {corrupt})")
-            break
+            failures.append(failure)
     tried = "\n  ".join(failures) or "no sources"
-    if bad_checksum:
+    if job.bad_file:
+        expected = f"the expected sha256 {sha256}" if sha256 else "the expected size and structure"
         raise ChecksumMismatchError(
-            f"{dest.name}: no source delivered a file with the expected sha256 {sha256}.\n  {tried}\n"
-            f"The bad download was moved to {corrupt} and is not used. Delete it, check the mirror, and retry.{hint}"
+            f"{dest.name}: no source delivered a file with {expected}.\n  {tried}\n"
+            f"Bad downloads are moved to {dest.name}.corrupt and never used. Check the mirror, then retry.{hint}"
         )
     raise DownloadError(f"Could not download {dest.name} (network down or every source gone?).\n  {tried}{hint}")

@@ -20,7 +20,7 @@ from clip.model import CLIP, build_model
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
-from .checkpoints import CheckpointError, UnknownModelError
+from .checkpoints import CheckpointError, UnknownModelError, open_clip_to_clip_state_dict
 from .download import file_sha256
 from .tiny_models import TINY_SAM, build_sam_tiny
 
@@ -102,26 +102,6 @@ def is_torchscript_archive(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any("/code/" in name for name in archive.namelist())
-
-
-def open_clip_to_clip_state_dict(state: dict) -> dict:
-    """Turn an open_clip / timm copy of OpenAI CLIP weights into ``build_model``'s key names.
-
-    The OpenAI models in open_clip keep OpenAI's parameter names; the differences are a
-    possible ``state_dict``/``module.`` wrapping and buffers that CLIP rebuilds itself.
-    """
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    state = {key: value for key, value in state.items() if not key.endswith("attn_mask")}
-    required = ("token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight", "logit_scale")
-    missing = [key for key in required if key not in state]
-    if missing or not any(key.startswith("visual.") for key in state):
-        raise CheckpointError(
-            f"Not an OpenAI-CLIP compatible state dict (missing {missing or ['visual.*']}). "
-            "Use an OpenAI .pt archive or the open_clip copy of the OpenAI weights."
-        )
-    return state
 
 
 def load_clip(checkpoint: str | Path, device: str = "cpu", name: str | None = None) -> LoadedClip:

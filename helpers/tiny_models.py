@@ -7,7 +7,6 @@ smoke profile.
 
 from __future__ import annotations
 
-import os
 import warnings
 from functools import partial
 from pathlib import Path
@@ -16,6 +15,8 @@ import clip
 import torch
 from clip.model import CLIP
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from .download import private_name
 
 TINY_SAM = "sam_tiny"
 TINY_CLIP = "clip_tiny"
@@ -101,10 +102,10 @@ def write_tiny_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
     sam_path, clip_path = folder / TINY_SAM_FILE, folder / TINY_CLIP_FILE
     if not sam_path.is_file() or not clip_path.is_file():
         torch.manual_seed(seed)
-        tmp = sam_path.with_name(f"{sam_path.name}.{os.getpid()}.part")
+        tmp = private_name(sam_path, ".part")  # two runs building at once never share a temporary file
         torch.save(build_sam_tiny().state_dict(), tmp)
         tmp.replace(sam_path)
-        tmp = clip_path.with_name(f"{clip_path.name}.{os.getpid()}.part")
+        tmp = private_name(clip_path, ".part")
         save_clip_archive(build_clip_tiny(), tmp)
         tmp.replace(clip_path)
     return {"sam": sam_path, "clip": clip_path}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -15,17 +16,39 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LOOSE_SAM = SamSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.95)
 
 
-class FileServer:
-    """Serves ``files`` (url path -> bytes) on 127.0.0.1 with HTTP Range support.
+class QuietServer(ThreadingHTTPServer):
+    """A client hanging up on purpose (the download gave up on a fault) is no error to print."""
 
-    ``cut_once[path] = n`` makes the first full request for ``path`` stop after ``n`` bytes
-    (a dropped connection); every request is logged with its Range header.
+    def handle_error(self, request, client_address) -> None:
+        pass
+
+
+class FileServer:
+    """Serves ``files`` (url path -> bytes) on 127.0.0.1 with HTTP Range support, and injects faults.
+
+    Every request is logged as (path, Range header). Faults, each keyed by url path:
+    ``cut_once[p] = n``: the first full request stops after n bytes (a dropped connection);
+    ``cuts[p] = [n, ...]``: each request (ranged or not) stops after the next n bytes of its body;
+    ``redirects[p] = q``: 302 to q (a loop when q == p); ``html``: a 200 HTML error page;
+    ``trickle[p] = (bytes, seconds)``: a slow body, bounded by ``trickle_limit`` seconds per request;
+    ``slow[p] = seconds`` per 64 KiB; ``wrong_range``: 206 answers that start at 0 whatever was asked;
+    ``ignore_range``: Range requests answered 200 with the whole body; ``etags[p]``: the ETag sent.
     """
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.cut_once: dict[str, int] = {}
+        self.cuts: dict[str, list[int]] = {}
+        self.redirects: dict[str, str] = {}
+        self.html: set[str] = set()
+        self.trickle: dict[str, tuple[int, float]] = {}
+        self.trickle_limit = 10.0
+        self.slow: dict[str, float] = {}
+        self.wrong_range: set[str] = set()
+        self.ignore_range: set[str] = set()
+        self.etags: dict[str, str] = {}
         self.log: list[tuple[str, str | None]] = []
+        self.closed = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,38 +57,84 @@ class FileServer:
             def log_message(self, *args) -> None:
                 pass
 
+            def answer(self, status: int, headers: dict, body: bytes = b"") -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_GET(self) -> None:
+                try:
+                    self.serve()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+
+            def serve(self) -> None:
+                path = self.path
                 rng = self.headers.get("Range")
-                server.log.append((self.path, rng))
-                body = server.files.get(self.path)
+                server.log.append((path, rng))
+                if path in server.redirects:
+                    return self.answer(302, {"Location": server.redirects[path], "Content-Length": "0"})
+                if path in server.html:
+                    page = b"<!DOCTYPE html><html><body>Error: please log in</body></html>"
+                    return self.answer(200, {"Content-Type": "text/html", "Content-Length": str(len(page))}, page)
+                body = server.files.get(path)
                 if body is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    return self.answer(404, {"Content-Length": "0"})
+                if path in server.ignore_range:
+                    rng = None
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 if start >= len(body) and rng:
-                    self.send_response(416)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_response(206 if rng else 200)
+                    return self.answer(416, {"Content-Length": "0"})
+                headers = {"Content-Type": "application/octet-stream"}
+                if path in server.etags:
+                    headers["ETag"] = server.etags[path]
                 if rng:
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                self.send_header("Content-Length", str(len(body) - start))
+                    claimed, start = (0, 0) if path in server.wrong_range else (start, start)
+                    headers["Content-Range"] = f"bytes {claimed}-{len(body) - 1}/{len(body)}"
+                headers["Content-Length"] = str(len(body) - start)
+                self.send_response(206 if rng else 200)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
-                cut = server.cut_once.pop(self.path, None)
-                self.wfile.write(body[start:cut] if cut else body[start:])
+                cut = server.cut_once.pop(path, None) if not rng else None
+                if server.cuts.get(path):
+                    cut = start + server.cuts[path].pop(0)
+                self.send_body(path, body[start:cut] if cut else body[start:])
                 if cut:
                     self.wfile.flush()
                     self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            def send_body(self, path: str, data: bytes) -> None:
+                if path in server.trickle:
+                    step, pause = server.trickle[path]
+                    deadline = time.monotonic() + server.trickle_limit
+                    for i in range(0, len(data), step):
+                        if server.closed.is_set() or time.monotonic() > deadline:
+                            self.close_connection = True
+                            return
+                        self.wfile.write(data[i : i + step])
+                        self.wfile.flush()
+                        time.sleep(pause)
+                    return
+                if path in server.slow:
+                    for i in range(0, len(data), 64 * 1024):
+                        if server.closed.is_set():
+                            return
+                        self.wfile.write(data[i : i + 64 * 1024])
+                        self.wfile.flush()
+                        time.sleep(server.slow[path])
+                    return
+                self.wfile.write(data)
+
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:
+        self.closed.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -82,6 +151,20 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     from helpers.tiny_models import write_tiny_checkpoints
 
     return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny_checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def open_clip_bytes() -> bytes:
+    """A tiny CLIP state dict in the open_clip layout (``module.`` prefixes), as torch.save writes it."""
+    import io
+
+    import torch
+
+    from helpers.tiny_models import build_clip_tiny
+
+    buffer = io.BytesIO()
+    torch.save({f"module.{k}": v for k, v in build_clip_tiny().state_dict().items()}, buffer)
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

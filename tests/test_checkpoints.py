@@ -1,5 +1,6 @@
 import hashlib
 import os
+import shutil
 from collections import namedtuple
 
 import pytest
@@ -58,9 +59,13 @@ def test_resume_after_interrupted_transfer(file_server, tmp_path):
 
 def test_resume_of_a_part_left_by_an_earlier_session(file_server, tmp_path):
     file_server.files["/m.pth"] = PAYLOAD
-    (tmp_path / "m.pth.part").write_bytes(PAYLOAD[:1000])
-    download_file([file_server.url + "/m.pth"], tmp_path / "m.pth", SHA, len(PAYLOAD), progress=False)
-    assert file_server.log == [("/m.pth", "bytes=1000-")]
+    file_server.cut_once["/m.pth"] = 1000
+    url = file_server.url + "/m.pth"
+    with pytest.raises(DownloadError, match="stopped at 1000|connection failed"):  # the earlier session ends
+        download_file([url], tmp_path / "m.pth", SHA, len(PAYLOAD), progress=False, max_attempts=1)
+    assert (tmp_path / "m.pth.part").stat().st_size == 1000
+    download_file([url], tmp_path / "m.pth", SHA, len(PAYLOAD), progress=False)
+    assert file_server.log == [("/m.pth", None), ("/m.pth", "bytes=1000-")]
     assert (tmp_path / "m.pth").read_bytes() == PAYLOAD
 
 
@@ -131,7 +136,7 @@ def test_a_wrong_file_under_the_final_name_is_replaced(file_server, tmp_path):
 def test_free_disk_is_checked_before_downloading(file_server, tmp_path, monkeypatch):
     file_server.files["/m.pth"] = PAYLOAD
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda _: usage(10**9, 10**9, 10**6))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9, 10**6))
     with pytest.raises(NotEnoughDiskError, match="SAMCLIP_CHECKPOINT_DIR"):
         download_file([file_server.url + "/m.pth"], tmp_path / "m.pth", SHA, len(PAYLOAD), progress=False)
     assert not (tmp_path / "m.pth").exists()
@@ -149,14 +154,14 @@ def test_drive_cache_is_filled_and_then_used(file_server, tmp_path):
     assert ensure_checkpoint("test_drive", tmp_path / "b", mirrors=[], drive_cache=drive, progress=False).is_file()
 
 
-def test_clip_falls_back_to_the_open_clip_copy(file_server, tmp_path, capsys):
+def test_clip_falls_back_to_the_open_clip_copy(file_server, tmp_path, capsys, open_clip_bytes):
     copy = Checkpoint("test_clip", "clip", "c.open_clip.bin", None, None, (file_server.url + "/oc.bin",), "open_clip")
     register_checkpoint(
         Checkpoint(
             "test_clip", "clip", "c.pt", SHA, len(PAYLOAD), (file_server.url + "/c.pt",), "openai", alternates=(copy,)
         )
     )
-    file_server.files["/oc.bin"] = b"weights"
+    file_server.files["/oc.bin"] = open_clip_bytes
     path = ensure_checkpoint("test_clip", tmp_path, mirrors=[], progress=False)
     assert path.name == "c.open_clip.bin"
     assert "open_clip copy" in capsys.readouterr().err
