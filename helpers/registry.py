@@ -144,3 +144,22 @@ def get_checkpoint(name: str) -> Checkpoint:
     except KeyError:
         known = ", ".join(sorted(REGISTRY))
         raise UnknownModelError(f"Unknown model name {name!r}. Known checkpoints: {known}.") from None
+
+
+# Download sizes OpenAI's progress bars show, for people deciding what to fetch (MiB, rounded;
+# never used to verify: only ``Checkpoint.size`` is exact).
+APPROX_MIB = {
+    "RN50": 244, "RN101": 278, "RN50x4": 402, "RN50x16": 630, "RN50x64": 1260,
+    "ViT-B/32": 338, "ViT-B/16": 335, "ViT-L/14": 890, "ViT-L/14@336px": 891,
+}  # fmt: skip
+
+
+def checkpoint_table() -> list[dict]:
+    """One row per known checkpoint: name, family, file, size in MiB (``~`` where not published
+    to the byte) and how many sources are tried."""
+    rows = []
+    for c in REGISTRY.values():
+        size = f"{c.size / 2**20:.0f}" if c.size else (f"~{APPROX_MIB[c.name]}" if c.name in APPROX_MIB else "?")
+        rows.append({"name": c.name, "family": c.family, "file": c.filename, "MiB": size,
+                     "sources": len(c.urls) + len(c.alternates)})  # fmt: skip
+    return rows
