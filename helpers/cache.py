@@ -30,12 +30,14 @@ T = TypeVar("T")
 
 
 def image_key(image: np.ndarray) -> str:
+    """The cache key of an image: a hash of its shape, dtype and pixels."""
     digest = hashlib.sha256(str((image.shape, image.dtype.str)).encode())
     digest.update(np.ascontiguousarray(image).tobytes())
     return digest.hexdigest()[:20]
 
 
 def settings_key(**parts) -> str:
+    """A short hash of every setting (and model identity) that changes a cached result."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

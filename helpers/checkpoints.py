@@ -155,6 +155,7 @@ LOCAL_SETTING = {"sam": "SAMCLIP_SAM_CHECKPOINT", "clip": "SAMCLIP_CLIP_CHECKPOI
 
 
 def supply_hint(checkpoint: Checkpoint, dest_dir: Path) -> str:
+    """How to supply ``checkpoint`` by hand: the text appended to every download error."""
     setting = LOCAL_SETTING.get(checkpoint.family, "SAMCLIP_<FAMILY>_CHECKPOINT")
     urls = ", ".join(checkpoint.urls)
     hint = (

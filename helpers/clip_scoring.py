@@ -27,6 +27,7 @@ ENSEMBLE_TEMPLATES = (
 
 
 def check_prompts(names: Sequence[str]) -> list[str]:
+    """The prompts stripped; an empty one is a ValueError that says what to type."""
     if isinstance(names, str):
         names = [names]
     cleaned = [str(n).strip() for n in names]
@@ -51,6 +52,7 @@ def encode_text(model: LoadedClip, names: Sequence[str], templates: Sequence[str
 
 
 def preprocess_regions(model: LoadedClip, regions: Sequence[np.ndarray]) -> torch.Tensor:
+    """CLIP's own preprocessing of each region, stacked into one batch tensor."""
     return torch.stack([model.preprocess(Image.fromarray(region)) for region in regions])
 
 

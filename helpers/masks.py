@@ -16,6 +16,8 @@ import numpy as np
 
 @dataclass
 class MaskSet:
+    """N masks of one image, stored exactly as atoms (see the module docstring)."""
+
     atoms: np.ndarray  # H x W int32
     membership: np.ndarray  # n_atoms x N bool
     predicted_iou: np.ndarray = field(default=None)  # N float32, from SAM (zeros when unknown)
@@ -127,12 +129,14 @@ def best_match_iou(masks: MaskSet, others: MaskSet) -> np.ndarray:
 
 
 def drop_largest(masks: MaskSet) -> MaskSet:
+    """Drop the single largest mask (often the background)."""
     if len(masks) == 0:
         return masks
     return masks.subset(np.delete(np.arange(len(masks)), int(np.argmax(masks.areas))))
 
 
 def filter_min_area(masks: MaskSet, min_area: int) -> MaskSet:
+    """Keep the masks of at least ``min_area`` pixels."""
     return masks.subset(np.flatnonzero(masks.areas >= min_area))
 
 
@@ -162,6 +166,7 @@ def split_overlaps(masks: MaskSet) -> MaskSet:
 
 
 def apply_filters(masks: MaskSet, settings: FilterSettings) -> MaskSet:
+    """Step 2: the post-filters of ``settings`` on SAM's masks, in the order the settings list them."""
     if settings.drop_largest:
         masks = drop_largest(masks)
     if settings.min_area:

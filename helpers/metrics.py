@@ -27,6 +27,8 @@ from .masks import MaskSet
 
 @dataclass
 class Counts:
+    """Pixel counts of one prediction against one ground truth; IoU, precision and recall from them."""
+
     intersection: int
     predicted: int
     truth: int
@@ -71,6 +73,7 @@ def counts(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None
 
 
 def iou(pred: np.ndarray, truth: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """IoU of ``pred`` and ``truth`` (NaN when both are empty), ``ignore`` left out."""
     return counts(pred, truth, ignore).iou
 
 

@@ -36,6 +36,8 @@ def weights_identity(kind: str, path: str | Path) -> str:
 
 @dataclass
 class LoadedSam:
+    """A SAM ready to run, with its names for people and for cache keys."""
+
     model: Sam
     name: str  # the model type and file, for people
     identity: str = ""  # the model type and the sha256 of its weights, for cache keys
@@ -64,6 +66,8 @@ class SamSource:
 
 @dataclass
 class LoadedClip:
+    """A CLIP ready to run: the model, its image preprocessing, names for people and cache keys."""
+
     model: CLIP
     preprocess: Callable
     name: str

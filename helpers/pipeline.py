@@ -71,6 +71,7 @@ class Pipeline:
 
     @property
     def sam_loaded(self) -> bool:
+        """True once SAM is loaded (it is loaded only when an image misses the cache)."""
         return isinstance(self.sam, LoadedSam)
 
     def segment(self, image: np.ndarray, key: str | None = None) -> MaskSet:

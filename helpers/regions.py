@@ -28,12 +28,14 @@ class RegionSettings:
 
 
 def padded_box(box: np.ndarray, margin: float, height: int, width: int) -> tuple[int, int, int, int]:
+    """``box`` (x0, y0, x1, y1) widened by ``margin`` of its size on each side, clipped to the image."""
     x0, y0, x1, y1 = (int(v) for v in box)
     dx, dy = round((x1 - x0) * margin), round((y1 - y0) * margin)
     return max(0, x0 - dx), max(0, y0 - dy), min(width, x1 + dx), min(height, y1 + dy)
 
 
 def extract_region(image: np.ndarray, mask: np.ndarray, box: np.ndarray, settings: RegionSettings) -> np.ndarray:
+    """One mask cut out of ``image`` as ``settings.mode`` says (see ``RegionSettings``)."""
     if settings.mode == "masked_full":
         return np.where(mask[..., None], image, 0).astype(np.uint8)
     x0, y0, x1, y1 = padded_box(box, settings.margin, *image.shape[:2])
@@ -46,6 +48,7 @@ def extract_region(image: np.ndarray, mask: np.ndarray, box: np.ndarray, setting
 
 
 def extract_regions(image: np.ndarray, masks: MaskSet, settings: RegionSettings = RegionSettings()) -> list[np.ndarray]:
+    """Step 3: every mask of ``masks`` cut out of ``image``, in mask order, as RGB uint8 pictures for CLIP."""
     if masks.shape != image.shape[:2]:
         raise ValueError(f"Masks are {masks.shape} but the image is {image.shape[:2]}.")
     boxes = masks.bboxes()

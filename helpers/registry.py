@@ -139,6 +139,7 @@ def register_checkpoint(checkpoint: Checkpoint) -> None:
 
 
 def get_checkpoint(name: str) -> Checkpoint:
+    """The registry entry ``name``; an unknown name lists the known ones."""
     try:
         return REGISTRY[name]
     except KeyError:

@@ -45,6 +45,7 @@ def execute(path: Path, out_dir: Path, timeout: int) -> str | None:
 
 
 def run(notebooks: list[Path], out_dir: Path, timeout: int) -> int:
+    """Run ``notebooks`` in order into ``out_dir``; 1 at the first failure, else 0."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in notebooks:
         started = time.time()

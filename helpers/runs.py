@@ -22,6 +22,7 @@ LIBRARIES = ("torch", "torchvision", "segment-anything", "openai-clip", "numpy",
 
 
 def library_versions() -> dict[str, str]:
+    """Python's and the main libraries' versions, for the run record."""
     versions = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
@@ -44,6 +45,7 @@ def _plain(value):
 
 
 def new_run_folder(folder: str | Path) -> Path:
+    """A new, unique ``run_<date>_<time>`` folder under ``folder``."""
     run = Path(folder) / time.strftime("run_%Y%m%d_%H%M%S")
     suffix = 0
     while run.exists():

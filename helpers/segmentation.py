@@ -57,6 +57,7 @@ class EncoderPrecisionPredictor(SamPredictor):
 
 
 def resize_long_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``image`` shrunk so its long side is at most ``max_side`` (unchanged when None or smaller)."""
     height, width = image.shape[:2]
     if not max_side or max(height, width) <= max_side:
         return image

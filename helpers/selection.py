@@ -61,6 +61,8 @@ class Scores:
 
 @dataclass
 class Prediction(Scores):
+    """``Scores`` plus the predicted mask: the union of the kept masks."""
+
     mask: np.ndarray = None  # H x W bool: union of the kept masks
 
 
@@ -77,6 +79,7 @@ def similarities(region_embeddings: np.ndarray, text_embeddings: np.ndarray) -> 
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """A numerically stable softmax along ``axis``."""
     shifted = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=axis, keepdims=True)

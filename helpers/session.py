@@ -38,6 +38,7 @@ def sam_source(config: RunConfig, paths: dict[str, Path]) -> SamSource:
 
 
 def load_clip_for(config: RunConfig, paths: dict[str, Path]) -> LoadedClip:
+    """The run's CLIP, loaded on the run's device."""
     return load_clip(paths["clip"], config.device, name=f"{config.clip_model}:{paths['clip'].name}")
 
 

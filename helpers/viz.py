@@ -80,6 +80,7 @@ def show_sample(image: np.ndarray, masks: dict[str, np.ndarray], title: str = ""
 
 
 def show_masks(image: np.ndarray, masks: MaskSet, title: str = "") -> plt.Figure:
+    """An image beside all its masks, each in its own colour."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].imshow(image)
     axes[0].set_title("image")
@@ -169,6 +170,7 @@ def worst_gallery(
 
 
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:
+    """Save ``figure`` as a PNG at ``path`` (folders created), returning the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")

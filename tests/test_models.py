@@ -44,17 +44,28 @@ def test_wrong_files_give_clear_errors(tiny_checkpoints, tmp_path):
         load_clip(tmp_path / "other.bin")
 
 
-def test_a_gpu_saved_checkpoint_loads_on_cpu(tiny_checkpoints, tmp_path, monkeypatch):
-    # torch.load is called with map_location="cpu": a CUDA-tagged file must not need CUDA.
-    calls = []
-    real = torch.load
+def save_tagged_for_cuda(state: dict, path) -> None:
+    """Save ``state`` as a GPU run does: every storage tagged "cuda:0" in the file (a tagger
+    registered ahead of torch's own, removed again afterwards)."""
+    registry = torch.serialization._package_registry
+    entry = (0, lambda storage: "cuda:0", lambda storage, location: None)
+    registry.insert(0, entry)
+    try:
+        torch.save(state, path)
+    finally:
+        registry.remove(entry)
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("map_location"))
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "load", spy)
-    load_sam(TINY_SAM, tiny_checkpoints["sam"])
-    torch.save(build_clip_tiny().state_dict(), tmp_path / "sd.bin")
-    load_clip(tmp_path / "sd.bin")
-    assert calls == ["cpu", "cpu"]
+def test_a_gpu_saved_checkpoint_loads_on_cpu(tiny_checkpoints, tmp_path):
+    sam_file, clip_file = tmp_path / "sam_gpu.pth", tmp_path / "clip_gpu.bin"
+    sam_state = torch.load(tiny_checkpoints["sam"], map_location="cpu", weights_only=True)
+    save_tagged_for_cuda(sam_state, sam_file)
+    save_tagged_for_cuda(build_clip_tiny().state_dict(), clip_file)
+    if not torch.cuda.is_available():  # the files really are GPU files: a plain load needs CUDA
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(sam_file, weights_only=True)
+    sam = load_sam(TINY_SAM, sam_file)
+    assert sam.device.type == "cpu"
+    for name, value in sam.model.state_dict().items():
+        assert torch.equal(value, sam_state[name]), name
+    assert next(load_clip(clip_file).model.parameters()).device.type == "cpu"

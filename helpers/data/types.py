@@ -33,6 +33,8 @@ class UnknownClassError(DatasetError, KeyError):
 
 @dataclass
 class Sample:
+    """One image (H x W x 3 uint8 RGB) with a boolean mask per class and pixels to ignore per class."""
+
     image_id: str
     image: np.ndarray  # H x W x 3, uint8, RGB
     masks: dict[str, np.ndarray]  # class name -> H x W bool
@@ -44,6 +46,8 @@ class Sample:
 
 @dataclass
 class Dataset:
+    """Samples, their class list, and what the reader skipped or noted (see ``report``)."""
+
     name: str
     samples: list[Sample]
     classes: list[str]
@@ -158,6 +162,8 @@ def load_image(path: Path, apply_orientation: bool = False) -> tuple[np.ndarray,
 
 @dataclass
 class LabelledImage:
+    """A whole image labelled with one class (recognition and mosaic evaluations)."""
+
     image: np.ndarray
     label: str
     path: str
