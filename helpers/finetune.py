@@ -71,7 +71,7 @@ class FinetuneSettings:
     mixed_precision: bool = True  # on CUDA only: bfloat16 where supported, else float16 + GradScaler
     accumulation_steps: int = 1  # gradient accumulation (negatives still come from one batch)
     augment: bool = True  # random resized crop and horizontal flip, training only
-    crop_scale: tuple[float, float] = (0.6, 1.0)
+    crop_scale: tuple[float, float] = (0.8, 1.0)
     time_limit_s: float | None = None  # stop after the epoch that passes this many seconds
 
     def __post_init__(self) -> None:

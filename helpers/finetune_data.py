@@ -92,7 +92,7 @@ def image_batch(
     preprocess: Callable,
     images: Sequence[Image.Image],
     rng: random.Random | None = None,
-    crop_scale: tuple[float, float] = (0.6, 1.0),
+    crop_scale: tuple[float, float] = (0.8, 1.0),
 ) -> torch.Tensor:
     """CLIP's own ``preprocess`` of each image, after a random resized crop and a coin-flip
     horizontal flip when ``rng`` is given (training; validation passes None)."""
