@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 
 from .checkpoints import sha256_of
 from .data import LabelledImage
-from .finetune_data import FinetuneDataError, check_items, image_batch, load_finetune_folders, split_items
+from .finetune_data import (
+    FinetuneDataError,
+    check_items,
+    image_batch,
+    keep_splittable,
+    load_finetune_folders,
+    split_items,
+)
 from .models import LoadedClip
 
 __all__ = [
@@ -39,6 +46,7 @@ __all__ = [
     "check_items",
     "contrastive_loss",
     "finetune_clip",
+    "keep_splittable",
     "load_finetune_folders",
     "save_finetuned",
     "split_items",

@@ -56,6 +56,19 @@ def check_items(items: Sequence[LabelledImage], classes: Sequence[str], val_shar
         )
 
 
+def keep_splittable(
+    items: Sequence[LabelledImage], minimum: int = 2
+) -> tuple[list[LabelledImage], list[str], list[str]]:
+    """Drop the classes with fewer than ``minimum`` images (object crops of a dataset often have
+    a few); returns (items kept, their sorted classes, the dropped classes)."""
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.label] = counts.get(item.label, 0) + 1
+    dropped = sorted(name for name, n in counts.items() if n < minimum)
+    kept = [item for item in items if counts[item.label] >= minimum]
+    return kept, sorted({item.label for item in kept}), dropped
+
+
 def split_items(
     items: Sequence[LabelledImage], val_share: float, seed: int = 0
 ) -> tuple[list[LabelledImage], list[LabelledImage]]:

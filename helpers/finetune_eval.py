@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 from .clip_scoring import encode_images, encode_text
 from .data import Dataset, LabelledImage, make_mosaics
 from .models import LoadedClip, LoadedSam
 
 PRETRAINED, FINETUNED = "pretrained", "fine-tuned"
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 def _labels(items: Sequence[LabelledImage], classes: Sequence[str]) -> np.ndarray:
@@ -191,6 +193,30 @@ def save_history(history: pd.DataFrame, folder: str | Path, stem: str = "finetun
     history.to_csv(csv, index=False)
     plot_history(history, title).savefig(png, dpi=100)
     return {"csv": csv, "png": png}
+
+
+def show_batch(
+    clip_model: LoadedClip, items: Sequence[LabelledImage], settings, count: int = 8, title: str = ""
+) -> Figure:
+    """``count`` training images as the model sees them (augmented, preprocessed, un-normalised
+    for display) with the caption each is paired with."""
+    import random
+
+    from .finetune_data import image_batch
+
+    items = list(items)[:count]
+    rng = random.Random(settings.seed) if settings.augment else None
+    pictures = [Image.fromarray(item.image).convert("RGB") for item in items]
+    batch = image_batch(clip_model.preprocess, pictures, rng, settings.crop_scale)
+    mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
+    figure = Figure(figsize=(2 * len(items), 2.4), layout="constrained")
+    for axes, image, item in zip(np.atleast_1d(figure.subplots(1, len(items))), batch, items):
+        axes.imshow((image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+        axes.set_title(repr(settings.templates[0].format(item.label)), fontsize=9)
+        axes.axis("off")
+    if title:
+        figure.suptitle(title)
+    return figure
 
 
 def live_plot(title: str = "") -> Callable[[pd.DataFrame], None]:
