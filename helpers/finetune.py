@@ -42,6 +42,7 @@ from .models import LoadedClip
 
 __all__ = [
     "FinetuneDataError",
+    "FinetuneRun",
     "FinetuneSettings",
     "check_items",
     "contrastive_loss",
@@ -255,8 +256,9 @@ def _as_loaded(model: torch.nn.Module) -> torch.nn.Module:
     return model.float().eval()
 
 
-class _Run:
-    """One fine-tuning run's state: the model copy, its optimizer and the data as pictures."""
+class FinetuneRun:
+    """One fine-tuning run's state: the model copy, its optimizer and the data as pictures (used by
+    ``finetune_clip`` and the benchmark)."""
 
     def __init__(self, clip_model: LoadedClip, items, classes, settings: FinetuneSettings) -> None:
         self.settings, self.preprocess, self.device = settings, clip_model.preprocess, str(clip_model.device)
@@ -340,7 +342,7 @@ def finetune_clip(
     check_items(train_items, classes, settings.val_share)
     train, val = split_items(train_items, settings.val_share, settings.seed)
     val = [val[i] for i in np.random.default_rng(settings.seed).permutation(len(val))]  # classes mixed in batches
-    run, started = _Run(clip_model, train_items, classes, settings), time.perf_counter()
+    run, started = FinetuneRun(clip_model, train_items, classes, settings), time.perf_counter()
     batches = max(1, math.ceil(len(train) / settings.batch_size))
     total_steps = settings.epochs * math.ceil(batches / settings.accumulation_steps)
     plateau, step, rows = _Plateau(settings.plateau_factor, settings.plateau_patience), 0, []
