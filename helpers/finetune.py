@@ -337,7 +337,8 @@ def finetune_clip(
 ) -> tuple[LoadedClip, pd.DataFrame]:
     """Fine-tune a copy of ``clip_model`` on ``train_items``, which are split with ``split_items``
     (rebuild the validation part with the same share and seed). Returns the new model and one
-    history row per epoch (epoch 0: before training); ``callback(history)`` runs after each."""
+    history row per epoch (epoch 0: before training; ``kept`` marks the epoch whose weights are
+    returned); ``callback(history)`` runs after each."""
     classes = list(classes)
     check_items(train_items, classes, settings.val_share)
     train, val = split_items(train_items, settings.val_share, settings.seed)
@@ -346,7 +347,7 @@ def finetune_clip(
     batches = max(1, math.ceil(len(train) / settings.batch_size))
     total_steps = settings.epochs * math.ceil(batches / settings.accumulation_steps)
     plateau, step, rows = _Plateau(settings.plateau_factor, settings.plateau_patience), 0, []
-    best_loss, best_state, stale = math.inf, None, 0
+    best_loss, best_state, best_epoch, stale = math.inf, None, 0, 0
     bar = tqdm(range(settings.epochs + 1), desc="fine-tuning CLIP", disable=not progress)
     for epoch in bar:
         train_loss = math.nan
@@ -366,7 +367,7 @@ def finetune_clip(
         if settings.scheduler == "plateau":
             plateau.step(val_loss if val else train_loss)
         if val and val_loss < best_loss:
-            best_loss, stale = val_loss, 0
+            best_loss, best_epoch, stale = val_loss, epoch, 0
             if settings.restore_best:
                 best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         else:
@@ -376,9 +377,11 @@ def finetune_clip(
             break
     bar.close()
     history = pd.DataFrame(rows)
-    if best_state is not None and best_loss < rows[-1]["val_loss"]:
-        run.model.load_state_dict(best_state)
-    history["best"] = history["val_loss"] == best_loss if val else history["epoch"] == history["epoch"].max()
+    kept = rows[-1]["epoch"]
+    if settings.restore_best and val and best_epoch != kept:  # epoch 0: the pretrained weights were best
+        run.model.load_state_dict(best_state if best_epoch else clip_model.model.state_dict())
+        kept = best_epoch
+    history["kept"] = history["epoch"] == kept
     history.attrs.update(settings=asdict(settings), classes=classes, train_images=len(train), val_images=len(val))
     model = _as_loaded(run.model.requires_grad_(False))
     name = f"{clip_model.name}+finetuned:{_state_digest(model)[:12]}"

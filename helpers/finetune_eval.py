@@ -167,7 +167,7 @@ def compare_before_after(
 
 
 def plot_history(history: pd.DataFrame, title: str = "") -> Figure:
-    """Loss (training, validation) and validation accuracy against the epoch, best epoch marked."""
+    """Loss (training, validation) and validation accuracy against the epoch, the kept epoch marked."""
     figure = Figure(figsize=(10, 3.6), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     loss_axes.plot(history["epoch"], history["train_loss"], "o-", label="training (augmented)")
@@ -175,10 +175,10 @@ def plot_history(history: pd.DataFrame, title: str = "") -> Figure:
     loss_axes.set(xlabel="epoch", ylabel="contrastive loss", title="loss")
     accuracy_axes.plot(history["epoch"], history["val_accuracy"], "s-", color="tab:green")
     accuracy_axes.set(xlabel="epoch", ylabel="zero-shot accuracy", title="validation accuracy", ylim=(0, 1.02))
-    if "best" in history and history["best"].any():
-        best = int(history.loc[history["best"], "epoch"].iloc[0])
+    if "kept" in history and history["kept"].any():
+        kept = int(history.loc[history["kept"], "epoch"].iloc[0])
         for axes in (loss_axes, accuracy_axes):
-            axes.axvline(best, color="grey", linestyle=":", label=f"kept: epoch {best}")
+            axes.axvline(kept, color="grey", linestyle=":", label=f"kept: epoch {kept}")
     loss_axes.legend()
     if title:
         figure.suptitle(title)

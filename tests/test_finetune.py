@@ -209,3 +209,18 @@ def test_tile_mosaic_measure_needs_no_sam(tiny_models, shapes):
     items, _ = shapes
     mosaics = make_mosaics(items[::3], per_mosaic=4, tile=32, count=3)
     assert 0.0 <= tile_top1_accuracy(clip_model, mosaics) <= 1.0
+
+
+def test_warmup_accumulation_plateau_and_early_stopping(tiny_models, shapes, one_thread):
+    _, clip_model = tiny_models
+    items, classes = shapes
+    settings = FinetuneSettings(
+        epochs=30, batch_size=4, learning_rate=1e-12, warmup_steps=1000, accumulation_steps=2, early_stopping=1,
+        plateau_patience=0, val_share=0.25,
+    )  # fmt: skip
+    _, history = finetune_clip(clip_model, items[::10], classes, settings, progress=False)
+    assert len(history) == 2  # too small a learning rate to move float32 weights: early stopping after epoch 1
+    steps = history["step"].iloc[1]
+    assert steps == 2  # 15 training images: 4 batches of <= 4, two optimizer steps per epoch
+    assert history["lr"].iloc[1] == pytest.approx(1e-12 * steps / 1000)  # still warming up
+    assert history["kept"].tolist() == [True, False]  # epoch 0 was never beaten: the pretrained weights
