@@ -154,8 +154,7 @@ def select_trainable(model: torch.nn.Module, trainable: str) -> list[str]:
     elif trainable == "image":
         chosen = [visual]
     elif hasattr(visual, "transformer"):  # ViT
-        chosen = [visual.proj] if blocks is None else [*visual.transformer.resblocks[-blocks:], visual.ln_post]
-        chosen += [visual.proj]
+        chosen = [visual.proj] + ([] if blocks is None else [*visual.transformer.resblocks[-blocks:], visual.ln_post])
     else:  # ModifiedResNet: its layers in order, the attention pool as the head
         layers = [visual.layer1, visual.layer2, visual.layer3, visual.layer4]
         chosen = [visual.attnpool.c_proj] if blocks is None else [*layers[-blocks:], visual.attnpool]

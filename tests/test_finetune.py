@@ -224,3 +224,21 @@ def test_warmup_accumulation_plateau_and_early_stopping(tiny_models, shapes, one
     assert steps == 2  # 15 training images: 4 batches of <= 4, two optimizer steps per epoch
     assert history["lr"].iloc[1] == pytest.approx(1e-12 * steps / 1000)  # still warming up
     assert history["kept"].tolist() == [True, False]  # epoch 0 was never beaten: the pretrained weights
+
+
+def test_a_resnet_clip_fine_tunes_and_round_trips(shapes, one_thread, tmp_path):
+    from clip.model import CLIP
+
+    torch.manual_seed(0)
+    resnet = CLIP(32, 64, (1, 1, 1, 1), 64, None, 77, 49408, 64, 1, 1)  # ModifiedResNet image tower
+    torch.save(resnet.state_dict(), tmp_path / "rn.pt")
+    clip_model = load_clip(tmp_path / "rn.pt")
+    items, classes = shapes
+    settings = FinetuneSettings(epochs=1, batch_size=8, learning_rate=1e-3, trainable="last_blocks=1", val_share=0.0)
+    tuned, _ = finetune_clip(clip_model, items[::10], classes, settings, progress=False)
+    before, after = clip_model.model.state_dict(), tuned.model.state_dict()
+    moved = {k for k in before if not torch.allclose(before[k], after[k], atol=1e-4)}
+    assert "visual.layer4.0.conv1.weight" in moved and "visual.layer3.0.conv1.weight" not in moved
+    save_finetuned(tuned, tmp_path / "rn_ft.pt", "rn_tiny")
+    images = [item.image for item in items[:3]]
+    np.testing.assert_array_equal(encode_images(load_clip(tmp_path / "rn_ft.pt"), images), encode_images(tuned, images))
