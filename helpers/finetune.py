@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import clip
 import numpy as np
 import pandas as pd
 import torch
@@ -38,6 +37,7 @@ from .finetune_data import (
     load_finetune_folders,
     split_items,
 )
+from .finetune_loss import MAX_LOGIT_SCALE, Captions, clamped_scale, contrastive_loss
 from .models import LoadedClip
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
 ]
 SCHEDULERS = ("plateau", "cosine")
 TRAINABLE = ("all", "image", "last_blocks=N", "linear")
-MAX_LOGIT_SCALE = 100.0  # CLIP clamps its learned temperature here
 
 
 @dataclass(frozen=True)
@@ -116,29 +115,6 @@ def trainable_blocks(trainable: str) -> int | None:
         if value.isdigit() and int(value) >= 1:
             return int(value)
     raise ValueError(f"FinetuneSettings: trainable={trainable!r}; use one of {TRAINABLE} (N >= 1).")
-
-
-# --- loss ---------------------------------------------------------------------------------------
-
-
-def contrastive_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
-    """CLIP's symmetric cross-entropy for B (image, caption) pairs. Pair i's positive is its own
-    caption (image) on the diagonal; pairs of the same class are masked out, so they count
-    neither as positives nor as negatives. ``logit_scale`` is the temperature (not its log)."""
-    image_features = F.normalize(image_features.float(), dim=-1)
-    text_features = F.normalize(text_features.float(), dim=-1)
-    logits = logit_scale.float() * image_features @ text_features.T
-    same = labels[:, None] == labels[None, :]
-    same.fill_diagonal_(False)
-    logits = logits.masked_fill(same, float("-inf"))
-    targets = torch.arange(len(labels), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-
-
-def clamped_scale(model: torch.nn.Module) -> torch.Tensor:
-    return model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -207,38 +183,6 @@ def _step_lr(settings: FinetuneSettings, step: int, total: int, plateau: float) 
     return settings.learning_rate * factor * plateau
 
 
-class _Captions:
-    """Text features of (class, template) captions; computed once when the text tower is frozen."""
-
-    def __init__(self, model, classes: Sequence[str], settings: FinetuneSettings, device: str) -> None:
-        self.model, self.classes, self.templates, self.device = model, list(classes), settings.templates, device
-        self.frozen = not model.token_embedding.weight.requires_grad
-        self.table = self._encode(range(len(classes) * len(self.templates))) if self.frozen else None
-
-    def _encode(self, keys) -> torch.Tensor:
-        keys = list(keys)
-        texts = [self.templates[k % len(self.templates)].format(self.classes[k // len(self.templates)]) for k in keys]
-        tokens = clip.tokenize(texts, context_length=self.model.context_length, truncate=True).to(self.device)
-        with torch.set_grad_enabled(not self.frozen and torch.is_grad_enabled()):
-            return self.model.encode_text(tokens)
-
-    def __call__(self, labels: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
-        keys = labels * len(self.templates) + templates
-        if self.table is not None:
-            return self.table[keys]
-        unique, inverse = torch.unique(keys, return_inverse=True)
-        return self._encode(unique.tolist())[inverse]
-
-    def class_embeddings(self) -> torch.Tensor:
-        """One unit vector per class: the mean of its normalised template embeddings (as in encode_text)."""
-        with torch.no_grad():
-            table = (
-                self.table if self.table is not None else self._encode(range(len(self.classes) * len(self.templates)))
-            )
-            per = F.normalize(table.float(), dim=-1).reshape(len(self.classes), len(self.templates), -1)
-            return F.normalize(per.mean(1), dim=-1)
-
-
 def _state_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, value in model.state_dict().items():
@@ -267,7 +211,7 @@ class FinetuneRun:
         self.amp = settings.mixed_precision and self.device.startswith("cuda")
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
-        self.captions = _Captions(self.model, classes, settings, self.device)
+        self.captions = Captions(self.model, classes, settings.templates, self.device)
         self.index = {name: i for i, name in enumerate(classes)}
         self.pictures = {id(item): Image.fromarray(item.image).convert("RGB") for item in items}
         self.rng, self.torch_rng = random.Random(settings.seed), torch.Generator().manual_seed(settings.seed)
