@@ -221,9 +221,11 @@ class FinetuneRun:
         crop = self.rng if train and self.settings.augment else None
         images = image_batch(self.preprocess, [self.pictures[id(x)] for x in batch], crop, self.settings.crop_scale)
         labels = torch.tensor([self.index[x.label] for x in batch], device=self.device)
-        n_templates = len(self.settings.templates)
-        chosen = torch.randint(n_templates, (len(batch),), generator=self.torch_rng) if train else labels.new_zeros(0)
-        templates = (chosen if train else torch.zeros(len(batch), dtype=torch.long)).to(self.device)
+        if train:  # a random template per image; validation always uses the first
+            templates = torch.randint(len(self.settings.templates), (len(batch),), generator=self.torch_rng)
+        else:
+            templates = torch.zeros(len(batch), dtype=torch.long)
+        templates = templates.to(self.device)
         with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp):
             return self.model.encode_image(images.to(self.device)), self.captions(labels, templates), labels
 
