@@ -1,0 +1,349 @@
+"""Fine-tune CLIP on your own classes (the SLIP experiment), on any model ``load_clip`` returns.
+
+Captions are the class names put into ``templates`` (SLIP: the bare name "{}" worked better than
+"This is an image of {}"). The loss is CLIP's symmetric cross-entropy over the batch at CLIP's
+learned temperature, except that another image of the same class (its caption is the same) is
+not counted as a negative. The model is deep-copied, never changed in place; the result carries
+the weights ``load_clip`` would read back from ``save_finetuned``'s file (see ``_as_loaded``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from clip.model import convert_weights
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .checkpoints import sha256_of
+from .data import LabelledImage
+from .finetune_data import (
+    FinetuneDataError,
+    check_items,
+    image_batch,
+    keep_splittable,
+    load_finetune_folders,
+    split_items,
+)
+from .finetune_loss import MAX_LOGIT_SCALE, Captions, clamped_scale, contrastive_loss
+from .models import LoadedClip
+
+__all__ = [
+    "FinetuneDataError",
+    "FinetuneRun",
+    "FinetuneSettings",
+    "check_items",
+    "contrastive_loss",
+    "finetune_clip",
+    "keep_splittable",
+    "load_finetune_folders",
+    "save_finetuned",
+    "split_items",
+]
+SCHEDULERS = ("plateau", "cosine")
+TRAINABLE = ("all", "image", "last_blocks=N", "linear")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Everything that shapes a fine-tuning run. Defaults follow the SLIP report (AdamW,
+    ReduceLROnPlateau factor 0.9 patience 5, captions = the bare class name, 80/20 split)."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 0  # linear warm-up over this many optimizer steps ...
+    warmup_share: float = 0.0  # ... or over this share of all steps (set one of the two)
+    scheduler: str = "plateau"  # "plateau" (SLIP) or "cosine" (per step, after the warm-up)
+    plateau_factor: float = 0.9
+    plateau_patience: int = 5
+    templates: tuple[str, ...] = ("{}",)
+    trainable: str = "all"  # "all" | "image" | "last_blocks=N" | "linear" (the image projection)
+    val_share: float = 0.2
+    seed: int = 0
+    early_stopping: int | None = None  # epochs without a lower validation loss before stopping
+    restore_best: bool = True  # return the weights of the epoch with the lowest validation loss
+    mixed_precision: bool = True  # on CUDA only: bfloat16 where supported, else float16 + GradScaler
+    accumulation_steps: int = 1  # gradient accumulation (negatives still come from one batch)
+    augment: bool = True  # random resized crop and horizontal flip, training only
+    crop_scale: tuple[float, float] = (0.8, 1.0)
+    time_limit_s: float | None = None  # stop after the epoch that passes this many seconds
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 2, "batch_size must be >= 2 (the loss contrasts images within a batch)"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.warmup_steps >= 0 and 0 <= self.warmup_share < 1, "warm-up must be >= 0 (share below 1)"),
+            (not (self.warmup_steps and self.warmup_share), "set warmup_steps or warmup_share, not both"),
+            (self.scheduler in SCHEDULERS, f"scheduler must be one of {SCHEDULERS}"),
+            (0 < self.plateau_factor <= 1 and self.plateau_patience >= 0, "plateau factor in (0, 1], patience >= 0"),
+            (bool(self.templates) and all("{}" in t for t in self.templates), "every template needs a '{}'"),
+            (0 <= self.val_share < 1, "val_share must be in [0, 1)"),
+            (self.early_stopping is None or self.early_stopping >= 1, "early_stopping must be None or >= 1"),
+            (self.early_stopping is None or self.val_share > 0, "early stopping watches the validation loss"),
+            (self.accumulation_steps >= 1, "accumulation_steps must be >= 1"),
+            (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "crop_scale must be 0 < low <= high <= 1"),
+            (self.time_limit_s is None or self.time_limit_s > 0, "time_limit_s must be None or > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"FinetuneSettings: {message}.")
+        trainable_blocks(self.trainable)  # raises for unknown values
+
+
+def trainable_blocks(trainable: str) -> int | None:
+    """The N of ``last_blocks=N``; None for the other choices; ValueError for unknown ones."""
+    if trainable in ("all", "image", "linear"):
+        return None
+    if trainable.startswith("last_blocks="):
+        value = trainable.split("=", 1)[1]
+        if value.isdigit() and int(value) >= 1:
+            return int(value)
+    raise ValueError(f"FinetuneSettings: trainable={trainable!r}; use one of {TRAINABLE} (N >= 1).")
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def select_trainable(model: torch.nn.Module, trainable: str) -> list[str]:
+    """Set ``requires_grad``; returns the names of the trainable parameters. The temperature
+    ``logit_scale`` is always trained. ``linear`` trains the image projection only."""
+    blocks = trainable_blocks(trainable)
+    visual = model.visual
+    if trainable == "all":
+        chosen: list[torch.nn.Module | torch.nn.Parameter] = [model]
+    elif trainable == "image":
+        chosen = [visual]
+    elif hasattr(visual, "transformer"):  # ViT
+        chosen = [visual.proj] + ([] if blocks is None else [*visual.transformer.resblocks[-blocks:], visual.ln_post])
+    else:  # ModifiedResNet: its layers in order, the attention pool as the head
+        layers = [visual.layer1, visual.layer2, visual.layer3, visual.layer4]
+        chosen = [visual.attnpool.c_proj] if blocks is None else [*layers[-blocks:], visual.attnpool]
+    wanted = {id(p) for c in chosen for p in ([c] if isinstance(c, torch.nn.Parameter) else c.parameters())}
+    wanted.add(id(model.logit_scale))
+    names = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(id(parameter) in wanted)
+        if id(parameter) in wanted:
+            names.append(name)
+    return names
+
+
+def _optimizer(model: torch.nn.Module, settings: FinetuneSettings) -> torch.optim.AdamW:
+    """AdamW; no weight decay on gains, biases, embeddings and the temperature (CLIP's rule)."""
+    decay, plain = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            no_decay = parameter.ndim < 2 or "embedding" in name or name == "logit_scale"
+            (plain if no_decay else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    try:
+        return torch.optim.AdamW(groups, lr=settings.learning_rate, fused=True)  # ~7x faster step on a CPU
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=settings.learning_rate)
+
+
+class _Plateau:
+    """ReduceLROnPlateau's rule (mode min, relative threshold 1e-4) as a multiplier."""
+
+    def __init__(self, factor: float, patience: int) -> None:
+        self.factor, self.patience, self.best, self.bad, self.scale = factor, patience, math.inf, 0, 1.0
+
+    def step(self, value: float) -> None:
+        if value < self.best * (1 - 1e-4):
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+            if self.bad > self.patience:
+                self.scale, self.bad = self.scale * self.factor, 0
+
+
+def _step_lr(settings: FinetuneSettings, step: int, total: int, plateau: float) -> float:
+    warmup = settings.warmup_steps or round(settings.warmup_share * total)
+    factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    if settings.scheduler == "cosine":
+        progress = max(0, step - warmup) / max(1, total - warmup)
+        factor *= 0.5 * (1 + math.cos(math.pi * progress))
+    return settings.learning_rate * factor * plateau
+
+
+def _state_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _as_loaded(model: torch.nn.Module) -> torch.nn.Module:
+    """Round the weights as ``load_clip`` does when it reads a checkpoint (``clip.model.build_model``
+    stores linear/conv/attention weights in float16, ``load_clip`` turns them back into float32),
+    so the returned model and its saved-then-reloaded copy give identical embeddings."""
+    convert_weights(model)
+    return model.float().eval()
+
+
+class FinetuneRun:
+    """One fine-tuning run's state: the model copy, its optimizer and the data as pictures (used by
+    ``finetune_clip`` and the benchmark)."""
+
+    def __init__(self, clip_model: LoadedClip, items, classes, settings: FinetuneSettings) -> None:
+        self.settings, self.preprocess, self.device = settings, clip_model.preprocess, str(clip_model.device)
+        self.model = copy.deepcopy(clip_model.model).float().to(self.device).eval()  # eval: ResNet BN keeps stats
+        select_trainable(self.model, settings.trainable)
+        self.optimizer = _optimizer(self.model, settings)
+        self.amp = settings.mixed_precision and self.device.startswith("cuda")
+        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.captions = Captions(self.model, classes, settings.templates, self.device)
+        self.index = {name: i for i, name in enumerate(classes)}
+        self.pictures = {id(item): Image.fromarray(item.image).convert("RGB") for item in items}
+        self.rng, self.torch_rng = random.Random(settings.seed), torch.Generator().manual_seed(settings.seed)
+
+    def features(self, batch: Sequence[LabelledImage], train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image features, text features of each image's caption, and labels."""
+        crop = self.rng if train and self.settings.augment else None
+        images = image_batch(self.preprocess, [self.pictures[id(x)] for x in batch], crop, self.settings.crop_scale)
+        labels = torch.tensor([self.index[x.label] for x in batch], device=self.device)
+        if train:  # a random template per image; validation always uses the first
+            templates = torch.randint(len(self.settings.templates), (len(batch),), generator=self.torch_rng)
+        else:
+            templates = torch.zeros(len(batch), dtype=torch.long)
+        templates = templates.to(self.device)
+        with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp):
+            return self.model.encode_image(images.to(self.device)), self.captions(labels, templates), labels
+
+    def loss(self, batch: Sequence[LabelledImage], train: bool) -> torch.Tensor:
+        image, text, labels = self.features(batch, train)
+        return contrastive_loss(image, text, labels, clamped_scale(self.model))
+
+    def validate(self, val: Sequence[LabelledImage]) -> tuple[float, float]:
+        """(validation loss, zero-shot accuracy over all classes); NaN without validation images."""
+        if not val:
+            return math.nan, math.nan
+        loss_sum, loss_items, hits = 0.0, 0, 0
+        classes = self.captions.class_embeddings()
+        with torch.no_grad():
+            for start in range(0, len(val), self.settings.batch_size):
+                batch = val[start : start + self.settings.batch_size]
+                image, text, labels = self.features(batch, train=False)
+                if len(batch) > 1:
+                    loss = contrastive_loss(image, text, labels, clamped_scale(self.model))
+                    loss_sum, loss_items = loss_sum + float(loss) * len(batch), loss_items + len(batch)
+                hits += int(((F.normalize(image.float(), dim=-1) @ classes.T).argmax(1) == labels).sum())
+        return (loss_sum / loss_items if loss_items else math.nan), hits / len(val)
+
+    def train_epoch(self, train: Sequence[LabelledImage], step: int, total_steps: int, plateau: float) -> tuple:
+        """One pass over ``train`` in shuffled batches; returns (mean loss, optimizer steps done)."""
+        settings, model = self.settings, self.model
+        order = self.rng.sample(list(train), len(train))
+        batches = [order[s : s + settings.batch_size] for s in range(0, len(order), settings.batch_size)]
+        batches = [b for b in batches if len(b) > 1]  # a lone image has nothing to contrast with
+        total = seen = 0
+        for i, batch in enumerate(batches):
+            loss = self.loss(batch, train=True)
+            self.scaler.scale(loss / settings.accumulation_steps).backward()
+            total, seen = total + float(loss.detach()) * len(batch), seen + len(batch)
+            if (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = _step_lr(settings, step, total_steps, plateau)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+                step += 1
+        return total / max(1, seen), step
+
+
+def finetune_clip(
+    clip_model: LoadedClip,
+    train_items: Sequence[LabelledImage],
+    classes: Sequence[str],
+    settings: FinetuneSettings = FinetuneSettings(),
+    callback: Callable[[pd.DataFrame], None] | None = None,
+    progress: bool = True,
+) -> tuple[LoadedClip, pd.DataFrame]:
+    """Fine-tune a copy of ``clip_model`` on ``train_items``, which are split with ``split_items``
+    (rebuild the validation part with the same share and seed). Returns the new model and one
+    history row per epoch (epoch 0: before training; ``kept`` marks the epoch whose weights are
+    returned); ``callback(history)`` runs after each."""
+    classes = list(classes)
+    check_items(train_items, classes, settings.val_share)
+    train, val = split_items(train_items, settings.val_share, settings.seed)
+    val = [val[i] for i in np.random.default_rng(settings.seed).permutation(len(val))]  # classes mixed in batches
+    run, started = FinetuneRun(clip_model, train_items, classes, settings), time.perf_counter()
+    batches = max(1, math.ceil(len(train) / settings.batch_size))
+    total_steps = settings.epochs * math.ceil(batches / settings.accumulation_steps)
+    plateau, step, rows = _Plateau(settings.plateau_factor, settings.plateau_patience), 0, []
+    best_loss, best_state, best_epoch, stale = math.inf, None, 0, 0
+    bar = tqdm(range(settings.epochs + 1), desc="fine-tuning CLIP", disable=not progress)
+    for epoch in bar:
+        train_loss = math.nan
+        if epoch:
+            train_loss, step = run.train_epoch(train, step, total_steps, plateau.scale)
+        val_loss, val_accuracy = run.validate(val)
+        lr = run.optimizer.param_groups[0]["lr"] if epoch else 0.0
+        scale, seconds = float(clamped_scale(run.model).detach()), time.perf_counter() - started
+        rows.append(dict(epoch=epoch, step=step, lr=lr, train_loss=train_loss, val_loss=val_loss,
+                         val_accuracy=val_accuracy, logit_scale=scale, seconds=seconds))  # fmt: skip
+        bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.2f}")
+        if callback:
+            callback(pd.DataFrame(rows))
+        if not epoch:
+            best_loss = val_loss
+            continue
+        if settings.scheduler == "plateau":
+            plateau.step(val_loss if val else train_loss)
+        if val and val_loss < best_loss:
+            best_loss, best_epoch, stale = val_loss, epoch, 0
+            if settings.restore_best:
+                best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        else:
+            stale += 1
+        out_of_time = settings.time_limit_s is not None and seconds > settings.time_limit_s
+        if (settings.early_stopping and stale >= settings.early_stopping) or out_of_time:
+            break
+    bar.close()
+    history = pd.DataFrame(rows)
+    kept = rows[-1]["epoch"]
+    if settings.restore_best and val and best_epoch != kept:  # epoch 0: the pretrained weights were best
+        run.model.load_state_dict(best_state if best_epoch else clip_model.model.state_dict())
+        kept = best_epoch
+    history["kept"] = history["epoch"] == kept
+    history.attrs.update(settings=asdict(settings), classes=classes, train_images=len(train), val_images=len(val))
+    model = _as_loaded(run.model.requires_grad_(False))
+    name = f"{clip_model.name}+finetuned:{_state_digest(model)[:12]}"
+    return LoadedClip(model, clip_model.preprocess, name, str(clip_model.device)), history
+
+
+def save_finetuned(clip_model: LoadedClip, path: str | Path, model_name: str, metadata: dict | None = None) -> str:
+    """Write ``{"state_dict", "model_name", "metadata"}`` (which ``load_clip`` reads like the
+    open_clip copies of the official weights) atomically; returns the file's sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in clip_model.model.state_dict().items()}
+    record = {"state_dict": state, "model_name": model_name, "metadata": dict(metadata or {})}
+    tmp = path.with_name(f"{path.name}.part{os.getpid()}")
+    try:
+        torch.save(record, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sha256_of(path)
