@@ -84,6 +84,7 @@ class RunConfig:
     sam_checkpoint: Path | None = None
     clip_checkpoint: Path | None = None
     drive_cache: Path | None = None
+    finetune_data: Path | None = None  # class folders for notebook 05 (None: object crops of the dataset)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
 
@@ -177,6 +178,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> RunConfig:
         sam_checkpoint=_path(env, "SAMCLIP_SAM_CHECKPOINT", base),
         clip_checkpoint=_path(env, "SAMCLIP_CLIP_CHECKPOINT", base),
         drive_cache=_path(env, "SAMCLIP_DRIVE_CACHE", base),
+        finetune_data=_path(env, "SAMCLIP_FINETUNE_DATA", base),
         pipeline=PipelineSettings(
             sam=SMOKE_SAM if smoke else SamSettings(), filters=DEFAULT_FILTERS, precision=precision
         ),

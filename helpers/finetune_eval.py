@@ -99,7 +99,7 @@ def sam_clip_measures(
     """SAM + CLIP measures: the SLIP mosaic top-1 (the region SAM + CLIP picks lies in the
     class's tile) and, with a segmentation dataset, mean IoU per class under ``selection``
     (default: softmax over the class list, 0.5). The only user of the pipeline/metrics API here."""
-    from . import metrics
+    from . import evaluation, metrics
     from .pipeline import Pipeline, PipelineSettings
     from .selection import SelectionSettings
 
@@ -107,11 +107,12 @@ def sam_clip_measures(
     out: dict[str, float] = {}
     if mosaics is not None:
         results = pipe.process_dataset(mosaics, progress=False)
-        out["mosaic top-1 (SAM + CLIP)"] = metrics.mosaic_top1_accuracy(mosaics, results, pipe)
+        out["mosaic top-1 (SAM + CLIP)"] = evaluation.mosaic_top1_accuracy(mosaics, results, pipe.text)
     if segmentation is not None:
         names = [name for name in classes if name in segmentation.classes]
         results = pipe.process_dataset(segmentation, progress=False)
-        per_image = metrics.evaluate(segmentation, results, pipe, names, selection or SelectionSettings("softmax", 0.5))
+        selection = selection or SelectionSettings("softmax", 0.5)
+        per_image = evaluation.evaluate(segmentation, results, pipe.text, names, selection)
         summary = metrics.summarize(per_image)
         out.update({f"mean IoU: {name}": float(v) for name, v in zip(summary["class"], summary["mean_iou"])})
     return out

@@ -21,8 +21,13 @@ from .tiny_models import write_tiny_checkpoints
 
 def checkpoint_paths(config: RunConfig, progress: bool = True) -> dict[str, Path]:
     """Verified checkpoint files for the run: found, downloaded (full) or built (smoke)."""
-    if config.is_smoke:
-        return write_tiny_checkpoints(config.checkpoint_dir)
+    if config.is_smoke:  # tiny random models, unless a file of your own is named (a fine-tuned tiny CLIP)
+        paths = write_tiny_checkpoints(config.checkpoint_dir)
+        for family, own in (("sam", config.sam_checkpoint), ("clip", config.clip_checkpoint)):
+            if own is not None and not own.is_file():
+                raise FileNotFoundError(f"SAMCLIP_{family.upper()}_CHECKPOINT={own} is not a file; fix or unset it.")
+            paths[family] = own or paths[family]
+        return paths
     common = dict(mirrors=config.mirrors, drive_cache=config.drive_cache, progress=progress)
     return {
         "sam": ensure_checkpoint(config.sam_model, config.checkpoint_dir, local_path=config.sam_checkpoint, **common),

@@ -61,7 +61,7 @@ def test_notebooks_01_to_04_on_real_data(dataset, folder, tmp_path, monkeypatch)
     assert (home / "outputs" / "smoke" / "figures" / dataset / "04_worst_cases.png").is_file()
 
 
-def test_a_changed_dataset_setting_stops_the_next_notebook(tmp_path, monkeypatch):
+def test_a_changed_dataset_setting_stops_the_next_notebook(tmp_path, monkeypatch, capfd):
     home = project(tmp_path)
     monkeypatch.setenv("SAMCLIP_HOME", str(home))
     monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
@@ -72,6 +72,9 @@ def test_a_changed_dataset_setting_stops_the_next_notebook(tmp_path, monkeypatch
     monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "3")
     error = execute(home / "notebooks" / "03_iou_evaluation.ipynb", out, timeout=300)
     assert error and "DatasetError" in error and "01_prepare_dataset" in error
+    printed = capfd.readouterr()
+    for noise in ("without encryption", "KeyboardInterrupt"):  # kernels on IPC, shut down quietly
+        assert noise not in printed.err + printed.out
 
 
 def test_stripping_a_clean_notebook_changes_nothing(tmp_path):
