@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade uv
-	$(VENV)/bin/uv pip install --python $(PY) -e ".[test]" $(TORCH_PINS)
+	$(VENV)/bin/uv pip install --python $(PY) -e ".[test,ray]" $(TORCH_PINS)
 	touch $(STAMP)
 
 run: $(STAMP)

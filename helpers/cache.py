@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class ResultCache:
 
     def _write(self, path: Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.part")  # unique: concurrent writers never share one
         with open(tmp, "wb") as f:
             write(f)
         os.replace(tmp, path)

@@ -1,0 +1,181 @@
+"""helpers.distributed: a dataset on a local 2-CPU Ray instance gives what one process gives.
+
+One Ray instance serves the module (its start-up is most of the time). The workers run torch with
+one thread each, so the single-process reference does too: float32 sums then agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import LOOSE_SAM
+from PIL import Image
+
+from helpers.data import make_demo_dataset
+from helpers.distributed import ModelSpec, image_items, process_dataset_on_ray
+from helpers.masks import FilterSettings
+from helpers.models import load_clip, load_models, load_sam
+from helpers.pipeline import Pipeline, PipelineSettings
+from helpers.tiny_models import TINY_SAM
+
+SETTINGS = PipelineSettings(sam=LOOSE_SAM, filters=FilterSettings(min_area=100, max_inside=0.9))
+IMAGES = 8
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' to run these tests")
+    pytest.importorskip("ray.data", reason="Ray Data is missing: pip install 'ray[data]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return make_demo_dataset(IMAGES)
+
+
+@pytest.fixture(scope="module")
+def spec(tiny_checkpoints) -> ModelSpec:
+    return ModelSpec(TINY_SAM, str(tiny_checkpoints["sam"]), str(tiny_checkpoints["clip"]), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_checkpoints, demo):
+    """``Pipeline.process_dataset`` in this process, with the workers' thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pipe = Pipeline(load_sam(TINY_SAM, tiny_checkpoints["sam"]), load_clip(tiny_checkpoints["clip"]), SETTINGS)
+        return pipe.process_dataset(demo, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_same(results, reference) -> None:
+    assert [r.image_id for r in results] == [r.image_id for r in reference]
+    for got, want in zip(results, reference):
+        assert len(want.masks) > 0
+        np.testing.assert_array_equal(got.masks.atoms, want.masks.atoms)
+        np.testing.assert_array_equal(got.masks.membership, want.masks.membership)
+        np.testing.assert_array_equal(got.embeddings, want.embeddings)
+
+
+def test_model_spec_from_config_names_models_like_the_notebooks(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    monkeypatch.setenv("SAMCLIP_CHECKPOINT_DIR", str(tmp_path))
+    from helpers.config import load_config
+
+    config = load_config()
+    spec = ModelSpec.from_config(config)
+    sam, clip = spec.load()
+    want_sam, want_clip = load_models(config)
+    assert (sam.name, clip.name) == (want_sam.name, want_clip.name)
+
+
+def test_image_items_from_a_folder_and_a_list(tmp_path):
+    for name in ("b.jpg", "a.png", "notes.txt", "c.npz"):
+        (tmp_path / name).write_bytes(b"")
+    items = image_items(tmp_path)
+    assert items == [(str(tmp_path / "a.png"), "a"), (str(tmp_path / "b.jpg"), "b")]
+    assert image_items([Path("x/y.png")]) == [(str(Path("x/y.png").resolve()), "y")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        image_items(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        image_items(tmp_path / "missing")
+
+
+def _write_one_entry_often(root: str, times: int) -> list[str]:
+    from helpers.cache import ResultCache
+
+    cache, errors = ResultCache(root), []
+    embeddings = np.random.default_rng(0).random((200, 64), dtype=np.float32)
+    for _ in range(times):
+        try:
+            cache.save_embeddings("image", "key", embeddings)
+            if cache.load_embeddings("image", "key") is None:
+                errors.append("unreadable entry")
+        except OSError as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return errors
+
+
+def test_two_drivers_writing_one_entry_do_not_collide(tmp_path):
+    """Two drivers (or two workers) on one cache may compute the same image at once."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        errors = pool.starmap(_write_one_entry_often, [(str(tmp_path), 50)] * 2)
+    assert errors == [[], []]
+    assert [p.name for p in (tmp_path / "embeddings").iterdir()] == ["image_key.npz"]
+
+
+# --- on a local Ray instance (last: the instance lives until the module ends) ---
+
+
+def test_folder_on_two_workers_matches_one_process_and_reports_a_broken_image(
+    ray_instance, spec, demo, reference, tmp_path
+):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for sample in demo:
+        Image.fromarray(sample.image).save(folder / f"{sample.image_id}.png")
+    broken = folder / "demo_zzz_broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    seen: list[dict] = []
+
+    with pytest.warns(UserWarning, match="1 image\\(s\\) failed"):
+        results = process_dataset_on_ray(
+            folder, spec, SETTINGS, tmp_path / "cache", 2, progress=False, on_result=seen.append
+        )
+
+    assert_same(results, reference)
+    assert [(f.path, f.image_id) for f in results.failures] == [(str(broken), "demo_zzz_broken")]
+    assert "cannot read image" in results.failures[0].error
+    assert len(seen) == IMAGES + 1
+    assert len({row["worker"] for row in seen}) == 2, "both workers took images"
+    assert results.stats.recomputed_on_driver == 0
+    assert all(mb > 0 for mb in results.stats.worker_rss_mb.values())
+    # What notebooks 03-04 do afterwards: the same cache, no SAM run.
+    pipe = Pipeline(*spec.load(), SETTINGS, cache_dir=tmp_path / "cache")
+    assert_same(pipe.process_dataset(demo, progress=False), reference)
+    assert pipe.sam_runs == 0 and pipe.clip_image_runs == 0
+
+
+def test_killed_worker_leaves_whole_entries_and_the_run_finishes_the_rest(
+    ray_instance, spec, demo, reference, tmp_path
+):
+    cache = tmp_path / "cache"
+    # An earlier, interrupted run did the first half.
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    first = Pipeline(*spec.load(), SETTINGS, cache_dir=cache)
+    first.process_dataset(make_demo_dataset(IMAGES // 2), progress=False)
+    torch.set_num_threads(torch_threads)
+    killed: list[int] = []
+
+    def kill_one_worker(row: dict) -> None:
+        if not killed and row["key"]:
+            pid = int(row["worker"].rsplit(":", 1)[1])
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    results = process_dataset_on_ray(demo, spec, SETTINGS, cache, 2, progress=False, on_result=kill_one_worker)
+
+    assert killed, "a worker was killed"
+    assert not results.failures
+    assert_same(results, reference)
+    entries = sorted(cache.glob("*/*.npz"))
+    assert len(entries) == 2 * IMAGES  # masks and embeddings per image, nothing else
+    for entry in entries:
+        with zipfile.ZipFile(entry) as archive:
+            assert archive.testzip() is None, f"{entry} is truncated"
+    assert not list(cache.glob(".ray-inputs-*")) and not list(cache.glob(".driver-*")), "scratch files removed"
