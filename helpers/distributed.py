@@ -50,6 +50,7 @@ OUTPUT_FIELDS = (
     "masks",
     "error",
     "seconds",
+    "started",
     "sam_key",
     "embedding_key",
     "worker",
@@ -111,7 +112,8 @@ class RunStats:
     """What a run cost: wall time, per-image times, peak memory per worker."""
 
     images: int = 0
-    wall_seconds: float = 0.0
+    wall_seconds: float = 0.0  # after joining Ray: worker start-up, model loading, images, reading back
+    processing_seconds: float = 0.0  # first image started to last image finished, over all workers
     image_seconds: list[float] = field(default_factory=list)
     worker_rss_mb: dict[str, float] = field(default_factory=dict)  # "host:pid" -> peak RSS
     recomputed_on_driver: int = 0
@@ -154,7 +156,7 @@ class ImageWorker:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def process_one(self, index: int, path: str, image_id: str) -> dict[str, Any]:
-        started = time.perf_counter()
+        started, clock = time.perf_counter(), time.time()
         key, count, error = "", -1, ""
         try:
             image = read_image(Path(path))
@@ -170,6 +172,7 @@ class ImageWorker:
             masks=count,
             error=error,
             seconds=time.perf_counter() - started,
+            started=clock,
             sam_key=self.pipe.sam_key,
             embedding_key=self.pipe.embedding_key,
             worker=self.name,
@@ -217,8 +220,8 @@ def _import_ray():
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join a Ray cluster unless this process already has: ``"local"`` starts a private instance
-    here, ``"auto"`` joins the one ``ray start --head`` started, ``None`` follows ``RAY_ADDRESS``
-    (else Ray's own choice), anything else is a cluster address (``host:6379``, ``ray://...``)."""
+    here, ``"auto"`` joins the one ``ray start --head`` started, ``None`` joins ``RAY_ADDRESS`` when
+    set and starts a private instance otherwise; anything else is a cluster address (``host:6379``)."""
     ray = _import_ray()
     if ray.is_initialized():
         return
@@ -349,6 +352,16 @@ def _collect(
             result = local.process(read_image(Path(path)), image_id)
             stats.recomputed_on_driver += 1
         results.append(result)
+    keys = {(row["sam_key"], row["embedding_key"]) for row in rows.values() if not row["error"]}
+    if len(keys) > 1:
+        warnings.warn(
+            f"the workers used {len(keys)} different model/settings keys: do the checkpoint files differ between "
+            "nodes? Notebooks 03-04 will only find the results made with their own models.",
+            stacklevel=3,
+        )
+    if rows:
+        ends = [row["started"] + row["seconds"] for row in rows.values()]
+        stats.processing_seconds = max(ends) - min(row["started"] for row in rows.values())
     unshared = sorted({row["worker"] for row in rows.values() if not row["cache_shared"]})
     if unshared or stats.recomputed_on_driver:
         warnings.warn(
@@ -384,6 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .pipeline import default_settings
 
     config = load_config()
+    if args.gpus_per_worker and config.device == "cpu" and not os.environ.get("SAMCLIP_SAM_MODEL"):
+        print(
+            f"note: this driver has no GPU, so SAM defaults to {config.sam_model}; set SAMCLIP_SAM_MODEL=vit_h "
+            "for the GPU workers (and run notebooks 03-04 with the same value)",
+            file=sys.stderr,
+        )
     spec = ModelSpec.from_config(config)
     if args.sam_checkpoint:
         spec = replace(spec, sam_type=args.sam_type or spec.sam_type, sam_checkpoint=str(args.sam_checkpoint))
