@@ -17,7 +17,7 @@ import torch
 from conftest import LOOSE_SAM
 from PIL import Image
 
-from helpers.data import make_demo_dataset
+from helpers.data import make_demo_dataset, read_image
 from helpers.distributed import ModelSpec, image_items, process_dataset_on_ray
 from helpers.masks import FilterSettings
 from helpers.models import load_clip, load_models, load_sam
@@ -93,6 +93,15 @@ def test_image_items_from_a_folder_and_a_list(tmp_path):
         image_items(tmp_path / "missing")
 
 
+def test_an_in_memory_dataset_goes_to_lossless_files(demo, tmp_path):
+    items = image_items(demo, tmp_path)
+    assert [image_id for _, image_id in items] == [sample.image_id for sample in demo]
+    for (path, _), sample in zip(items, demo):
+        np.testing.assert_array_equal(read_image(Path(path)), sample.image)  # same pixels: same cache key
+    with pytest.raises(ValueError, match="scratch"):
+        image_items(demo)
+
+
 def _write_one_entry_often(root: str, times: int) -> list[str]:
     from helpers.cache import ResultCache
 
@@ -121,61 +130,64 @@ def test_two_drivers_writing_one_entry_do_not_collide(tmp_path):
 # --- on a local Ray instance (last: the instance lives until the module ends) ---
 
 
-def test_folder_on_two_workers_matches_one_process_and_reports_a_broken_image(
-    ray_instance, spec, demo, reference, tmp_path
-):
-    folder = tmp_path / "images"
+@pytest.fixture(scope="module")
+def ray_run(ray_instance, spec, demo, tmp_path_factory):
+    """One run, to keep Ray's start-up costs down: a folder with the demo images and a broken file,
+    half of it already in the cache from an interrupted earlier run, and a worker killed (SIGKILL)
+    as soon as it has finished its first new image."""
+    tmp = tmp_path_factory.mktemp("ray_run")
+    folder, cache = tmp / "images", tmp / "cache"
     folder.mkdir()
     for sample in demo:
         Image.fromarray(sample.image).save(folder / f"{sample.image_id}.png")
     broken = folder / "demo_zzz_broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    earlier = Pipeline(*spec.load(), SETTINGS, cache_dir=cache)
+    for sample in demo.samples[: IMAGES // 2]:
+        earlier.process(sample.image, sample.image_id)
+    torch.set_num_threads(threads)
     seen: list[dict] = []
+    killed: list[int] = []
+
+    def watch(row: dict) -> None:
+        seen.append(row)
+        if not killed and row["index"] >= IMAGES // 2 and row["key"]:
+            killed.append(int(row["worker"].rsplit(":", 1)[1]))
+            os.kill(killed[0], signal.SIGKILL)
 
     with pytest.warns(UserWarning, match="1 image\\(s\\) failed"):
-        results = process_dataset_on_ray(
-            folder, spec, SETTINGS, tmp_path / "cache", 2, progress=False, on_result=seen.append
-        )
+        results = process_dataset_on_ray(folder, spec, SETTINGS, cache, 2, progress=False, on_result=watch)
+    return dict(results=results, seen=seen, killed=killed, cache=cache, broken=broken)
 
+
+def test_two_workers_give_what_one_process_gives(ray_run, spec, demo, reference):
+    results = ray_run["results"]
     assert_same(results, reference)
-    assert [(f.path, f.image_id) for f in results.failures] == [(str(broken), "demo_zzz_broken")]
-    assert "cannot read image" in results.failures[0].error
-    assert len(seen) == IMAGES + 1
-    assert 1 <= len({row["worker"] for row in seen}) <= 2  # under load one worker may start late and find no work
     assert results.stats.recomputed_on_driver == 0
     assert all(mb > 0 for mb in results.stats.worker_rss_mb.values())
-    # What notebooks 03-04 do afterwards: the same cache, no SAM run.
-    pipe = Pipeline(*spec.load(), SETTINGS, cache_dir=tmp_path / "cache")
+    assert results.stats.processing_seconds > 0
+    # What notebooks 03-04 do afterwards: the same cache, and SAM never runs.
+    pipe = Pipeline(*spec.load(), SETTINGS, cache_dir=ray_run["cache"])
     assert_same(pipe.process_dataset(demo, progress=False), reference)
     assert pipe.sam_runs == 0 and pipe.clip_image_runs == 0
 
 
-def test_killed_worker_leaves_whole_entries_and_the_run_finishes_the_rest(
-    ray_instance, spec, demo, reference, tmp_path
-):
-    cache = tmp_path / "cache"
-    # An earlier, interrupted run did the first half.
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    first = Pipeline(*spec.load(), SETTINGS, cache_dir=cache)
-    first.process_dataset(make_demo_dataset(IMAGES // 2), progress=False)
-    torch.set_num_threads(torch_threads)
-    killed: list[int] = []
+def test_a_broken_image_is_reported_with_its_path_and_the_others_go_on(ray_run):
+    failures = ray_run["results"].failures
+    assert [(f.path, f.image_id) for f in failures] == [(str(ray_run["broken"]), "demo_zzz_broken")]
+    assert "cannot read image" in failures[0].error
+    assert len(ray_run["results"]) == IMAGES
 
-    def kill_one_worker(row: dict) -> None:
-        if not killed and row["key"]:
-            pid = int(row["worker"].rsplit(":", 1)[1])
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
 
-    results = process_dataset_on_ray(demo, spec, SETTINGS, cache, 2, progress=False, on_result=kill_one_worker)
-
-    assert killed, "a worker was killed"
-    assert not results.failures
-    assert_same(results, reference)
+def test_a_killed_worker_leaves_whole_entries_and_the_run_finishes_the_rest(ray_run):
+    assert ray_run["killed"], "a worker was killed"
+    assert len({row["index"] for row in ray_run["seen"]}) == IMAGES + 1  # Ray restarted it and retried its images
+    cache = ray_run["cache"]
     entries = sorted(cache.glob("*/*.npz"))
     assert len(entries) == 2 * IMAGES  # masks and embeddings per image, nothing else
     for entry in entries:
         with zipfile.ZipFile(entry) as archive:
             assert archive.testzip() is None, f"{entry} is truncated"
-    assert not list(cache.glob(".ray-inputs-*")) and not list(cache.glob(".driver-*")), "scratch files removed"
+    assert not list(cache.glob(".driver-*")), "the driver's marker file is removed"
