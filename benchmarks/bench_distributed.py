@@ -14,6 +14,7 @@ Needs the ray extra (``pip install -e '.[ray]'``); imports the installed package
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import platform
 import tempfile
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from helpers.data import make_demo_dataset
+from helpers.data import make_demo_dataset, read_image
 from helpers.distributed import ModelSpec, peak_rss_mb, process_dataset_on_ray
 from helpers.masks import FilterSettings
 from helpers.models import load_clip, load_sam
@@ -45,6 +46,27 @@ def pipeline_settings(points_per_side: int) -> PipelineSettings:
 
 def load_average() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def plain_process(paths: list[str], checkpoints: dict, points_per_side: int) -> tuple[float, float]:
+    """The control: images through a Pipeline in a plain process (no Ray), 1 torch thread.
+    Returns when its first image started and its last ended (epoch seconds)."""
+    torch.set_num_threads(1)
+    pipe = Pipeline(
+        load_sam(TINY_SAM, checkpoints["sam"]), load_clip(checkpoints["clip"]), pipeline_settings(points_per_side)
+    )
+    started = time.time()
+    for path in paths:
+        pipe.process(read_image(Path(path)))
+    return started, time.time()
+
+
+def plain_rate(paths: list[str], checkpoints: dict, points_per_side: int, processes: int) -> float:
+    """Images per second while ``processes`` plain processes share the images (start-up excluded)."""
+    chunks = [(paths[i::processes], checkpoints, points_per_side) for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        spans = pool.starmap(plain_process, chunks)
+    return len(paths) / (max(end for _, end in spans) - min(start for start, _ in spans))
 
 
 def timed_run(folder: Path, spec: ModelSpec, settings: PipelineSettings, cache: Path, workers: int) -> dict:
@@ -91,14 +113,9 @@ def main() -> None:
     for sample in dataset:
         Image.fromarray(sample.image).save(folder / f"{sample.image_id}.png")
 
-    # one process, one torch thread (what one worker gets), no cache: the compute alone
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    pipe = Pipeline(load_sam(TINY_SAM, checkpoints["sam"]), load_clip(checkpoints["clip"]), settings)
-    started = time.perf_counter()
-    pipe.process_dataset(dataset, progress=False)
-    single = time.perf_counter() - started
-    torch.set_num_threads(threads)
+    # the control, no Ray: 1 and 2 plain processes with one torch thread each, no cache
+    paths = [str(path) for path in sorted(folder.iterdir())]
+    plain = {n: plain_rate(paths, checkpoints, args.points_per_side, n) for n in (1, 2)}
 
     started = time.perf_counter()
     import ray
@@ -117,8 +134,8 @@ def main() -> None:
     )
     print(f"# Ray start-up: import ray {import_s:.1f} s + ray.init(num_cpus=2) {init_s:.1f} s (once per driver)")
     print(
-        f"# one process, 1 torch thread, no Ray: {single:.2f} s ({single / args.images:.3f} s per image, "
-        f"{args.images / single:.2f} images/s); driver peak RSS {peak_rss_mb():.0f} MiB\n"
+        f"# control without Ray, plain processes with 1 torch thread each: 1 process {plain[1]:.2f} images/s, "
+        f"2 processes {plain[2]:.2f} images/s ({plain[2] / plain[1]:.2f}x); driver peak RSS {peak_rss_mb():.0f} MiB\n"
     )
     print(
         "| workers (1 CPU each) | wall s (start-up + images) | first image back s | processing s (first start "

@@ -162,7 +162,7 @@ class ImageWorker:
             image = read_image(Path(path))
             key = image_key(image)
             count = len(self.pipe.process(image, image_id).masks)
-        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
+        except Exception as exc:  # one bad image must not stop the others
             error = f"{type(exc).__name__}: {exc}"
         return dict(
             index=index,
@@ -185,7 +185,9 @@ class ImageWorker:
         return {name: np.array([row[name] for row in rows]) for name in OUTPUT_FIELDS}
 
 
-def image_items(dataset_or_paths: Dataset | str | Path | Sequence[str | Path], scratch: Path | None = None):
+def image_items(
+    dataset_or_paths: Dataset | str | Path | Sequence[str | Path], scratch: Path | None = None
+) -> list[tuple[str, str]]:
     """(absolute path, image id) per image: a folder's images (sorted, id = file stem), a list of
     files, or a ``Dataset`` whose images are written losslessly as PNGs into ``scratch``."""
     if isinstance(dataset_or_paths, Dataset):
