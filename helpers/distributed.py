@@ -319,7 +319,8 @@ def process_dataset_on_ray(
         marker.unlink(missing_ok=True)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    return _collect(items, rows, spec, settings, cache_dir, time.perf_counter() - started, scratch is not None)
+    dataset = dataset_or_paths if isinstance(dataset_or_paths, Dataset) else None
+    return _collect(items, rows, spec, settings, cache_dir, time.perf_counter() - started, dataset)
 
 
 def _collect(
@@ -329,7 +330,7 @@ def _collect(
     settings: PipelineSettings,
     cache_dir: Path,
     wall: float,
-    from_dataset: bool,
+    dataset: Dataset | None,
 ) -> DistributedResults:
     """Read every finished image back from the cache; recompute here what the driver cannot see."""
     cache = ResultCache(cache_dir)
@@ -346,12 +347,10 @@ def _collect(
         stats.image_seconds.append(row["seconds"])
         result = _from_cache(cache, settings, row)
         if result is None:
-            if from_dataset:  # the scratch PNGs are gone; the image only lives in the caller's Dataset
-                failures.append(Failure(path, image_id, f"result not found in {cache_dir} on the driver"))
-                continue
             if local is None:
                 local = Pipeline(*spec.load(), settings, cache_dir=cache_dir)
-            result = local.process(read_image(Path(path)), image_id)
+            image = dataset.samples[index].image if dataset else read_image(Path(path))  # scratch PNGs are gone
+            result = local.process(image, image_id)
             stats.recomputed_on_driver += 1
         results.append(result)
     keys = {(row["sam_key"], row["embedding_key"]) for row in rows.values() if not row["error"]}

@@ -17,8 +17,9 @@ import torch
 from conftest import LOOSE_SAM
 from PIL import Image
 
+from helpers.cache import image_key
 from helpers.data import make_demo_dataset, read_image
-from helpers.distributed import ModelSpec, image_items, process_dataset_on_ray
+from helpers.distributed import ModelSpec, _collect, image_items, process_dataset_on_ray
 from helpers.masks import FilterSettings
 from helpers.models import load_clip, load_models, load_sam
 from helpers.pipeline import Pipeline, PipelineSettings
@@ -100,6 +101,23 @@ def test_an_in_memory_dataset_goes_to_lossless_files(demo, tmp_path):
         np.testing.assert_array_equal(read_image(Path(path)), sample.image)  # same pixels: same cache key
     with pytest.raises(ValueError, match="scratch"):
         image_items(demo)
+
+
+def test_the_driver_recomputes_what_it_cannot_find_and_warns(spec, demo, reference, tmp_path):
+    """Node-local caches: the workers' entries are not where the driver looks."""
+    items = image_items(demo, tmp_path)
+    row = dict(error="", worker="other-node:1", rss_mb=1.0, seconds=0.1, started=0.0, cache_shared=False)
+    rows = {
+        i: dict(row, index=i, path=path, image_id=image_id, key=image_key(sample.image), sam_key="s", embedding_key="e")
+        for i, ((path, image_id), sample) in enumerate(zip(items[:2], demo))
+    }
+    with pytest.warns(UserWarning, match="not the same folder on every node.*other-node:1.*2 image"):
+        results = _collect(items[:2], rows, spec, SETTINGS, tmp_path / "cache", 1.0, demo)
+    assert results.stats.recomputed_on_driver == 2 and not results.failures
+    for got, want in zip(results, reference):
+        assert got.image_id == want.image_id
+        np.testing.assert_array_equal(got.masks.membership, want.masks.membership)
+        np.testing.assert_allclose(got.embeddings, want.embeddings, atol=1e-6)  # the driver's thread count
 
 
 def _write_one_entry_often(root: str, times: int) -> list[str]:
