@@ -8,14 +8,14 @@ STAMP   = $(VENV)/.installed-stamp
 # torch and torchvision both from PyPI: the only pair that loads together on CPU here and on Colab.
 TORCH_PINS = "torch==2.13.0" "torchvision==0.28.0"
 
-.PHONY: install run smoke test lint clean strip
+.PHONY: install run smoke test lint clean strip ray-demo
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade uv
-	$(VENV)/bin/uv pip install --python $(PY) -e ".[test]" $(TORCH_PINS)
+	$(VENV)/bin/uv pip install --python $(PY) -e ".[test,ray]" $(TORCH_PINS)
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -23,6 +23,11 @@ run: $(STAMP)
 
 smoke: $(STAMP)
 	SAMCLIP_PROFILE=smoke $(PY) -m helpers.run_notebooks
+
+# The smoke dataset through a private 2-worker Ray instance; notebooks 03-04 then read its cache.
+ray-demo: $(STAMP)
+	SAMCLIP_PROFILE=smoke $(PY) -c "from helpers.config import load_config; from helpers.data import prepare_dataset; prepare_dataset(load_config())"
+	SAMCLIP_PROFILE=smoke $(PY) -m helpers.distributed --address local --workers 2
 
 test: $(STAMP) lint
 	SAMCLIP_PROFILE=smoke SAMCLIP_START_DIR=$(CURDIR) $(PY) -m pytest -q --nbmake --nbmake-timeout=300 tests notebooks

@@ -85,6 +85,7 @@ class RunConfig:
     clip_checkpoint: Path | None = None
     drive_cache: Path | None = None
     finetune_data: Path | None = None  # class folders for notebook 05 (None: object crops of the dataset)
+    ray_address: str | None = None  # RAY_ADDRESS: the Ray cluster helpers.distributed joins (None: a local one)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
 
@@ -179,6 +180,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> RunConfig:
         clip_checkpoint=_path(env, "SAMCLIP_CLIP_CHECKPOINT", base),
         drive_cache=_path(env, "SAMCLIP_DRIVE_CACHE", base),
         finetune_data=_path(env, "SAMCLIP_FINETUNE_DATA", base),
+        ray_address=env.get("RAY_ADDRESS", "").strip() or None,
         pipeline=PipelineSettings(
             sam=SMOKE_SAM if smoke else SamSettings(), filters=DEFAULT_FILTERS, precision=precision
         ),

@@ -24,7 +24,7 @@ from .regions import RegionSettings, extract_regions
 from .segmentation import SamSettings, generate_masks
 from .selection import ImageResult, Prediction, SelectionSettings, predict
 
-__all__ = ["ImageResult", "Pipeline", "PipelineSettings", "Prediction"]
+__all__ = ["ImageResult", "Pipeline", "PipelineSettings", "Prediction", "load_cached"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,19 @@ class PipelineSettings:
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+
+
+def load_cached(
+    cache: ResultCache, filters: FilterSettings, key: str, sam_key: str, embedding_key: str, image_id: str = ""
+) -> ImageResult | None:
+    """The result ``Pipeline.process`` returns for image ``key`` when both its masks and its
+    embeddings are cached under these keys; None otherwise. Never runs a model."""
+    masks = cache.load_masks(key, sam_key)
+    embeddings = cache.load_embeddings(key, embedding_key)
+    if masks is None or embeddings is None:
+        return None
+    masks = apply_filters(masks, filters)
+    return ImageResult(image_id or key, masks, embeddings) if len(masks) == len(embeddings) else None
 
 
 class Pipeline:
@@ -90,14 +103,16 @@ class Pipeline:
     def process(self, image: np.ndarray, image_id: str = "") -> ImageResult:
         """Filtered masks and their embeddings; runs SAM and the CLIP image encoder only on a miss."""
         key = image_key(image)
-        embeddings = self.cache.load_embeddings(key, self.embedding_key) if self.cache else None
+        if self.cache:
+            hit = load_cached(self.cache, self.settings.filters, key, self.sam_key, self.embedding_key, image_id)
+            if hit is not None:
+                return hit
         masks = apply_filters(self.segment(image, key), self.settings.filters)
-        if embeddings is None or len(embeddings) != len(masks):
-            regions = extract_regions(image, masks, self.settings.regions)
-            embeddings = encode_images(self.clip, regions, self.settings.batch_size, self.settings.precision)
-            self.clip_image_runs += 1
-            if self.cache:
-                self.cache.save_embeddings(key, self.embedding_key, embeddings)
+        regions = extract_regions(image, masks, self.settings.regions)
+        embeddings = encode_images(self.clip, regions, self.settings.batch_size, self.settings.precision)
+        self.clip_image_runs += 1
+        if self.cache:
+            self.cache.save_embeddings(key, self.embedding_key, embeddings)
         return ImageResult(image_id or key, masks, embeddings)
 
     def process_dataset(self, dataset: Dataset, progress: bool = True) -> list[ImageResult]:
