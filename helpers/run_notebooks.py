@@ -40,6 +40,9 @@ def execute(path: Path, out_dir: Path, timeout: int) -> str | None:
             error = f"{exc.ename}: {exc.evalue}"
         except (CellTimeoutError, DeadKernelError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc} (cell time limit {timeout} s)"
+        finally:
+            if manager.has_kernel:  # the client does not own a kernel manager it was given: stop it here
+                manager.shutdown_kernel(now=False)
     nbformat.write(notebook, out_dir / path.name)
     return error
 

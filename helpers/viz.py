@@ -175,3 +175,20 @@ def save_figure(figure: plt.Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     return path
+
+
+def plot_error_breakdown(table: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Per class, three bars: the pipeline's mean IoU, SAM's ceiling (best union of its masks) and
+    the IoU with perfect (ground-truth) masks as proposals, i.e. CLIP's and selection's share."""
+    bars = [("pipeline_iou", "SAM + CLIP"), ("sam_best_union", "SAM ceiling"), ("clip_on_truth_iou", "perfect masks")]
+    figure, ax = plt.subplots(figsize=(max(6, 1.4 * len(table)), 4))
+    x = np.arange(len(table))
+    for k, (column, label) in enumerate(bars):
+        ax.bar(x + (k - 1) * 0.27, table[column].fillna(0), width=0.27, label=label)
+    ax.set_xticks(x, table["class"], rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("mean IoU")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title)
+    figure.tight_layout()
+    return figure

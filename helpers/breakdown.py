@@ -1,0 +1,136 @@
+"""Where a mistake comes from: SAM missed the object, or CLIP picked the wrong mask.
+
+Per class, three numbers side by side:
+- **pipeline**: the full SAM + CLIP mean IoU (``evaluation.evaluate``);
+- **SAM ceiling**: the best IoU a perfect chooser could reach with the image's (filtered) SAM
+  masks: the best single mask, the best union found by greedy selection (achievable), and the
+  best union of mask atoms (an upper bound: atoms cannot always be chosen apart);
+- **CLIP with perfect masks**: the ground-truth objects cut out as SAM's masks would be and
+  classified among the classes (accuracy), and the IoU when the ground-truth masks are the
+  proposals that selection chooses from.
+A class with a low pipeline IoU but a high SAM ceiling and good CLIP scores on perfect masks
+loses in selection; a low SAM ceiling means SAM never proposed the object.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .clip_scoring import encode_images
+from .data import Dataset
+from .evaluation import evaluate
+from .masks import MaskSet
+from .models import LoadedClip
+from .regions import RegionSettings, extract_regions
+from .selection import ImageResult, SelectionSettings, TextEncoder, similarities
+
+
+def _iou(inter: np.ndarray, pred: np.ndarray, truth: float) -> np.ndarray:
+    union = pred + truth - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), np.nan)
+
+
+def mask_ceilings(masks: MaskSet, truth: np.ndarray, ignore: np.ndarray | None = None) -> dict[str, float]:
+    """Best single mask IoU, best greedy union IoU and the atom-union upper bound for ``truth``
+    (NaN when the class is absent: nothing to find)."""
+    valid = ~ignore.ravel() if ignore is not None else np.ones(truth.size, bool)
+    n_atoms = masks.membership.shape[0]
+    atoms = masks.atoms.ravel()
+    t = np.bincount(atoms, weights=truth.ravel() & valid, minlength=n_atoms)
+    a = np.bincount(atoms, weights=valid, minlength=n_atoms)
+    total = float(t.sum())
+    if total == 0:
+        return {"sam_best_mask": np.nan, "sam_best_union": np.nan, "sam_atom_bound": np.nan}
+    member = masks.membership.astype(np.float64)
+    single = _iou(member.T @ t, member.T @ a, total) if len(masks) else np.zeros(0)
+    covered = np.zeros(n_atoms, bool)
+    best = 0.0
+    while len(masks):  # add the mask that raises the union's IoU most, while one does
+        fresh = member.T @ np.where(covered, 0.0, 1.0)
+        gains = _iou(t[covered].sum() + member.T @ (t * ~covered), a[covered].sum() + member.T @ (a * ~covered), total)
+        gains[fresh == 0] = -1
+        j = int(np.nanargmax(gains))
+        if not gains[j] > best:
+            break
+        best, covered = float(gains[j]), covered | masks.membership[:, j]
+    reachable = masks.membership.any(axis=1) & (a > 0)
+    order = np.argsort(-(t[reachable] / a[reachable]), kind="stable")
+    inter, pred = np.cumsum(t[reachable][order]), np.cumsum(a[reachable][order])
+    bound = float(np.nanmax(_iou(inter, pred, total), initial=0.0))
+    return {"sam_best_mask": float(np.nanmax(single, initial=0.0)), "sam_best_union": best, "sam_atom_bound": bound}
+
+
+def truth_results(
+    dataset: Dataset,
+    clip: LoadedClip,
+    classes: Sequence[str],
+    regions: RegionSettings = RegionSettings(),
+    batch_size: int | None = None,
+    precision: str = "float32",
+) -> tuple[list[ImageResult], list[list[str]]]:
+    """Per image, the ground-truth masks of ``classes`` present in it as proposals (cut out and
+    embedded exactly as SAM's masks are), and which class each proposal is."""
+    results, labels = [], []
+    for sample in dataset.samples:
+        names = [n for n in classes if n in sample.masks and sample.masks[n].any()]
+        shape = sample.image.shape[:2]
+        masks = MaskSet.from_masks(np.stack([sample.masks[n] for n in names]) if names else np.zeros((0, *shape), bool))
+        embedded = encode_images(clip, extract_regions(sample.image, masks, regions), batch_size, precision)
+        results.append(ImageResult(sample.image_id, masks, embedded))
+        labels.append(names)
+    return results, labels
+
+
+def error_breakdown(
+    dataset: Dataset,
+    results: Sequence[ImageResult],
+    text: TextEncoder,
+    clip: LoadedClip,
+    classes: Sequence[str],
+    selection: SelectionSettings = SelectionSettings(),
+    regions: RegionSettings = RegionSettings(),
+    precision: str = "float32",
+) -> pd.DataFrame:
+    """One row per class: pipeline mean IoU, SAM's ceilings, CLIP on perfect masks, and a verdict."""
+    classes = list(classes)
+    pipeline = metrics.summarize(evaluate(dataset, results, text, classes, selection)).set_index("class")
+    gt_results, gt_labels = truth_results(dataset, clip, classes, regions, precision=precision)
+    on_truth = metrics.summarize(evaluate(dataset, gt_results, text, classes, selection)).set_index("class")
+    class_text = text(classes)
+    hits: dict[str, list[bool]] = {n: [] for n in classes}
+    for result, names in zip(gt_results, gt_labels):
+        if names:
+            guesses = similarities(result.embeddings, class_text).argmax(axis=1)
+            for name, guess in zip(names, guesses):
+                hits[name].append(classes[guess] == name)
+    rows = []
+    for name in classes:
+        ceilings = [
+            mask_ceilings(r.masks, s.masks.get(name, np.zeros(r.masks.shape, bool)), s.ignore_mask(name))
+            for s, r in zip(dataset.samples, results)
+        ]
+        frame = pd.DataFrame(ceilings)
+        with np.errstate(all="ignore"):
+            row = {"class": name, "pipeline_iou": pipeline.loc[name, "mean_iou"], **frame.mean().to_dict()}
+        row["clip_recognition"] = float(np.mean(hits[name])) if hits[name] else np.nan
+        row["clip_on_truth_iou"] = on_truth.loc[name, "mean_iou"]
+        row["verdict"] = verdict(row)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdict(row: dict, good: float = 0.7) -> str:
+    """Which stage loses the most for a class, in words."""
+    if np.isnan(row["sam_best_union"]):
+        return "no object of this class in the images"
+    if row["sam_best_union"] < good:
+        return "SAM: no combination of its masks covers the object well"
+    if row["pipeline_iou"] >= good:
+        return "fine"
+    if not row["clip_recognition"] >= good:
+        return "CLIP: does not recognise the object even when cut out perfectly"
+    return "selection: the right masks exist and CLIP knows the object, but other masks are picked or these missed"
