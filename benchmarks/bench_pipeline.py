@@ -326,7 +326,12 @@ def main(argv=None) -> int:
     sam, clip_model, what = load_benchmark_models(args)
     pipe = Pipeline(sam, clip_model, PipelineSettings())
     thresholds = np.linspace(-0.1, 0.4, args.thresholds)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not set globally: a caller (the tests) keeps its own grad mode
+        return run(args, sam, clip_model, pipe, thresholds, what)
+
+
+def run(args, sam: LoadedSam, clip_model: LoadedClip, pipe: Pipeline, thresholds: np.ndarray, what: str) -> int:
+    """Every table of the benchmark, in one run."""
     print(f"# {what} on {args.device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}")
     print(f"# SAM points_per_side={args.points_per_side}; sweep of {args.thresholds} thresholds; prompt '{PROMPT}'\n")
 

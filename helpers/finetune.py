@@ -129,7 +129,8 @@ class FinetuneRun:
         batches = [b for b in batches if len(b) > 1]  # a lone image has nothing to contrast with
         total = seen = 0
         for i, batch in enumerate(batches):
-            loss = self.loss(batch, train=True)
+            with torch.enable_grad():  # even when the caller turned gradients off globally
+                loss = self.loss(batch, train=True)
             self.scaler.scale(loss / settings.accumulation_steps).backward()
             total, seen = total + float(loss.detach()) * len(batch), seen + len(batch)
             if (i + 1) % settings.accumulation_steps == 0 or i + 1 == len(batches):
