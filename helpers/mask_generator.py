@@ -39,7 +39,7 @@ from .sam_decoder import PromptBatchDecoder
 
 ENGINE_VERSION = "fast-1"
 UPSCALE_PROMPTS = 16  # prompts upscaled together (the 256 x 256 x 32 features: 8 MB each)
-CHUNK_BYTES = 256 << 20  # full-size float logits held at once
+CHUNK_BYTES = 128 << 20  # full-size float logits held at once
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _gate(model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[int,
         if options["stability_score_thresh"] > 0.0:
             keep = stability >= options["stability_score_thresh"]
         index = torch.nonzero(keep).flatten()
-        boxes = _mask_boxes(logits[index], model.mask_threshold)
+        boxes = _mask_boxes(logits, model.mask_threshold)[index]
         del logits
         near = is_box_near_crop_edge(boxes, crop.box, [0, 0, image_size[1], image_size[0]])
         index, boxes = index[~near], boxes[~near]

@@ -182,20 +182,23 @@ def mask_set_from_stream(
     memory stays O(H x W + atoms x N). Atoms and membership come out identical to ``from_masks``'s:
     both order the atoms by their membership bits, the first mask most significant."""
     atoms = np.zeros(shape, np.int32)
+    flat = atoms.reshape(-1)
+    blocks = [slice(i, i + (1 << 20)) for i in range(0, flat.size, 1 << 20)]  # bounded index temporaries
     steps: list[np.ndarray] = []  # per mask: the codes (parent atom * 2 + bit) of the new atoms
     for mask in masks:
         mask = np.asarray(mask, bool)
         if mask.shape != tuple(shape):
             raise ValueError(f"mask of shape {mask.shape}, expected {tuple(shape)}")
         n_atoms = len(steps[-1]) if steps else 1
-        codes = atoms * 2
-        codes += mask
+        atoms *= 2
+        atoms += mask  # the codes: parent atom * 2 + bit
         present = np.zeros(2 * n_atoms, bool)
-        present[codes] = True
-        lut = np.cumsum(present, dtype=np.int32) - 1
-        atoms = lut[codes]
-        del codes
+        for block in blocks:
+            present[flat[block]] = True
         steps.append(np.flatnonzero(present).astype(np.int32))
+        relabel = np.cumsum(present, dtype=np.int32) - 1
+        for block in blocks:
+            flat[block] = relabel[flat[block]]
     n_atoms = len(steps[-1]) if steps else 1
     membership = np.zeros((n_atoms, len(steps)), bool)
     lineage = np.arange(n_atoms)
