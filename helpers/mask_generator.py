@@ -43,6 +43,19 @@ CHUNK_BYTES = 128 << 20  # full-size float logits held at once
 
 
 @dataclass
+class GateCounts:
+    """How many candidate masks each stage let through (summed over crops)."""
+
+    candidates: int = 0  # points x 3 masks
+    iou_gate: int = 0  # predicted IoU > pred_iou_thresh
+    stability_gate: int = 0  # stability score >= stability_score_thresh
+    crop_edge: int = 0  # not cut by a crop's inner edge
+    box_nms: int = 0  # after NMS within each crop
+    crop_nms: int = 0  # after NMS between crops
+    final: int = 0  # after small-region removal and its NMS
+
+
+@dataclass
 class _Crop:
     box: list[int]  # x0, y0, x1, y1 in the image
     input_size: tuple[int, int]  # the crop resized for the encoder (before padding)
@@ -64,7 +77,8 @@ class _Candidates:
             empty = torch.zeros(0)
             side = low_res_side
             return cls(torch.zeros(0, side, side), empty, empty, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in ("low_res", "iou", "stability", "boxes", "crop")))
+        fields = ("low_res", "iou", "stability", "boxes", "crop")
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
 
     def filter(self, keep: torch.Tensor) -> _Candidates:
         return _Candidates(self.low_res[keep], self.iou[keep], self.stability[keep], self.boxes[keep], self.crop[keep])
@@ -104,7 +118,7 @@ def _mask_boxes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     return boxes * rows.any(-1, keepdim=True)
 
 
-def _gate(model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[int, int], options: dict):
+def _gate(model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[int, int], options: dict, counts):
     """Stability gate, boxes and crop-edge filter on full-size logits, a chunk at a time."""
     x0, y0, x1, y1 = crop.box
     parts = []
@@ -117,17 +131,25 @@ def _gate(model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[int,
         if options["stability_score_thresh"] > 0.0:
             keep = stability >= options["stability_score_thresh"]
         index = torch.nonzero(keep).flatten()
+        counts.stability_gate += len(index)
         boxes = _mask_boxes(logits, model.mask_threshold)[index]
         del logits
         near = is_box_near_crop_edge(boxes, crop.box, [0, 0, image_size[1], image_size[0]])
         index, boxes = index[~near], boxes[~near]
+        counts.crop_edge += len(index)
         parts.append((index + start, stability[index], boxes))
     index = torch.cat([p[0] for p in parts])
     return index, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).reshape(-1, 4)
 
 
 def _process_crop(
-    model: Sam, predictor: SamPredictor, image: np.ndarray, crop_box: list[int], points: np.ndarray, options: dict
+    model: Sam,
+    predictor: SamPredictor,
+    image: np.ndarray,
+    crop_box: list[int],
+    points: np.ndarray,
+    options: dict,
+    counts: GateCounts,
 ) -> tuple[_Candidates, _Crop]:
     x0, y0, x1, y1 = crop_box
     cropped = image[y0:y1, x0:x1, :]
@@ -148,13 +170,15 @@ def _process_crop(
             queries, keys, iou = decoder.tokens(sparse)
         iou = iou.float()
         wanted = iou > iou_thresh if iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+        counts.candidates += wanted.numel()
+        counts.iou_gate += int(wanted.sum())
         prompts = torch.nonzero(wanted.any(dim=1)).flatten()
         for start in range(0, len(prompts), UPSCALE_PROMPTS):
             rows = prompts[start : start + UPSCALE_PROMPTS]
             with autocast(device, precision):
                 low_res = decoder.masks(queries[rows], keys[rows])
             low_res, kept_iou = low_res.float()[wanted[rows]], iou[rows][wanted[rows]]
-            index, stability, boxes = _gate(model, low_res, crop, image.shape[:2], options)
+            index, stability, boxes = _gate(model, low_res, crop, image.shape[:2], options, counts)
             crop_index = torch.zeros(len(index), dtype=torch.long, device=device)
             parts.append(_Candidates(low_res[index], kept_iou[index], stability, boxes, crop_index))
         del queries, keys
@@ -162,6 +186,7 @@ def _process_crop(
     data = _Candidates.cat(parts, 4 * decoder.h)
     keep = batched_nms(data.boxes.float(), data.iou, torch.zeros(len(data.boxes)), options["box_nms_thresh"])
     data = data.filter(keep)
+    counts.box_nms += len(keep)
     data.boxes = uncrop_boxes_xyxy(data.boxes, crop_box)
     return data, crop
 
@@ -208,6 +233,28 @@ def generate_mask_set(
     """The masks of ``SamAutomaticMaskGenerator(model, **same options).generate(image)`` in the same
     order, with their predicted IoU and stability score, as a ``MaskSet`` at the image's size.
     ``precision`` "bfloat16"/"float16" runs encoder and decoder in autocast (masks change slightly)."""
+    options = {k: v for k, v in locals().items() if k not in ("model", "image")}
+    return generate_mask_set_with_counts(model, image, **options)[0]
+
+
+def generate_mask_set_with_counts(
+    model: Sam,
+    image: np.ndarray,
+    *,
+    points_per_side: int = 32,
+    points_per_batch: int = 64,
+    pred_iou_thresh: float = 0.88,
+    stability_score_thresh: float = 0.95,
+    stability_score_offset: float = 1.0,
+    box_nms_thresh: float = 0.7,
+    crop_n_layers: int = 0,
+    crop_nms_thresh: float = 0.7,
+    crop_overlap_ratio: float = 512 / 1500,
+    crop_n_points_downscale_factor: int = 1,
+    min_mask_region_area: int = 0,
+    precision: str = "float32",
+) -> tuple[MaskSet, GateCounts]:
+    """``generate_mask_set`` plus how many candidates each gate let through."""
     check_precision(precision, model.device)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"SAM needs an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}.")
@@ -223,10 +270,11 @@ def generate_mask_set(
     grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
     crop_boxes, layers = generate_crop_boxes(image_size, crop_n_layers, crop_overlap_ratio)
     predictor = SamPredictor(model)
+    counts = GateCounts()
     parts, crops = [], []
     with torch.inference_mode():
         for index, (crop_box, layer) in enumerate(zip(crop_boxes, layers)):
-            data, crop = _process_crop(model, predictor, image, crop_box, grids[layer], options)
+            data, crop = _process_crop(model, predictor, image, crop_box, grids[layer], options, counts)
             data.crop[:] = index
             parts.append(data)
             crops.append(crop)
@@ -237,10 +285,13 @@ def generate_mask_set(
             scores = (1 / crop_areas).to(data.boxes.device)
             keep = batched_nms(data.boxes.float(), scores, torch.zeros(len(data.boxes)), crop_nms_thresh)
             data = data.filter(keep)
+        counts.crop_nms = len(data.iou)
         if min_mask_region_area > 0 and len(data.iou):
             data = _small_region_nms(model, data, crops, image_size, min_mask_region_area, crop_nms_thresh, options)
+        counts.final = len(data.iou)
         masks = _stream_masks(model, data, crops, image_size, min_mask_region_area)
-        return mask_set_from_stream(masks, image_size, data.iou.cpu().numpy(), data.stability.cpu().numpy())
+        iou, stability = data.iou.cpu().numpy(), data.stability.cpu().numpy()
+        return mask_set_from_stream(masks, image_size, iou, stability), counts
 
 
 def _small_region_nms(model, data, crops, image_size, min_area, crop_nms_thresh, options) -> _Candidates:

@@ -158,7 +158,8 @@ class PromptBatchDecoder:
         y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * n, c), w1).reshape(b, n, 4, c1)
         y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-        z = act2(torch.addmm(conv2.bias.repeat(4), y.reshape(-1, c1), w2).reshape(b, n * 16, c2))  # B (N di1 dj1 di2 dj2) C2
+        z = torch.addmm(conv2.bias.repeat(4), y.reshape(-1, c1), w2)
+        z = act2(z.reshape(b, n * 16, c2))  # B (N di1 dj1 di2 dj2) C2
         hyper = torch.stack(
             [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps) if i >= self.first_mask],
             dim=2,

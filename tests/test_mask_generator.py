@@ -15,20 +15,9 @@ from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 from helpers.mask_generator import ENGINE_VERSION, generate_mask_set
 from helpers.masks import MaskSet, best_match_iou, mask_set_from_stream
 from helpers.sam_decoder import PromptBatchDecoder
-from helpers.tiny_models import build_sam_tiny
+from helpers.tiny_models import build_sam_tiny, steepen_random_sam
 
 OPEN = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-
-
-def sharpen(model: torch.nn.Module, logit_gain: float = 2000.0, iou_shift: float = 0.88) -> torch.nn.Module:
-    """Random SAMs give flat logits and IoU near 0, so every default gate is shut. Steeper mask
-    logits and a shifted IoU head let a share of the masks through, as with trained weights."""
-    with torch.no_grad():
-        for mlp in model.mask_decoder.output_hypernetworks_mlps:
-            mlp.layers[-1].weight.mul_(logit_gain)
-            mlp.layers[-1].bias.mul_(logit_gain)
-        model.mask_decoder.iou_prediction_head.layers[-1].bias.add_(iou_shift)
-    return model
 
 
 def blocks(height: int, width: int, block: int = 48, seed: int = 0) -> np.ndarray:
@@ -76,13 +65,13 @@ def assert_same_masks(ours: MaskSet, ref: MaskSet, min_count: int = 1) -> None:
 @pytest.fixture(scope="module")
 def tiny_sam():
     torch.manual_seed(0)
-    return sharpen(build_sam_tiny())
+    return steepen_random_sam(build_sam_tiny())
 
 
 @pytest.fixture(scope="module")
 def vit_b():
     torch.manual_seed(0)
-    model = sharpen(sam_model_registry["vit_b"]().eval())
+    model = steepen_random_sam(sam_model_registry["vit_b"]().eval())
     model.image_encoder = CachedEncoder(model.image_encoder)
     return model
 
@@ -105,7 +94,9 @@ def test_tiny_sam_matches_reference(tiny_sam, options):
     assert_same_masks(generate_mask_set(tiny_sam, image, **options), reference(tiny_sam, image, **options))
 
 
-@pytest.mark.parametrize("options", [dict(points_per_side=4, **OPEN), dict(points_per_side=6)], ids=["open", "defaults"])
+@pytest.mark.parametrize(
+    "options", [dict(points_per_side=4, **OPEN), dict(points_per_side=6)], ids=["open", "defaults"]
+)
 def test_vit_b_matches_reference(vit_b, options):
     image = blocks(384, 512, block=64)
     assert_same_masks(generate_mask_set(vit_b, image, **options), reference(vit_b, image, **options))
@@ -117,7 +108,8 @@ def test_decoder_logits_match_segment_anything(vit_b):
     features = torch.randn(1, 256, 64, 64)
     with torch.inference_mode():
         points = torch.rand(12, 1, 2) * 1024
-        sparse, dense = vit_b.prompt_encoder(points=(points, torch.ones(12, 1, dtype=torch.int)), boxes=None, masks=None)
+        labels = torch.ones(12, 1, dtype=torch.int)
+        sparse, dense = vit_b.prompt_encoder(points=(points, labels), boxes=None, masks=None)
         pe = vit_b.prompt_encoder.get_dense_pe()
         ref_masks, ref_iou = vit_b.mask_decoder(features, pe, sparse, dense, multimask_output=True)
         decoder = PromptBatchDecoder(vit_b, features)
@@ -166,14 +158,14 @@ LARGE = textwrap.dedent(
     import json, resource, sys
     import numpy as np, torch
     sys.path.insert(0, sys.argv[1])
-    from test_mask_generator import blocks, sharpen, OPEN
+    from test_mask_generator import blocks, OPEN
     from helpers import mask_generator
     from helpers.mask_generator import generate_mask_set
-    from helpers.tiny_models import build_sam_tiny
+    from helpers.tiny_models import build_sam_tiny, steepen_random_sam
     mask_generator.CHUNK_BYTES = 24 << 20  # one candidate's full-size logits at a time
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    model = sharpen(build_sam_tiny())
+    model = steepen_random_sam(build_sam_tiny())
     image = blocks(2000, 3000, block=400)
     generate_mask_set(model, image[:64, :64], points_per_side=1)  # warm up: libraries loaded, buffers allocated
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
