@@ -72,9 +72,9 @@ def _image_to_tokens(
     scale = 1.0 / math.sqrt(k.shape[-1])
     kq = torch.einsum("bhtd,hdc->bhtc", k * scale, _head_weights(attn.q_proj, h))
     bias = (k * scale) @ attn.q_proj.bias.reshape(h, -1, 1)  # B h T 1
-    logits = torch.baddbmm(bias.reshape(b, 1, h * t), xp, kq.reshape(b, h * t, -1).transpose(1, 2))  # B N hT
-    weights = torch.softmax(logits.reshape(b, -1, h, t), dim=-1).reshape(b, -1, h * t)
-    return torch.baddbmm(residual, weights, _image_to_tokens_values(attn, tokens_v))
+    logits = torch.baddbmm(bias.reshape(b, h * t, 1), kq.reshape(b, h * t, -1), xp.transpose(1, 2))  # B hT N
+    weights = torch.softmax(logits.reshape(b, h, t, -1), dim=2).reshape(b, h * t, -1)  # over T, N innermost
+    return torch.baddbmm(residual, weights.transpose(1, 2), _image_to_tokens_values(attn, tokens_v))
 
 
 class PromptBatchDecoder:
@@ -111,10 +111,11 @@ class PromptBatchDecoder:
         h = attn.num_heads
         b, t, _ = tokens_k.shape
         k = _heads(attn.k_proj(tokens_k), h)  # B h T d
-        k = k.permute(1, 3, 0, 2).reshape(h, k.shape[-1], b * t) / math.sqrt(k.shape[-1])
-        logits = (self.q0 @ k).reshape(h, -1, b, t)  # h N B T
-        weights = torch.softmax(logits, dim=-1).permute(2, 1, 0, 3).reshape(b, -1, h * t)  # B N hT
-        return torch.baddbmm(self.x0.expand(b, -1, -1), weights, _image_to_tokens_values(attn, tokens_v))
+        k = k.transpose(0, 1).reshape(h, b * t, -1) / math.sqrt(k.shape[-1])  # h BT d
+        logits = (k @ self.q0.transpose(1, 2)).reshape(h, b, t, -1)  # h B T N
+        weights = torch.softmax(logits, dim=2).transpose(0, 1).reshape(b, h * t, -1)  # B hT N
+        values = _image_to_tokens_values(attn, tokens_v)
+        return torch.baddbmm(self.x0.expand(b, -1, -1), weights.transpose(1, 2), values)
 
     def tokens(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the two-way transformer. ``sparse``: the prompt encoder's point embeddings (B, P, C).
