@@ -113,6 +113,7 @@ def main() -> None:
     parser.add_argument("--model", default="vit_b", choices=sorted(SAM_BUILDERS))
     parser.add_argument("--checkpoint", default=None, help="real weights (default: random, steepened)")
     parser.add_argument("--sides", type=int, nargs="+", default=[16, 32], help="points_per_side values")
+    parser.add_argument("--gates", nargs="+", default=["default", "open"], choices=["default", "open"])
     parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the test image")
     parser.add_argument("--huge", default="8000x6000", help="WIDTHxHEIGHT for the ours-only memory row; 0 skips")
     parser.add_argument("--logit-gain", type=float, default=400.0)
@@ -137,10 +138,12 @@ def main() -> None:
     print("| points | gates | reference s | ours s | speed-up | masks ref / ours | min best-match IoU ", end="")
     print("| max Δ pred. IoU | candidates → IoU gate → stability gate → NMS |")
     print("|---|---|---|---|---|---|---|---|---|")
+    references = {}
     for side in args.sides:
-        for name, gate_options in (("default", {}), ("open", OPEN)):
-            options = dict(points_per_side=side, **gate_options)
+        for name in args.gates:
+            options = dict(points_per_side=side, **(OPEN if name == "open" else {}))
             ref, ref_s = timed(lambda: reference(model, image, options))
+            references[side, name] = ref
             (ours, counts), ours_s = timed(lambda: generate_mask_set_with_counts(model, image, **options))
             match = best_match_iou(ours, ref).min() if len(ref) else float("nan")
             iou_delta = np.abs(ours.predicted_iou - ref.predicted_iou).max() if len(ref) == len(ours) else float("nan")
@@ -155,7 +158,7 @@ def main() -> None:
     (ours, counts), ours_s = timed(
         lambda: generate_mask_set_with_counts(model, image, points_per_side=side, precision=bf16)
     )
-    ref = reference(model, image, dict(points_per_side=side)) if len(args.sides) else None
+    ref = references.get((side, "default")) or reference(model, image, dict(points_per_side=side))
     match = best_match_iou(ours, ref) if len(ref) and len(ours) else np.array([float("nan")])
     print(
         f"| {side}x{side} | default, {bf16} | – | {ours_s:.1f} | – | {len(ref)} / {len(ours)} "

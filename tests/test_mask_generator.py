@@ -95,10 +95,10 @@ def test_tiny_sam_matches_reference(tiny_sam, options):
 
 
 @pytest.mark.parametrize(
-    "options", [dict(points_per_side=4, **OPEN), dict(points_per_side=6)], ids=["open", "defaults"]
+    "options", [dict(points_per_side=3, **OPEN), dict(points_per_side=5)], ids=["open", "defaults"]
 )
 def test_vit_b_matches_reference(vit_b, options):
-    image = blocks(384, 512, block=64)
+    image = blocks(320, 448, block=64)
     assert_same_masks(generate_mask_set(vit_b, image, **options), reference(vit_b, image, **options))
 
 
