@@ -16,6 +16,7 @@ Masks equal the reference's up to float32 rounding of the decoder's logits (abou
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,8 +119,11 @@ def _mask_boxes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
     return boxes * rows.any(-1, keepdim=True)
 
 
-def _gate(model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[int, int], options: dict, counts):
-    """Stability gate, boxes and crop-edge filter on full-size logits, a chunk at a time."""
+def _gate(
+    model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[int, int], options: dict, counts: GateCounts
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stability gate, boxes and crop-edge filter on full-size logits, a chunk at a time. Returns the
+    survivors' indices in ``low_res``, their stability scores and boxes (crop coordinates)."""
     x0, y0, x1, y1 = crop.box
     parts = []
     step = _chunk_size(y1 - y0, x1 - x0, low_res.shape[-1])
@@ -151,6 +155,7 @@ def _process_crop(
     options: dict,
     counts: GateCounts,
 ) -> tuple[_Candidates, _Crop]:
+    """Encode one crop, decode its point grid in batches, gate the candidates and run the box NMS."""
     x0, y0, x1, y1 = crop_box
     cropped = image[y0:y1, x0:x1, :]
     device, precision = model.device, options["precision"]
@@ -197,7 +202,9 @@ def _remove_small_regions(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, 
     return mask, holes or islands
 
 
-def _stream_masks(model: Sam, data: _Candidates, crops: list[_Crop], image_size, min_area: int):
+def _stream_masks(
+    model: Sam, data: _Candidates, crops: list[_Crop], image_size: tuple[int, int], min_area: int
+) -> Iterator[np.ndarray]:
     """The final masks in order, rendered a chunk at a time (small regions removed when asked)."""
     start = 0
     while start < len(data.iou):
@@ -294,7 +301,15 @@ def generate_mask_set_with_counts(
         return mask_set_from_stream(masks, image_size, iou, stability), counts
 
 
-def _small_region_nms(model, data, crops, image_size, min_area, crop_nms_thresh, options) -> _Candidates:
+def _small_region_nms(
+    model: Sam,
+    data: _Candidates,
+    crops: list[_Crop],
+    image_size: tuple[int, int],
+    min_area: int,
+    crop_nms_thresh: float,
+    options: dict,
+) -> _Candidates:
     """The reference's NMS after removing small regions: boxes of the cleaned masks, unchanged ones first."""
     boxes, scores = [], []
     for mask in _stream_masks(model, data, crops, image_size, 0):
