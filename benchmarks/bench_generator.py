@@ -97,6 +97,20 @@ def gates(counts: GateCounts) -> str:
     return f"{counts.candidates} → {counts.iou_gate} → {counts.stability_gate} → {counts.box_nms}"
 
 
+def half_row(model, image: np.ndarray, side: int, references: dict, device: str) -> None:
+    """Ours in bfloat16 (float16 on GPUs without it), default gates, against the float32 reference."""
+    half = "bfloat16" if device == "cpu" or torch.cuda.is_bf16_supported() else "float16"
+    run = lambda: generate_mask_set_with_counts(model, image, points_per_side=side, precision=half)  # noqa: E731
+    (ours, counts), ours_s = timed(run)
+    ref = references.get((side, "default")) or reference(model, image, dict(points_per_side=side))
+    match = best_match_iou(ours, ref) if len(ref) and len(ours) else np.array([float("nan")])
+    print(
+        f"| {side}x{side} | default, {half} | – | {ours_s:.1f} | – | {len(ref)} / {len(ours)} "
+        f"| {match.min():.4f} (median {np.median(match):.4f}) | – | {gates(counts)} |",
+        flush=True,
+    )
+
+
 def huge_run(args: argparse.Namespace) -> None:
     """Child process: ours only, default settings, prints time and peak RSS as JSON."""
     model = build_model(args)
@@ -118,6 +132,7 @@ def main() -> None:
     parser.add_argument("--huge", default="8000x6000", help="WIDTHxHEIGHT for the ours-only memory row; 0 skips")
     parser.add_argument("--logit-gain", type=float, default=400.0)
     parser.add_argument("--iou-shift", type=float, default=0.85)
+    parser.add_argument("--no-bf16", action="store_true", help="skip the 16-bit row")
     parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)  # for the child run
     parser.add_argument("--huge-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -153,18 +168,8 @@ def main() -> None:
                 flush=True,
             )
             assert len(ref) == len(ours) and (not len(ref) or match >= 0.999), "masks differ"
-    side = max(args.sides)
-    bf16 = "bfloat16" if args.device == "cpu" or torch.cuda.is_bf16_supported() else "float16"
-    (ours, counts), ours_s = timed(
-        lambda: generate_mask_set_with_counts(model, image, points_per_side=side, precision=bf16)
-    )
-    ref = references.get((side, "default")) or reference(model, image, dict(points_per_side=side))
-    match = best_match_iou(ours, ref) if len(ref) and len(ours) else np.array([float("nan")])
-    print(
-        f"| {side}x{side} | default, {bf16} | – | {ours_s:.1f} | – | {len(ref)} / {len(ours)} "
-        f"| {match.min():.4f} (median {np.median(match):.4f}) | – | {gates(counts)} |",
-        flush=True,
-    )
+    if not args.no_bf16:
+        half_row(model, image, max(args.sides), references, args.device)
     if args.huge_size:
         command = [sys.executable, __file__, "--huge-child", "--device", args.device, "--model", args.model]
         command += ["--huge", args.huge, "--logit-gain", str(args.logit_gain), "--iou-shift", str(args.iou_shift)]
