@@ -176,7 +176,7 @@ def main() -> None:
         command += ["--checkpoint", args.checkpoint] if args.checkpoint else []
         result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
         print(
-            f"| 32x32 | default, {args.huge} px | – (needs ~36 GB) | {result['seconds']:.1f} | – "
+            f"| 32x32 | default, {args.huge} px | – (not run) | {result['seconds']:.1f} | – "
             f"| – / {result['count']} | peak RSS {result['peak'] / 2**30:.2f} GB | – | {result['gates']} |"
         )
 
