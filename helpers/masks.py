@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -176,3 +177,39 @@ def apply_filters(masks: MaskSet, settings: FilterSettings) -> MaskSet:
     if settings.split_overlaps:
         masks = split_overlaps(masks)
     return masks
+
+
+def mask_set_from_stream(
+    masks: Iterable[np.ndarray], shape: tuple[int, int], predicted_iou=None, stability=None
+) -> MaskSet:
+    """``MaskSet.from_masks(np.stack(masks), ...)`` without the N x H x W stack: each H x W mask
+    refines the atoms as it arrives (``atoms * 2 + mask``, relabelled through a lookup table), so
+    memory stays O(H x W + atoms x N). Atoms and membership come out identical to ``from_masks``'s:
+    both order the atoms by their membership bits, the first mask most significant."""
+    atoms = np.zeros(shape, np.int32)
+    flat = atoms.reshape(-1)
+    blocks = [slice(i, i + (1 << 20)) for i in range(0, flat.size, 1 << 20)]  # bounded index temporaries
+    steps: list[np.ndarray] = []  # per mask: the codes (parent atom * 2 + bit) of the new atoms
+    for mask in masks:
+        mask = np.asarray(mask, bool)
+        if mask.shape != tuple(shape):
+            raise ValueError(f"mask of shape {mask.shape}, expected {tuple(shape)}")
+        n_atoms = len(steps[-1]) if steps else 1
+        atoms *= 2
+        atoms += mask  # the codes: parent atom * 2 + bit
+        present = np.zeros(2 * n_atoms, bool)
+        for block in blocks:
+            present[flat[block]] = True
+        steps.append(np.flatnonzero(present).astype(np.int32))
+        relabel = np.cumsum(present, dtype=np.int32) - 1
+        for block in blocks:
+            flat[block] = relabel[flat[block]]
+    n_atoms = len(steps[-1]) if steps else 1
+    membership = np.zeros((n_atoms, len(steps)), bool)
+    lineage = np.arange(n_atoms)
+    for k in range(len(steps) - 1, -1, -1):  # walk each atom back through its parents
+        code = steps[k][lineage]
+        membership[:, k] = code % 2 == 1
+        lineage = code // 2
+    as_float = lambda v: None if v is None else np.asarray(v, np.float32)  # noqa: E731
+    return MaskSet(atoms, membership, as_float(predicted_iou), as_float(stability))

@@ -109,3 +109,15 @@ def write_tiny_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
         save_clip_archive(build_clip_tiny(), tmp)
         tmp.replace(clip_path)
     return {"sam": sam_path, "clip": clip_path}
+
+
+def steepen_random_sam(model: Sam, logit_gain: float = 2000.0, iou_shift: float = 0.88) -> Sam:
+    """Random SAMs give flat mask logits and predicted IoU near 0, so SAM's default gates (IoU 0.88,
+    stability 0.95) drop every mask. Steeper logits (the hypernetworks' last layer scaled) and a
+    shifted IoU head let a share through, as with trained weights; the compute is unchanged."""
+    with torch.no_grad():
+        for mlp in model.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(logit_gain)
+            mlp.layers[-1].bias.mul_(logit_gain)
+        model.mask_decoder.iou_prediction_head.layers[-1].bias.add_(iou_shift)
+    return model

@@ -1,0 +1,321 @@
+"""A faster ``SamAutomaticMaskGenerator`` with the same masks, in bounded memory.
+
+Same model, point grid, crops, gates, NMS and output order as segment-anything's generator
+(``output_mode="binary_mask"``); what changes is where the work goes:
+
+* the mask decoder does the prompt-independent work once per image (``sam_decoder``);
+* the IoU gate runs on the tokens, before any upscaling: only surviving masks are upscaled, and
+  prompts with no survivor are never upscaled at all;
+* survivors are upscaled to full size in chunks sized by pixels, binarised, boxed and gated; only
+  their 256 x 256 logits are kept, and the final masks are rendered again one chunk at a time
+  straight into a ``MaskSet`` (no RLE round trip, no N x H x W stack), so an 8000 x 6000 image runs
+  in a few GB.
+
+Masks equal the reference's up to float32 rounding of the decoder's logits (about 1e-6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from segment_anything.predictor import SamPredictor
+from segment_anything.utils.amg import (
+    batched_mask_to_box,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    remove_small_regions,
+    uncrop_boxes_xyxy,
+)
+from torchvision.ops.boxes import batched_nms, box_area
+
+from .masks import MaskSet, mask_set_from_stream
+from .precision import autocast, check_precision
+from .sam_decoder import PromptBatchDecoder
+
+ENGINE_VERSION = "fast-1"
+UPSCALE_PROMPTS = 16  # prompts upscaled together (the 256 x 256 x 32 features: 8 MB each)
+CHUNK_BYTES = 128 << 20  # full-size float logits held at once
+
+
+@dataclass
+class GateCounts:
+    """How many candidate masks each stage let through (summed over crops)."""
+
+    candidates: int = 0  # points x 3 masks
+    iou_gate: int = 0  # predicted IoU > pred_iou_thresh
+    stability_gate: int = 0  # stability score >= stability_score_thresh
+    crop_edge: int = 0  # not cut by a crop's inner edge
+    box_nms: int = 0  # after NMS within each crop
+    crop_nms: int = 0  # after NMS between crops
+    final: int = 0  # after small-region removal and its NMS
+
+
+@dataclass
+class _Crop:
+    box: list[int]  # x0, y0, x1, y1 in the image
+    input_size: tuple[int, int]  # the crop resized for the encoder (before padding)
+
+
+@dataclass
+class _Candidates:
+    """Masks kept so far, as their low-resolution logits (the full-size mask is re-rendered)."""
+
+    low_res: torch.Tensor  # n x 256 x 256
+    iou: torch.Tensor  # n
+    stability: torch.Tensor  # n
+    boxes: torch.Tensor  # n x 4, xyxy
+    crop: torch.Tensor  # n, index of the crop
+
+    @classmethod
+    def cat(cls, parts: list[_Candidates], low_res_side: int) -> _Candidates:
+        if not parts:
+            empty = torch.zeros(0)
+            side = low_res_side
+            return cls(torch.zeros(0, side, side), empty, empty, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+        fields = ("low_res", "iou", "stability", "boxes", "crop")
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
+
+    def filter(self, keep: torch.Tensor) -> _Candidates:
+        return _Candidates(self.low_res[keep], self.iou[keep], self.stability[keep], self.boxes[keep], self.crop[keep])
+
+
+def _chunk_size(height: int, width: int, side: int) -> int:
+    return int(max(1, min(64, CHUNK_BYTES // (4 * (height * width + side * side)))))
+
+
+def _upscale(model: Sam, low_res: torch.Tensor, crop: _Crop) -> torch.Tensor:
+    """Full-size logits of the crop (n x h x w), exactly as ``Sam.postprocess_masks`` makes them."""
+    x0, y0, x1, y1 = crop.box
+    return model.postprocess_masks(low_res[:, None].float(), crop.input_size, (y1 - y0, x1 - x0))[:, 0]
+
+
+def _render(model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[int, int]) -> list[np.ndarray]:
+    """Binary full-image masks (the crop's mask placed at the crop's position)."""
+    x0, y0, x1, y1 = crop.box
+    masks = (_upscale(model, low_res, crop) > model.mask_threshold).cpu().numpy()
+    if (x0, y0, x1, y1) == (0, 0, image_size[1], image_size[0]):
+        return list(masks)
+    out = []
+    for mask in masks:
+        full = np.zeros(image_size, bool)
+        full[y0:y1, x0:x1] = mask
+        out.append(full)
+    return out
+
+
+def _mask_boxes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``amg.batched_mask_to_box(logits > threshold)`` (xyxy, inclusive, zeros when empty) from
+    row and column maxima, without the boolean masks."""
+    rows, cols = logits.amax(-1) > threshold, logits.amax(-2) > threshold
+    h, w = rows.shape[-1], cols.shape[-1]
+    first = lambda x: x.byte().argmax(-1)  # noqa: E731
+    boxes = torch.stack([first(cols), first(rows), w - 1 - first(cols.flip(-1)), h - 1 - first(rows.flip(-1))], -1)
+    return boxes * rows.any(-1, keepdim=True)
+
+
+def _gate(
+    model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[int, int], options: dict, counts: GateCounts
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stability gate, boxes and crop-edge filter on full-size logits, a chunk at a time. Returns the
+    survivors' indices in ``low_res``, their stability scores and boxes (crop coordinates)."""
+    x0, y0, x1, y1 = crop.box
+    parts = []
+    step = _chunk_size(y1 - y0, x1 - x0, low_res.shape[-1])
+    for start in range(0, len(low_res), step):
+        chunk = low_res[start : start + step]
+        logits = _upscale(model, chunk, crop)
+        stability = calculate_stability_score(logits, model.mask_threshold, options["stability_score_offset"])
+        keep = torch.ones(len(chunk), dtype=torch.bool, device=chunk.device)
+        if options["stability_score_thresh"] > 0.0:
+            keep = stability >= options["stability_score_thresh"]
+        index = torch.nonzero(keep).flatten()
+        counts.stability_gate += len(index)
+        boxes = _mask_boxes(logits, model.mask_threshold)[index]
+        del logits
+        near = is_box_near_crop_edge(boxes, crop.box, [0, 0, image_size[1], image_size[0]])
+        index, boxes = index[~near], boxes[~near]
+        counts.crop_edge += len(index)
+        parts.append((index + start, stability[index], boxes))
+    index = torch.cat([p[0] for p in parts])
+    return index, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).reshape(-1, 4)
+
+
+def _process_crop(
+    model: Sam,
+    predictor: SamPredictor,
+    image: np.ndarray,
+    crop_box: list[int],
+    points: np.ndarray,
+    options: dict,
+    counts: GateCounts,
+) -> tuple[_Candidates, _Crop]:
+    """Encode one crop, decode its point grid in batches, gate the candidates and run the box NMS."""
+    x0, y0, x1, y1 = crop_box
+    cropped = image[y0:y1, x0:x1, :]
+    device, precision = model.device, options["precision"]
+    with autocast(device, precision):
+        predictor.set_image(cropped)
+    crop = _Crop(list(crop_box), tuple(predictor.input_size))
+    decoder = PromptBatchDecoder(model, predictor.features.float())
+    points = points * np.array(cropped.shape[:2])[None, ::-1]
+    parts: list[_Candidates] = []
+    iou_thresh = options["pred_iou_thresh"]
+    for begin in range(0, len(points), options["points_per_batch"]):
+        batch = points[begin : begin + options["points_per_batch"]]
+        coords = torch.as_tensor(predictor.transform.apply_coords(batch, cropped.shape[:2]), device=device)
+        labels = torch.ones(len(batch), dtype=torch.int, device=device)
+        with autocast(device, precision):
+            sparse, _ = model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
+            queries, keys, iou = decoder.tokens(sparse)
+        iou = iou.float()
+        wanted = iou > iou_thresh if iou_thresh > 0.0 else torch.ones_like(iou, dtype=torch.bool)
+        counts.candidates += wanted.numel()
+        counts.iou_gate += int(wanted.sum())
+        prompts = torch.nonzero(wanted.any(dim=1)).flatten()
+        for start in range(0, len(prompts), UPSCALE_PROMPTS):
+            rows = prompts[start : start + UPSCALE_PROMPTS]
+            with autocast(device, precision):
+                low_res = decoder.masks(queries[rows], keys[rows])
+            low_res, kept_iou = low_res.float()[wanted[rows]], iou[rows][wanted[rows]]
+            index, stability, boxes = _gate(model, low_res, crop, image.shape[:2], options, counts)
+            crop_index = torch.zeros(len(index), dtype=torch.long, device=device)
+            parts.append(_Candidates(low_res[index], kept_iou[index], stability, boxes, crop_index))
+        del queries, keys
+    predictor.reset_image()
+    data = _Candidates.cat(parts, 4 * decoder.h)
+    keep = batched_nms(data.boxes.float(), data.iou, torch.zeros(len(data.boxes)), options["box_nms_thresh"])
+    data = data.filter(keep)
+    counts.box_nms += len(keep)
+    data.boxes = uncrop_boxes_xyxy(data.boxes, crop_box)
+    return data, crop
+
+
+def _remove_small_regions(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, bool]:
+    mask, holes = remove_small_regions(mask, min_area, mode="holes")
+    mask, islands = remove_small_regions(mask, min_area, mode="islands")
+    return mask, holes or islands
+
+
+def _stream_masks(
+    model: Sam, data: _Candidates, crops: list[_Crop], image_size: tuple[int, int], min_area: int
+) -> Iterator[np.ndarray]:
+    """The final masks in order, rendered a chunk at a time (small regions removed when asked)."""
+    start = 0
+    while start < len(data.iou):
+        crop_index = int(data.crop[start])
+        crop = crops[crop_index]
+        x0, y0, x1, y1 = crop.box
+        step = _chunk_size(y1 - y0, x1 - x0, data.low_res.shape[-1])
+        stop = start
+        while stop < len(data.iou) and stop - start < step and int(data.crop[stop]) == crop_index:
+            stop += 1
+        for mask in _render(model, data.low_res[start:stop], crop, image_size):
+            yield _remove_small_regions(mask, min_area)[0] if min_area > 0 else mask
+        start = stop
+
+
+def generate_mask_set(
+    model: Sam,
+    image: np.ndarray,
+    *,
+    points_per_side: int = 32,
+    points_per_batch: int = 64,
+    pred_iou_thresh: float = 0.88,
+    stability_score_thresh: float = 0.95,
+    stability_score_offset: float = 1.0,
+    box_nms_thresh: float = 0.7,
+    crop_n_layers: int = 0,
+    crop_nms_thresh: float = 0.7,
+    crop_overlap_ratio: float = 512 / 1500,
+    crop_n_points_downscale_factor: int = 1,
+    min_mask_region_area: int = 0,
+    precision: str = "float32",
+) -> MaskSet:
+    """The masks of ``SamAutomaticMaskGenerator(model, **same options).generate(image)`` in the same
+    order, with their predicted IoU and stability score, as a ``MaskSet`` at the image's size.
+    ``precision`` "bfloat16"/"float16" runs encoder and decoder in autocast (masks change slightly)."""
+    options = {k: v for k, v in locals().items() if k not in ("model", "image")}
+    return generate_mask_set_with_counts(model, image, **options)[0]
+
+
+def generate_mask_set_with_counts(
+    model: Sam,
+    image: np.ndarray,
+    *,
+    points_per_side: int = 32,
+    points_per_batch: int = 64,
+    pred_iou_thresh: float = 0.88,
+    stability_score_thresh: float = 0.95,
+    stability_score_offset: float = 1.0,
+    box_nms_thresh: float = 0.7,
+    crop_n_layers: int = 0,
+    crop_nms_thresh: float = 0.7,
+    crop_overlap_ratio: float = 512 / 1500,
+    crop_n_points_downscale_factor: int = 1,
+    min_mask_region_area: int = 0,
+    precision: str = "float32",
+) -> tuple[MaskSet, GateCounts]:
+    """``generate_mask_set`` plus how many candidates each gate let through."""
+    check_precision(precision, model.device)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"SAM needs an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}.")
+    options = dict(
+        points_per_batch=points_per_batch,
+        pred_iou_thresh=pred_iou_thresh,
+        stability_score_thresh=stability_score_thresh,
+        stability_score_offset=stability_score_offset,
+        box_nms_thresh=box_nms_thresh,
+        precision=precision,
+    )
+    image_size = image.shape[:2]
+    grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+    crop_boxes, layers = generate_crop_boxes(image_size, crop_n_layers, crop_overlap_ratio)
+    predictor = SamPredictor(model)
+    counts = GateCounts()
+    parts, crops = [], []
+    with torch.inference_mode():
+        for index, (crop_box, layer) in enumerate(zip(crop_boxes, layers)):
+            data, crop = _process_crop(model, predictor, image, crop_box, grids[layer], options, counts)
+            data.crop[:] = index
+            parts.append(data)
+            crops.append(crop)
+        side = 4 * model.prompt_encoder.image_embedding_size[0]
+        data = _Candidates.cat(parts, side)
+        if len(crop_boxes) > 1:
+            crop_areas = box_area(torch.tensor(crop_boxes, dtype=torch.float)[data.crop.cpu()])
+            scores = (1 / crop_areas).to(data.boxes.device)
+            keep = batched_nms(data.boxes.float(), scores, torch.zeros(len(data.boxes)), crop_nms_thresh)
+            data = data.filter(keep)
+        counts.crop_nms = len(data.iou)
+        if min_mask_region_area > 0 and len(data.iou):
+            data = _small_region_nms(model, data, crops, image_size, min_mask_region_area, crop_nms_thresh, options)
+        counts.final = len(data.iou)
+        masks = _stream_masks(model, data, crops, image_size, min_mask_region_area)
+        iou, stability = data.iou.cpu().numpy(), data.stability.cpu().numpy()
+        return mask_set_from_stream(masks, image_size, iou, stability), counts
+
+
+def _small_region_nms(
+    model: Sam,
+    data: _Candidates,
+    crops: list[_Crop],
+    image_size: tuple[int, int],
+    min_area: int,
+    crop_nms_thresh: float,
+    options: dict,
+) -> _Candidates:
+    """The reference's NMS after removing small regions: boxes of the cleaned masks, unchanged ones first."""
+    boxes, scores = [], []
+    for mask in _stream_masks(model, data, crops, image_size, 0):
+        cleaned, changed = _remove_small_regions(mask, min_area)
+        boxes.append(batched_mask_to_box(torch.as_tensor(cleaned)[None])[0])
+        scores.append(float(not changed))
+    nms_thresh = max(options["box_nms_thresh"], crop_nms_thresh)
+    keep = batched_nms(torch.stack(boxes).float(), torch.as_tensor(scores), torch.zeros(len(boxes)), nms_thresh)
+    return data.filter(keep)

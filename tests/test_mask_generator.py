@@ -1,0 +1,191 @@
+"""helpers.mask_generator gives segment-anything's masks, in the same order, in bounded memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+
+from helpers.mask_generator import ENGINE_VERSION, generate_mask_set
+from helpers.masks import MaskSet, best_match_iou, mask_set_from_stream
+from helpers.sam_decoder import PromptBatchDecoder
+from helpers.tiny_models import build_sam_tiny, steepen_random_sam
+
+OPEN = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+
+
+def blocks(height: int, width: int, block: int = 48, seed: int = 0) -> np.ndarray:
+    """An RGB image of flat coloured blocks (objects with edges)."""
+    rng = np.random.default_rng(seed)
+    small = (rng.random((height // block + 1, width // block + 1, 3)) * 255).astype(np.uint8)
+    return np.ascontiguousarray(np.kron(small, np.ones((block, block, 1), np.uint8))[:height, :width])
+
+
+class CachedEncoder(torch.nn.Module):
+    """The image encoder, run once per distinct input: the reference and ours then share it (the
+    encoder is not what is compared, and vit_b's costs seconds)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.img_size = encoder, encoder.img_size
+        self.cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for key, value in self.cache:
+            if key.shape == x.shape and torch.equal(key, x):
+                return value
+        self.cache.append((x.clone(), self.encoder(x)))
+        return self.cache[-1][1]
+
+
+def reference(model, image: np.ndarray, **options) -> MaskSet:
+    with torch.inference_mode():
+        records = SamAutomaticMaskGenerator(model, output_mode="binary_mask", **options).generate(image)
+    stack = np.stack([r["segmentation"] for r in records]) if records else np.zeros((0, *image.shape[:2]), bool)
+    return MaskSet.from_masks(stack, [r["predicted_iou"] for r in records], [r["stability_score"] for r in records])
+
+
+def assert_same_masks(ours: MaskSet, ref: MaskSet, min_count: int = 1) -> None:
+    assert len(ref) >= min_count, "the settings must let masks through for the test to mean something"
+    assert len(ours) == len(ref)
+    for i in range(len(ref)):  # same order: mask i against reference mask i
+        a, b = ours.mask(i), ref.mask(i)
+        assert (a & b).sum() / max((a | b).sum(), 1) >= 0.999, i
+    assert best_match_iou(ours, ref).min() >= 0.999
+    np.testing.assert_allclose(ours.predicted_iou, ref.predicted_iou, atol=1e-4)
+    np.testing.assert_allclose(ours.stability, ref.stability, atol=1e-3)  # NaN (empty masks) on both sides
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    torch.manual_seed(0)
+    return steepen_random_sam(build_sam_tiny())
+
+
+@pytest.fixture(scope="module")
+def vit_b():
+    torch.manual_seed(0)
+    model = steepen_random_sam(sam_model_registry["vit_b"]().eval())
+    model.image_encoder = CachedEncoder(model.image_encoder)
+    return model
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(points_per_side=6, **OPEN),
+        dict(points_per_side=8),
+        dict(points_per_side=6, pred_iou_thresh=0.9, stability_score_thresh=0.98, box_nms_thresh=0.5),
+        dict(points_per_side=4, crop_n_layers=1, **OPEN),
+        dict(points_per_side=4, crop_n_layers=1, crop_n_points_downscale_factor=2),
+        dict(points_per_side=6, min_mask_region_area=400, pred_iou_thresh=0.0, box_nms_thresh=0.9),
+        dict(points_per_side=4, points_per_batch=5, **OPEN),
+    ],
+    ids=["open", "defaults", "strict", "crops-open", "crops", "min-area", "odd-batch"],
+)
+def test_tiny_sam_matches_reference(tiny_sam, options):
+    image = blocks(200, 264)
+    assert_same_masks(generate_mask_set(tiny_sam, image, **options), reference(tiny_sam, image, **options))
+
+
+@pytest.mark.parametrize(
+    "options", [dict(points_per_side=3, **OPEN), dict(points_per_side=5)], ids=["open", "defaults"]
+)
+def test_vit_b_matches_reference(vit_b, options):
+    image = blocks(320, 448, block=64)
+    assert_same_masks(generate_mask_set(vit_b, image, **options), reference(vit_b, image, **options))
+
+
+def test_decoder_logits_match_segment_anything(vit_b):
+    """Our decoder's low-resolution logits and IoU against MaskDecoder's, on one batch of points."""
+    torch.manual_seed(1)
+    features = torch.randn(1, 256, 64, 64)
+    with torch.inference_mode():
+        points = torch.rand(12, 1, 2) * 1024
+        labels = torch.ones(12, 1, dtype=torch.int)
+        sparse, dense = vit_b.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        pe = vit_b.prompt_encoder.get_dense_pe()
+        ref_masks, ref_iou = vit_b.mask_decoder(features, pe, sparse, dense, multimask_output=True)
+        decoder = PromptBatchDecoder(vit_b, features)
+        queries, keys, iou = decoder.tokens(sparse)
+        masks = decoder.masks(queries, keys)
+    scale = ref_masks.abs().max()
+    assert (masks - ref_masks).abs().max() <= 1e-5 * scale
+    assert (iou - ref_iou).abs().max() <= 1e-5
+
+
+def test_empty_result_and_arguments(tiny_sam):
+    image = blocks(120, 160)
+    masks = generate_mask_set(tiny_sam, image, points_per_side=2, pred_iou_thresh=5.0)
+    assert len(masks) == 0 and masks.shape == (120, 160)
+    with pytest.raises(ValueError):
+        generate_mask_set(tiny_sam, image, precision="float64")
+    with pytest.raises(ValueError):
+        generate_mask_set(tiny_sam, image[..., 0])
+    assert ENGINE_VERSION == "fast-1"
+
+
+def test_bfloat16_is_close(tiny_sam):
+    image = blocks(200, 264)
+    ours = generate_mask_set(tiny_sam, image, points_per_side=4, precision="bfloat16", **OPEN)
+    exact = generate_mask_set(tiny_sam, image, points_per_side=4, **OPEN)
+    assert len(ours) == len(exact)
+    assert np.median(best_match_iou(ours, exact)) >= 0.95
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 20])
+def test_mask_set_from_stream_equals_from_masks(count):
+    rng = np.random.default_rng(count)
+    masks = rng.random((count, 23, 31)) < 0.5
+    masks[:, 5:12] = rng.random((count, 1, 31)) < 0.5  # shared rows: atoms of many pixels
+    dense = MaskSet.from_masks(masks, np.arange(count), -np.arange(count))
+    streamed = mask_set_from_stream(iter(masks), (23, 31), np.arange(count), -np.arange(count))
+    np.testing.assert_array_equal(streamed.atoms, dense.atoms)
+    np.testing.assert_array_equal(streamed.membership, dense.membership)
+    np.testing.assert_array_equal(streamed.stability, dense.stability)
+    with pytest.raises(ValueError):
+        mask_set_from_stream([np.zeros((2, 2), bool)], (23, 31))
+
+
+LARGE = textwrap.dedent(
+    """
+    import json, resource, sys
+    import numpy as np, torch
+    sys.path.insert(0, sys.argv[1])
+    from test_mask_generator import blocks, OPEN
+    from helpers import mask_generator
+    from helpers.mask_generator import generate_mask_set
+    from helpers.tiny_models import build_sam_tiny, steepen_random_sam
+    mask_generator.CHUNK_BYTES = 24 << 20  # one candidate's full-size logits at a time
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = steepen_random_sam(build_sam_tiny())
+    image = blocks(2000, 3000, block=400)
+    generate_mask_set(model, image[:64, :64], points_per_side=1)  # warm up: libraries loaded, buffers allocated
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    masks = generate_mask_set(model, image, points_per_side=2, **OPEN)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    areas = masks.areas.tolist()
+    print(json.dumps(dict(count=len(masks), shape=list(masks.shape), areas=areas, growth=peak - before)))
+    """
+)
+
+
+def test_large_image_memory_is_bounded():
+    """3000 x 2000 px: the reference holds every candidate's full-size logits at once (here 12 x 6 Mpx
+    x 4 B = 288 MB; 2.3 GB at the default 64 points per batch); ours grows by about one chunk (one
+    candidate here) whatever the number of candidates."""
+    tests = str(__import__("pathlib").Path(__file__).parent)
+    run = subprocess.run([sys.executable, "-c", LARGE, tests], capture_output=True, text=True, check=True)
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    pixels = 3000 * 2000
+    dense_logits = 2 * 2 * 3 * pixels * 4  # 2 x 2 points, 3 masks each, float32
+    assert result["shape"] == [2000, 3000] and result["count"] >= 3
+    assert result["growth"] < dense_logits / 3, result["growth"]
+    assert max(result["areas"]) > pixels // 10  # masks at the original size, not empty
