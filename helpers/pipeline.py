@@ -73,7 +73,8 @@ class Pipeline:
         self.text = TextEmbeddings(clip, settings.templates)
         self.sam_runs = 0
         self.clip_image_runs = 0
-        self.sam_key = settings_key(model=sam.identity, precision=settings.precision, **settings.sam.cache_fields())
+        sam_fields = settings.sam.cache_fields(settings.precision)
+        self.sam_key = settings_key(model=sam.identity, precision=settings.precision, **sam_fields)
         self.embedding_key = settings_key(
             sam=self.sam_key,
             filters=asdict(settings.filters),

@@ -1,4 +1,9 @@
-"""SAM's automatic mask generator with its settings exposed, returning a ``MaskSet``."""
+"""SAM's automatic mask generator with its settings exposed, returning a ``MaskSet``.
+
+Two engines give the same masks: ``fast`` (the default, ``helpers.mask_generator``: the decoder's
+prompt-independent work done once, only IoU survivors upscaled, bounded memory) and
+``reference`` (segment-anything's ``SamAutomaticMaskGenerator``, for comparison).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,18 @@ import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
+from .mask_generator import ENGINE_VERSION, generate_mask_set
 from .masks import MaskSet
 from .models import LoadedSam
 from .precision import autocast, check_precision
 
+ENGINES = ("fast", "reference")
+
 
 @dataclass(frozen=True)
 class SamSettings:
-    """Arguments of ``SamAutomaticMaskGenerator`` (same defaults) plus optional resizing."""
+    """Arguments of ``SamAutomaticMaskGenerator`` (same defaults), ``max_side`` to shrink large
+    images first, and the ``engine`` that runs them (``fast`` or ``reference``: same masks)."""
 
     points_per_side: int = 32
     points_per_batch: int = 64
@@ -27,18 +36,28 @@ class SamSettings:
     crop_n_points_downscale_factor: int = 1
     min_mask_region_area: int = 0
     max_side: int | None = None  # shrink larger images to this long side before SAM
+    engine: str = "fast"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"Unknown SAM engine {self.engine!r}; use one of {ENGINES}.")
 
     def generator_options(self) -> dict:
         """The keyword arguments of ``SamAutomaticMaskGenerator`` (ours are not among them)."""
         options = asdict(self)
-        for ours in ("max_side",):
+        for ours in ("max_side", "engine"):
             options.pop(ours)
         return options
 
-    def cache_fields(self) -> dict:
-        """What decides the masks (points_per_batch only trades memory for speed)."""
+    def cache_fields(self, precision: str = "float32") -> dict:
+        """What decides the masks: not ``points_per_batch`` (memory against speed), and not the
+        engine in float32, where both give the same masks; in 16 bits the fast engine also runs
+        its decoder in 16 bits, so its masks differ from the reference's slightly."""
         fields = asdict(self)
         fields.pop("points_per_batch")
+        engine = fields.pop("engine")
+        if precision != "float32":
+            fields["engine"] = ENGINE_VERSION if engine == "fast" else engine
         return fields
 
 
@@ -69,21 +88,31 @@ def resize_long_side(image: np.ndarray, max_side: int | None) -> np.ndarray:
 def generate_masks(
     sam: LoadedSam, image: np.ndarray, settings: SamSettings = SamSettings(), precision: str = "float32"
 ) -> MaskSet:
-    """All masks SAM finds in ``image`` (H x W x 3 uint8 RGB), at the image's own size."""
+    """Step 1: all masks SAM finds in ``image`` (H x W x 3 uint8 RGB), at the image's own size,
+    with ``settings.engine``; ``precision`` "bfloat16"/"float16" runs SAM's encoder (and, in the
+    fast engine, its decoder) in 16 bits."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"SAM needs an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}.")
+    small = resize_long_side(image, settings.max_side)
+    with torch.inference_mode():
+        if settings.engine == "fast":
+            masks = generate_mask_set(sam.model, small, precision=precision, **settings.generator_options())
+        else:
+            masks = _reference_masks(sam, small, settings, precision)
+    if small is not image:  # nearest-neighbour on the atom ids is the same resize for every mask
+        height, width = image.shape[:2]
+        atoms = cv2.resize(masks.atoms, (width, height), interpolation=cv2.INTER_NEAREST)
+        masks = MaskSet(atoms, masks.membership, masks.predicted_iou, masks.stability)
+    return masks
+
+
+def _reference_masks(sam: LoadedSam, image: np.ndarray, settings: SamSettings, precision: str) -> MaskSet:
+    """segment-anything's own generator, its records turned into a ``MaskSet``."""
     generator = SamAutomaticMaskGenerator(sam.model, output_mode="binary_mask", **settings.generator_options())
     if check_precision(precision) != "float32":  # the predictor's autocast checks the device supports it
         generator.predictor = EncoderPrecisionPredictor(sam.model, precision)
-    small = resize_long_side(image, settings.max_side)
-    with torch.inference_mode():
-        records = generator.generate(small)
-    height, width = image.shape[:2]
+    records = generator.generate(image)
     if not records:
-        return MaskSet.from_masks(np.zeros((0, height, width), bool))
+        return MaskSet.from_masks(np.zeros((0, *image.shape[:2]), bool))
     masks = np.stack([r["segmentation"] for r in records])
-    if small is not image:
-        masks = np.stack(
-            [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) for m in masks]
-        ).astype(bool)
     return MaskSet.from_masks(masks, [r["predicted_iou"] for r in records], [r["stability_score"] for r in records])

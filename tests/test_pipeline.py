@@ -251,3 +251,24 @@ def test_segment_by_text_unites_the_kept_masks(tiny_models):
     np.testing.assert_array_equal(prediction.mask, result.masks.mask(int(np.argmax(prediction.keep))))
     everything = pipe.segment_by_text(image, "circle", SelectionSettings("threshold", -1.0))
     np.testing.assert_array_equal(everything, result.masks.to_dense().any(0))
+
+
+def test_both_engines_give_the_same_masks_and_share_the_cache_only_in_float32(tiny_models, tmp_path):
+    sam, clip_model = tiny_models
+    image = make_demo_dataset(1, 96, 128, seed=7)[0].image
+    for settings in (LOOSE_SAM, replace(LOOSE_SAM, max_side=64), replace(LOOSE_SAM, crop_n_layers=1)):
+        fast = generate_masks(sam, image, settings)
+        reference = generate_masks(sam, image, replace(settings, engine="reference"))
+        assert len(fast) == len(reference) > 0 and fast.shape == reference.shape == image.shape[:2]
+        assert best_match_iou(fast, reference).min() >= 0.999 and best_match_iou(reference, fast).min() >= 0.999
+    with pytest.raises(ValueError, match="Unknown SAM engine"):
+        replace(LOOSE_SAM, engine="turbo")
+    keys = {
+        (engine, precision): Pipeline(
+            sam, clip_model, PipelineSettings(sam=replace(LOOSE_SAM, engine=engine), precision=precision)
+        ).sam_key
+        for engine in ("fast", "reference")
+        for precision in ("float32", "bfloat16")
+    }
+    assert keys["fast", "float32"] == keys["reference", "float32"]  # same masks: one cache entry
+    assert keys["fast", "bfloat16"] != keys["reference", "bfloat16"]  # 16-bit decoders differ
