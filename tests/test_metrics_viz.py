@@ -312,3 +312,17 @@ def test_a_class_absent_from_every_image_is_left_out_and_tolerated(scene):
     figure = viz.plot_sweep(sweeps["horse"], "horse", horse["best_threshold"])
     assert "no data" in figure.axes[0].texts[0].get_text()
     plt.close("all")
+
+
+def test_figures_lay_out_what_they_show():
+    one = viz.show_regions([np.zeros((8, 8, 3), np.uint8)], np.array([0.3]), np.array([True]), "one region")
+    assert len(one.axes) == 1 and one.get_size_inches()[0] < 6  # a grid, not a 1587 px strip for one thumbnail
+    nine = viz.show_regions([np.zeros((8, 8, 3), np.uint8)] * 9, np.linspace(0, 1, 9), np.zeros(9, bool))
+    assert len(nine.axes) == 9 and nine.axes[0].get_subplotspec().get_gridspec().get_geometry() == (3, 3)
+    masks = MaskSet.from_masks(box(20, 30, 0, 5, 0, 5)[None])
+    assert viz.show_masks(np.zeros((20, 30, 3), np.uint8), masks).axes[1].get_title() == "1 SAM mask"
+    sample = viz.show_sample(np.zeros((20, 30, 3), np.uint8), {"road": box(20, 30, 0, 20, 0, 30)})
+    sample.canvas.draw()
+    legend = sample.axes[1].get_legend().get_window_extent()
+    assert legend.x0 >= sample.axes[1].get_window_extent().x1  # beside the label map, not over it
+    plt.close("all")
