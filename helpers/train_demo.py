@@ -1,7 +1,7 @@
 """Train the demo models (a small SAM and a small CLIP) on generated shape images, offline.
 
 ``python -m helpers.train_demo`` reproduces ``helpers/demo_weights/`` (seeded, one CPU thread:
-about 4 min of CPU for SAM and 2 for CLIP, then ~2 min of evaluation); ``--quick`` is a
+about 12 min of CPU for SAM and 2 for CLIP, then ~2 min of evaluation); ``--quick`` is a
 seconds-long end-to-end run into a scratch folder. Measured results: notes/README_demo.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one
@@ -101,7 +101,7 @@ def make_scene(rng: np.random.Generator, height: int = 240, width: int = 320, ma
 
 @dataclass(frozen=True)
 class SamTrainSettings:
-    steps: int = 2000
+    steps: int = 3000
     images_per_step: int = 2
     points_per_image: int = 32
     # Share of the points on the background, whose mask is then the target. 0: with background
