@@ -8,6 +8,7 @@ smoke profile.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +24,77 @@ TINY_CLIP = "clip_tiny"
 TINY_SAM_FILE = "sam_tiny_random.pth"
 TINY_CLIP_FILE = "clip_tiny_random.pt"  # a TorchScript archive, like OpenAI's files
 TINY_SAM_IMAGE_SIZE = 256
+DEMO_SAM = "sam_demo"
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """The sizes of a small SAM built from segment_anything's own classes."""
+
+    image_size: int = 256
+    patch: int = 16
+    dim: int = 96
+    depth: int = 4
+    heads: int = 3
+    window: int = 8
+    global_attn: tuple[int, ...] = (1, 3)
+    decoder_dim: int = 64
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    decoder_mlp: int = 256
+
+
+DEMO_SAM_ARCHITECTURE = SamArchitecture()
+
+
+def build_sam_small(arch: SamArchitecture) -> Sam:
+    """A randomly initialised SAM of the given sizes (ViT image encoder, two-way decoder, 3 masks)."""
+    grid = arch.image_size // arch.patch
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.depth,
+            embed_dim=arch.dim,
+            img_size=arch.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.heads,
+            patch_size=arch.patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=arch.global_attn,
+            window_size=arch.window,
+            out_chans=arch.decoder_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.decoder_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(arch.image_size, arch.image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=arch.decoder_depth,
+                embedding_dim=arch.decoder_dim,
+                mlp_dim=arch.decoder_mlp,
+                num_heads=arch.decoder_heads,
+            ),
+            transformer_dim=arch.decoder_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=arch.decoder_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def build_sam_demo(checkpoint: str | None = None) -> Sam:
+    """The demo SAM (``DEMO_SAM_ARCHITECTURE``), trained on generated shapes by ``helpers.train_demo``;
+    same signature as the ``sam_model_registry`` builders."""
+    sam = build_sam_small(DEMO_SAM_ARCHITECTURE)
+    if checkpoint is not None:
+        sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return sam.eval()
 
 
 def build_sam_tiny(checkpoint: str | None = None) -> Sam:
@@ -80,6 +152,24 @@ def build_clip_tiny() -> CLIP:
         transformer_width=64,
         transformer_heads=1,
         transformer_layers=1,
+    ).eval()
+
+
+def build_clip_demo() -> CLIP:
+    """The demo CLIP: a 2-block, 128-wide ViT at 48 px (patch 8) and a 2-block, 64-wide text
+    transformer over CLIP's own 49408-token vocabulary, 64-d embeddings; trained on shape
+    cut-outs by ``helpers.train_demo``. Saved as a float16 state dict (``load_clip`` reads it)."""
+    return CLIP(
+        embed_dim=64,
+        image_resolution=48,
+        vision_layers=2,
+        vision_width=128,
+        vision_patch_size=8,
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=64,
+        transformer_heads=1,
+        transformer_layers=2,
     ).eval()
 
 

@@ -1,0 +1,60 @@
+"""A small SAM and a small CLIP trained on the demo shapes, shipped with the package.
+
+The weights in ``helpers/demo_weights/`` come from ``python -m helpers.train_demo`` (seeded, CPU,
+offline); their sha256 sums are registered here and checked on every load. They segment and
+name the generated shapes of ``helpers.data.make_demo_dataset`` (circle, square, triangle,
+star, in any colour): a demo that works offline, without the 400 MB-2.5 GB real checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoints import CheckpointError, sha256_of
+from .masks import FilterSettings
+from .models import LoadedClip, LoadedSam, load_clip, load_sam
+from .pipeline import PipelineSettings
+from .segmentation import SamSettings
+from .selection import SelectionSettings
+from .tiny_models import DEMO_SAM
+
+DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent / "demo_weights"
+DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for tiny_models.build_sam_demo
+DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for tiny_models.build_clip_demo (clip.model.build_model)
+DEMO_SHA256 = {
+    DEMO_SAM_FILE: "c98196127bc07cbc98e54d3890d9331ebfde149df4bfafad74ba2bd0a723ad41",
+    DEMO_CLIP_FILE: "b55603d94726eacfde674d02e89799a66a74e77f0d3bcf877c9560cf40b5d518",
+}
+
+# 16 x 16 points suffice for shapes of radius >= 29 px on 320 x 240 images (every shape holds several
+# grid points) and take a quarter of 32 x 32's time. The gates are SAM's (0.88, 0.95) once the demo SAM
+# reaches them; the committed one predicts (honestly) IoUs below 0.88, so with SAM's gates it keeps no
+# mask: predicted IoU >= 0.2 and no stability gate keep ~240 masks per image (notes/README_demo.md).
+DEMO_SAM_SETTINGS = SamSettings(points_per_side=16, pred_iou_thresh=0.2, stability_score_thresh=0.0)
+DEMO_SETTINGS = PipelineSettings(sam=DEMO_SAM_SETTINGS, filters=FilterSettings(min_area=100))
+DEMO_SELECTION = SelectionSettings(mode="threshold", threshold=0.25, negatives=("background",))
+
+
+def demo_weight_path(name: str, folder: Path = DEMO_WEIGHTS_DIR) -> Path:
+    """The path of demo weight file ``name`` after checking its sha256 against ``DEMO_SHA256``."""
+    path = Path(folder) / name
+    if name not in DEMO_SHA256:
+        raise CheckpointError(f"{name} is not a demo weight file; known: {sorted(DEMO_SHA256)}.")
+    if not path.is_file():
+        raise CheckpointError(
+            f"Demo weights {path} are missing. Reinstall the package or run `python -m helpers.train_demo`."
+        )
+    digest = sha256_of(path)
+    if digest != DEMO_SHA256[name]:
+        raise CheckpointError(
+            f"{path} has sha256 {digest}, expected {DEMO_SHA256[name]}: the file is damaged or from another "
+            "training run. Restore it with git, or register the new sum in helpers/demo_models.py."
+        )
+    return path
+
+
+def load_demo_models(device: str = "cpu", folder: Path = DEMO_WEIGHTS_DIR) -> tuple[LoadedSam, LoadedClip]:
+    """The demo SAM and CLIP, verified and loaded through ``load_sam`` / ``load_clip``."""
+    sam = load_sam(DEMO_SAM, demo_weight_path(DEMO_SAM_FILE, folder), device)
+    clip = load_clip(demo_weight_path(DEMO_CLIP_FILE, folder), device, name=f"clip_demo:{DEMO_CLIP_FILE}")
+    return sam, clip

@@ -1,0 +1,239 @@
+"""Train the demo models (a small SAM and a small CLIP) on generated shape images, offline.
+
+``python -m helpers.train_demo`` reproduces ``helpers/demo_weights/`` (seeded, one CPU thread:
+about 12 min of CPU for SAM and 2 for CLIP, then ~2 min of evaluation); ``--quick`` is a
+seconds-long end-to-end run into a scratch folder. Measured results: notes/README_demo.md.
+
+SAM is trained as in its paper, restricted to what the automatic mask generator uses: one
+foreground point per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on
+the best of the three only, and the IoU head regressed (MSE) on the true IoU of all three, so
+that ``pred_iou_thresh`` and the stability gate mean what they mean for the real SAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from clip.model import CLIP
+from segment_anything.modeling import Sam
+
+from .checkpoints import sha256_of
+from .clip_scoring import encode_images, encode_text
+from .data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops
+from .demo_models import DEMO_SAM_SETTINGS
+from .demo_scenes import TRAIN_STREAM, Scene, make_scene  # noqa: F401 (public through this module)
+from .masks import MaskSet
+from .models import LoadedClip, LoadedSam, load_clip, load_sam
+from .segmentation import SamSettings, generate_masks
+from .tiny_models import DEMO_SAM
+from .train_demo_clip import (  # noqa: F401
+    ClipTrainSettings,
+    encode_text_prefix,
+    multi_positive_loss,
+    train_clip,
+)
+from .train_demo_sam import SamTrainSettings, init_pointer_attention, train_sam  # noqa: F401
+
+
+def ceiling_table(sam: LoadedSam, dataset: Dataset, settings: SamSettings = DEMO_SAM_SETTINGS) -> pd.DataFrame:
+    """Per ground-truth shape: the best single SAM mask's IoU and the best union's IoU (the union
+    of the masks lying more than half inside the shape), i.e. what a perfect selector could reach."""
+    rows = []
+    for sample in dataset.samples:
+        masks = generate_masks(sam, sample.image, settings)
+        dense = masks.to_dense() if len(masks) else np.zeros((0, *sample.image.shape[:2]), bool)
+        for name, truth in sample.masks.items():
+            if not truth.any():
+                continue
+            inter = (dense & truth).sum((1, 2))
+            areas = dense.sum((1, 2))
+            union = areas + truth.sum() - inter
+            single = float((inter / np.maximum(union, 1)).max()) if len(dense) else 0.0
+            inside = inter > 0.5 * areas
+            merged = dense[inside].any(0) if inside.any() else np.zeros_like(truth)
+            union_iou = float((merged & truth).sum() / max(1, (merged | truth).sum()))
+            rows.append(
+                {
+                    "image_id": sample.image_id,
+                    "class": name,
+                    "area": int(truth.sum()),
+                    "best_mask_iou": single,
+                    "best_union_iou": max(single, union_iou),
+                    "masks": len(masks),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def evaluate_sam(sam: Sam, seeds=(101, 202), images: int = 6, settings: SamSettings = DEMO_SAM_SETTINGS):
+    """The SAM ceiling on fresh demo images (``make_demo_dataset`` seeds never used in training)."""
+    loaded = LoadedSam(sam.eval(), "sam_demo:training")
+    tables = [ceiling_table(loaded, make_demo_dataset(images, seed=seed), settings) for seed in seeds]
+    return pd.concat(tables, ignore_index=True)
+
+
+def gt_cutouts(dataset: Dataset, mode: str = "masked_crop", min_area: int = 200) -> tuple[list[np.ndarray], list[str]]:
+    """Each ground-truth shape cut out as the pipeline cuts out SAM's masks (``masked_crop``)."""
+    from .regions import RegionSettings, extract_region
+
+    crops, labels = [], []
+    for sample in dataset.samples:
+        for name, mask in sample.masks.items():
+            if mask.sum() >= min_area:
+                box = MaskSet.from_masks(mask[None]).bboxes()[0]
+                crops.append(extract_region(sample.image, mask, box, RegionSettings(mode=mode)))
+                labels.append(name)
+    return crops, labels
+
+
+def evaluate_clip(clip_model: LoadedClip, seeds=(303,), images: int = 12) -> dict:
+    """Top-1 over DEMO_CLASSES (prompt template "a photo of a {}.") of fresh ground-truth cut-outs,
+    masked (as the pipeline sees SAM's masks) and as box crops (``data.object_crops``)."""
+    text = encode_text(clip_model, DEMO_CLASSES)
+    result = {}
+    for seed in seeds:
+        dataset = make_demo_dataset(images, seed=seed)
+        masked, labels = gt_cutouts(dataset)
+        boxes = object_crops(dataset, min_area=200)
+        for key, crops, truth in (
+            ("masked", masked, labels),
+            ("box", [b.image for b in boxes], [b.label for b in boxes]),
+        ):
+            guess = (encode_images(clip_model, crops) @ text.T).argmax(1)
+            hits = [DEMO_CLASSES[g] == t for g, t in zip(guess, truth)]
+            result.setdefault(f"{key}_hits", []).extend(hits)
+    return {
+        "recognition_masked": float(np.mean(result["masked_hits"])),
+        "recognition_box": float(np.mean(result["box_hits"])),
+        "cutouts": len(result["masked_hits"]),
+    }
+
+
+def evaluate_pipeline(
+    sam: LoadedSam, clip_model: LoadedClip, seed: int = 404, images: int = 6, mosaics: int = 6
+) -> dict:
+    """End to end with the demo settings: mosaic top-1 (SLIP's measure; tiles cut from 12 fresh
+    demo images) and the mean IoU of prompting each class by name on ``images`` fresh images."""
+    from .demo_models import DEMO_SELECTION, DEMO_SETTINGS
+    from .evaluation import mosaic_top1_accuracy
+    from .metrics import iou
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline(sam, clip_model, DEMO_SETTINGS)
+    dataset = make_demo_dataset(max(images, 12), seed=seed)
+    tiles = make_mosaics(object_crops(dataset, min_area=200), count=mosaics, seed=seed)
+    results = [pipeline.process(sample.image) for sample in tiles.samples]
+    ious = []
+    for sample in dataset.samples[:images]:
+        result = pipeline.process(sample.image)
+        for name, truth in sample.masks.items():
+            if truth.any():
+                ious.append(iou(pipeline.predict(result, name, DEMO_SELECTION, DEMO_CLASSES).mask, truth))
+    return {
+        "mosaic_top1": mosaic_top1_accuracy(tiles, results, pipeline.text),
+        "prompt_mean_iou": float(np.mean(ious)),
+        "prompts": len(ious),
+    }
+
+
+def oracle_prompt_iou(clip_model: LoadedClip, selection, seed: int = 505, images: int = 12) -> float:
+    """Mean IoU of prompting each present class by name when the masks are perfect (the ground-truth
+    shapes plus the background): CLIP and the selection settings alone, whatever SAM does."""
+    from .clip_scoring import TextEmbeddings
+    from .demo_models import DEMO_SETTINGS
+    from .metrics import iou
+    from .regions import extract_regions
+    from .selection import ImageResult, predict
+
+    text = TextEmbeddings(clip_model, DEMO_SETTINGS.templates)
+    ious = []
+    for sample in make_demo_dataset(images, seed=seed).samples:
+        shapes = [mask for mask in sample.masks.values() if mask.any()]
+        masks = MaskSet.from_masks(np.stack([*shapes, ~np.any(shapes, axis=0)]))
+        embeddings = encode_images(clip_model, extract_regions(sample.image, masks, DEMO_SETTINGS.regions))
+        result = ImageResult(sample.image_id, masks, embeddings)
+        for name, truth in sample.masks.items():
+            if truth.any():
+                ious.append(iou(predict(result, text, name, selection, DEMO_CLASSES).mask, truth))
+    return float(np.mean(ious))
+
+
+def save_clip_state(model: CLIP, path: Path) -> None:
+    """A float16 state dict (half the size; ``load_clip`` returns float32 either way)."""
+    torch.save({key: value.half() for key, value in model.state_dict().items()}, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train (or, with ``--only``, train one of) the demo models, save them, evaluate, summarise."""
+    from .demo_models import DEMO_CLIP_FILE, DEMO_SAM_FILE, DEMO_SELECTION, DEMO_SHA256, DEMO_WEIGHTS_DIR
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="default: helpers/demo_weights (a temp dir with --quick)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a few steps of each, seconds: checks the code path")
+    parser.add_argument("--only", choices=("sam", "clip"), help="train this one; evaluate with the other from out-dir")
+    parser.add_argument("--sam-steps", type=int, default=SamTrainSettings.steps)
+    parser.add_argument("--clip-steps", type=int, default=ClipTrainSettings.steps)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    sam_settings = SamTrainSettings(steps=args.sam_steps)
+    clip_settings = ClipTrainSettings(steps=args.clip_steps)
+    if args.quick:
+        sam_settings = replace(sam_settings, steps=2, images_per_step=1, points_per_image=4, warmup=1)
+        clip_settings = replace(clip_settings, steps=2, batch=8, scenes=4, warmup=1)
+    out = args.out_dir or (Path(tempfile.mkdtemp(prefix="demo_weights_")) if args.quick else DEMO_WEIGHTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE
+    progress = not args.no_progress
+    summary: dict = {"threads": sam_settings.threads, "cpus": os.cpu_count()}
+    if args.only != "clip":
+        clock = time.perf_counter(), time.process_time()
+        sam, history = train_sam(sam_settings, progress)
+        summary["sam_train_wall_s"] = time.perf_counter() - clock[0]
+        summary["sam_train_cpu_s"] = time.process_time() - clock[1]
+        summary["sam_final_train_iou"] = float(history["iou"].tail(50).mean())
+        torch.save(sam.state_dict(), sam_path)
+        summary["sam_settings"] = asdict(sam_settings)
+    if args.only != "sam":
+        clock = time.perf_counter(), time.process_time()
+        clip_model, history = train_clip(clip_settings, progress)
+        summary["clip_train_wall_s"] = time.perf_counter() - clock[0]
+        summary["clip_train_cpu_s"] = time.process_time() - clock[1]
+        summary["clip_final_batch_top1"] = float(history["batch_top1"].tail(50).mean())
+        save_clip_state(clip_model, clip_path)
+        summary["clip_settings"] = asdict(clip_settings)
+    summary["sha256"] = {path.name: sha256_of(path) for path in (sam_path, clip_path) if path.is_file()}
+    summary["matches_registry"] = {name: DEMO_SHA256.get(name) == digest for name, digest in summary["sha256"].items()}
+    if sam_path.is_file() and clip_path.is_file():
+        sam_loaded = load_sam(DEMO_SAM, sam_path)
+        clip_loaded = load_clip(clip_path, name=f"clip_demo:{clip_path.name}")
+        images = 1 if args.quick else 6
+        table = evaluate_sam(sam_loaded.model, images=images, seeds=(101,) if args.quick else (101, 202))
+        summary["sam_ceiling_per_class"] = table.groupby("class")[["best_mask_iou", "best_union_iou"]].mean().to_dict()
+        summary["sam_ceiling"] = table[["best_mask_iou", "best_union_iou"]].mean().to_dict()
+        summary["sam_ceiling_shapes"] = len(table)
+        summary["clip"] = evaluate_clip(clip_loaded, images=2 if args.quick else 12)
+        summary["clip"]["oracle_prompt_iou"] = oracle_prompt_iou(
+            clip_loaded, DEMO_SELECTION, images=2 if args.quick else 12
+        )
+        summary["pipeline"] = evaluate_pipeline(
+            sam_loaded, clip_loaded, images=1 if args.quick else 6, mosaics=1 if args.quick else 6
+        )
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_settings")}, indent=1, default=str))
+    print(f"weights in {out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

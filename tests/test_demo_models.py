@@ -1,0 +1,98 @@
+"""The trained demo models: committed weights, their registry, what they reach on fresh images."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.checkpoints import CheckpointError, sha256_of
+from helpers.data import make_demo_dataset
+from helpers.demo_models import (
+    DEMO_CLIP_FILE,
+    DEMO_SAM_FILE,
+    DEMO_SETTINGS,
+    DEMO_SHA256,
+    DEMO_WEIGHTS_DIR,
+    demo_weight_path,
+    load_demo_models,
+)
+from helpers.train_demo import ceiling_table, encode_text_prefix, evaluate_clip, gt_cutouts
+
+FRESH_SEED = 9090  # never used by train_demo (its scenes come from another generator) nor its evaluation
+
+
+@pytest.fixture(scope="module")
+def demo_models():
+    return load_demo_models("cpu")
+
+
+def test_weights_match_their_registry_and_fit_the_budget():
+    sizes = 0
+    for name, digest in DEMO_SHA256.items():
+        path = DEMO_WEIGHTS_DIR / name
+        assert sha256_of(path) == digest
+        sizes += path.stat().st_size
+    assert sizes <= 20 * 2**20
+
+
+def test_damaged_weights_are_refused(tmp_path):
+    shutil.copy(DEMO_WEIGHTS_DIR / DEMO_SAM_FILE, tmp_path / DEMO_SAM_FILE)
+    with open(tmp_path / DEMO_SAM_FILE, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(CheckpointError, match="sha256"):
+        demo_weight_path(DEMO_SAM_FILE, tmp_path)
+    with pytest.raises(CheckpointError, match="missing"):
+        demo_weight_path(DEMO_CLIP_FILE, tmp_path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the committed demo SAM follows points but reaches a ceiling of ~0.73 (notes/README_demo.md); "
+    "drop this marker when a SAM that reaches the 0.90 ceiling is committed",
+)
+def test_sam_ceiling_on_fresh_images(demo_models):
+    sam, _ = demo_models
+    table = ceiling_table(sam, make_demo_dataset(3, seed=FRESH_SEED), DEMO_SETTINGS.sam)
+    assert len(table) >= 6
+    assert table["best_mask_iou"].mean() >= 0.90, table
+    assert table["best_union_iou"].mean() >= table["best_mask_iou"].mean()
+
+
+def test_clip_recognises_ground_truth_cutouts(demo_models):
+    _, clip_model = demo_models
+    scores = evaluate_clip(clip_model, seeds=(FRESH_SEED,), images=8)
+    assert scores["recognition_masked"] >= 0.95, scores
+
+
+def test_short_text_encoding_equals_clip_encode_text(demo_models):
+    import clip
+
+    model = demo_models[1].model
+    tokens = clip.tokenize(["a photo of a red circle.", "star", "a grey square shape"])
+    with torch.no_grad():
+        assert torch.allclose(encode_text_prefix(model, tokens), model.encode_text(tokens), atol=1e-5)
+
+
+def test_gt_cutouts_are_masked_on_grey():
+    crops, labels = gt_cutouts(make_demo_dataset(1, seed=FRESH_SEED))
+    assert crops and len(crops) == len(labels)
+    assert all(crop.ndim == 3 and crop.dtype.name == "uint8" for crop in crops)
+
+
+def test_quick_training_runs_end_to_end(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "helpers.train_demo", "--quick", "--no-progress", "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / DEMO_SAM_FILE).is_file() and (tmp_path / DEMO_CLIP_FILE).is_file()
+    assert (tmp_path / "train_summary.json").is_file()
+    assert "sam_ceiling" in run.stdout
