@@ -189,3 +189,24 @@ def test_large_image_memory_is_bounded():
     assert result["shape"] == [2000, 3000] and result["count"] >= 3
     assert result["growth"] < dense_logits / 3, result["growth"]
     assert max(result["areas"]) > pixels // 10  # masks at the original size, not empty
+
+
+def test_the_trained_demo_sam_gives_the_reference_masks():
+    """Real, distinct masks (not random near-duplicates): the fast engine must still match."""
+    from dataclasses import replace
+
+    from helpers.data import make_demo_dataset
+    from helpers.demo_models import DEMO_SAM_SETTINGS, load_demo_models
+    from helpers.segmentation import generate_masks
+
+    sam, _ = load_demo_models("cpu")
+    image = make_demo_dataset(1, seed=77)[0].image
+    settings = replace(DEMO_SAM_SETTINGS, points_per_side=8)
+    fast = generate_masks(sam, image, settings)
+    reference = generate_masks(sam, image, replace(settings, engine="reference"))
+    assert len(fast) == len(reference) > 5
+    a, b = fast.to_dense(), reference.to_dense()
+    inter, union = (a & b).sum(axis=(1, 2)), (a | b).sum(axis=(1, 2))
+    same = np.where(union > 0, inter / np.maximum(union, 1), 1.0)  # mask i against mask i; empty == empty
+    assert same.min() >= 0.999 and (a.any(axis=(1, 2))).sum() > 5
+    np.testing.assert_allclose(fast.predicted_iou, reference.predicted_iou, atol=1e-4)
