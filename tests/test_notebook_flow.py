@@ -34,7 +34,7 @@ def outputs(path: Path) -> str:
 
 @pytest.mark.shared_data
 @pytest.mark.parametrize("dataset, folder", [("coco", "coco_val2017_mini"), ("camvid", "camvid_test_sample")])
-def test_notebooks_01_to_04_on_real_data(dataset, folder, tmp_path, monkeypatch):
+def test_notebooks_01_to_04_on_real_data(dataset, folder, tmp_path, monkeypatch, capfd):
     data = shared_data(folder)
     home = project(tmp_path)
     monkeypatch.setenv("SAMCLIP_HOME", str(home))
@@ -59,22 +59,13 @@ def test_notebooks_01_to_04_on_real_data(dataset, folder, tmp_path, monkeypatch)
     evaluated = record["dataset"]["classes_evaluated"]
     assert evaluated and set(evaluated) | set(record["dataset"]["classes_absent"]) >= set(evaluated)
     assert (home / "outputs" / "smoke" / "figures" / dataset / "04_worst_cases.png").is_file()
-
-
-def test_a_changed_dataset_setting_stops_the_next_notebook(tmp_path, monkeypatch, capfd):
-    home = project(tmp_path)
-    monkeypatch.setenv("SAMCLIP_HOME", str(home))
-    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
-    monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "2")
-    out = tmp_path / "executed"
-    out.mkdir()
-    assert execute(home / "notebooks" / "01_prepare_dataset.ipynb", out, timeout=300) is None
-    monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "3")
-    error = execute(home / "notebooks" / "03_iou_evaluation.ipynb", out, timeout=300)
-    assert error and "DatasetError" in error and "01_prepare_dataset" in error
     printed = capfd.readouterr()
     for noise in ("without encryption", "KeyboardInterrupt", "Parent appears"):  # IPC kernels, shut down cleanly
         assert noise not in printed.err + printed.out
+    if dataset == "coco":  # settings changed after notebook 01: the next notebook stops and says why
+        monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "3")
+        error = execute(home / "notebooks" / "03_iou_evaluation.ipynb", out, timeout=300)
+        assert error and "DatasetError" in error and "01_prepare_dataset" in error
 
 
 def test_stripping_a_clean_notebook_changes_nothing(tmp_path):
