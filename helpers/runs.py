@@ -106,14 +106,22 @@ def compare_runs(*runs: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.concat(frames, ignore_index=True), settings
 
 
-def latest_best_thresholds(folder: str | Path, dataset: str | None = None) -> dict[str, float]:
-    """The per-class best thresholds of the newest saved run (of ``dataset``), {} when none."""
-    for run in sorted(Path(folder).glob("run_*"), reverse=True):
+def latest_best_thresholds(
+    folder: str | Path, dataset: str | None = None, models: dict | None = None
+) -> dict[str, float]:
+    """The per-class best thresholds of the newest saved run that has them (of ``dataset``, made
+    with ``models`` as ``session.run_record`` writes them), {} when none."""
+    saved = [path for path in Path(folder).glob("run_*/results.json") if path.is_file()]
+    for path in sorted(saved, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            record = json.loads((run / "results.json").read_text())
+            record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if dataset is None or (record.get("dataset") or {}).get("name") == dataset:
-            rows = record.get("best_thresholds") or []
+        if dataset is not None and (record.get("dataset") or {}).get("name") != dataset:
+            continue
+        if models is not None and record.get("models") != models:
+            continue  # thresholds found with other weights do not carry over
+        rows = record.get("best_thresholds") or []
+        if rows:
             return {r["class"]: r["best_threshold"] for r in rows if r.get("best_threshold") is not None}
     return {}

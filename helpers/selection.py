@@ -68,7 +68,7 @@ class Prediction(Scores):
 
 def prompt_columns(prompt: str, classes=None, negatives=()) -> list[str]:
     """The prompts to score against, in column order: the class list (the prompt added when
-    missing), then the negative prompts. ``mask_scores`` expects negatives last."""
+    missing), then the negative prompts not already among them."""
     names = list(dict.fromkeys([*(classes or []), prompt]))
     return names + [n for n in negatives if n not in names]
 
@@ -85,17 +85,18 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def mask_scores(sims: np.ndarray, target: int, mode: str, n_negatives: int = 0) -> np.ndarray:
+def mask_scores(sims: np.ndarray, target: int, mode: str, negatives: Sequence[int] = ()) -> np.ndarray:
     """One score per mask for prompt column ``target``; -inf marks masks that can never be kept.
 
-    The last ``n_negatives`` columns of ``sims`` are negative prompts."""
+    ``negatives`` are the columns of ``sims`` that hold negative prompts (never ``target``)."""
     if sims.shape[0] == 0:
         return np.zeros(0, np.float32)
     winner = np.argmax(sims, axis=1) == target
     if mode == "threshold":
         scores = sims[:, target].copy()
-        if n_negatives:
-            beaten = sims[:, target] <= sims[:, sims.shape[1] - n_negatives :].max(axis=1)
+        negatives = [k for k in negatives if k != target]
+        if negatives:
+            beaten = sims[:, target] <= sims[:, negatives].max(axis=1)
             scores[beaten] = -np.inf
         return scores
     if mode == "softmax":
@@ -119,7 +120,8 @@ def score(
     competes over (the prompt is added when missing); negative prompts are appended to it."""
     names = prompt_columns(prompt, classes, settings.negatives)
     sims = similarities(embeddings, text(names))
-    scores = mask_scores(sims, names.index(prompt), settings.mode, len(settings.negatives))
+    negatives = [names.index(n) for n in settings.negatives if n != prompt]  # a class may also be a negative
+    scores = mask_scores(sims, names.index(prompt), settings.mode, negatives)
     return Scores(names, sims, scores, scores >= settings.threshold)
 
 

@@ -326,3 +326,30 @@ def test_figures_lay_out_what_they_show():
     legend = sample.axes[1].get_legend().get_window_extent()
     assert legend.x0 >= sample.axes[1].get_window_extent().x1  # beside the label map, not over it
     plt.close("all")
+
+
+def test_the_tuner_starts_from_the_newest_thresholds_found_with_the_same_models(tmp_path):
+    import os
+
+    empty = pd.DataFrame({"class": ["cat"], "mean_iou": [0.5]})
+    models = {"sam": {"weights": "sam:1"}, "clip": {"weights": "clip:1"}}
+    best = [{"class": "cat", "best_threshold": 0.3}, {"class": "dog", "best_threshold": float("nan")}]
+    record = {"dataset": {"name": "scene"}, "models": models}
+    older = runs.save_results(tmp_path, empty, empty, {**record, "best_thresholds": best})
+    other = runs.save_results(
+        tmp_path,
+        empty,
+        empty,
+        {
+            **record,
+            "models": {"sam": {"weights": "sam:2"}},
+            "best_thresholds": [{"class": "cat", "best_threshold": 0.9}],
+        },
+    )
+    newest = runs.save_results(tmp_path, empty, empty, record)  # no sweep saved: skipped, not {}
+    for age, run in enumerate((older, other, newest)):
+        os.utime(run / "results.json", (1000 + age, 1000 + age))
+    got = runs.latest_best_thresholds(tmp_path, "scene", models)
+    assert got["cat"] == 0.3 and not np.isfinite(got["dog"])
+    assert runs.latest_best_thresholds(tmp_path, "scene")["cat"] == 0.9  # any models: the newest with a sweep
+    assert runs.latest_best_thresholds(tmp_path, "other") == {}

@@ -165,6 +165,10 @@ def test_selection_modes_on_a_fixed_table():
         SelectionSettings("vote")
     with pytest.raises(ValueError, match="not a finite number"):
         SelectionSettings("threshold", float("nan"))
+    # a negative prompt that is also one of the classes: its own column is the negative, not the last one
+    as_class = SelectionSettings("threshold", 0.2, negatives=("background",))
+    assert kept("chair", as_class, ["background", "chair", "table"]) == [True, True, False, False]
+    assert kept("background", as_class, ["background", "chair"]) == [False, False, True, False]  # not its own negative
 
 
 def test_tiny_sam_masks_come_back_at_the_image_size(tiny_models):
