@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .data import DEMO_CLASSES
-from .data.demo import _background, _shape_polygon
+from .data.demo import _background, draw_shape
 
 TRAIN_STREAM = 0x5A3D  # training scenes draw from np.random.default_rng([TRAIN_STREAM, seed]): never a demo seed
 
@@ -22,17 +22,6 @@ class Scene:
     kinds: list[str]  # per instance
     colours: list[tuple[int, int, int]]
     masks: np.ndarray  # instances x H x W bool, visible pixels (later shapes cover earlier ones)
-
-
-def draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, fill) -> None:
-    """One shape as ``make_demo_dataset`` draws it."""
-    box = [cx - r, cy - r, cx + r, cy + r]
-    if kind == "circle":
-        draw.ellipse(box, fill=fill)
-    elif kind == "square":
-        draw.rectangle(box, fill=fill)
-    else:
-        draw.polygon(_shape_polygon(kind, cx, cy, r), fill=fill)
 
 
 def make_scene(rng: np.random.Generator, height: int = 240, width: int = 320, max_shapes: int = 6) -> Scene:

@@ -220,6 +220,18 @@ def _stream_masks(
         start = stop
 
 
+def check_rgb_image(image: np.ndarray) -> None:
+    """SAM takes an H x W x 3 uint8 RGB array; anything else is a ValueError saying so."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"SAM needs an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}.")
+
+
+def generate_mask_set_with_counts(model: Sam, image: np.ndarray, **options) -> tuple[MaskSet, GateCounts]:
+    """``generate_mask_set`` (same keyword options) plus how many candidates each gate let through."""
+    counts = GateCounts()
+    return generate_mask_set(model, image, counts=counts, **options), counts
+
+
 def generate_mask_set(
     model: Sam,
     image: np.ndarray,
@@ -236,35 +248,14 @@ def generate_mask_set(
     crop_n_points_downscale_factor: int = 1,
     min_mask_region_area: int = 0,
     precision: str = "float32",
+    counts: GateCounts | None = None,
 ) -> MaskSet:
     """The masks of ``SamAutomaticMaskGenerator(model, **same options).generate(image)`` in the same
     order, with their predicted IoU and stability score, as a ``MaskSet`` at the image's size.
-    ``precision`` "bfloat16"/"float16" runs encoder and decoder in autocast (masks change slightly)."""
-    options = {k: v for k, v in locals().items() if k not in ("model", "image")}
-    return generate_mask_set_with_counts(model, image, **options)[0]
-
-
-def generate_mask_set_with_counts(
-    model: Sam,
-    image: np.ndarray,
-    *,
-    points_per_side: int = 32,
-    points_per_batch: int = 64,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    stability_score_offset: float = 1.0,
-    box_nms_thresh: float = 0.7,
-    crop_n_layers: int = 0,
-    crop_nms_thresh: float = 0.7,
-    crop_overlap_ratio: float = 512 / 1500,
-    crop_n_points_downscale_factor: int = 1,
-    min_mask_region_area: int = 0,
-    precision: str = "float32",
-) -> tuple[MaskSet, GateCounts]:
-    """``generate_mask_set`` plus how many candidates each gate let through."""
+    ``precision`` "bfloat16"/"float16" runs encoder and decoder in autocast (masks change slightly).
+    ``counts``, when given, is filled with how many candidates each gate let through."""
     check_precision(precision, model.device)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"SAM needs an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}.")
+    check_rgb_image(image)
     options = dict(
         points_per_batch=points_per_batch,
         pred_iou_thresh=pred_iou_thresh,
@@ -277,7 +268,7 @@ def generate_mask_set_with_counts(
     grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
     crop_boxes, layers = generate_crop_boxes(image_size, crop_n_layers, crop_overlap_ratio)
     predictor = SamPredictor(model)
-    counts = GateCounts()
+    counts = counts if counts is not None else GateCounts()
     parts, crops = [], []
     with torch.inference_mode():
         for index, (crop_box, layer) in enumerate(zip(crop_boxes, layers)):
@@ -298,7 +289,7 @@ def generate_mask_set_with_counts(
         counts.final = len(data.iou)
         masks = _stream_masks(model, data, crops, image_size, min_mask_region_area)
         iou, stability = data.iou.cpu().numpy(), data.stability.cpu().numpy()
-        return mask_set_from_stream(masks, image_size, iou, stability), counts
+        return mask_set_from_stream(masks, image_size, iou, stability)
 
 
 def _small_region_nms(

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
-from .mask_generator import ENGINE_VERSION, generate_mask_set
+from .mask_generator import ENGINE_VERSION, check_rgb_image, generate_mask_set
 from .masks import MaskSet
 from .models import LoadedSam
 from .precision import autocast, check_precision
@@ -91,8 +91,7 @@ def generate_masks(
     """Step 1: all masks SAM finds in ``image`` (H x W x 3 uint8 RGB), at the image's own size,
     with ``settings.engine``; ``precision`` "bfloat16"/"float16" runs SAM's encoder (and, in the
     fast engine, its decoder) in 16 bits."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"SAM needs an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}.")
+    check_rgb_image(image)
     small = resize_long_side(image, settings.max_side)
     with torch.inference_mode():
         if settings.engine == "fast":

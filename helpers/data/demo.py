@@ -39,6 +39,17 @@ def _shape_polygon(kind: str, cx: float, cy: float, r: float) -> list[tuple[floa
     return [(cx + r * np.cos(a), cy - r * np.sin(a)) for a in angles]
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, fill) -> None:
+    """One shape of radius ``r`` centred at (cx, cy), as the demo set draws it."""
+    box = [cx - r, cy - r, cx + r, cy + r]
+    if kind == "circle":
+        draw.ellipse(box, fill=fill)
+    elif kind == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon(_shape_polygon(kind, cx, cy, r), fill=fill)
+
+
 def make_demo_dataset(n_images: int = 8, height: int = 240, width: int = 320, seed: int = 0) -> Dataset:
     """Coloured shapes (circle, square, triangle, star) on varied backgrounds, with exact masks.
 
@@ -57,14 +68,8 @@ def make_demo_dataset(n_images: int = 8, height: int = 240, width: int = 320, se
             layer = Image.new("1", (width, height), 0)
             pen = ImageDraw.Draw(layer)
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            box = [cx - r, cy - r, cx + r, cy + r]
             for target, fill in ((draw, colour), (pen, 1)):
-                if kind == "circle":
-                    target.ellipse(box, fill=fill)
-                elif kind == "square":
-                    target.rectangle(box, fill=fill)
-                else:
-                    target.polygon(_shape_polygon(kind, cx, cy, r), fill=fill)
+                draw_shape(target, kind, cx, cy, r, fill)
             drawn = np.asarray(layer, bool)
             for name in masks:
                 masks[name] &= ~drawn
