@@ -161,7 +161,11 @@ def main() -> None:
             references[side, name] = ref
             (ours, counts), ours_s = timed(lambda: generate_mask_set_with_counts(model, image, **options))
             match = best_match_iou(ours, ref).min() if len(ref) else float("nan")
-            iou_delta = np.abs(ours.predicted_iou - ref.predicted_iou).max() if len(ref) == len(ours) else float("nan")
+            iou_delta = (
+                np.abs(ours.predicted_iou - ref.predicted_iou).max(initial=0.0)
+                if len(ref) == len(ours)
+                else float("nan")
+            )
             print(
                 f"| {side}x{side} | {name} | {ref_s:.1f} | {ours_s:.1f} | {ref_s / ours_s:.1f}x "
                 f"| {len(ref)} / {len(ours)} | {match:.4f} | {iou_delta:.1e} | {gates(counts)} |",
