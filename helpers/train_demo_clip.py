@@ -154,8 +154,11 @@ def multi_positive_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tens
     return (i2t + t2i) / 2
 
 
-def train_clip(settings: ClipTrainSettings = ClipTrainSettings(), progress: bool = True) -> tuple[CLIP, pd.DataFrame]:
-    """The demo CLIP trained from scratch on shape cut-outs with shape / colour captions."""
+def train_clip(
+    settings: ClipTrainSettings = ClipTrainSettings(), progress: bool = True, position: int = 0
+) -> tuple[CLIP, pd.DataFrame]:
+    """The demo CLIP trained from scratch on shape cut-outs with shape / colour captions
+    (``position``: the progress bar's line, for training beside SAM)."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     rng = np.random.default_rng([TRAIN_STREAM, 1, settings.seed])
@@ -170,7 +173,7 @@ def train_clip(settings: ClipTrainSettings = ClipTrainSettings(), progress: bool
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_schedule(settings.steps, settings.warmup))
     pool, cutouts = cutout_pool(rng, preprocess, settings)
     history = []
-    bar = tqdm(range(settings.steps), desc="CLIP", disable=not progress)
+    bar = tqdm(range(settings.steps), desc="CLIP", disable=not progress, position=position)
     for step in bar:
         images, tokens, truth = _clip_batch(rng, pool, cutouts, settings)
         image_features = F.normalize(model.encode_image(images), dim=-1)

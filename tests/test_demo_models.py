@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers.checkpoints import CheckpointError, sha256_of
-from helpers.data import make_demo_dataset
+from helpers.data import DEMO_CLASSES, make_demo_dataset
 from helpers.demo_models import (
     DEMO_CLIP_FILE,
     DEMO_SAM_FILE,
@@ -21,7 +21,7 @@ from helpers.demo_models import (
     demo_weight_path,
     load_demo_models,
 )
-from helpers.train_demo import ceiling_table, encode_text_prefix, evaluate_clip, gt_cutouts
+from helpers.train_demo import ceiling_table, encode_text_prefix, evaluate_clip, evaluate_pipeline, gt_cutouts
 
 FRESH_SEED = 9090  # never used by train_demo (its scenes come from another generator) nor its evaluation
 
@@ -61,6 +61,16 @@ def test_sam_ceiling_on_fresh_images(demo_models):
     assert len(table) >= 6
     assert table["best_mask_iou"].mean() >= 0.90, table
     assert table["best_union_iou"].mean() >= table["best_mask_iou"].mean()
+
+
+def test_pipeline_targets_on_fresh_images(demo_models):
+    """The whole chain with the demo profile's settings: each shape class prompted by name on fresh
+    images (mean IoU per class >= 0.80) and SLIP's mosaic top-1 (>= 0.90)."""
+    sam, clip_model = demo_models
+    scores = evaluate_pipeline(sam, clip_model, seed=FRESH_SEED, images=6, mosaics=4)
+    assert set(scores["prompt_iou_per_class"]) == set(DEMO_CLASSES), scores
+    assert min(scores["prompt_iou_per_class"].values()) >= 0.80, scores
+    assert scores["mosaic_top1"] >= 0.90, scores
 
 
 def test_clip_recognises_ground_truth_cutouts(demo_models):
