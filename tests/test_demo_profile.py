@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import load_benchmark
+from conftest import load_benchmark, shared_data
 
 from helpers import config as cfg
 from helpers import metrics
@@ -110,3 +110,28 @@ def test_reproduce_seeds_names_the_fix_when_checkpoints_or_data_are_missing(tmp_
     assert script.main(argv) == 1
     message = capsys.readouterr().err
     assert COCO_ANNOTATIONS_URL in message and "md5" in message and "--offline" in message
+
+
+def test_reproduce_seeds_takes_coco_from_the_official_zips(tmp_path, monkeypatch):
+    """The real mode's COCO path on a copy of the zips' layout (served from a local folder here): md5-checked
+    downloads, the json and only the chosen images extracted, then offline reuse without the image zip."""
+    import hashlib
+    import zipfile
+
+    script = load_benchmark("reproduce_seeds")
+    mini, served = shared_data("coco_val2017_mini"), tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "annotations_trainval2017.zip", "w") as archive:
+        archive.write(mini / "annotations" / "instances_val2017.json", "annotations/instances_val2017.json")
+    with zipfile.ZipFile(served / "val2017.zip", "w") as archive:
+        for name in ("000000000139.jpg", "000000011813.jpg", "000000000802.jpg"):
+            archive.write(mini / "val2017" / name, f"val2017/{name}")
+    for constant, name in (("COCO_ANNOTATIONS", "annotations_trainval2017.zip"), ("COCO_IMAGES", "val2017.zip")):
+        path = served / name
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        monkeypatch.setattr(script, constant, script.Archive(str(path), path.stat().st_size, md5))
+    data = tmp_path / "data"
+    annotations, images, ids = script.coco_from_zips(data, "chair", 2, offline=False)
+    assert ids == [139, 11813] and sorted(p.name for p in images.iterdir()) == ["000000000139.jpg", "000000011813.jpg"]
+    (data / "val2017.zip").unlink()
+    assert script.coco_from_zips(data, "chair", 2, offline=True)[2] == ids  # all extracted: nothing to fetch
