@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh Linux machine (see README):
 #   make run    executes notebooks 00-04 headless into outputs/<profile>/
 #   make test   runs pytest on helpers/ and executes every notebook with nbmake (smoke profile)
+#   make demo   notebooks 00-04 offline with the small SAM + CLIP trained on the shapes (outputs/demo/)
 VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP   = $(VENV)/.installed-stamp
 # torch and torchvision both from PyPI: the only pair that loads together on CPU here and on Colab.
 TORCH_PINS = "torch==2.13.0" "torchvision==0.28.0"
 
-.PHONY: install run smoke test lint clean strip ray-demo
+.PHONY: install run smoke demo test lint clean strip ray-demo
 
 install: $(STAMP)
 
@@ -23,6 +24,10 @@ run: $(STAMP)
 
 smoke: $(STAMP)
 	SAMCLIP_PROFILE=smoke $(PY) -m helpers.run_notebooks
+
+# The trained demo models (helpers/demo_weights/, sha256-checked) on unseen demo images: no download.
+demo: $(STAMP)
+	SAMCLIP_PROFILE=demo $(PY) -m helpers.run_notebooks 00 01 02 03 04
 
 # The smoke dataset through a private 2-worker Ray instance; notebooks 03-04 then read its cache.
 ray-demo: $(STAMP)

@@ -6,6 +6,10 @@ as arguments. Profiles:
 - ``smoke``: tiny randomly initialised models built from the real classes and a few demo
   images, so the whole notebook suite runs in CI in minutes. Its results mean nothing, and
   everything it prints or draws says so.
+- ``demo``: the small SAM and CLIP trained on the synthetic shapes (``helpers/demo_weights/``,
+  sha256-checked, no download) with their own settings (``helpers.demo_models.DEMO_SETTINGS``,
+  ``DEMO_SELECTION``), on demo images of a seed no training or test uses: real results, offline,
+  in minutes on a CPU. Banners and figure titles say which models these are.
 
 Relative paths in the variables resolve against the folder the command was started in
 (``SAMCLIP_START_DIR``, which ``make`` and ``python -m helpers.run_notebooks`` set), else the
@@ -15,7 +19,7 @@ project root, never against ``notebooks/`` where the kernel runs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -23,15 +27,24 @@ import torch
 
 from .checkpoints import REGISTRY
 from .data.prepare import DATASETS
+from .demo_models import DEMO_SELECTION, DEMO_SETTINGS, DEMO_WEIGHTS_DIR
 from .masks import FilterSettings
 from .pipeline import PipelineSettings
 from .precision import PRECISIONS, check_precision
 from .segmentation import SamSettings
 from .selection import SelectionSettings
+from .tiny_models import DEMO_SAM
 
-PROFILES = ("full", "smoke")
+PROFILES = ("full", "smoke", "demo")
 SAM_MODELS = ("auto", "vit_h", "vit_l", "vit_b")
 SMOKE_TAG = "SMOKE TEST - random tiny models, results are meaningless"
+DEMO_TAG = "DEMO - small SAM + CLIP trained on synthetic shapes, not the real models"
+DEMO_SAM_MODEL, DEMO_CLIP_MODEL = DEMO_SAM, "clip_demo"  # helpers.tiny_models.build_sam_demo / build_clip_demo
+# Demo images of a seed that neither training (its own random streams), its evaluation (101, 202, 303,
+# 404, 505) nor any test (9090; 0-7, 77, 1000 elsewhere) uses: shapes the models have never seen. With
+# 11 the first 8 ground-truth cut-outs hold all four shapes, so notebook 03 can build its 4-class mosaics.
+DEMO_SEED = 11
+DEMO_IMAGES = 12
 # A random model scores every mask near zero: open the gates so masks come out at all.
 SMOKE_SAM = SamSettings(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9)
 DEFAULT_FILTERS = FilterSettings(min_area=100, max_inside=0.9)  # small masks and masks inside larger ones dropped
@@ -78,8 +91,9 @@ class RunConfig:
     data_path: Path | None = None  # absolute; None: data/<dataset> in the project
     classes: tuple[str, ...] = ()  # empty: the classes present in the dataset
     max_images: int | None = None
+    demo_seed: int = 0  # the seed of the generated demo images (the demo profile: DEMO_SEED)
     root: Path = field(default_factory=project_root)
-    checkpoint_dir: Path | None = None  # None: checkpoints/ (full) or outputs/smoke/checkpoints (smoke)
+    checkpoint_dir: Path | None = None  # None: checkpoints/, outputs/smoke/checkpoints, helpers/demo_weights
     mirrors: tuple[str, ...] = ()
     sam_checkpoint: Path | None = None
     clip_checkpoint: Path | None = None
@@ -98,11 +112,16 @@ class RunConfig:
             raise ConfigError(f"SAMCLIP_MAX_IMAGES={self.max_images} must be a whole number of at least 1.")
         if self.checkpoint_dir is None:
             default = self.output_dir / "checkpoints" if self.is_smoke else self.root / "checkpoints"
-            object.__setattr__(self, "checkpoint_dir", default)
+            object.__setattr__(self, "checkpoint_dir", DEMO_WEIGHTS_DIR if self.is_demo else default)
 
     @property
     def is_smoke(self) -> bool:
         return self.profile == "smoke"
+
+    @property
+    def is_demo(self) -> bool:
+        """The trained demo models on the synthetic shapes (``helpers.demo_models``)."""
+        return self.profile == "demo"
 
     @property
     def output_dir(self) -> Path:
@@ -126,8 +145,11 @@ class RunConfig:
         return self.output_dir / "results"
 
     def title(self, text: str) -> str:
-        """Figure title; smoke runs are labelled so nobody mistakes them for results."""
-        return f"[{SMOKE_TAG}]\n{text}" if self.is_smoke else text
+        """Figure title; smoke runs are labelled so nobody mistakes them for results, demo runs so
+        nobody mistakes the small shape models for the real SAM and CLIP."""
+        if self.is_smoke:
+            return f"[{SMOKE_TAG}]\n{text}"
+        return f"[{DEMO_TAG}]\n{text}" if self.is_demo else text
 
 
 def _path(environ: Mapping[str, str], name: str, base: Path) -> Path | None:
@@ -150,7 +172,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> RunConfig:
     profile = env.get("SAMCLIP_PROFILE", "").strip().lower() or "full"
     if profile not in PROFILES:
         raise ConfigError(f"SAMCLIP_PROFILE={profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
-    smoke = profile == "smoke"
+    smoke, demo = profile == "smoke", profile == "demo"
     device = choose_device(env.get("SAMCLIP_DEVICE", "").strip() or "auto")
     raw_max = env.get("SAMCLIP_MAX_IMAGES", "").strip()
     if raw_max and not raw_max.isdigit():
@@ -164,15 +186,28 @@ def load_config(environ: Mapping[str, str] | None = None) -> RunConfig:
     clip_names = tuple(name for name, c in REGISTRY.items() if c.family == "clip")
     clip_model = _choice(env, "SAMCLIP_CLIP_MODEL", "ViT-B/32", clip_names)
     classes = tuple(dict.fromkeys(p.strip() for p in env.get("SAMCLIP_CLASSES", "").split(",") if p.strip()))
+    if smoke:
+        sam_model, clip_model = "sam_tiny", "clip_tiny"
+    elif demo:
+        sam_model, clip_model = DEMO_SAM_MODEL, DEMO_CLIP_MODEL
+    elif sam_model == "auto":
+        sam_model = default_sam_model(device)
+    default_images = 4 if smoke else (DEMO_IMAGES if demo else None)
+    if demo:
+        pipeline = _demo_pipeline(precision)
+    else:
+        sam = SMOKE_SAM if smoke else SamSettings()
+        pipeline = PipelineSettings(sam=sam, filters=DEFAULT_FILTERS, precision=precision)
     return RunConfig(
         profile=profile,
         device=device,
-        sam_model="sam_tiny" if smoke else (default_sam_model(device) if sam_model == "auto" else sam_model),
-        clip_model="clip_tiny" if smoke else clip_model,
+        sam_model=sam_model,
+        clip_model=clip_model,
         dataset=_choice(env, "SAMCLIP_DATASET", "demo", DATASETS),
         data_path=_path(env, "SAMCLIP_DATA_PATH", base),
         classes=classes,
-        max_images=int(raw_max) if raw_max else (4 if smoke else None),
+        max_images=int(raw_max) if raw_max else default_images,
+        demo_seed=DEMO_SEED if demo else 0,
         root=root,
         checkpoint_dir=_path(env, "SAMCLIP_CHECKPOINT_DIR", base),
         mirrors=tuple(_mirror(m, base) for m in env.get("SAMCLIP_MIRROR", "").split()),
@@ -181,10 +216,15 @@ def load_config(environ: Mapping[str, str] | None = None) -> RunConfig:
         drive_cache=_path(env, "SAMCLIP_DRIVE_CACHE", base),
         finetune_data=_path(env, "SAMCLIP_FINETUNE_DATA", base),
         ray_address=env.get("RAY_ADDRESS", "").strip() or None,
-        pipeline=PipelineSettings(
-            sam=SMOKE_SAM if smoke else SamSettings(), filters=DEFAULT_FILTERS, precision=precision
-        ),
+        pipeline=pipeline,
+        selection=DEMO_SELECTION if demo else SelectionSettings(),
     )
+
+
+def _demo_pipeline(precision: str) -> PipelineSettings:
+    """``DEMO_SETTINGS`` itself (the object, so a change there reaches every demo run), with only the
+    precision replaced when ``SAMCLIP_PRECISION`` asks for another."""
+    return DEMO_SETTINGS if precision == DEMO_SETTINGS.precision else replace(DEMO_SETTINGS, precision=precision)
 
 
 def _mirror(value: str, base: Path) -> str:
@@ -211,4 +251,15 @@ def banner(config: RunConfig) -> str:
     if config.is_smoke:
         rule = "!" * 78
         lines = [rule, f"!! {SMOKE_TAG}", "!! (set SAMCLIP_PROFILE=full or unset it for real runs)", rule, *lines]
+    if config.is_demo:
+        rule = "=" * 78
+        lines = [
+            rule,
+            f"== {DEMO_TAG}",
+            f"== weights: {config.checkpoint_dir} (sha256-checked, no download)",
+            *([f"== images: demo shapes of seed {config.demo_seed}, unseen in training"] if config.demo_seed else []),
+            "== (set SAMCLIP_PROFILE=full or unset it for the real SAM and CLIP)",
+            rule,
+            *lines,
+        ]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 
 from .config import banner, load_config, remember_start_dir
 
-CELL_TIMEOUT = {"smoke": 300, "full": 3600}  # seconds; full runs embed whole datasets in one cell
+CELL_TIMEOUT = {"smoke": 300, "demo": 300, "full": 3600}  # seconds; full runs embed whole datasets in one cell
 
 
 def execute(path: Path, out_dir: Path, timeout: int) -> str | None:
@@ -63,7 +63,7 @@ def run(notebooks: list[Path], out_dir: Path, timeout: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Execute the notebooks headless (settings: SAMCLIP_* variables).")
-    parser.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (smoke 300, full 3600)")
+    parser.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (smoke, demo 300; full 3600)")
     parser.add_argument("names", nargs="*", help="notebook name prefixes to run (default: all), e.g. 03 04")
     args = parser.parse_args(argv)
     remember_start_dir()

@@ -13,6 +13,7 @@ from pathlib import Path
 from .checkpoints import ensure_checkpoint
 from .config import RunConfig, load_config
 from .data import Dataset, dataset_request, load_prepared
+from .demo_models import DEMO_CLIP_FILE, DEMO_SAM_FILE, demo_weight_path
 from .evaluation import classes_to_evaluate
 from .models import LoadedClip, LoadedSam, SamSource, load_clip, load_sam
 from .pipeline import Pipeline
@@ -20,14 +21,19 @@ from .tiny_models import write_tiny_checkpoints
 
 
 def checkpoint_paths(config: RunConfig, progress: bool = True) -> dict[str, Path]:
-    """Verified checkpoint files for the run: found, downloaded (full) or built (smoke)."""
-    if config.is_smoke:  # tiny random models, unless a file of your own is named (a fine-tuned tiny CLIP)
-        paths = write_tiny_checkpoints(config.checkpoint_dir)
-        for family, own in (("sam", config.sam_checkpoint), ("clip", config.clip_checkpoint)):
-            if own is not None and not own.is_file():
-                raise FileNotFoundError(f"SAMCLIP_{family.upper()}_CHECKPOINT={own} is not a file; fix or unset it.")
-            paths[family] = own or paths[family]
-        return paths
+    """Verified checkpoint files for the run: found, downloaded (full), built (smoke), or the demo
+    weights shipped in the package, checked against their registered sha256 (demo; no download)."""
+    if config.is_smoke or config.is_demo:  # unless a file of your own is named (a fine-tuned CLIP)
+        own = {"sam": config.sam_checkpoint, "clip": config.clip_checkpoint}
+        for family, path in own.items():
+            if path is not None and not path.is_file():
+                raise FileNotFoundError(f"SAMCLIP_{family.upper()}_CHECKPOINT={path} is not a file; fix or unset it.")
+        if config.is_smoke:
+            paths = write_tiny_checkpoints(config.checkpoint_dir)
+        else:
+            files = {"sam": DEMO_SAM_FILE, "clip": DEMO_CLIP_FILE}  # each checked against DEMO_SHA256
+            paths = {f: demo_weight_path(name, config.checkpoint_dir) for f, name in files.items() if not own[f]}
+        return {family: own[family] or paths[family] for family in own}
     common = dict(mirrors=config.mirrors, drive_cache=config.drive_cache, progress=progress)
     return {
         "sam": ensure_checkpoint(config.sam_model, config.checkpoint_dir, local_path=config.sam_checkpoint, **common),
@@ -97,6 +103,7 @@ def run_record(run: Run, started: str, **measures) -> dict:
             "classes_evaluated": run.classes,
             "classes_absent": run.absent,
             "skipped": len(run.dataset.skipped),
+            **({"seed": config.demo_seed} if config.demo_seed else {}),  # generated demo images (demo profile)
         },
         "models": {
             "sam": {"name": config.sam_model, "weights": pipe.sam.identity},

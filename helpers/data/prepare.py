@@ -26,12 +26,21 @@ def dataset_request(config) -> dict:
     """What the run asks for: dataset, absolute data path, classes and image limit. ``prepare_dataset``
     records it in the manifest; ``load_prepared(folder, expected=dataset_request(config))`` checks it."""
     path = data_path(config)
-    return {
+    request = {
         "dataset": config.dataset,
         "data_path": None if path is None else str(path),
         "classes": list(config.classes or []),
         "max_images": config.max_images,
     }
+    seed = _demo_seed(config)
+    if seed:  # another seed is another dataset (recorded only when not the default 0, as before)
+        request["seed"] = seed
+    return request
+
+
+def _demo_seed(config) -> int:
+    """The seed of the generated demo images (``RunConfig.demo_seed``; 0 for other datasets)."""
+    return int(getattr(config, "demo_seed", 0) or 0) if config.dataset == "demo" else 0
 
 
 def prepare_dataset(config) -> Dataset:
@@ -46,7 +55,7 @@ def prepare_dataset(config) -> Dataset:
     if path is not None and not path.exists():
         raise DatasetError(f"The {kind} data folder {path} does not exist; set SAMCLIP_DATA_PATH to where it lies.")
     if kind == "demo":
-        dataset = make_demo_dataset(limit or 12)
+        dataset = make_demo_dataset(limit or 12, seed=_demo_seed(config))
     elif kind == "coco":
         annotations = sorted((path / "annotations").glob("instances_val2017*.json"))
         if not annotations:
