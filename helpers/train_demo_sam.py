@@ -26,6 +26,9 @@ class SamTrainSettings:
     # Share of the points on the background, whose mask is then the target. 0: with background
     # prompts the outputs settle on "background" / "everything" / "nothing" and never follow the point.
     background_share: float = 0.0
+    # Background prompts teach only the IoU head (their masks get no mask loss), so that the automatic
+    # generator's IoU gate drops the masks of grid points on the background instead of passing them on.
+    background_iou_only: bool = False
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.01
@@ -78,7 +81,7 @@ def _prompts(scene: Scene, rng: np.random.Generator, count: int, settings: SamTr
         pick = rng.integers(len(xs))
         points.append((xs[pick] + rng.random(), ys[pick] + rng.random()))
         owners.append(owner)
-    return np.asarray(points, np.float64), owners, targets
+    return np.asarray(points, np.float64), owners, targets, (len(targets) - 1 if has_background else -1)
 
 
 def _normalise(sam: Sam, small: np.ndarray, out: np.ndarray) -> None:
@@ -95,7 +98,7 @@ def _batch(rng: np.random.Generator, sam: Sam, settings: SamTrainSettings, max_s
     images, prompts = np.zeros((settings.images_per_step, 3, size, size), np.float32), []
     for index in range(settings.images_per_step):
         scene = make_scene(rng, max_shapes=max_shapes)
-        points, owners, targets = _prompts(scene, rng, settings.points_per_image, settings)
+        points, owners, targets, background = _prompts(scene, rng, settings.points_per_image, settings)
         small = transform.apply_image(scene.image)
         h, w = small.shape[:2]
         lh, lw = h // settings.loss_scale, w // settings.loss_scale
@@ -104,7 +107,9 @@ def _batch(rng: np.random.Generator, sam: Sam, settings: SamTrainSettings, max_s
         )
         _normalise(sam, small, images[index])
         coords = torch.as_tensor(transform.apply_coords(points, scene.image.shape[:2]), dtype=torch.float32)
-        prompts.append((coords[:, None, :], torch.ones(len(points), 1, dtype=torch.int), torch.as_tensor(soft)))
+        foreground = torch.as_tensor([not settings.background_iou_only or o != background for o in owners])
+        labels = torch.ones(len(points), 1, dtype=torch.int)
+        prompts.append((coords[:, None, :], labels, torch.as_tensor(soft), foreground))
     return torch.from_numpy(images), prompts
 
 
@@ -124,7 +129,7 @@ def sam_step_loss(sam: Sam, images: torch.Tensor, prompts, settings: SamTrainSet
     size = sam.image_encoder.img_size // settings.loss_scale
     embeddings = sam.image_encoder(images)
     mask_losses, iou_losses, best_ious = [], [], []
-    for embedding, (coords, labels, soft) in zip(embeddings, prompts):
+    for embedding, (coords, labels, soft, foreground) in zip(embeddings, prompts):
         low_res, iou_pred = _decode(sam, embedding[None], coords, labels)
         h, w = soft.shape[-2:]
         logits = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)[..., :h, :w]
@@ -133,17 +138,21 @@ def sam_step_loss(sam: Sam, images: torch.Tensor, prompts, settings: SamTrainSet
             logits, target
         )
         best = per_output.argmin(dim=1)
-        mask_losses.append(per_output.gather(1, best[:, None]).mean())
+        if foreground.any():
+            mask_losses.append(per_output.gather(1, best[:, None])[foreground].mean())
         with torch.no_grad():
             pred, truth = logits > 0, target > 0.5
             inter = (pred & truth).flatten(-2).sum(-1).float()
             union = (pred | truth).flatten(-2).sum(-1).float()
             true_iou = inter / union.clamp(min=1)
         iou_losses.append(F.mse_loss(iou_pred, true_iou))
-        best_ious.append(true_iou.gather(1, best[:, None]).mean())
-    mask_loss, iou_loss = torch.stack(mask_losses).mean(), torch.stack(iou_losses).mean()
+        if foreground.any():
+            best_ious.append(true_iou.gather(1, best[:, None])[foreground].mean())
+    mask_loss = torch.stack(mask_losses).mean() if mask_losses else embeddings.sum() * 0
+    iou_loss = torch.stack(iou_losses).mean()
     loss = mask_loss + settings.iou_weight * iou_loss
-    parts = {"mask": mask_loss.item(), "iou_mse": iou_loss.item(), "iou": torch.stack(best_ious).mean().item()}
+    iou = torch.stack(best_ious).mean().item() if best_ious else float("nan")
+    parts = {"mask": mask_loss.item(), "iou_mse": iou_loss.item(), "iou": iou}
     return loss, parts
 
 
