@@ -20,16 +20,16 @@ from .tiny_models import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small
 
 @dataclass(frozen=True)
 class SamTrainSettings:
-    steps: int = 3000
-    images_per_step: int = 2
-    points_per_image: int = 32
-    # Share of the points on the background, whose mask is then the target. 0: with background
-    # prompts the outputs settle on "background" / "everything" / "nothing" and never follow the point.
-    background_share: float = 0.0
+    steps: int = 1800
+    images_per_step: int = 8  # more images and fewer points per image than 2 x 32: 0.81 vs 0.68 point IoU
+    points_per_image: int = 8
+    # Share of the points on the background, whose mask is then the target. With the mask loss on them
+    # the outputs settle on "background" / "everything" / "nothing" and never follow the point.
+    background_share: float = 0.25
     # Background prompts teach only the IoU head (their masks get no mask loss), so that the automatic
     # generator's IoU gate drops the masks of grid points on the background instead of passing them on.
-    background_iou_only: bool = False
-    lr: float = 1e-3
+    background_iou_only: bool = True
+    lr: float = 2e-3
     warmup: int = 50
     weight_decay: float = 0.01
     focal_weight: float = 20.0  # SAM's 20 : 1 focal : dice
