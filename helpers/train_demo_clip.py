@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import clip
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -55,6 +56,12 @@ class ClipTrainSettings:
     box_crop_share: float = 0.35  # of the cut-outs: box crops as ``object_crops`` makes them, the rest masked crops
     background_share: float = 0.08  # of the cut-outs: the background, captioned "background"
     min_area: int = 200
+    # Cut-outs as the demo SAM's masks make them: of the masked crops this share with a blurred, rounded
+    # boundary (SAM's coarse masks round a square's corners; a CLIP trained on exact masks then calls it a
+    # circle), and in this share of the scenes a blob of background, captioned "background". 0.6 / 0.3 with
+    # 1500 steps lifts the demo pipeline's IoU but drops recognition of exact cut-outs below 0.95 (README).
+    jitter_share: float = 0.0
+    blob_share: float = 0.0
     seed: int = 0
     threads: int = 1
 
@@ -66,9 +73,23 @@ class CutOut:
     colour: str | None
 
 
+def sam_like(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``mask`` with a coarse boundary: blurred (sigma 2-6 px) and thresholded at 0.35-0.65, which
+    rounds corners and tips and shrinks or grows the shape a little, as the demo SAM does."""
+    soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), rng.uniform(2, 6))
+    return soft > rng.uniform(0.35, 0.65)
+
+
+def background_blob(background: np.ndarray, rng: np.random.Generator, cell: int = 24) -> np.ndarray:
+    """A smooth random blob of the background, like the masks SAM proposes for grid points there."""
+    h, w = background.shape
+    field = cv2.resize(rng.normal(0, 1, (h // cell + 2, w // cell + 2)).astype(np.float32), (w, h))
+    return (field > np.quantile(field, rng.uniform(0.7, 0.95))) & background
+
+
 def scene_cutouts(scene: Scene, rng: np.random.Generator, settings: ClipTrainSettings) -> list[CutOut]:
-    """Each visible shape of ``scene`` cut out as the pipeline (masked crop) or ``object_crops``
-    (box crop) would; sometimes the background too."""
+    """Each visible shape of ``scene`` cut out as the pipeline (masked crop, exact or SAM-like) or
+    ``object_crops`` (box crop) would; sometimes the background, whole or a blob of it."""
     from .regions import RegionSettings, extract_region
 
     masked, boxed = RegionSettings(), RegionSettings(mode="crop")
@@ -78,12 +99,22 @@ def scene_cutouts(scene: Scene, rng: np.random.Generator, settings: ClipTrainSet
         if mask.sum() < settings.min_area:
             continue
         mode = boxed if rng.random() < settings.box_crop_share else masked
+        if mode is masked and settings.jitter_share and rng.random() < settings.jitter_share:
+            mask = sam_like(mask, rng)
+            if mask.sum() < settings.min_area:
+                continue
+            box = MaskSet.from_masks(mask[None]).bboxes()[0]
         cutouts.append(CutOut(extract_region(scene.image, mask, box, mode), kind, colour_name(colour)))
+    background = ~scene.masks.any(0)
+    regions = []
     if rng.random() < settings.background_share * 4:
-        background = ~scene.masks.any(0)
-        if background.sum() >= settings.min_area:
-            box = MaskSet.from_masks(background[None]).bboxes()[0]
-            cutouts.append(CutOut(extract_region(scene.image, background, box, masked), BACKGROUND, None))
+        regions.append(background)
+    if settings.blob_share and rng.random() < settings.blob_share:
+        regions.append(background_blob(background, rng))
+    for region in regions:
+        if region.sum() >= settings.min_area:
+            box = MaskSet.from_masks(region[None]).bboxes()[0]
+            cutouts.append(CutOut(extract_region(scene.image, region, box, masked), BACKGROUND, None))
     return cutouts
 
 
