@@ -1,13 +1,14 @@
 """Train the demo models (a small SAM and a small CLIP) on generated shape images, offline.
 
-``python -m helpers.train_demo`` reproduces ``helpers/demo_weights/`` (seeded, one CPU thread:
-about 12 min of CPU for SAM and 2 for CLIP, then ~2 min of evaluation); ``--quick`` is a
-seconds-long end-to-end run into a scratch folder. Measured results: notes/README_demo.md.
+``python -m helpers.train_demo`` reproduces ``helpers/demo_weights/`` byte for byte (seeded; SAM
+and CLIP train at once in two processes of one thread each: about 12 min of CPU for SAM and 2 for
+CLIP, then under a minute of evaluation); ``--quick`` is a seconds-long end-to-end run into a
+scratch folder. Measured results: README.md, "Trained demo models".
 
-SAM is trained as in its paper, restricted to what the automatic mask generator uses: one
-foreground point per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on
-the best of the three only, and the IoU head regressed (MSE) on the true IoU of all three, so
-that ``pred_iou_thresh`` and the stability gate mean what they mean for the real SAM.
+SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
+per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
+only, and the IoU head regressed (MSE) on the true IoU of all three, so that ``pred_iou_thresh``
+means what it means for the real SAM (points on the background train the IoU head only).
 """
 
 from __future__ import annotations
