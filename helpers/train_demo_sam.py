@@ -38,7 +38,6 @@ class SamTrainSettings:
     min_area: int = 40  # instances with fewer visible pixels get no prompt
     loss_scale: int = 2  # losses on masks at 1/loss_scale of SAM's input size (soft, area-averaged targets)
     pointer_init: bool = True  # see init_pointer_attention
-    patch_init: bool = False  # see init_patch_colours
     # (until step, at most this many shapes per image), e.g. ((300, 1), (600, 3)); tried, did not help
     curriculum: tuple[tuple[int, int], ...] = ()
     seed: int = 0
@@ -185,25 +184,6 @@ def init_pointer_attention(sam: Sam, gain: float = 2.5) -> None:
         sam.image_encoder.neck[-1].weight.mul_(0.1)
 
 
-def init_patch_colours(sam: Sam, cells: int = 4) -> None:
-    """Start the patch embedding's first 3 * cells**2 channels as the mean colour of each of the
-    patch's cells x cells sub-blocks: the mask decoder upsamples every token 4x, so each token
-    starts out knowing the colours of the 4 x 4 low-resolution mask pixels it will paint."""
-    proj = sam.image_encoder.patch_embed.proj
-    out, _, size, _ = proj.weight.shape
-    step = size // cells
-    with torch.no_grad():
-        for a in range(cells):
-            for b in range(cells):
-                for c in range(3):
-                    row = (a * cells + b) * 3 + c
-                    if row >= out:
-                        return
-                    proj.weight[row].zero_()
-                    proj.weight[row, c, a * step : (a + 1) * step, b * step : (b + 1) * step] = 1.0 / step**2
-                    proj.bias[row] = 0.0
-
-
 def _keep_freed_memory() -> None:
     """Ask glibc to keep freed blocks instead of unmapping them: training allocates the same large
     tensors every step, and re-faulting them costs more than the arithmetic on a busy machine."""
@@ -229,8 +209,6 @@ def train_sam(
     sam = build_sam_small(settings.architecture).train()
     if settings.pointer_init:
         init_pointer_attention(sam)
-    if settings.patch_init:
-        init_patch_colours(sam)
     optimiser = torch.optim.AdamW(sam.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_schedule(settings.steps, settings.warmup))
     history = []
