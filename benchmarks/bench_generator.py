@@ -3,6 +3,7 @@
     python benchmarks/bench_generator.py                            # vit_b, random weights, CPU
     python benchmarks/bench_generator.py --device cuda --model vit_h
     python benchmarks/bench_generator.py --model sam_tiny --sides 4 --huge 600x400   # smoke test
+    python benchmarks/bench_generator.py --threads 1                # torch on one thread
 
 Random weights give flat logits and predicted IoU near 0 that SAM's default gates would drop
 entirely, so the decoder's last layers are steepened (``steepen_random_sam``: --logit-gain,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -93,6 +95,11 @@ def decoder_difference(model, image: np.ndarray) -> tuple[float, float, float]:
     )
 
 
+def load() -> str:
+    """The 1-minute load average (other jobs on the machine slow both engines)."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
 def gates(counts: GateCounts) -> str:
     return f"{counts.candidates} → {counts.iou_gate} → {counts.stability_gate} → {counts.box_nms}"
 
@@ -106,7 +113,7 @@ def half_row(model, image: np.ndarray, side: int, references: dict, device: str)
     match = best_match_iou(ours, ref) if len(ref) and len(ours) else np.array([float("nan")])
     print(
         f"| {side}x{side} | default, {half} | – | {ours_s:.1f} | – | {len(ref)} / {len(ours)} "
-        f"| {match.min():.4f} (median {np.median(match):.4f}) | – | {gates(counts)} |",
+        f"| {match.min():.4f} (median {np.median(match):.4f}) | – | {gates(counts)} | {load()} |",
         flush=True,
     )
 
@@ -133,10 +140,13 @@ def main() -> None:
     parser.add_argument("--logit-gain", type=float, default=400.0)
     parser.add_argument("--iou-shift", type=float, default=0.85)
     parser.add_argument("--no-bf16", action="store_true", help="skip the 16-bit row")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)  # for the child run
     parser.add_argument("--huge-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.huge_size = None if args.huge == "0" else tuple(int(v) for v in args.huge.split("x"))[::-1]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.huge_child:
         return huge_run(args)
 
@@ -145,14 +155,15 @@ def main() -> None:
     image = test_image(height, width)
     cpu = platform.processor() or platform.machine()
     print(f"SAM {args.model} ({'checkpoint' if args.checkpoint else 'random, steepened'}), {args.device}, ", end="")
-    print(f"{torch.get_num_threads()} threads, {cpu}, torch {torch.__version__}, image {width}x{height}\n")
+    print(f"{torch.get_num_threads()} threads, {cpu}, torch {torch.__version__}, image {width}x{height}, ", end="")
+    print(f"load average {load()} at the start\n")
     logit_diff, iou_diff, logit_scale = decoder_difference(model, image)
     print(f"decoder vs MaskDecoder: max |Δlogit| {logit_diff:.2e} (logits up to {logit_scale:.1f}), ", end="")
     print(f"max |Δ predicted IoU| {iou_diff:.2e}\n")
 
     print("| points | gates | reference s | ours s | speed-up | masks ref / ours | min best-match IoU ", end="")
-    print("| max Δ pred. IoU | candidates → IoU gate → stability gate → NMS |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| max Δ pred. IoU | candidates → IoU gate → stability gate → NMS | load after |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     references = {}
     for side in args.sides:
         for name in args.gates:
@@ -168,7 +179,7 @@ def main() -> None:
             )
             print(
                 f"| {side}x{side} | {name} | {ref_s:.1f} | {ours_s:.1f} | {ref_s / ours_s:.1f}x "
-                f"| {len(ref)} / {len(ours)} | {match:.4f} | {iou_delta:.1e} | {gates(counts)} |",
+                f"| {len(ref)} / {len(ours)} | {match:.4f} | {iou_delta:.1e} | {gates(counts)} | {load()} |",
                 flush=True,
             )
             assert len(ref) == len(ours) and (not len(ref) or match >= 0.999), "masks differ"
@@ -178,10 +189,11 @@ def main() -> None:
         command = [sys.executable, __file__, "--huge-child", "--device", args.device, "--model", args.model]
         command += ["--huge", args.huge, "--logit-gain", str(args.logit_gain), "--iou-shift", str(args.iou_shift)]
         command += ["--checkpoint", args.checkpoint] if args.checkpoint else []
+        command += ["--threads", str(args.threads)] if args.threads else []
         result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
         print(
             f"| 32x32 | default, {args.huge} px | – (not run) | {result['seconds']:.1f} | – "
-            f"| – / {result['count']} | peak RSS {result['peak'] / 2**30:.2f} GB | – | {result['gates']} |"
+            f"| – / {result['count']} | peak RSS {result['peak'] / 2**30:.2f} GiB | – | {result['gates']} | {load()} |"
         )
 
 

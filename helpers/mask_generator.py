@@ -22,21 +22,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
-from segment_anything.predictor import SamPredictor
 from segment_anything.utils.amg import (
     batched_mask_to_box,
     build_all_layer_point_grids,
-    calculate_stability_score,
     generate_crop_boxes,
     is_box_near_crop_edge,
     remove_small_regions,
     uncrop_boxes_xyxy,
 )
+from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms, box_area
 
+from .allocator import reuse_freed_memory, trim_if_over
+from .mask_upscale import Upscaler
 from .masks import MaskSet, mask_set_from_stream
 from .precision import autocast, check_precision
 from .sam_decoder import PromptBatchDecoder
+from .sam_encoder import embed_image
 
 ENGINE_VERSION = "fast-1"
 UPSCALE_PROMPTS = 16  # prompts upscaled together (the 256 x 256 x 32 features: 8 MB each)
@@ -59,7 +61,7 @@ class GateCounts:
 @dataclass
 class _Crop:
     box: list[int]  # x0, y0, x1, y1 in the image
-    input_size: tuple[int, int]  # the crop resized for the encoder (before padding)
+    upscaler: Upscaler  # postprocess_masks to the crop's size, and exact gate statistics without it
 
 
 @dataclass
@@ -85,20 +87,19 @@ class _Candidates:
         return _Candidates(self.low_res[keep], self.iou[keep], self.stability[keep], self.boxes[keep], self.crop[keep])
 
 
-def _chunk_size(height: int, width: int, side: int) -> int:
-    return int(max(1, min(64, CHUNK_BYTES // (4 * (height * width + side * side)))))
-
-
-def _upscale(model: Sam, low_res: torch.Tensor, crop: _Crop) -> torch.Tensor:
-    """Full-size logits of the crop (n x h x w), exactly as ``Sam.postprocess_masks`` makes them."""
+def _chunk_size(crop: _Crop, side: int, full: bool) -> int:
+    """Masks upscaled at once: full-size logits within CHUNK_BYTES or, for the exact statistics that
+    skip the full size (``full=False``, not 1024 px long), about 8 stage-1 maps (1024 x 1024) per mask."""
     x0, y0, x1, y1 = crop.box
-    return model.postprocess_masks(low_res[:, None].float(), crop.input_size, (y1 - y0, x1 - x0))[:, 0]
+    full = full or crop.upscaler.kind in (None, "identity")
+    per_mask = (x1 - x0) * (y1 - y0) if full else 8 * crop.upscaler.side**2
+    return int(max(1, min(64, CHUNK_BYTES // (4 * (per_mask + side * side)))))
 
 
 def _render(model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[int, int]) -> list[np.ndarray]:
     """Binary full-image masks (the crop's mask placed at the crop's position)."""
     x0, y0, x1, y1 = crop.box
-    masks = (_upscale(model, low_res, crop) > model.mask_threshold).cpu().numpy()
+    masks = (crop.upscaler.full(low_res) > model.mask_threshold).cpu().numpy()
     if (x0, y0, x1, y1) == (0, 0, image_size[1], image_size[0]):
         return list(masks)
     out = []
@@ -109,35 +110,26 @@ def _render(model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[in
     return out
 
 
-def _mask_boxes(logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """``amg.batched_mask_to_box(logits > threshold)`` (xyxy, inclusive, zeros when empty) from
-    row and column maxima, without the boolean masks."""
-    rows, cols = logits.amax(-1) > threshold, logits.amax(-2) > threshold
-    h, w = rows.shape[-1], cols.shape[-1]
-    first = lambda x: x.byte().argmax(-1)  # noqa: E731
-    boxes = torch.stack([first(cols), first(rows), w - 1 - first(cols.flip(-1)), h - 1 - first(rows.flip(-1))], -1)
-    return boxes * rows.any(-1, keepdim=True)
-
-
 def _gate(
     model: Sam, low_res: torch.Tensor, crop: _Crop, image_size: tuple[int, int], options: dict, counts: GateCounts
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stability gate, boxes and crop-edge filter on full-size logits, a chunk at a time. Returns the
-    survivors' indices in ``low_res``, their stability scores and boxes (crop coordinates)."""
-    x0, y0, x1, y1 = crop.box
+    """Stability gate, boxes and crop-edge filter of the full-size masks, a chunk at a time, exactly as
+    ``amg.calculate_stability_score`` and ``amg.batched_mask_to_box`` compute them on the full-size
+    logits (``Upscaler.stats``). Returns the survivors' indices in ``low_res``, their stability scores
+    and boxes (crop coordinates)."""
+    threshold, offset = model.mask_threshold, options["stability_score_offset"]
     parts = []
-    step = _chunk_size(y1 - y0, x1 - x0, low_res.shape[-1])
+    step = _chunk_size(crop, low_res.shape[-1], full=False)
     for start in range(0, len(low_res), step):
         chunk = low_res[start : start + step]
-        logits = _upscale(model, chunk, crop)
-        stability = calculate_stability_score(logits, model.mask_threshold, options["stability_score_offset"])
+        above, boxes = crop.upscaler.stats(chunk, [threshold + offset, threshold - offset], threshold)
+        stability = above[:, 0] / above[:, 1]  # int32 / int32, as calculate_stability_score divides
         keep = torch.ones(len(chunk), dtype=torch.bool, device=chunk.device)
         if options["stability_score_thresh"] > 0.0:
             keep = stability >= options["stability_score_thresh"]
         index = torch.nonzero(keep).flatten()
         counts.stability_gate += len(index)
-        boxes = _mask_boxes(logits, model.mask_threshold)[index]
-        del logits
+        boxes = boxes[index]
         near = is_box_near_crop_edge(boxes, crop.box, [0, 0, image_size[1], image_size[0]])
         index, boxes = index[~near], boxes[~near]
         counts.crop_edge += len(index)
@@ -148,7 +140,6 @@ def _gate(
 
 def _process_crop(
     model: Sam,
-    predictor: SamPredictor,
     image: np.ndarray,
     crop_box: list[int],
     points: np.ndarray,
@@ -160,15 +151,18 @@ def _process_crop(
     cropped = image[y0:y1, x0:x1, :]
     device, precision = model.device, options["precision"]
     with autocast(device, precision):
-        predictor.set_image(cropped)
-    crop = _Crop(list(crop_box), tuple(predictor.input_size))
-    decoder = PromptBatchDecoder(model, predictor.features.float())
+        features, input_size = embed_image(model, cropped)
+    crop = _Crop(list(crop_box), Upscaler(model.image_encoder.img_size, input_size, (y1 - y0, x1 - x0), device))
+    decoder = PromptBatchDecoder(model, features.float())
+    del features
+    trim_if_over()
+    transform = ResizeLongestSide(model.image_encoder.img_size)
     points = points * np.array(cropped.shape[:2])[None, ::-1]
     parts: list[_Candidates] = []
     iou_thresh = options["pred_iou_thresh"]
     for begin in range(0, len(points), options["points_per_batch"]):
         batch = points[begin : begin + options["points_per_batch"]]
-        coords = torch.as_tensor(predictor.transform.apply_coords(batch, cropped.shape[:2]), device=device)
+        coords = torch.as_tensor(transform.apply_coords(batch, cropped.shape[:2]), device=device)
         labels = torch.ones(len(batch), dtype=torch.int, device=device)
         with autocast(device, precision):
             sparse, _ = model.prompt_encoder(points=(coords[:, None, :], labels[:, None]), boxes=None, masks=None)
@@ -184,10 +178,10 @@ def _process_crop(
                 low_res = decoder.masks(queries[rows], keys[rows])
             low_res, kept_iou = low_res.float()[wanted[rows]], iou[rows][wanted[rows]]
             index, stability, boxes = _gate(model, low_res, crop, image.shape[:2], options, counts)
+            trim_if_over()
             crop_index = torch.zeros(len(index), dtype=torch.long, device=device)
             parts.append(_Candidates(low_res[index], kept_iou[index], stability, boxes, crop_index))
         del queries, keys
-    predictor.reset_image()
     data = _Candidates.cat(parts, 4 * decoder.h)
     keep = batched_nms(data.boxes.float(), data.iou, torch.zeros(len(data.boxes)), options["box_nms_thresh"])
     data = data.filter(keep)
@@ -210,8 +204,7 @@ def _stream_masks(
     while start < len(data.iou):
         crop_index = int(data.crop[start])
         crop = crops[crop_index]
-        x0, y0, x1, y1 = crop.box
-        step = _chunk_size(y1 - y0, x1 - x0, data.low_res.shape[-1])
+        step = _chunk_size(crop, data.low_res.shape[-1], full=True)
         stop = start
         while stop < len(data.iou) and stop - start < step and int(data.crop[stop]) == crop_index:
             stop += 1
@@ -267,12 +260,11 @@ def generate_mask_set(
     image_size = image.shape[:2]
     grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
     crop_boxes, layers = generate_crop_boxes(image_size, crop_n_layers, crop_overlap_ratio)
-    predictor = SamPredictor(model)
     counts = counts if counts is not None else GateCounts()
     parts, crops = [], []
-    with torch.inference_mode():
+    with reuse_freed_memory(), torch.inference_mode():
         for index, (crop_box, layer) in enumerate(zip(crop_boxes, layers)):
-            data, crop = _process_crop(model, predictor, image, crop_box, grids[layer], options, counts)
+            data, crop = _process_crop(model, image, crop_box, grids[layer], options, counts)
             data.crop[:] = index
             parts.append(data)
             crops.append(crop)
