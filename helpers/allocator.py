@@ -81,6 +81,7 @@ def reuse_freed_memory() -> Iterator[None]:
         if _depth == 0:
             libc.mallopt(M_MMAP_MAX, 0)
             libc.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)
+            libc.malloc_trim(0)  # free heap left from before is not counted as this block's growth
             global _resident_after_trim
             _resident_after_trim = _resident()
         _depth += 1
