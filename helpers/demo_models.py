@@ -23,7 +23,7 @@ DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for tiny_models.build_sam_demo
 DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for tiny_models.build_clip_demo (clip.model.build_model)
 DEMO_SHA256 = {
     DEMO_SAM_FILE: "918bc87efa69240a81998e0e005c53ae4c21c1b9155db24758e949cbd67b9fbf",
-    DEMO_CLIP_FILE: "b55603d94726eacfde674d02e89799a66a74e77f0d3bcf877c9560cf40b5d518",
+    DEMO_CLIP_FILE: "15e4f3c5b2b54fbfbb6549b2b692e74baa4cea05903e8459089b6d9fcd19c4a3",
 }
 
 # 16 x 16 points suffice for shapes of radius >= 29 px on 320 x 240 images (every shape holds several

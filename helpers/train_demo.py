@@ -1,9 +1,10 @@
 """Train the demo models (a small SAM and a small CLIP) on generated shape images, offline.
 
-``python -m helpers.train_demo`` reproduces ``helpers/demo_weights/`` byte for byte (seeded; SAM
-and CLIP train at once in two processes of one thread each: about 12 min of CPU for SAM and 2 for
-CLIP, then under a minute of evaluation); ``--quick`` is a seconds-long end-to-end run into a
-scratch folder. Measured results: README.md, "Trained demo models".
+``python -m helpers.train_demo`` reproduces ``helpers/demo_weights/`` byte for byte (seeded, one
+thread per process): SAM first (about 12 min of CPU), then SAM's own masks on 1,000 further scenes
+(two processes, about 2.5 min) and CLIP on those cut-outs and exact ones (about 2 min), then under a
+minute of evaluation; ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
+results: README.md, "Trained demo models".
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
 per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
@@ -40,8 +41,10 @@ from .segmentation import SamSettings, generate_masks
 from .tiny_models import DEMO_SAM
 from .train_demo_clip import (  # noqa: F401
     ClipTrainSettings,
+    CutOut,
     encode_text_prefix,
     multi_positive_loss,
+    sam_mask_cutouts,
     train_clip,
 )
 from .train_demo_sam import SamTrainSettings, init_pointer_attention, train_sam  # noqa: F401
@@ -189,9 +192,44 @@ def _train_sam_into(path: Path, settings: SamTrainSettings, progress: bool) -> d
     }
 
 
-def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool) -> dict:
+SAM_CUTOUT_PARTS = 2  # the scenes for SAM's cut-outs come in two fixed streams (two processes): same on any machine
+
+
+def sam_cutouts_part(sam_path: Path, settings: ClipTrainSettings, part: int, progress: bool = False) -> list[CutOut]:
+    """Stream ``part`` of ``settings.sam_scenes`` further training scenes through the demo pipeline's
+    SAM steps (generator and filters, as ``DEMO_SETTINGS``), each mask named by ``sam_mask_cutouts``."""
+    from tqdm.auto import tqdm
+
+    from .demo_models import DEMO_SETTINGS
+    from .masks import apply_filters
+
+    torch.set_num_threads(1)
+    sam = load_sam(DEMO_SAM, sam_path)
+    rng = np.random.default_rng([TRAIN_STREAM, 2, settings.seed, part])
+    cutouts = []
+    count = len(range(part, settings.sam_scenes, SAM_CUTOUT_PARTS))
+    bar = tqdm(range(count), desc=f"SAM cut-outs {part + 1}/{SAM_CUTOUT_PARTS}", disable=not progress, position=part)
+    for _ in bar:
+        scene = make_scene(rng)
+        masks = apply_filters(generate_masks(sam, scene.image, DEMO_SETTINGS.sam), DEMO_SETTINGS.filters)
+        dense = masks.to_dense() if len(masks) else np.zeros((0, *scene.image.shape[:2]), bool)
+        cutouts += sam_mask_cutouts(scene, dense, settings.sam_min_iou, settings.min_area)
+    return cutouts
+
+
+def _sam_cutouts(pool: ProcessPoolExecutor, sam_path: Path, settings: ClipTrainSettings, progress: bool) -> tuple:
+    """All parts of the SAM cut-outs, the last in this process and the others in ``pool``."""
+    clock = time.perf_counter()
+    jobs = [pool.submit(sam_cutouts_part, sam_path, settings, part, progress) for part in range(SAM_CUTOUT_PARTS - 1)]
+    last = sam_cutouts_part(sam_path, settings, SAM_CUTOUT_PARTS - 1, progress)
+    cutouts = [c for job in jobs for c in job.result()] + last
+    kinds = pd.Series([c.kind for c in cutouts], dtype=object).value_counts().to_dict()
+    return cutouts, {"sam_cutouts_wall_s": time.perf_counter() - clock, "sam_cutouts": kinds}
+
+
+def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sam_cutouts: list[CutOut]) -> dict:
     clock = time.perf_counter(), time.process_time()
-    clip_model, history = train_clip(settings, progress, position=1)
+    clip_model, history = train_clip(settings, progress, sam_cutouts=sam_cutouts)
     save_clip_state(clip_model, path)
     return {
         "clip_train_wall_s": time.perf_counter() - clock[0],
@@ -213,26 +251,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", choices=("sam", "clip"), help="train this one; evaluate with the other from out-dir")
     parser.add_argument("--sam-steps", type=int, default=SamTrainSettings.steps)
     parser.add_argument("--clip-steps", type=int, default=ClipTrainSettings.steps)
+    parser.add_argument(
+        "--clip-sam-scenes", type=int, default=ClipTrainSettings.sam_scenes, help="0: CLIP on exact cut-outs only"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     sam_settings = SamTrainSettings(steps=args.sam_steps)
-    clip_settings = ClipTrainSettings(steps=args.clip_steps)
+    clip_settings = ClipTrainSettings(steps=args.clip_steps, sam_scenes=args.clip_sam_scenes)
     if args.quick:
         sam_settings = replace(sam_settings, steps=2, images_per_step=1, points_per_image=4, warmup=1)
-        clip_settings = replace(clip_settings, steps=2, batch=8, scenes=4, warmup=1)
+        clip_settings = replace(clip_settings, steps=2, batch=8, scenes=4, warmup=1, sam_scenes=2)
     out = args.out_dir or (Path(tempfile.mkdtemp(prefix="demo_weights_")) if args.quick else DEMO_WEIGHTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE
     progress = not args.no_progress
     summary: dict = {"threads": sam_settings.threads, "cpus": os.cpu_count()}
     clock = time.perf_counter()
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        # CLIP trains in a second process (one thread each, so both run at once on two cores)
-        clip_job = pool.submit(_train_clip_into, clip_path, clip_settings, progress) if args.only != "sam" else None
-        if args.only != "clip":
+    if args.only == "clip" and clip_settings.sam_scenes and not sam_path.is_file():
+        parser.error(f"--only clip trains on the demo SAM's masks: {sam_path} is missing (train SAM first).")
+    with ProcessPoolExecutor(SAM_CUTOUT_PARTS - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        if args.only != "clip":  # SAM first: CLIP learns from its masks
             summary.update(_train_sam_into(sam_path, sam_settings, progress))
-        if clip_job is not None:
-            summary.update(clip_job.result())
+        if args.only != "sam":
+            sam_cutouts: list[CutOut] = []
+            if clip_settings.sam_scenes:
+                sam_cutouts, stats = _sam_cutouts(pool, sam_path, clip_settings, progress)
+                summary.update(stats)
+            summary.update(_train_clip_into(clip_path, clip_settings, progress, sam_cutouts))
     summary["train_wall_s"] = time.perf_counter() - clock
     summary["sha256"] = {path.name: sha256_of(path) for path in (sam_path, clip_path) if path.is_file()}
     summary["matches_registry"] = {name: DEMO_SHA256.get(name) == digest for name, digest in summary["sha256"].items()}

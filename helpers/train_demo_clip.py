@@ -62,6 +62,11 @@ class ClipTrainSettings:
     # 1500 steps lifts the demo pipeline's IoU but drops recognition of exact cut-outs below 0.95 (README).
     jitter_share: float = 0.0
     blob_share: float = 0.0
+    # The trained demo SAM's own masks on this many further training scenes join the pool (``train_demo``
+    # makes them, ``sam_mask_cutouts`` names them): a CLIP that has seen only exact outlines calls SAM's
+    # rounded squares circles. 0 trains on exact cut-outs only (``--only clip`` without a SAM, the tests).
+    sam_scenes: int = 1000
+    sam_min_iou: float = 0.7  # a SAM mask is named after the shape it matches at this IoU or more
     seed: int = 0
     threads: int = 1
 
@@ -118,6 +123,35 @@ def scene_cutouts(scene: Scene, rng: np.random.Generator, settings: ClipTrainSet
     return cutouts
 
 
+def sam_mask_cutouts(scene: Scene, masks: np.ndarray, min_iou: float, min_area: int = 200) -> list[CutOut]:
+    """SAM's masks of ``scene`` (N x H x W bool) cut out as the pipeline cuts them (masked crop), named
+    after the shape each matches at IoU >= ``min_iou``, or "background" when at least 80 % of it lies on
+    the background; parts and merges of shapes are left out (no name fits them)."""
+    from .regions import RegionSettings, extract_region
+
+    if not len(masks):
+        return []
+    shapes = scene.masks.reshape(len(scene.masks), -1)
+    background = ~scene.masks.any(0)
+    cutouts = []
+    for mask, box in zip(masks, MaskSet.from_masks(masks).bboxes()):
+        area = int(mask.sum())
+        if area < min_area:
+            continue
+        flat = mask.reshape(-1)
+        inter = (shapes & flat).sum(1)
+        iou = inter / np.maximum(shapes.sum(1) + area - inter, 1)
+        best = int(np.argmax(iou))
+        if iou[best] >= min_iou:
+            kind, colour = scene.kinds[best], colour_name(scene.colours[best])
+        elif (mask & background).sum() >= 0.8 * area:
+            kind, colour = BACKGROUND, None
+        else:
+            continue
+        cutouts.append(CutOut(extract_region(scene.image, mask, box, RegionSettings()), kind, colour))
+    return cutouts
+
+
 def _caption(cut: CutOut, rng: np.random.Generator) -> tuple[str, str | None, str | None]:
     """A caption naming the shape, the colour or both, and the (kind, colour) it claims."""
     template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
@@ -131,9 +165,13 @@ def _caption(cut: CutOut, rng: np.random.Generator) -> tuple[str, str | None, st
     return template.format(f"{cut.colour} {cut.kind}"), cut.kind, cut.colour
 
 
-def cutout_pool(rng: np.random.Generator, preprocess, settings: ClipTrainSettings) -> tuple[torch.Tensor, list]:
-    """``settings.scenes`` scenes cut out once and preprocessed for CLIP: (images, cut-outs)."""
+def cutout_pool(
+    rng: np.random.Generator, preprocess, settings: ClipTrainSettings, extra: list[CutOut] = ()
+) -> tuple[torch.Tensor, list]:
+    """``settings.scenes`` scenes cut out once, with the ``extra`` cut-outs, preprocessed for CLIP:
+    (images, cut-outs)."""
     cutouts = [c for _ in range(settings.scenes) for c in scene_cutouts(make_scene(rng), rng, settings)]
+    cutouts += list(extra)
     return torch.stack([preprocess(Image.fromarray(c.image)) for c in cutouts]), cutouts
 
 
@@ -186,10 +224,14 @@ def multi_positive_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tens
 
 
 def train_clip(
-    settings: ClipTrainSettings = ClipTrainSettings(), progress: bool = True, position: int = 0
+    settings: ClipTrainSettings = ClipTrainSettings(),
+    progress: bool = True,
+    position: int = 0,
+    sam_cutouts: list[CutOut] = (),
 ) -> tuple[CLIP, pd.DataFrame]:
-    """The demo CLIP trained from scratch on shape cut-outs with shape / colour captions
-    (``position``: the progress bar's line, for training beside SAM)."""
+    """The demo CLIP trained from scratch on shape cut-outs with shape / colour captions, the
+    ground truth's and ``sam_cutouts`` (``sam_mask_cutouts`` of the demo SAM's masks); ``position``:
+    the progress bar's line."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     rng = np.random.default_rng([TRAIN_STREAM, 1, settings.seed])
@@ -202,7 +244,7 @@ def train_clip(
         lr=settings.lr,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_schedule(settings.steps, settings.warmup))
-    pool, cutouts = cutout_pool(rng, preprocess, settings)
+    pool, cutouts = cutout_pool(rng, preprocess, settings, sam_cutouts)
     history = []
     bar = tqdm(range(settings.steps), desc="CLIP", disable=not progress, position=position)
     for step in bar:
