@@ -4,14 +4,14 @@ glibc serves every allocation above its mmap threshold (at most 32 MB) with a fr
 unmaps it on free. The decoder allocates tensors of hundreds of MB per batch, so each batch touches
 fresh pages: the kernel zeroes them and faults them in one 4 KB page at a time, and on the 2-core
 VM this was measured to cost more than the arithmetic itself (the generator ran 1.5-4x slower).
-``reuse_freed_memory`` hands back the free heap left by earlier work (``malloc_trim(0)``), then sets
-``M_MMAP_MAX=0`` (no mmap: large blocks come from the heap and are reused) and a 2 GB trim threshold
-for the duration of the call, then restores glibc's defaults and trims again. Blocks of changing
-sizes fragment a heap that never shrinks, so the generator also calls ``trim_if_over`` between
-steps: once the process has grown 512 MB since the last trim, the free heap goes back to the system
-(a 4000 x 3000 image peaked at 3.75 GiB without it). Nothing happens where glibc is absent, or where
-the user tuned malloc through the environment (``MALLOC_MMAP_MAX_`` and co., ``GLIBC_TUNABLES``:
-their choice is kept).
+``reuse_freed_memory`` sets ``M_MMAP_MAX=0`` (no mmap: large blocks come from the heap and are reused)
+and a 2 GB trim threshold for the duration of the call, first handing back the free heap left by
+earlier work (``malloc_trim(0)``, so that it does not count as growth), then restores glibc's
+defaults and trims again. Blocks of changing sizes fragment a heap that never shrinks, so the
+generator also calls ``trim_if_over`` between steps: once the process has grown 512 MB since the
+last trim, the free heap goes back to the system (a 4000 x 3000 image peaked at 3.75 GiB without
+it). Nothing happens where glibc is absent, or where the user tuned malloc through the environment
+(``MALLOC_MMAP_MAX_`` and co., ``GLIBC_TUNABLES``: their choice is kept).
 """
 
 from __future__ import annotations

@@ -260,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
     clip_settings = ClipTrainSettings(steps=args.clip_steps, sam_scenes=args.clip_sam_scenes)
     if args.quick:
         sam_settings = replace(sam_settings, steps=2, images_per_step=1, points_per_image=4, warmup=1)
-        clip_settings = replace(clip_settings, steps=2, batch=8, scenes=4, warmup=1, sam_scenes=2)
+        clip_settings = replace(
+            clip_settings, steps=2, batch=8, scenes=4, warmup=1, sam_scenes=min(args.clip_sam_scenes, 2)
+        )
     out = args.out_dir or (Path(tempfile.mkdtemp(prefix="demo_weights_")) if args.quick else DEMO_WEIGHTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE

@@ -62,9 +62,10 @@ class ClipTrainSettings:
     # 1500 steps lifts the demo pipeline's IoU but drops recognition of exact cut-outs below 0.95 (README).
     jitter_share: float = 0.0
     blob_share: float = 0.0
-    # The trained demo SAM's own masks on this many further training scenes join the pool (``train_demo``
-    # makes them, ``sam_mask_cutouts`` names them): a CLIP that has seen only exact outlines calls SAM's
-    # rounded squares circles. 0 trains on exact cut-outs only (``--only clip`` without a SAM, the tests).
+    # The trained demo SAM's own masks on this many further training scenes join the pool: a CLIP that has
+    # seen only exact outlines calls SAM's rounded squares circles. ``train_demo`` reads these two fields,
+    # makes the cut-outs (``sam_mask_cutouts`` names them) and passes them to ``train_clip``, which alone
+    # trains on exact cut-outs only; ``--clip-sam-scenes 0`` trains without SAM's masks.
     sam_scenes: int = 1000
     sam_min_iou: float = 0.7  # a SAM mask is named after the shape it matches at this IoU or more
     seed: int = 0

@@ -67,7 +67,8 @@ def test_sam_ceiling_on_fresh_images(demo_models):
 @pytest.mark.xfail(
     strict=True,
     reason="target missed: the committed demo SAM's masks are coarse and the demo CLIP often names them wrongly "
-    "(prompted mean IoU ~0.3-0.7 per class, mosaic top-1 ~0.4; README, 'Trained demo models')",
+    "(this test's measure on 1 Dec 2026: circle 0.35, square 0.72, triangle 0.36, star 0.29, mosaic top-1 0.44; "
+    "README, 'Trained demo models')",
 )
 def test_pipeline_targets_on_fresh_images(demo_models):
     """The whole chain with the demo profile's settings: each shape class prompted by name on fresh
