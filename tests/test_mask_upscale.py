@@ -172,7 +172,7 @@ def test_allocator_setting_is_scoped_and_trimmed():
         grown = _resident()
         del blocks
         assert _resident() > grown - (256 << 20)  # freed memory is kept for reuse ...
-        trim_if_over()
+        trim_if_over(512 << 20)
         assert _resident() < grown - (512 << 20)  # ... until the process has grown too much
     assert ctypes.CDLL(None).malloc(1 << 20)  # the allocator still works after the restore
     del pins
