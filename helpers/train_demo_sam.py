@@ -14,6 +14,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm.auto import tqdm
 
+from .allocator import reuse_freed_memory
 from .demo_scenes import TRAIN_STREAM, Scene, make_scene
 from .tiny_models import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small
 
@@ -184,19 +185,6 @@ def init_pointer_attention(sam: Sam, gain: float = 2.5) -> None:
         sam.image_encoder.neck[-1].weight.mul_(0.1)
 
 
-def _keep_freed_memory() -> None:
-    """Ask glibc to keep freed blocks instead of unmapping them: training allocates the same large
-    tensors every step, and re-faulting them costs more than the arithmetic on a busy machine."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 1 << 25)  # M_MMAP_THRESHOLD (32 MB, glibc's maximum)
-    except (OSError, AttributeError):
-        pass
-
-
 def train_sam(
     settings: SamTrainSettings = SamTrainSettings(), progress: bool = True, snapshot: Path | None = None
 ) -> tuple[Sam, pd.DataFrame]:
@@ -204,7 +192,6 @@ def train_sam(
     With ``snapshot``, the weights are also saved there every 200 steps."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
-    _keep_freed_memory()
     rng = np.random.default_rng([TRAIN_STREAM, settings.seed])
     sam = build_sam_small(settings.architecture).train()
     if settings.pointer_init:
@@ -212,22 +199,25 @@ def train_sam(
     optimiser = torch.optim.AdamW(sam.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_schedule(settings.steps, settings.warmup))
     history = []
-    bar = tqdm(range(settings.steps), desc="SAM", disable=not progress)
-    for step in bar:
-        max_shapes = next((n for until, n in settings.curriculum if step < until), 6)
-        images, prompts = _batch(rng, sam, settings, max_shapes)
-        loss, parts = sam_step_loss(sam, images, prompts, settings)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
-        optimiser.step()
-        scheduler.step()
-        history.append({"step": step, "loss": loss.item(), **parts})
-        if snapshot is not None and (step + 1) % 200 == 0:
-            torch.save(sam.state_dict(), snapshot.with_name(f"{snapshot.stem}_{step + 1}.pth"))
-        if step % 10 == 0:
-            recent = pd.DataFrame(history[-50:]).mean()
-            bar.set_postfix(loss=f"{recent['loss']:.3f}", iou=f"{recent['iou']:.3f}", mse=f"{recent['iou_mse']:.4f}")
+    # the same large tensors every step: freed memory is reused, not faulted in again (allocator.py)
+    with reuse_freed_memory():
+        bar = tqdm(range(settings.steps), desc="SAM", disable=not progress)
+        for step in bar:
+            max_shapes = next((n for until, n in settings.curriculum if step < until), 6)
+            images, prompts = _batch(rng, sam, settings, max_shapes)
+            loss, parts = sam_step_loss(sam, images, prompts, settings)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+            optimiser.step()
+            scheduler.step()
+            history.append({"step": step, "loss": loss.item(), **parts})
+            if snapshot is not None and (step + 1) % 200 == 0:
+                torch.save(sam.state_dict(), snapshot.with_name(f"{snapshot.stem}_{step + 1}.pth"))
+            if step % 10 == 0:
+                recent = pd.DataFrame(history[-50:]).mean()
+                mse = f"{recent['iou_mse']:.4f}"
+                bar.set_postfix(loss=f"{recent['loss']:.3f}", iou=f"{recent['iou']:.3f}", mse=mse)
     return sam.eval(), pd.DataFrame(history)
 
 
