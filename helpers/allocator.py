@@ -35,10 +35,8 @@ USER_SETTINGS += ("GLIBC_TUNABLES",)
 KEEP_AT_MOST = 1024 << 20  # growth since the last trim after which trim_if_over trims
 
 _lock = threading.Lock()
-_depth = 0
-
-
-_resident_after_trim = 0
+_depth = 0  # nesting of reuse_freed_memory
+_resident_after_trim = 0  # resident bytes after the last trim (trim_if_over's baseline)
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -75,7 +73,7 @@ def trim_if_over(limit: int = KEEP_AT_MOST) -> None:
 @contextmanager
 def reuse_freed_memory() -> Iterator[None]:
     """Within the block, glibc keeps freed memory for reuse instead of unmapping it (nestable)."""
-    global _depth
+    global _depth, _resident_after_trim
     libc = _libc()
     if libc is None:
         yield
@@ -85,7 +83,6 @@ def reuse_freed_memory() -> Iterator[None]:
             libc.mallopt(M_MMAP_MAX, 0)
             libc.mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)
             libc.malloc_trim(0)  # free heap left from before is not counted as this block's growth
-            global _resident_after_trim
             _resident_after_trim = _resident()
         _depth += 1
     try:

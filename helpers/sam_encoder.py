@@ -5,7 +5,7 @@ tokens that is 12 x 4096 x 4096 floats (805 MB), and the relative-position sum a
 allocate another such tensor, so a global-attention block peaks at about 2.4 GB whatever the image
 size. ``encode_image`` runs the same blocks with the same operations, but the global-attention maps one
 head at a time (67 MB each); windowed blocks, the patch embedding and the neck are SAM's own modules.
-The embeddings equal ``model.image_encoder(x)`` bit for bit (``tests/test_mask_generator.py``).
+The embeddings equal ``model.image_encoder(x)`` bit for bit (``tests/test_mask_upscale.py``).
 """
 
 from __future__ import annotations

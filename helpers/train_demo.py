@@ -212,8 +212,7 @@ def sam_cutouts_part(sam_path: Path, settings: ClipTrainSettings, part: int, pro
     for _ in bar:
         scene = make_scene(rng)
         masks = apply_filters(generate_masks(sam, scene.image, DEMO_SETTINGS.sam), DEMO_SETTINGS.filters)
-        dense = masks.to_dense() if len(masks) else np.zeros((0, *scene.image.shape[:2]), bool)
-        cutouts += sam_mask_cutouts(scene, dense, settings.sam_min_iou, settings.min_area)
+        cutouts += sam_mask_cutouts(scene, masks, settings.sam_min_iou, settings.min_area)
     return cutouts
 
 

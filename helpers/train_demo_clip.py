@@ -124,8 +124,8 @@ def scene_cutouts(scene: Scene, rng: np.random.Generator, settings: ClipTrainSet
     return cutouts
 
 
-def sam_mask_cutouts(scene: Scene, masks: np.ndarray, min_iou: float, min_area: int = 200) -> list[CutOut]:
-    """SAM's masks of ``scene`` (N x H x W bool) cut out as the pipeline cuts them (masked crop), named
+def sam_mask_cutouts(scene: Scene, masks: MaskSet, min_iou: float, min_area: int = 200) -> list[CutOut]:
+    """SAM's masks of ``scene`` cut out as the pipeline cuts them (masked crop), named
     after the shape each matches at IoU >= ``min_iou``, or "background" when at least 80 % of it lies on
     the background; parts and merges of shapes are left out (no name fits them)."""
     from .regions import RegionSettings, extract_region
@@ -135,7 +135,8 @@ def sam_mask_cutouts(scene: Scene, masks: np.ndarray, min_iou: float, min_area: 
     shapes = scene.masks.reshape(len(scene.masks), -1)
     background = ~scene.masks.any(0)
     cutouts = []
-    for mask, box in zip(masks, MaskSet.from_masks(masks).bboxes()):
+    for i, box in enumerate(masks.bboxes()):
+        mask = masks.mask(i)
         area = int(mask.sum())
         if area < min_area:
             continue

@@ -119,6 +119,7 @@ def test_sam_masks_are_named_only_when_they_match_a_shape():
     """CLIP learns SAM's masks under the name of the shape each matches (IoU >= 0.7), or as the
     background; parts and merges of shapes get no name and are left out."""
     from helpers.demo_scenes import Scene
+    from helpers.masks import MaskSet
     from helpers.train_demo_clip import BACKGROUND, sam_mask_cutouts
 
     h, w = 60, 90
@@ -133,7 +134,8 @@ def test_sam_masks_are_named_only_when_they_match_a_shape():
     part[10:40, 10:25] = True  # half the square: IoU 0.5
     sky = np.zeros((h, w), bool)
     sky[45:60, 0:90] = True  # background only
-    named = sam_mask_cutouts(scene, np.stack([close, a | b, part, sky, b]), min_iou=0.7, min_area=20)
+    masks = MaskSet.from_masks(np.stack([close, a | b, part, sky, b]))
+    named = sam_mask_cutouts(scene, masks, min_iou=0.7, min_area=20)
     assert [(c.kind, c.colour) for c in named] == [("square", "red"), (BACKGROUND, None), ("circle", "blue")]
     assert named[0].image.shape[:2] == (33, 36)  # the mask's box with the pipeline's 10 % margin
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-from helpers import mask_upscale
+from helpers import allocator, mask_upscale
 from helpers.allocator import _libc, _resident, reuse_freed_memory, trim_if_over
 from helpers.mask_upscale import Upscaler, arithmetic, dense_stats, fma32, linear_weights
 from helpers.sam_encoder import embed_image, encode
@@ -153,13 +153,13 @@ def test_per_head_encoder_gives_the_same_embeddings():
 def _leave_free_heap() -> list[torch.Tensor]:
     """Leave ~640 MB of freed but resident heap behind, as earlier work in a long process does."""
     libc = ctypes.CDLL(None)
-    libc.mallopt(-4, 0)  # M_MMAP_MAX: large blocks from the heap
-    libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: never trimmed on free
+    libc.mallopt(allocator.M_MMAP_MAX, 0)  # large blocks from the heap
+    libc.mallopt(allocator.M_TRIM_THRESHOLD, allocator.KEEP_TRIM_THRESHOLD)  # never trimmed on free
     junk = [torch.ones(32 << 20, dtype=torch.uint8) for _ in range(20)]
     pins = [torch.ones(32 << 20, dtype=torch.uint8)]  # keeps the freed blocks below the heap's top
     del junk
-    libc.mallopt(-4, 65536)
-    libc.mallopt(-1, 128 * 1024)
+    libc.mallopt(allocator.M_MMAP_MAX, allocator.DEFAULT_MMAP_MAX)
+    libc.mallopt(allocator.M_TRIM_THRESHOLD, allocator.DEFAULT_TRIM_THRESHOLD)
     return pins
 
 
