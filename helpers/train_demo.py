@@ -193,11 +193,14 @@ def _train_sam_into(path: Path, settings: SamTrainSettings, progress: bool) -> d
 
 
 SAM_CUTOUT_PARTS = 2  # the scenes for SAM's cut-outs come in two fixed streams (two processes): same on any machine
+# The demo generator without its crop layer: 4x cheaper per scene. A CLIP trained on the crop layer's masks
+# too (400 scenes) was not better on the demo images (README, "Trained demo models").
+CUTOUT_SAM_SETTINGS = replace(DEMO_SAM_SETTINGS, crop_n_layers=0)
 
 
 def sam_cutouts_part(sam_path: Path, settings: ClipTrainSettings, part: int, progress: bool = False) -> list[CutOut]:
     """Stream ``part`` of ``settings.sam_scenes`` further training scenes through the demo pipeline's
-    SAM steps (generator and filters, as ``DEMO_SETTINGS``), each mask named by ``sam_mask_cutouts``."""
+    SAM steps (``CUTOUT_SAM_SETTINGS``, ``DEMO_SETTINGS``' filters), each mask named by ``sam_mask_cutouts``."""
     from tqdm.auto import tqdm
 
     from .demo_models import DEMO_SETTINGS
@@ -211,7 +214,7 @@ def sam_cutouts_part(sam_path: Path, settings: ClipTrainSettings, part: int, pro
     bar = tqdm(range(count), desc=f"SAM cut-outs {part + 1}/{SAM_CUTOUT_PARTS}", disable=not progress, position=part)
     for _ in bar:
         scene = make_scene(rng)
-        masks = apply_filters(generate_masks(sam, scene.image, DEMO_SETTINGS.sam), DEMO_SETTINGS.filters)
+        masks = apply_filters(generate_masks(sam, scene.image, CUTOUT_SAM_SETTINGS), DEMO_SETTINGS.filters)
         cutouts += sam_mask_cutouts(scene, masks, settings.sam_min_iou, settings.min_area)
     return cutouts
 

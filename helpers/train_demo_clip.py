@@ -69,7 +69,7 @@ class ClipTrainSettings:
     sam_scenes: int = 1000
     sam_min_iou: float = 0.7  # a SAM mask is named after the shape it matches at this IoU or more
     seed: int = 0
-    threads: int = 1
+    threads: int = 2  # as SamTrainSettings.threads
 
 
 @dataclass
