@@ -28,9 +28,10 @@ DEMO_SHA256 = {
 
 # 16 x 16 points suffice for shapes of radius >= 29 px on 320 x 240 images (every shape holds several
 # grid points) and take a quarter of 32 x 32's time. The demo SAM's IoU head was trained on background
-# points too, so predicted IoU >= 0.5 drops the blobs it proposes there (~28 -> 8 masks per image, the
-# best mask per shape unchanged); its logits are not steep enough for SAM's stability gate (0.95 keeps
-# no mask), nor its masks good enough for SAM's 0.88 IoU gate (README, "Trained demo models").
+# points too, so predicted IoU >= 0.5 drops the blobs it proposes there (~28 -> 8 masks per image without
+# the crop layer below, ~16 with it; the best mask per shape unchanged); its logits are not steep enough
+# for SAM's stability gate (0.95 keeps no mask), nor its masks good enough for SAM's 0.88 IoU gate
+# (README, "Trained demo models").
 # One crop layer (SAM's own: the image again as 2 x 2 overlapping crops, each at the model's full input
 # size) shows the shapes 1.6x larger, on a finer token grid: the best mask per shape rises from 0.76 to
 # 0.83 (seed 9090, 8 images) for 4x the generator's time. (The CLIP's SAM cut-outs are made without it:

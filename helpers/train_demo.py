@@ -1,9 +1,10 @@
 """Train the demo models (a small SAM and a small CLIP) on generated shape images, offline.
 
-``python -m helpers.train_demo`` reproduces ``helpers/demo_weights/`` byte for byte (seeded, one
-thread per process): SAM first (about 12 min of CPU), then SAM's own masks on 1,000 further scenes
-(two processes, about 2.5 min) and CLIP on those cut-outs and exact ones (about 2 min), then under a
-minute of evaluation; ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
+``python -m helpers.train_demo`` reproduces ``helpers/demo_weights/`` byte for byte on a CPU of the same
+type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
+count trains other weights): SAM first (about 11 min wall on 2 cores), then SAM's own masks on 1,000 further
+scenes (two processes, about 3.5 min) and CLIP on those cut-outs and exact ones (about 1.5 min), then about
+half a minute of evaluation; ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
 results: README.md, "Trained demo models".
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
@@ -194,7 +195,7 @@ def _train_sam_into(path: Path, settings: SamTrainSettings, progress: bool) -> d
 
 SAM_CUTOUT_PARTS = 2  # the scenes for SAM's cut-outs come in two fixed streams (two processes): same on any machine
 # The demo generator without its crop layer: 4x cheaper per scene. A CLIP trained on the crop layer's masks
-# too (400 scenes) was not better on the demo images (README, "Trained demo models").
+# too (400 scenes) was worse on the demo images (README, "Trained demo models").
 CUTOUT_SAM_SETTINGS = replace(DEMO_SAM_SETTINGS, crop_n_layers=0)
 
 
@@ -256,10 +257,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--clip-sam-scenes", type=int, default=ClipTrainSettings.sam_scenes, help="0: CLIP on exact cut-outs only"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=SamTrainSettings.threads,
+        help="torch threads for SAM and CLIP training; the committed weights come from 2 (another count trains "
+        "other weights; 1 can be faster on a busy machine)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    sam_settings = SamTrainSettings(steps=args.sam_steps)
-    clip_settings = ClipTrainSettings(steps=args.clip_steps, sam_scenes=args.clip_sam_scenes)
+    if args.threads < 1:
+        parser.error("--threads must be 1 or more.")
+    sam_settings = SamTrainSettings(steps=args.sam_steps, threads=args.threads)
+    clip_settings = ClipTrainSettings(steps=args.clip_steps, sam_scenes=args.clip_sam_scenes, threads=args.threads)
     if args.quick:
         sam_settings = replace(sam_settings, steps=2, images_per_step=1, points_per_image=4, warmup=1)
         clip_settings = replace(
@@ -269,7 +279,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE
     progress = not args.no_progress
-    summary: dict = {"threads": sam_settings.threads, "cpus": os.cpu_count()}
+    summary: dict = {"threads": sam_settings.threads, "cutout_threads": 1, "cpus": os.cpu_count()}
+    summary["demo_sam_settings"] = asdict(DEMO_SAM_SETTINGS)  # what the evaluation below runs
     clock = time.perf_counter()
     if args.only == "clip" and clip_settings.sam_scenes and not sam_path.is_file():
         parser.error(f"--only clip trains on the demo SAM's masks: {sam_path} is missing (train SAM first).")

@@ -42,7 +42,7 @@ class SamTrainSettings:
     # (until step, at most this many shapes per image), e.g. ((300, 1), (600, 3)); tried, did not help
     curriculum: tuple[tuple[int, int], ...] = ()
     seed: int = 0
-    # Two threads (the budget's 2 cores): 1.4x faster than one. Runs are bitwise reproducible for a given
+    # Two threads (the budget's 2 cores): 1.5x faster than one. Runs are bitwise reproducible for a given
     # thread count and CPU type (two 2-thread runs gave identical weights), not across thread counts.
     threads: int = 2
     architecture: SamArchitecture = field(default_factory=lambda: DEMO_SAM_ARCHITECTURE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -104,7 +105,17 @@ def test_gt_cutouts_are_masked_on_grey():
 
 def test_quick_training_runs_end_to_end(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "helpers.train_demo", "--quick", "--no-progress", "--out-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "helpers.train_demo",
+            "--quick",
+            "--no-progress",
+            "--threads",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -112,7 +123,7 @@ def test_quick_training_runs_end_to_end(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / DEMO_SAM_FILE).is_file() and (tmp_path / DEMO_CLIP_FILE).is_file()
-    assert (tmp_path / "train_summary.json").is_file()
+    assert json.loads((tmp_path / "train_summary.json").read_text())["threads"] == 1  # --threads reaches training
     assert "sam_ceiling" in run.stdout
 
 
