@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
         type=int,
         default=SamTrainSettings.threads,
         help="torch threads for SAM and CLIP training; the committed weights come from 2 (another count trains "
-        "other weights; 1 can be faster on a busy machine)",
+        "other weights)",
     )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
