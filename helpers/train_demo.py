@@ -194,6 +194,7 @@ def _train_sam_into(path: Path, settings: SamTrainSettings, progress: bool) -> d
 
 
 SAM_CUTOUT_PARTS = 2  # the scenes for SAM's cut-outs come in two fixed streams (two processes): same on any machine
+CUTOUT_THREADS = 1  # per process: the parts fill the cores
 # The demo generator without its crop layer: 4x cheaper per scene. A CLIP trained on the crop layer's masks
 # too (400 scenes) was worse on the demo images (README, "Trained demo models").
 CUTOUT_SAM_SETTINGS = replace(DEMO_SAM_SETTINGS, crop_n_layers=0)
@@ -207,7 +208,7 @@ def sam_cutouts_part(sam_path: Path, settings: ClipTrainSettings, part: int, pro
     from .demo_models import DEMO_SETTINGS
     from .masks import apply_filters
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(CUTOUT_THREADS)
     sam = load_sam(DEMO_SAM, sam_path)
     rng = np.random.default_rng([TRAIN_STREAM, 2, settings.seed, part])
     cutouts = []
@@ -216,7 +217,7 @@ def sam_cutouts_part(sam_path: Path, settings: ClipTrainSettings, part: int, pro
     for _ in bar:
         scene = make_scene(rng)
         masks = apply_filters(generate_masks(sam, scene.image, CUTOUT_SAM_SETTINGS), DEMO_SETTINGS.filters)
-        cutouts += sam_mask_cutouts(scene, masks, settings.sam_min_iou, settings.min_area)
+        cutouts += sam_mask_cutouts(scene, masks, settings.sam_min_iou, settings.min_area, DEMO_SETTINGS.regions)
     return cutouts
 
 
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE
     progress = not args.no_progress
-    summary: dict = {"threads": sam_settings.threads, "cutout_threads": 1, "cpus": os.cpu_count()}
+    summary: dict = {"threads": sam_settings.threads, "cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count()}
     summary["demo_sam_settings"] = asdict(DEMO_SAM_SETTINGS)  # what the evaluation below runs
     clock = time.perf_counter()
     if args.only == "clip" and clip_settings.sam_scenes and not sam_path.is_file():

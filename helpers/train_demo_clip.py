@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .demo_scenes import TRAIN_STREAM, Scene, make_scene
 from .masks import MaskSet
+from .regions import RegionSettings, extract_region
 from .tiny_models import build_clip_demo
 from .train_demo_sam import cosine_schedule
 
@@ -96,8 +97,6 @@ def background_blob(background: np.ndarray, rng: np.random.Generator, cell: int 
 def scene_cutouts(scene: Scene, rng: np.random.Generator, settings: ClipTrainSettings) -> list[CutOut]:
     """Each visible shape of ``scene`` cut out as the pipeline (masked crop, exact or SAM-like) or
     ``object_crops`` (box crop) would; sometimes the background, whole or a blob of it."""
-    from .regions import RegionSettings, extract_region
-
     masked, boxed = RegionSettings(), RegionSettings(mode="crop")
     cutouts = []
     boxes = MaskSet.from_masks(scene.masks).bboxes() if len(scene.masks) else []
@@ -124,12 +123,12 @@ def scene_cutouts(scene: Scene, rng: np.random.Generator, settings: ClipTrainSet
     return cutouts
 
 
-def sam_mask_cutouts(scene: Scene, masks: MaskSet, min_iou: float, min_area: int = 200) -> list[CutOut]:
-    """SAM's masks of ``scene`` cut out as the pipeline cuts them (masked crop), named
-    after the shape each matches at IoU >= ``min_iou``, or "background" when at least 80 % of it lies on
-    the background; parts and merges of shapes are left out (no name fits them)."""
-    from .regions import RegionSettings, extract_region
-
+def sam_mask_cutouts(
+    scene: Scene, masks: MaskSet, min_iou: float, min_area: int = 200, regions: RegionSettings = RegionSettings()
+) -> list[CutOut]:
+    """SAM's masks of ``scene`` cut out as the pipeline cuts them (``regions``: its cut-out settings),
+    named after the shape each matches at IoU >= ``min_iou``, or "background" when at least 80 % of it lies
+    on the background; parts and merges of shapes are left out (no name fits them)."""
     if not len(masks):
         return []
     shapes = scene.masks.reshape(len(scene.masks), -1)
@@ -150,7 +149,7 @@ def sam_mask_cutouts(scene: Scene, masks: MaskSet, min_iou: float, min_area: int
             kind, colour = BACKGROUND, None
         else:
             continue
-        cutouts.append(CutOut(extract_region(scene.image, mask, box, RegionSettings()), kind, colour))
+        cutouts.append(CutOut(extract_region(scene.image, mask, box, regions), kind, colour))
     return cutouts
 
 
@@ -228,12 +227,10 @@ def multi_positive_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tens
 def train_clip(
     settings: ClipTrainSettings = ClipTrainSettings(),
     progress: bool = True,
-    position: int = 0,
     sam_cutouts: list[CutOut] = (),
 ) -> tuple[CLIP, pd.DataFrame]:
     """The demo CLIP trained from scratch on shape cut-outs with shape / colour captions, the
-    ground truth's and ``sam_cutouts`` (``sam_mask_cutouts`` of the demo SAM's masks); ``position``:
-    the progress bar's line."""
+    ground truth's and ``sam_cutouts`` (``sam_mask_cutouts`` of the demo SAM's masks)."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     rng = np.random.default_rng([TRAIN_STREAM, 1, settings.seed])
@@ -248,7 +245,7 @@ def train_clip(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_schedule(settings.steps, settings.warmup))
     pool, cutouts = cutout_pool(rng, preprocess, settings, sam_cutouts)
     history = []
-    bar = tqdm(range(settings.steps), desc="CLIP", disable=not progress, position=position)
+    bar = tqdm(range(settings.steps), desc="CLIP", disable=not progress)
     for step in bar:
         images, tokens, truth = _clip_batch(rng, pool, cutouts, settings)
         image_features = F.normalize(model.encode_image(images), dim=-1)
