@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -42,6 +43,12 @@ _resident_after_trim = 0  # resident bytes after the last trim (trim_if_over's b
 def _libc() -> ctypes.CDLL | None:
     if any(name in os.environ for name in USER_SETTINGS):
         return None
+    return _load_libc()
+
+
+@functools.lru_cache(maxsize=1)
+def _load_libc() -> ctypes.CDLL | None:
+    """glibc, looked up once (``find_library`` runs ``ldconfig``: 2-3 ms, and the generator asks per batch)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None

@@ -17,7 +17,8 @@ above thr +- offset (stability score), boxes the pixels above thr and drops the 
   float32 and only those within 2 ulps of a threshold are recomputed exactly). The reproduction is
   checked bit for bit against ``F.interpolate`` once per geometry and device (``arithmetic``; a
   plain multiply-add variant is tried too); if neither matches, or when the masks are so noisy that
-  most blocks are mixed, the full-size computation runs instead.
+  most blocks are mixed, the full-size computation runs instead. So it does where the output is not
+  much larger than stage 1 (``SPARSE_MIN_RATIO``): there the block path's fixed passes cost more.
 
 Stage 1 is always PyTorch's own ``F.interpolate``. Counts, stability scores and boxes equal those of
 the full-size computation exactly (``tests/test_mask_upscale.py``: random, steep, noisy and quantised
@@ -36,6 +37,11 @@ import torch.nn.functional as F
 RELATIVE_MARGIN = 1e-5
 TILE_BATCH = 1 << 21  # output pixels evaluated at once in mixed blocks
 SPARSE_COST = 4  # work per pixel of a mixed block relative to a full-size pixel (measured about 3-5)
+# The block path's fixed passes over stage 1 cost about as much as 20-50 full-size pixels per stage-1
+# pixel (64 masks, 1024 x 768 stage 1: ~5.5 s on the 2-core machine, whatever the output size), so up
+# to this many output pixels per stage-1 pixel the full size is computed instead: 1.5-17x faster there
+# (the demo's 320 x 240 images, 1.6x: 7x; 2048 px long images, 4x: 4-8x; benchmarks in README).
+SPARSE_MIN_RATIO = 16
 DENSE_BYTES = 128 << 20  # full-size logits at once where the full size is cheaper
 
 
@@ -174,18 +180,27 @@ class Upscaler:
         """For logits ``low_res`` (n x 256 x 256): how many full-size pixels exceed each threshold
         (n x len(thresholds), int32) and the xyxy boxes of the pixels above ``box_threshold`` (n x 4,
         zeros when empty), equal to computing them on ``full(low_res)``."""
-        n = len(low_res)
         if self.kind is None:
             return dense_stats(self.full(low_res), thresholds, box_threshold)
-        stage1 = self.stage1(low_res)
         if self.kind == "identity":
-            return dense_stats(stage1, thresholds, box_threshold)
+            return dense_stats(self.stage1(low_res), thresholds, box_threshold)
+        out_pixels = self.original_size[0] * self.original_size[1]
+        if out_pixels <= SPARSE_MIN_RATIO * self.input_size[0] * self.input_size[1]:
+            return self._dense_stats(low_res, thresholds, box_threshold)
+        stage1 = self.stage1(low_res)
         with one_thread():
             sparse = self._sparse_stats(stage1, [*thresholds, box_threshold])
         if sparse is not None:
             return sparse
+        return self._dense_stats(low_res, thresholds, box_threshold)
+
+    def _dense_stats(self, low_res: torch.Tensor, thresholds: list[float], box_threshold: float) -> tuple:
+        """``stats`` on the full-size logits, ``DENSE_BYTES`` of them at a time."""
         step = max(1, DENSE_BYTES // (4 * self.original_size[0] * self.original_size[1]))
-        parts = [dense_stats(self.full(low_res[i : i + step]), thresholds, box_threshold) for i in range(0, n, step)]
+        parts = [
+            dense_stats(self.full(low_res[i : i + step]), thresholds, box_threshold)
+            for i in range(0, len(low_res), step)
+        ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     def _sparse_stats(self, stage1: torch.Tensor, thresholds: list[float]) -> tuple | None:

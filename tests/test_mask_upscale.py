@@ -82,6 +82,7 @@ def test_gate_statistics_equal_the_full_size_ones(geometry, monkeypatch):
     ``Sam.postprocess_masks``' full-size logits (what segment-anything's generator does); the
     block path is forced even where the full size would be cheaper."""
     monkeypatch.setattr(mask_upscale, "SPARSE_COST", 0)
+    monkeypatch.setattr(mask_upscale, "SPARSE_MIN_RATIO", 0)
     input_size, original_size = geometry
     upscaler = Upscaler(1024, input_size, original_size)
     assert upscaler.kind in ("identity", "fused"), "PyTorch's bilinear kernel should be reproduced here"
@@ -120,6 +121,27 @@ def test_empty_and_full_masks_and_the_fallback():
     assert upscaler._sparse_stats(upscaler.stage1(noisy), [1.0, -1.0, 0.0]) is None
     full = upscaler.full(noisy)
     counts, boxes = upscaler.stats(noisy, [1.0, -1.0], 0.0)
+    assert torch.equal(counts[:, 0], (full > 1.0).flatten(1).sum(1).int())
+    assert torch.equal(boxes, batched_mask_to_box(full > 0.0))
+
+
+@pytest.mark.parametrize(
+    "geometry, block_path",
+    [(((192, 256), (240, 320)), False), (((768, 1024), (2304, 3072)), False), (((768, 1024), (4000, 5334)), True)],
+    ids=["demo-1.6x", "9x", "27x"],
+)
+def test_block_path_only_where_the_output_is_much_larger(geometry, block_path, monkeypatch):
+    """Up to ``SPARSE_MIN_RATIO`` output pixels per stage-1 pixel the full size is computed (cheaper);
+    beyond it the block path runs. Either way the statistics equal the full-size ones."""
+    input_size, original_size = geometry
+    upscaler = Upscaler(1024 if input_size[1] == 1024 else 256, input_size, original_size)
+    calls = []
+    block_stats = upscaler._sparse_stats
+    monkeypatch.setattr(upscaler, "_sparse_stats", lambda *a: calls.append(1) or block_stats(*a))
+    low = random_logits(2, "smooth", 0)[:, : upscaler.side // 4, : upscaler.side // 4]
+    counts, boxes = upscaler.stats(low, [1.0, -1.0], 0.0)
+    assert bool(calls) == block_path
+    full = upscaler.full(low)
     assert torch.equal(counts[:, 0], (full > 1.0).flatten(1).sum(1).int())
     assert torch.equal(boxes, batched_mask_to_box(full > 0.0))
 
