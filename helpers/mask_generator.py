@@ -88,8 +88,9 @@ class _Candidates:
 
 
 def _chunk_size(crop: _Crop, side: int, full: bool) -> int:
-    """Masks upscaled at once: full-size logits within CHUNK_BYTES or, for the exact statistics that
-    skip the full size (``full=False``, not 1024 px long), about 8 stage-1 maps (1024 x 1024) per mask."""
+    """Masks upscaled at once: full-size logits within CHUNK_BYTES or, for the exact statistics
+    (``full=False``, not 1024 px long: ``Upscaler.stats``, which bounds its own full-size work by
+    ``DENSE_BYTES``), about 8 stage-1 maps (1024 x 1024) per mask."""
     x0, y0, x1, y1 = crop.box
     full = full or crop.upscaler.kind in (None, "identity")
     per_mask = (x1 - x0) * (y1 - y0) if full else 8 * crop.upscaler.side**2

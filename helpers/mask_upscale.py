@@ -1,4 +1,4 @@
-"""The thresholded statistics of SAM's full-size masks, exactly, without computing most of their pixels.
+"""The thresholded statistics of SAM's full-size masks, exactly; for large images without most of their pixels.
 
 ``Sam.postprocess_masks`` upsamples the 256 x 256 logits bilinearly to 1024 x 1024 (stage 1), crops
 the padding and resamples bilinearly to the image's size (stage 2); the generator counts the pixels
@@ -6,19 +6,20 @@ above thr +- offset (stability score), boxes the pixels above thr and drops the 
 
 * Images 1024 px long: stage 2 is the identity (PyTorch copies), so the statistics are taken on the
   stage-1 map, skipping the second full-size pass.
-* Other sizes: every output pixel is a combination, with weights >= 0 summing to 1, of a 2 x 2 block
-  of stage-1 pixels, and the output pixels reading the same block form a small rectangle (about
-  (H / h) x (W / w) pixels). A block whose 4 values all lie above ``thr + margin`` (or all below
-  ``thr - margin``) has its whole rectangle above (below) ``thr``; ``margin`` (1e-5 of the block's
-  largest |value|, about 20x float32's worst-case rounding here) keeps this exact. Only the mixed
+* Images much larger than stage 1 (more than ``SPARSE_MIN_RATIO`` output pixels per stage-1 pixel;
+  smaller ones are computed at full size, which costs less there): every output pixel is a
+  combination, with weights >= 0 summing to 1, of a 2 x 2 block of stage-1 pixels, and the output
+  pixels reading the same block form a small rectangle (about (H / h) x (W / w) pixels). A block
+  whose 4 values all lie above ``thr + margin`` (or all below ``thr - margin``) has its whole
+  rectangle above (below) ``thr``; ``margin`` (1e-5 of the block's largest |value|, about 20x
+  float32's worst-case rounding here) keeps this exact. Only the mixed
   blocks along the mask's edges are evaluated pixel by pixel, by reproducing PyTorch's CPU kernel:
   its source indices and weights, and its float32 arithmetic ``fma(t0, w0, t1 * w1)`` per axis
   (``fma32`` emulates a fused multiply-add exactly in float64; pixels are first evaluated in plain
   float32 and only those within 2 ulps of a threshold are recomputed exactly). The reproduction is
   checked bit for bit against ``F.interpolate`` once per geometry and device (``arithmetic``; a
   plain multiply-add variant is tried too); if neither matches, or when the masks are so noisy that
-  most blocks are mixed, the full-size computation runs instead. So it does where the output is not
-  much larger than stage 1 (``SPARSE_MIN_RATIO``): there the block path's fixed passes cost more.
+  most blocks are mixed, the full-size computation runs instead.
 
 Stage 1 is always PyTorch's own ``F.interpolate``. Counts, stability scores and boxes equal those of
 the full-size computation exactly (``tests/test_mask_upscale.py``: random, steep, noisy and quantised
@@ -39,8 +40,10 @@ TILE_BATCH = 1 << 21  # output pixels evaluated at once in mixed blocks
 SPARSE_COST = 4  # work per pixel of a mixed block relative to a full-size pixel (measured about 3-5)
 # The block path's fixed passes over stage 1 cost about as much as 20-50 full-size pixels per stage-1
 # pixel (64 masks, 1024 x 768 stage 1: ~5.5 s on the 2-core machine, whatever the output size), so up
-# to this many output pixels per stage-1 pixel the full size is computed instead: 1.5-17x faster there
-# (the demo's 320 x 240 images, 1.6x: 7x; 2048 px long images, 4x: 4-8x; benchmarks in README).
+# to this many output pixels per stage-1 pixel the full size is computed instead. Measured (README):
+# 7x faster at 1.6x (the demo's 320 x 240 images), 4-8x at 4x, 1.5-2.9x at 15x; at 16x on the demo SAM
+# the block path was 1.2x faster, at 25x on noisy masks 1.5x slower. 16 is the conservative side of
+# the crossover: where the output is larger still, the block path saves the most time and memory.
 SPARSE_MIN_RATIO = 16
 DENSE_BYTES = 128 << 20  # full-size logits at once where the full size is cheaper
 

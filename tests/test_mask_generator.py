@@ -12,6 +12,7 @@ import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
+from helpers import mask_upscale
 from helpers.mask_generator import ENGINE_VERSION, generate_mask_set
 from helpers.masks import MaskSet, best_match_iou, mask_set_from_stream
 from helpers.sam_decoder import PromptBatchDecoder
@@ -92,6 +93,22 @@ def vit_b():
 def test_tiny_sam_matches_reference(tiny_sam, options):
     image = blocks(200, 264)
     assert_same_masks(generate_mask_set(tiny_sam, image, **options), reference(tiny_sam, image, **options))
+
+
+@pytest.mark.parametrize(
+    "options", [dict(points_per_side=4, **OPEN), dict(points_per_side=4, crop_n_layers=1)], ids=["open", "crops"]
+)
+def test_block_path_matches_reference(tiny_sam, options, monkeypatch):
+    """Images of these sizes take the full-size gate statistics (``SPARSE_MIN_RATIO``); forced onto the
+    exact block path, the generator still returns the reference's masks."""
+    monkeypatch.setattr(mask_upscale, "SPARSE_MIN_RATIO", 0)
+    block_stats, calls = mask_upscale.Upscaler._sparse_stats, []
+    monkeypatch.setattr(
+        mask_upscale.Upscaler, "_sparse_stats", lambda self, *a: calls.append(1) or block_stats(self, *a)
+    )
+    image = blocks(200, 264)
+    assert_same_masks(generate_mask_set(tiny_sam, image, **options), reference(tiny_sam, image, **options))
+    assert calls, "the block path did not run"
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,8 @@ def test_gate_statistics_equal_the_full_size_ones(geometry, monkeypatch):
         assert torch.equal(dense_stats(full, [1.0, -1.0], 0.0)[1], boxes)
 
 
-def test_empty_and_full_masks_and_the_fallback():
+def test_empty_and_full_masks_and_the_fallback(monkeypatch):
+    monkeypatch.setattr(mask_upscale, "SPARSE_MIN_RATIO", 0)  # 3.8x: the full size would be taken
     upscaler = Upscaler(1024, (683, 1024), (1333, 2000))
     low = torch.stack([torch.full((256, 256), -5.0), torch.full((256, 256), 5.0), torch.zeros(256, 256)])
     counts, boxes = upscaler.stats(low, [1.0, -1.0], 0.0)
@@ -127,14 +128,21 @@ def test_empty_and_full_masks_and_the_fallback():
 
 @pytest.mark.parametrize(
     "geometry, block_path",
-    [(((192, 256), (240, 320)), False), (((768, 1024), (2304, 3072)), False), (((768, 1024), (4000, 5334)), True)],
-    ids=["demo-1.6x", "9x", "27x"],
+    [
+        (((192, 256), (240, 320)), False),
+        (((192, 256), (768, 1024)), False),  # exactly SPARSE_MIN_RATIO
+        (((768, 1024), (2304, 3072)), False),
+        (((768, 1024), (4000, 5334)), True),
+        (((342, 1024), (1710, 5120)), True),  # 25x the stage-1 crop, under 16x the padded 1024 x 1024
+    ],
+    ids=["demo-1.6x", "16x", "9x", "27x", "wide-25x"],
 )
 def test_block_path_only_where_the_output_is_much_larger(geometry, block_path, monkeypatch):
     """Up to ``SPARSE_MIN_RATIO`` output pixels per stage-1 pixel the full size is computed (cheaper);
     beyond it the block path runs. Either way the statistics equal the full-size ones."""
     input_size, original_size = geometry
     upscaler = Upscaler(1024 if input_size[1] == 1024 else 256, input_size, original_size)
+    assert upscaler.kind == "fused", "PyTorch's bilinear kernel should be reproduced here"
     calls = []
     block_stats = upscaler._sparse_stats
     monkeypatch.setattr(upscaler, "_sparse_stats", lambda *a: calls.append(1) or block_stats(*a))
@@ -142,7 +150,8 @@ def test_block_path_only_where_the_output_is_much_larger(geometry, block_path, m
     counts, boxes = upscaler.stats(low, [1.0, -1.0], 0.0)
     assert bool(calls) == block_path
     full = upscaler.full(low)
-    assert torch.equal(counts[:, 0], (full > 1.0).flatten(1).sum(1).int())
+    for i, t in enumerate([1.0, -1.0]):
+        assert torch.equal(counts[:, i], (full > t).flatten(1).sum(1).int())
     assert torch.equal(boxes, batched_mask_to_box(full > 0.0))
 
 
