@@ -2,8 +2,8 @@
 
 ``python -m helpers.train_demo`` reproduces ``helpers/demo_weights/`` byte for byte on a CPU of the same
 type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
-count trains other weights): SAM first (about 11 min wall on 2 cores), then SAM's own masks on 1,000 further
-scenes (two processes, about 3.5 min) and CLIP on those cut-outs and exact ones (about 1.5 min), then about
+count trains other weights): SAM first (11-14 min wall on 2 cores), then SAM's own masks on 1,000 further
+scenes (two processes, about 2 min) and CLIP on those cut-outs and exact ones (about 2 min), then about
 half a minute of evaluation; ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
 results: README.md, "Trained demo models".
 
