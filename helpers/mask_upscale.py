@@ -183,12 +183,10 @@ class Upscaler:
         """For logits ``low_res`` (n x 256 x 256): how many full-size pixels exceed each threshold
         (n x len(thresholds), int32) and the xyxy boxes of the pixels above ``box_threshold`` (n x 4,
         zeros when empty), equal to computing them on ``full(low_res)``."""
-        if self.kind is None:
-            return dense_stats(self.full(low_res), thresholds, box_threshold)
         if self.kind == "identity":
             return dense_stats(self.stage1(low_res), thresholds, box_threshold)
         out_pixels = self.original_size[0] * self.original_size[1]
-        if out_pixels <= SPARSE_MIN_RATIO * self.input_size[0] * self.input_size[1]:
+        if self.kind is None or out_pixels <= SPARSE_MIN_RATIO * self.input_size[0] * self.input_size[1]:
             return self._dense_stats(low_res, thresholds, box_threshold)
         stage1 = self.stage1(low_res)
         with one_thread():
