@@ -118,15 +118,31 @@ class FilterSettings:
     split_overlaps: bool = False  # give each pixel to the smallest mask covering it
 
 
+def _flat(masks: np.ndarray) -> np.ndarray:
+    masks = np.asarray(masks, bool)
+    return masks.reshape(masks.shape[0], int(np.prod(masks.shape[1:])))
+
+
+def overlap_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pixels in both a[i] and b[j] for two stacks of boolean masks over the same pixels
+    (N x ... and M x ...): an N x M int64 table, exact (float32 sums are exact below 2**24 pixels)."""
+    a, b = _flat(a), _flat(b)
+    dtype = np.float32 if a.shape[1] < 2**24 else np.float64
+    return (a.astype(dtype) @ b.astype(dtype).T).astype(np.int64)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """N x M IoU between two stacks of boolean masks over the same pixels; 0 where both are empty."""
+    inter = overlap_counts(a, b)
+    area_a, area_b = np.count_nonzero(_flat(a), axis=1), np.count_nonzero(_flat(b), axis=1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1)
+
+
 def best_match_iou(masks: MaskSet, others: MaskSet) -> np.ndarray:
     """For each of ``masks``, its highest IoU with any of ``others`` (1.0: found unchanged)."""
     if len(masks) == 0 or len(others) == 0:
         return np.zeros(len(masks), np.float32)
-    a = masks.to_dense().reshape(len(masks), -1).astype(np.float32)
-    b = others.to_dense().reshape(len(others), -1).astype(np.float32)
-    inter = a @ b.T
-    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
-    return (inter / np.maximum(union, 1)).max(axis=1)
+    return iou_matrix(masks.to_dense(), others.to_dense()).max(axis=1).astype(np.float32)
 
 
 def drop_largest(masks: MaskSet) -> MaskSet:

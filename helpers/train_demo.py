@@ -36,7 +36,7 @@ from .clip_scoring import encode_images, encode_text
 from .data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops
 from .demo_models import DEMO_SAM_SETTINGS
 from .demo_scenes import TRAIN_STREAM, Scene, make_scene  # noqa: F401 (public through this module)
-from .masks import MaskSet
+from .masks import MaskSet, iou_matrix, overlap_counts
 from .models import LoadedClip, LoadedSam, load_clip, load_sam
 from .segmentation import SamSettings, generate_masks
 from .tiny_models import DEMO_SAM
@@ -61,11 +61,9 @@ def ceiling_table(sam: LoadedSam, dataset: Dataset, settings: SamSettings = DEMO
         for name, truth in sample.masks.items():
             if not truth.any():
                 continue
-            inter = (dense & truth).sum((1, 2))
-            areas = dense.sum((1, 2))
-            union = areas + truth.sum() - inter
-            single = float((inter / np.maximum(union, 1)).max()) if len(dense) else 0.0
-            inside = inter > 0.5 * areas
+            inter = overlap_counts(dense, truth[None])[:, 0]
+            single = float(iou_matrix(dense, truth[None]).max()) if len(dense) else 0.0
+            inside = inter > 0.5 * dense.sum((1, 2))
             merged = dense[inside].any(0) if inside.any() else np.zeros_like(truth)
             union_iou = float((merged & truth).sum() / max(1, (merged | truth).sum()))
             rows.append(

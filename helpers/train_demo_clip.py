@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .demo_scenes import TRAIN_STREAM, Scene, make_scene
-from .masks import MaskSet
+from .masks import MaskSet, iou_matrix
 from .regions import RegionSettings, extract_region
 from .tiny_models import build_clip_demo
 from .train_demo_sam import cosine_schedule
@@ -131,19 +131,17 @@ def sam_mask_cutouts(
     on the background; parts and merges of shapes are left out (no name fits them)."""
     if not len(masks):
         return []
-    shapes = scene.masks.reshape(len(scene.masks), -1)
+    dense = masks.to_dense()
+    ious = iou_matrix(dense, scene.masks)  # masks x shapes
     background = ~scene.masks.any(0)
     cutouts = []
     for i, box in enumerate(masks.bboxes()):
-        mask = masks.mask(i)
+        mask = dense[i]
         area = int(mask.sum())
         if area < min_area:
             continue
-        flat = mask.reshape(-1)
-        inter = (shapes & flat).sum(1)
-        iou = inter / np.maximum(shapes.sum(1) + area - inter, 1)
-        best = int(np.argmax(iou))
-        if iou[best] >= min_iou:
+        best = int(np.argmax(ious[i]))
+        if ious[i, best] >= min_iou:
             kind, colour = scene.kinds[best], colour_name(scene.colours[best])
         elif (mask & background).sum() >= 0.8 * area:
             kind, colour = BACKGROUND, None

@@ -21,6 +21,8 @@ from helpers.masks import (
     drop_contained,
     drop_largest,
     filter_min_area,
+    iou_matrix,
+    overlap_counts,
     split_overlaps,
 )
 from helpers.pipeline import Pipeline, PipelineSettings
@@ -83,6 +85,17 @@ def test_best_match_iou_on_hand_made_masks():
     np.testing.assert_allclose(best_match_iou(masks, others), [0.5, 1.0])  # half of box 0; box 1 unchanged
     assert best_match_iou(masks, others.subset([])).tolist() == [0.0, 0.0]
     assert best_match_iou(others.subset([]), masks).shape == (0,)
+
+
+def test_iou_matrix_matches_a_loop_over_pairs():
+    rng = np.random.default_rng(3)
+    a = rng.random((5, 13, 17)) < rng.random((5, 1, 1))  # masks from near-empty to near-full
+    b = rng.random((4, 13, 17)) < 0.4
+    a[0], b[1] = False, False  # empty masks: IoU 0, not NaN
+    loop = [[(x & y).sum() / max(1, (x | y).sum()) for y in b] for x in a]
+    np.testing.assert_array_equal(overlap_counts(a, b), [[(x & y).sum() for y in b] for x in a])
+    np.testing.assert_array_equal(iou_matrix(a, b), loop)  # exact: integer counts, one division
+    assert iou_matrix(a, b[:0]).shape == (5, 0)
 
 
 def test_region_modes():
