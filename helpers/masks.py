@@ -118,21 +118,27 @@ class FilterSettings:
     split_overlaps: bool = False  # give each pixel to the smallest mask covering it
 
 
+FLOAT32_EXACT_PIXELS = 2**24  # float32 sums of 0/1 products are exact integers below this many pixels
+
+
 def _flat(masks: np.ndarray) -> np.ndarray:
     masks = np.asarray(masks, bool)
     return masks.reshape(masks.shape[0], int(np.prod(masks.shape[1:])))
 
 
 def overlap_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pixels in both a[i] and b[j] for two stacks of boolean masks over the same pixels
-    (N x ... and M x ...): an N x M int64 table, exact (float32 sums are exact below 2**24 pixels)."""
+    """Pixels in both a[i] and b[j] for two stacks of boolean masks of one image (N x H x W and
+    M x H x W): an N x M int64 table, exact. Both stacks are copied as float32 (float64 from
+    ``FLOAT32_EXACT_PIXELS`` pixels on) for one matrix product."""
+    if np.shape(a)[1:] != np.shape(b)[1:]:
+        raise ValueError(f"Mask stacks of different images: {np.shape(a)[1:]} vs {np.shape(b)[1:]}.")
     a, b = _flat(a), _flat(b)
-    dtype = np.float32 if a.shape[1] < 2**24 else np.float64
+    dtype = np.float32 if a.shape[1] < FLOAT32_EXACT_PIXELS else np.float64
     return (a.astype(dtype) @ b.astype(dtype).T).astype(np.int64)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """N x M IoU between two stacks of boolean masks over the same pixels; 0 where both are empty."""
+    """N x M IoU (float64) between two stacks of boolean masks of one image; 0 where both are empty."""
     inter = overlap_counts(a, b)
     area_a, area_b = np.count_nonzero(_flat(a), axis=1), np.count_nonzero(_flat(b), axis=1)
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1)

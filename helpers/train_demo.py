@@ -195,7 +195,7 @@ SAM_CUTOUT_PARTS = 2  # the scenes for SAM's cut-outs come in two fixed streams 
 CUTOUT_THREADS = 1  # per process: the parts fill the cores
 # The demo generator without its crop layer (4x cheaper per scene; a CLIP trained on the crop layer's masks
 # too, 400 scenes, was worse on the demo images: README, "Trained demo models") and without its stability
-# gate: the committed CLIP learnt from all of the gate's candidates (only those matching a shape get a name).
+# gate: the committed CLIP learnt from every mask SAM's IoU gate passes (those matching a shape get its name).
 CUTOUT_SAM_SETTINGS = replace(DEMO_SAM_SETTINGS, crop_n_layers=0, stability_score_thresh=0.0)
 
 

@@ -218,8 +218,10 @@ def test_the_trained_demo_sam_gives_the_reference_masks():
 
     sam, _ = load_demo_models("cpu")
     image = make_demo_dataset(1, seed=77)[0].image
-    # many masks to compare; without the demo's crop layer (crops are compared in the tests above)
-    settings = replace(DEMO_SAM_SETTINGS, points_per_side=8, pred_iou_thresh=0.0, crop_n_layers=0)
+    # many masks to compare: without the demo's crop layer (crops are compared in the tests above) and gates
+    settings = replace(
+        DEMO_SAM_SETTINGS, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, crop_n_layers=0
+    )
     fast = generate_masks(sam, image, settings)
     reference = generate_masks(sam, image, replace(settings, engine="reference"))
     assert len(fast) == len(reference) > 5

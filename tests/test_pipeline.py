@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import LOOSE_SAM, load_benchmark
 
+from helpers import masks as masks_module
 from helpers import pipeline as pipeline_module
 from helpers.clip_scoring import (
     ENSEMBLE_TEMPLATES,
@@ -87,7 +88,10 @@ def test_best_match_iou_on_hand_made_masks():
     assert best_match_iou(others.subset([]), masks).shape == (0,)
 
 
-def test_iou_matrix_matches_a_loop_over_pairs():
+@pytest.mark.parametrize("float64", [False, True])
+def test_iou_matrix_matches_a_loop_over_pairs(monkeypatch, float64):
+    if float64:  # the path of images from 2**24 pixels on
+        monkeypatch.setattr(masks_module, "FLOAT32_EXACT_PIXELS", 0)
     rng = np.random.default_rng(3)
     a = rng.random((5, 13, 17)) < rng.random((5, 1, 1))  # masks from near-empty to near-full
     b = rng.random((4, 13, 17)) < 0.4
@@ -95,7 +99,9 @@ def test_iou_matrix_matches_a_loop_over_pairs():
     loop = [[(x & y).sum() / max(1, (x | y).sum()) for y in b] for x in a]
     np.testing.assert_array_equal(overlap_counts(a, b), [[(x & y).sum() for y in b] for x in a])
     np.testing.assert_array_equal(iou_matrix(a, b), loop)  # exact: integer counts, one division
-    assert iou_matrix(a, b[:0]).shape == (5, 0)
+    assert iou_matrix(a, b[:0]).shape == (5, 0) and iou_matrix(a[:0], b).shape == (0, 4)
+    with pytest.raises(ValueError, match="different images"):
+        overlap_counts(a, b.transpose(0, 2, 1))
 
 
 def test_region_modes():
