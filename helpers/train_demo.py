@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     progress = not args.no_progress
     summary: dict = {"threads": sam_settings.threads, "cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count()}
     summary["demo_sam_settings"] = asdict(DEMO_SAM_SETTINGS)  # what the evaluation below runs
+    summary["cutout_sam_settings"] = asdict(CUTOUT_SAM_SETTINGS)  # what CLIP's SAM cut-outs were made with
     clock = time.perf_counter()
     if args.only == "clip" and clip_settings.sam_scenes and not sam_path.is_file():
         parser.error(f"--only clip trains on the demo SAM's masks: {sam_path} is missing (train SAM first).")

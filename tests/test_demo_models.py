@@ -123,7 +123,9 @@ def test_quick_training_runs_end_to_end(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / DEMO_SAM_FILE).is_file() and (tmp_path / DEMO_CLIP_FILE).is_file()
-    assert json.loads((tmp_path / "train_summary.json").read_text())["threads"] == 1  # --threads reaches training
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["threads"] == 1  # --threads reaches training
+    assert summary["cutout_sam_settings"]["stability_score_thresh"] == 0.0  # CLIP's cut-outs ungated, as committed
     assert "sam_ceiling" in run.stdout
 
 
