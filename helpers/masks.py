@@ -137,11 +137,14 @@ def overlap_counts(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a.astype(dtype) @ b.astype(dtype).T).astype(np.int64)
 
 
+def iou_from_counts(inter: np.ndarray, area_a: np.ndarray, area_b: np.ndarray) -> np.ndarray:
+    """N x M IoU (float64) from ``overlap_counts`` and the two stacks' areas; 0 where both are empty."""
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1)
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """N x M IoU (float64) between two stacks of boolean masks of one image; 0 where both are empty."""
-    inter = overlap_counts(a, b)
-    area_a, area_b = np.count_nonzero(_flat(a), axis=1), np.count_nonzero(_flat(b), axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1)
+    return iou_from_counts(overlap_counts(a, b), np.count_nonzero(_flat(a), axis=1), np.count_nonzero(_flat(b), axis=1))
 
 
 def best_match_iou(masks: MaskSet, others: MaskSet) -> np.ndarray:

@@ -36,7 +36,7 @@ from .clip_scoring import encode_images, encode_text
 from .data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops
 from .demo_models import DEMO_SAM_SETTINGS
 from .demo_scenes import TRAIN_STREAM, Scene, make_scene  # noqa: F401 (public through this module)
-from .masks import MaskSet, iou_matrix, overlap_counts
+from .masks import MaskSet, iou_from_counts, overlap_counts
 from .models import LoadedClip, LoadedSam, load_clip, load_sam
 from .segmentation import SamSettings, generate_masks
 from .tiny_models import DEMO_SAM
@@ -58,12 +58,15 @@ def ceiling_table(sam: LoadedSam, dataset: Dataset, settings: SamSettings = DEMO
     for sample in dataset.samples:
         masks = generate_masks(sam, sample.image, settings)
         dense = masks.to_dense() if len(masks) else np.zeros((0, *sample.image.shape[:2]), bool)
-        for name, truth in sample.masks.items():
-            if not truth.any():
-                continue
-            inter = overlap_counts(dense, truth[None])[:, 0]
-            single = float(iou_matrix(dense, truth[None]).max()) if len(dense) else 0.0
-            inside = inter > 0.5 * dense.sum((1, 2))
+        present = [name for name, truth in sample.masks.items() if truth.any()]
+        if not present:
+            continue
+        truths = np.stack([sample.masks[name] for name in present])
+        inter, areas = overlap_counts(dense, truths), dense.sum((1, 2))
+        ious = iou_from_counts(inter, areas, truths.sum((1, 2)))  # masks x present shapes
+        for j, (name, truth) in enumerate(zip(present, truths)):
+            single = float(ious[:, j].max()) if len(dense) else 0.0
+            inside = inter[:, j] > 0.5 * areas
             merged = dense[inside].any(0) if inside.any() else np.zeros_like(truth)
             union_iou = float((merged & truth).sum() / max(1, (merged | truth).sum()))
             rows.append(
