@@ -25,7 +25,7 @@ run: $(STAMP)
 smoke: $(STAMP)
 	SAMCLIP_PROFILE=smoke $(PY) -m helpers.run_notebooks
 
-# The trained demo models (helpers/demo_weights/, sha256-checked) on unseen demo images: no download.
+# The trained demo models (helpers/demo/weights/, sha256-checked) on unseen demo images: no download.
 demo: $(STAMP)
 	SAMCLIP_PROFILE=demo $(PY) -m helpers.run_notebooks 00 01 02 03 04
 

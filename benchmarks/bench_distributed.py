@@ -26,12 +26,12 @@ import torch
 from PIL import Image
 
 from helpers.data import make_demo_dataset, read_image
-from helpers.distributed import ModelSpec, peak_rss_mb, process_dataset_on_ray
+from helpers.distributed.driver import ModelSpec, peak_rss_mb, process_dataset_on_ray
 from helpers.masks import FilterSettings
-from helpers.models import load_clip, load_sam
+from helpers.models.loading import load_clip, load_sam
+from helpers.models.tiny import TINY_SAM, write_tiny_checkpoints
 from helpers.pipeline import Pipeline, PipelineSettings
 from helpers.segmentation import SamSettings
-from helpers.tiny_models import TINY_SAM, write_tiny_checkpoints
 
 STARTUP_ESTIMATE_S = 60  # Ray, actors, loading the 2.4 GB vit_h checkpoint: once per run (assumed)
 

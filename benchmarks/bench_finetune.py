@@ -18,9 +18,9 @@ import torch
 from clip.model import CLIP
 
 from helpers.data import make_demo_dataset, object_crops
-from helpers.finetune import FinetuneRun, FinetuneSettings
-from helpers.models import load_clip
-from helpers.tiny_models import build_clip_tiny
+from helpers.finetune.run import FinetuneRun, FinetuneSettings
+from helpers.models.loading import load_clip
+from helpers.models.tiny import build_clip_tiny
 
 VIT_B_32 = dict(
     embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator
 
-from helpers.mask_generator import GateCounts, generate_mask_set_with_counts
 from helpers.masks import MaskSet, best_match_iou
-from helpers.models import SAM_BUILDERS
-from helpers.sam_decoder import PromptBatchDecoder
-from helpers.tiny_models import steepen_random_sam
+from helpers.models.loading import SAM_BUILDERS
+from helpers.models.tiny import steepen_random_sam
+from helpers.sam.decoder import PromptBatchDecoder
+from helpers.sam.generator import GateCounts, generate_mask_set_with_counts
 
 OPEN = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 

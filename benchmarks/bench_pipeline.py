@@ -32,12 +32,12 @@ from helpers import evaluation, metrics
 from helpers.clip_scoring import DEFAULT_TEMPLATES, TextEmbeddings, encode_images, encode_text
 from helpers.data import Dataset, Sample, make_demo_dataset
 from helpers.masks import MaskSet, best_match_iou
-from helpers.models import LoadedClip, LoadedSam, load_clip, load_sam
+from helpers.models.loading import LoadedClip, LoadedSam, load_clip, load_sam
+from helpers.models.tiny import TINY_SAM, write_tiny_checkpoints
 from helpers.pipeline import ImageResult, Pipeline, PipelineSettings
 from helpers.precision import check_precision
 from helpers.regions import RegionSettings, extract_regions
 from helpers.segmentation import SamSettings, generate_masks
-from helpers.tiny_models import TINY_SAM, write_tiny_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -45,7 +45,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from helpers import evaluation, metrics
-from helpers.checkpoints import REGISTRY, CheckpointError
+from helpers.checkpoints.download import DownloadError, download_file
+from helpers.checkpoints.ensure import REGISTRY, CheckpointError
 from helpers.clip_scoring import encode_images
 from helpers.config import ConfigError, RunConfig, load_config, project_root
 from helpers.data import (
@@ -60,7 +61,6 @@ from helpers.data import (
     make_mosaics,
     object_crops,
 )
-from helpers.download import DownloadError, download_file
 from helpers.pipeline import Pipeline
 from helpers.regions import REGION_MODES
 from helpers.selection import SelectionSettings

@@ -24,7 +24,7 @@ from .clip_scoring import encode_images
 from .data import Dataset
 from .evaluation import evaluate
 from .masks import MaskSet
-from .models import LoadedClip
+from .models.loading import LoadedClip
 from .regions import RegionSettings, extract_regions
 from .selection import ImageResult, SelectionSettings, TextEncoder, similarities
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models import LoadedClip
+from .models.loading import LoadedClip
 from .precision import autocast
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)

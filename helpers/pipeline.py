@@ -18,7 +18,7 @@ from .cache import ResultCache, image_key, settings_key
 from .clip_scoring import DEFAULT_TEMPLATES, TextEmbeddings, encode_images
 from .data import Dataset
 from .masks import FilterSettings, MaskSet, apply_filters
-from .models import LoadedClip, LoadedSam, SamSource
+from .models.loading import LoadedClip, LoadedSam, SamSource
 from .precision import check_precision
 from .regions import RegionSettings, extract_regions
 from .segmentation import SamSettings, generate_masks

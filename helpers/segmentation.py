@@ -1,6 +1,6 @@
 """SAM's automatic mask generator with its settings exposed, returning a ``MaskSet``.
 
-Two engines give the same masks: ``fast`` (the default, ``helpers.mask_generator``: the decoder's
+Two engines give the same masks: ``fast`` (the default, ``helpers.sam``: the decoder's
 prompt-independent work done once, only IoU survivors upscaled, bounded memory) and
 ``reference`` (segment-anything's ``SamAutomaticMaskGenerator``, for comparison).
 """
@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
-from .mask_generator import ENGINE_VERSION, check_rgb_image, generate_mask_set
 from .masks import MaskSet
-from .models import LoadedSam
+from .models.loading import LoadedSam
 from .precision import autocast, check_precision
+from .sam.generator import ENGINE_VERSION, check_rgb_image, generate_mask_set
 
 ENGINES = ("fast", "reference")
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoints import ensure_checkpoint
+from .checkpoints.ensure import ensure_checkpoint
 from .config import RunConfig, load_config
 from .data import Dataset, dataset_request, load_prepared
-from .demo_models import DEMO_CLIP_FILE, DEMO_SAM_FILE, demo_weight_path
+from .demo.models import DEMO_CLIP_FILE, DEMO_SAM_FILE, demo_weight_path
 from .evaluation import classes_to_evaluate
-from .models import LoadedClip, LoadedSam, SamSource, load_clip, load_sam
+from .models.loading import LoadedClip, LoadedSam, SamSource, load_clip, load_sam
+from .models.tiny import write_tiny_checkpoints
 from .pipeline import Pipeline
-from .tiny_models import write_tiny_checkpoints
 
 
 def checkpoint_paths(config: RunConfig, progress: bool = True) -> dict[str, Path]:

@@ -148,7 +148,7 @@ def file_server():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    from helpers.tiny_models import write_tiny_checkpoints
+    from helpers.models.tiny import write_tiny_checkpoints
 
     return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny_checkpoints"))
 
@@ -160,7 +160,7 @@ def open_clip_bytes() -> bytes:
 
     import torch
 
-    from helpers.tiny_models import build_clip_tiny
+    from helpers.models.tiny import build_clip_tiny
 
     buffer = io.BytesIO()
     torch.save({f"module.{k}": v for k, v in build_clip_tiny().state_dict().items()}, buffer)
@@ -169,8 +169,8 @@ def open_clip_bytes() -> bytes:
 
 @pytest.fixture(scope="session")
 def tiny_models(tiny_checkpoints):
-    from helpers.models import load_clip, load_sam
-    from helpers.tiny_models import TINY_SAM
+    from helpers.models.loading import load_clip, load_sam
+    from helpers.models.tiny import TINY_SAM
 
     return load_sam(TINY_SAM, tiny_checkpoints["sam"]), load_clip(tiny_checkpoints["clip"])
 
@@ -211,7 +211,7 @@ def load_benchmark(name: str):
 @pytest.fixture(autouse=True)
 def registry_restored():
     """Tests may register checkpoints; the global registry is put back as it was after each."""
-    from helpers.registry import REGISTRY
+    from helpers.checkpoints.registry import REGISTRY
 
     saved = dict(REGISTRY)
     yield

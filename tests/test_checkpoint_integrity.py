@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import checkpoints as ck
-from helpers import models
-from helpers.checkpoints import (
+from helpers.checkpoints import cli
+from helpers.checkpoints import ensure as ck
+from helpers.checkpoints.ensure import (
     Checkpoint,
     CheckpointError,
     ChecksumMismatchError,
@@ -21,6 +21,7 @@ from helpers.checkpoints import (
     ensure_checkpoint,
     register_checkpoint,
 )
+from helpers.models import loading as models
 
 PAYLOAD = os.urandom(300_000)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -134,12 +135,12 @@ def test_verify_full_and_the_verify_command_rehash(tmp_path, capsys):
         get("t_flip", tmp_path, verify="full", download_options={**FAST, "retries": 1})
     with pytest.raises(ValueError, match="verify="):
         ensure_checkpoint("t_flip", tmp_path, progress=False, verify="yes")
-    assert ck.main(["--verify", "--dir", str(tmp_path)]) == 1
+    assert cli.main(["--verify", "--dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "BAD" in out and "flip.pth" in out and "moved to flip.pth.corrupt" in out
     assert not path.exists() and (tmp_path / "flip.pth.corrupt").exists()
     path.write_bytes(PAYLOAD)
-    assert ck.main(["--verify", "--dir", str(tmp_path)]) == 0
+    assert cli.main(["--verify", "--dir", str(tmp_path)]) == 0
     assert ensure_checkpoint("t_flip", tmp_path, progress=False, verify="full") == path
 
 
@@ -190,6 +191,7 @@ def test_the_open_clip_copy_is_accepted_as_a_local_clip_file(file_server, tmp_pa
 def test_supply_hint_names_the_open_clip_file(tmp_path):
     hint = ck.supply_hint(ck.REGISTRY["ViT-B/32"], tmp_path)
     assert "ViT-B-32.open_clip.bin" in hint and "ViT-B-32.pt" in hint
+    assert "make demo" in hint  # the offline newcomer's next step
 
 
 def test_command_line_takes_its_defaults_from_the_run_settings(file_server, tmp_path, monkeypatch, capsys):
@@ -204,13 +206,13 @@ def test_command_line_takes_its_defaults_from_the_run_settings(file_server, tmp_
         clip_model="clip_tiny",  # not in the registry: nothing to fetch
     )
     monkeypatch.setattr("helpers.config.load_config", lambda: config)
-    assert ck.main([]) == 0
+    assert cli.main([]) == 0
     assert (tmp_path / "from_config" / "cfg.pth").read_bytes() == PAYLOAD
     assert (tmp_path / "drive" / "cfg.pth").read_bytes() == PAYLOAD
     # explicit arguments win over the settings
-    assert ck.main(["t_cfg", "--dir", str(tmp_path / "explicit"), "--mirror", file_server.url + "/mirror"]) == 0
+    assert cli.main(["t_cfg", "--dir", str(tmp_path / "explicit"), "--mirror", file_server.url + "/mirror"]) == 0
     assert (tmp_path / "explicit" / "cfg.pth").is_file()
     file_server.files.clear()
     shutil.rmtree(tmp_path / "drive")
-    assert ck.main(["t_cfg", "--dir", str(tmp_path / "none"), "--mirror", file_server.url + "/gone"]) == 1
+    assert cli.main(["t_cfg", "--dir", str(tmp_path / "none"), "--mirror", file_server.url + "/gone"]) == 1
     assert "error:" in capsys.readouterr().err

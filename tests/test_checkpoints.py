@@ -5,9 +5,10 @@ from collections import namedtuple
 
 import pytest
 
-from helpers import checkpoints as ck
-from helpers import download as dl
-from helpers.checkpoints import (
+from helpers.checkpoints import cli
+from helpers.checkpoints import download as dl
+from helpers.checkpoints import ensure as ck
+from helpers.checkpoints.ensure import (
     Checkpoint,
     ChecksumMismatchError,
     DownloadError,
@@ -168,5 +169,5 @@ def test_clip_falls_back_to_the_open_clip_copy(file_server, tmp_path, capsys, op
 
 
 def test_command_line_reports_errors_without_a_traceback(capsys, tmp_path):
-    assert ck.main(["no_such_model", "--dir", str(tmp_path)]) == 1
+    assert cli.main(["no_such_model", "--dir", str(tmp_path)]) == 1
     assert "Unknown model name" in capsys.readouterr().err

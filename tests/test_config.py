@@ -85,7 +85,7 @@ def test_only_the_config_module_reads_the_environment():
     names = sorted(Path(p).name for p in found)
     # allocator.py only asks whether the user tuned glibc's malloc (MALLOC_*_, GLIBC_TUNABLES), no project setting
     assert set(names) - {"run_notebooks.py", "allocator.py"} == {"config.py"}, found
-    assert "SAMCLIP" not in (ROOT / "helpers" / "allocator.py").read_text()
+    assert "SAMCLIP" not in (ROOT / "helpers" / "sam" / "allocator.py").read_text()
 
 
 def test_a_kernel_started_in_notebooks_finds_the_project(tmp_path):

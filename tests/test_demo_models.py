@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.checkpoints import CheckpointError, sha256_of
+from helpers.checkpoints.ensure import CheckpointError, sha256_of
 from helpers.data import DEMO_CLASSES, make_demo_dataset
-from helpers.demo_models import (
+from helpers.demo.models import (
     DEMO_CLIP_FILE,
     DEMO_SAM_FILE,
     DEMO_SETTINGS,
@@ -23,7 +23,7 @@ from helpers.demo_models import (
     demo_weight_path,
     load_demo_models,
 )
-from helpers.train_demo import ceiling_table, encode_text_prefix, evaluate_clip, evaluate_pipeline, gt_cutouts
+from helpers.demo.train import ceiling_table, encode_text_prefix, evaluate_clip, evaluate_pipeline, gt_cutouts
 
 FRESH_SEED = 9090  # never used by train_demo (its scenes come from another generator) nor its evaluation
 
@@ -108,7 +108,7 @@ def test_quick_training_runs_end_to_end(tmp_path):
         [
             sys.executable,
             "-m",
-            "helpers.train_demo",
+            "helpers.demo.train",
             "--quick",
             "--no-progress",
             "--threads",
@@ -132,9 +132,9 @@ def test_quick_training_runs_end_to_end(tmp_path):
 def test_sam_masks_are_named_only_when_they_match_a_shape():
     """CLIP learns SAM's masks under the name of the shape each matches (IoU >= 0.7), or as the
     background; parts and merges of shapes get no name and are left out."""
-    from helpers.demo_scenes import Scene
+    from helpers.demo.scenes import Scene
+    from helpers.demo.train_clip import BACKGROUND, sam_mask_cutouts
     from helpers.masks import MaskSet
-    from helpers.train_demo_clip import BACKGROUND, sam_mask_cutouts
 
     h, w = 60, 90
     a, b = np.zeros((h, w), bool), np.zeros((h, w), bool)
@@ -155,7 +155,7 @@ def test_sam_masks_are_named_only_when_they_match_a_shape():
 
 
 def test_clip_alone_asks_for_the_sam_it_learns_from(tmp_path, capsys):
-    from helpers.train_demo import main
+    from helpers.demo.train import main
 
     with pytest.raises(SystemExit):
         main(["--only", "clip", "--quick", "--out-dir", str(tmp_path)])

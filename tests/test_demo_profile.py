@@ -11,9 +11,9 @@ from conftest import load_benchmark, shared_data
 
 from helpers import config as cfg
 from helpers import metrics
-from helpers.checkpoints import CheckpointError
+from helpers.checkpoints.ensure import CheckpointError
 from helpers.data import COCO_ANNOTATIONS_URL, dataset_request, make_demo_dataset, prepare_dataset
-from helpers.demo_models import (
+from helpers.demo.models import (
     DEMO_CLIP_FILE,
     DEMO_SAM_FILE,
     DEMO_SELECTION,
@@ -22,8 +22,8 @@ from helpers.demo_models import (
     demo_weight_path,
 )
 from helpers.evaluation import recognition_sets
+from helpers.models.tiny import DEMO_SAM
 from helpers.session import checkpoint_paths, open_run, run_record
-from helpers.tiny_models import DEMO_SAM
 
 SEEDS_USED_ELSEWHERE = (0, 1, 2, 3, 4, 5, 7, 77, 101, 202, 303, 404, 505, 1000, 9090)  # evaluation and tests
 

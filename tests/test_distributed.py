@@ -19,12 +19,12 @@ from PIL import Image
 
 from helpers.cache import image_key
 from helpers.data import make_demo_dataset, read_image
-from helpers.distributed import ModelSpec, _collect, image_items, process_dataset_on_ray
+from helpers.distributed.driver import ModelSpec, _collect, image_items, process_dataset_on_ray
 from helpers.masks import FilterSettings
-from helpers.models import load_clip, load_sam
+from helpers.models.loading import load_clip, load_sam
+from helpers.models.tiny import TINY_SAM
 from helpers.pipeline import Pipeline, PipelineSettings
 from helpers.session import load_models
-from helpers.tiny_models import TINY_SAM
 
 SETTINGS = PipelineSettings(sam=LOOSE_SAM, filters=FilterSettings(min_area=100, max_inside=0.9))
 IMAGES = 8

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import download as dl
-from helpers.checkpoints import ChecksumMismatchError, DownloadError, download_file
+from helpers.checkpoints import download as dl
+from helpers.checkpoints.ensure import ChecksumMismatchError, DownloadError, download_file
 
 PAYLOAD = os.urandom(2 * dl.CHUNK_BYTES + 4321)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -34,7 +34,7 @@ def test_two_processes_download_once_and_both_get_the_verified_file(file_server,
     file_server.slow["/m.pth"] = 0.04  # about 2 s for the body: the two processes overlap
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from helpers.download import download_file
+        from helpers.checkpoints.download import download_file
         download_file([{file_server.url + "/m.pth"!r}], Path({str(tmp_path / "m.pth")!r}),
                       {hashlib.sha256(big).hexdigest()!r}, {len(big)}, progress=False)
     """)

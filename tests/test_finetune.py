@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 
 from helpers.clip_scoring import encode_images, encode_text
 from helpers.data import DatasetError, make_mosaics
-from helpers.finetune import (
+from helpers.finetune.evaluate import compare_before_after, plot_history, save_history, tile_top1_accuracy
+from helpers.finetune.run import (
     FinetuneDataError,
     FinetuneSettings,
     contrastive_loss,
@@ -22,8 +23,7 @@ from helpers.finetune import (
     save_finetuned,
     split_items,
 )
-from helpers.finetune_eval import compare_before_after, plot_history, save_history, tile_top1_accuracy
-from helpers.models import load_clip
+from helpers.models.loading import load_clip
 
 # Each class has its own hue and shape. The tiny CLIP (one block, 32 px, four 16-px patches)
 # cannot learn colour-blind shapes within a minute (~0.4 accuracy); colour plus shape it can.

@@ -12,11 +12,11 @@ import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
-from helpers import mask_upscale
-from helpers.mask_generator import ENGINE_VERSION, generate_mask_set
 from helpers.masks import MaskSet, best_match_iou, mask_set_from_stream
-from helpers.sam_decoder import PromptBatchDecoder
-from helpers.tiny_models import build_sam_tiny, steepen_random_sam
+from helpers.models.tiny import build_sam_tiny, steepen_random_sam
+from helpers.sam import upscale as mask_upscale
+from helpers.sam.decoder import PromptBatchDecoder
+from helpers.sam.generator import ENGINE_VERSION, generate_mask_set
 
 OPEN = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
 
@@ -176,9 +176,9 @@ LARGE = textwrap.dedent(
     import numpy as np, torch
     sys.path.insert(0, sys.argv[1])
     from test_mask_generator import blocks, OPEN
-    from helpers import mask_generator
-    from helpers.mask_generator import generate_mask_set
-    from helpers.tiny_models import build_sam_tiny, steepen_random_sam
+    from helpers.sam import generator as mask_generator
+    from helpers.sam.generator import generate_mask_set
+    from helpers.models.tiny import build_sam_tiny, steepen_random_sam
     mask_generator.CHUNK_BYTES = 24 << 20  # one candidate's full-size logits at a time
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -213,7 +213,7 @@ def test_the_trained_demo_sam_gives_the_reference_masks():
     from dataclasses import replace
 
     from helpers.data import make_demo_dataset
-    from helpers.demo_models import DEMO_SAM_SETTINGS, load_demo_models
+    from helpers.demo.models import DEMO_SAM_SETTINGS, load_demo_models
     from helpers.segmentation import generate_masks
 
     sam, _ = load_demo_models("cpu")

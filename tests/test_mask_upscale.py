@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
 
-from helpers import allocator, mask_upscale
-from helpers.allocator import _libc, _resident, reuse_freed_memory, trim_if_over
-from helpers.mask_upscale import Upscaler, arithmetic, dense_stats, fma32, linear_weights
-from helpers.sam_encoder import embed_image, encode
-from helpers.tiny_models import build_sam_tiny
+from helpers.models.tiny import build_sam_tiny
+from helpers.sam import allocator as allocator
+from helpers.sam import upscale as mask_upscale
+from helpers.sam.allocator import _libc, _resident, reuse_freed_memory, trim_if_over
+from helpers.sam.encoder import embed_image, encode
+from helpers.sam.upscale import Upscaler, arithmetic, dense_stats, fma32, linear_weights
 
 EPS = float(torch.finfo(torch.float32).eps)
 

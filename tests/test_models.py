@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.checkpoints import CheckpointError, UnknownModelError
+from helpers.checkpoints.ensure import CheckpointError, UnknownModelError
 from helpers.clip_scoring import encode_images, encode_text
-from helpers.models import is_torchscript_archive, load_clip, load_sam
-from helpers.tiny_models import TINY_SAM, build_clip_tiny
+from helpers.models.loading import is_torchscript_archive, load_clip, load_sam
+from helpers.models.tiny import TINY_SAM, build_clip_tiny
 
 
 def test_tiny_checkpoints_load_through_the_user_code_path(tiny_checkpoints):

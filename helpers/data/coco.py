@@ -226,7 +226,7 @@ def fetch_coco_subset(
 ) -> tuple[Path, Path]:
     """Download a val2017 subset from the official COCO site: the annotation zip (241 MB, once,
     resumable), cut down to ``image_ids``, and those images. Returns (annotation json, image dir)."""
-    from ..download import download_file
+    from ..checkpoints.download import download_file
 
     dest = Path(dest)
     image_dir = dest / "val2017"

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import DatasetError, LabelledImage, load_class_folders
+from ..data import DatasetError, LabelledImage, load_class_folders
 
 
 class FinetuneDataError(DatasetError):

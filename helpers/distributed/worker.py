@@ -17,11 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from .cache import image_key
-from .config import choose_device
-from .data import IMAGE_SUFFIXES, Dataset, read_image
-from .models import LoadedClip, LoadedSam, load_clip, load_sam
-from .pipeline import ImageResult, Pipeline, PipelineSettings
+from ..cache import image_key
+from ..config import choose_device
+from ..data import IMAGE_SUFFIXES, Dataset, read_image
+from ..models.loading import LoadedClip, LoadedSam, load_clip, load_sam
+from ..pipeline import ImageResult, Pipeline, PipelineSettings
 
 RAY_MISSING = "Ray is not installed; install the extra: pip install -e '.[ray]' (make install does)."
 OUTPUT_FIELDS = (
@@ -67,7 +67,7 @@ class ModelSpec:
     def from_config(cls, config, device: str = "auto") -> ModelSpec:
         """The run's models (found, downloaded or built like the notebooks'); the cache keys come
         from the weights' sha256, so the notebooks find what the cluster computed."""
-        from .session import checkpoint_paths
+        from ..session import checkpoint_paths
 
         paths = checkpoint_paths(config)
         return cls(config.sam_model, str(paths["sam"]), str(paths["clip"]), device)

@@ -15,11 +15,11 @@ from clip.model import CLIP
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .demo_scenes import TRAIN_STREAM, Scene, make_scene
-from .masks import MaskSet, iou_matrix
-from .regions import RegionSettings, extract_region
-from .tiny_models import build_clip_demo
-from .train_demo_sam import cosine_schedule
+from ..masks import MaskSet, iou_matrix
+from ..models.tiny import build_clip_demo
+from ..regions import RegionSettings, extract_region
+from .scenes import TRAIN_STREAM, Scene, make_scene
+from .train_sam import cosine_schedule
 
 COLOUR_NAMES = {
     "red": (220, 30, 30),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .checkpoints import REGISTRY, CheckpointError, check_clip_state_dict_file, ensure_checkpoint, note_first_sha256
 from .download import DownloadError, file_sha256, is_verified, set_aside
-from .file_stamps import remember_sha256
+from .ensure import REGISTRY, CheckpointError, check_clip_state_dict_file, ensure_checkpoint, note_first_sha256
+from .stamps import remember_sha256
 
 
 def verify_folder(folder: Path) -> list[tuple[Path, str | None]]:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     """Download (or ``--verify``) checkpoints; defaults from the run's settings; errors without a traceback."""
     import argparse
 
-    from .config import load_config
+    from ..config import load_config
 
     try:
         config = load_config()

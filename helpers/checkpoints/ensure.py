@@ -1,4 +1,4 @@
-"""SAM and CLIP checkpoints: where to get them, how each is verified, and a command line.
+"""SAM and CLIP checkpoints: where to get them and how each is verified.
 
 Sources are tried in order: an explicit local file, the user's mirrors, a Google Drive cache
 on Colab, then the official URLs and known mirrors; CLIP falls back to the open_clip copy of
@@ -6,10 +6,7 @@ the OpenAI weights when all are gone. That copy has no published sha256, so befo
 accepted its size must match what the server announced, it must be a readable torch archive,
 and it must hold CLIP's state dict (``check_clip_state_dict_file``); the sha256 of the first copy
 that passes is recorded and a later download that differs is reported. Downloads go through
-``helpers.download`` (the registry itself is ``helpers.registry``).
-
-Command line (``helpers.checkpoint_cli``): ``python -m helpers.checkpoints vit_b ViT-B/32``;
-``--verify`` re-hashes every checkpoint in the folder. Defaults come from the run's settings.
+``download`` (the registry itself is ``registry``); the command line is ``cli``.
 """
 
 from __future__ import annotations
@@ -169,6 +166,10 @@ def supply_hint(checkpoint: Checkpoint, dest_dir: Path) -> str:
             f"\nThe open_clip copy of the same weights works too: get {', '.join(copy.urls)} and save it as "
             f"{dest_dir / copy.filename} (or in the mirror as {copy.filename}), or set {setting} to it."
         )
+    hint += (
+        "\nNo internet at all? `make demo` (SAMCLIP_PROFILE=demo) runs the whole notebook suite offline with the "
+        "small SAM and CLIP trained on the demo shapes, shipped in the package."
+    )
     return hint
 
 
@@ -292,14 +293,3 @@ def _copy_to_drive(path: Path, drive: Path, sha256: str | None) -> None:
             f"locally at {path}, so the run goes on; free space on Drive to have it cached there.",
             stacklevel=3,
         )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.checkpoints``: see ``helpers.checkpoint_cli``."""
-    from .checkpoint_cli import main as run
-
-    return run(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,7 @@
 Same model, point grid, crops, gates, NMS and output order as segment-anything's generator
 (``output_mode="binary_mask"``); what changes is where the work goes:
 
-* the mask decoder does the prompt-independent work once per image (``sam_decoder``);
+* the mask decoder does the prompt-independent work once per image (``decoder``);
 * the IoU gate runs on the tokens, before any upscaling: only surviving masks are upscaled, and
   prompts with no survivor are never upscaled at all;
 * survivors are upscaled to full size in chunks sized by pixels, binarised, boxed and gated; only
@@ -33,12 +33,12 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torchvision.ops.boxes import batched_nms, box_area
 
+from ..masks import MaskSet, mask_set_from_stream
+from ..precision import autocast, check_precision
 from .allocator import reuse_freed_memory, trim_if_over
-from .mask_upscale import Upscaler
-from .masks import MaskSet, mask_set_from_stream
-from .precision import autocast, check_precision
-from .sam_decoder import PromptBatchDecoder
-from .sam_encoder import embed_image
+from .decoder import PromptBatchDecoder
+from .encoder import embed_image
+from .upscale import Upscaler
 
 ENGINE_VERSION = "fast-1"
 UPSCALE_PROMPTS = 16  # prompts upscaled together (the 256 x 256 x 32 features: 8 MB each)

@@ -27,9 +27,10 @@ from clip.model import convert_weights
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .checkpoints import sha256_of
-from .data import LabelledImage
-from .finetune_data import (
+from ..checkpoints.ensure import sha256_of
+from ..data import LabelledImage
+from ..models.loading import LoadedClip
+from .data import (
     FinetuneDataError,
     check_items,
     image_batch,
@@ -37,9 +38,8 @@ from .finetune_data import (
     load_finetune_folders,
     split_items,
 )
-from .finetune_loss import MAX_LOGIT_SCALE, Captions, clamped_scale, contrastive_loss
-from .finetune_setup import FinetuneSettings, Plateau, make_optimizer, select_trainable, step_lr
-from .models import LoadedClip
+from .loss import MAX_LOGIT_SCALE, Captions, clamped_scale, contrastive_loss
+from .settings import FinetuneSettings, Plateau, make_optimizer, select_trainable, step_lr
 
 __all__ = [
     "FinetuneDataError",

@@ -14,9 +14,9 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm.auto import tqdm
 
-from .allocator import reuse_freed_memory
-from .demo_scenes import TRAIN_STREAM, Scene, make_scene
-from .tiny_models import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small
+from ..models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small
+from ..sam.allocator import reuse_freed_memory
+from .scenes import TRAIN_STREAM, Scene, make_scene
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,10 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cache import ResultCache
-from .data import Dataset, read_image
-from .pipeline import Pipeline, PipelineSettings, load_cached
-from .ray_worker import (
+from ..cache import ResultCache
+from ..data import Dataset, read_image
+from ..pipeline import Pipeline, PipelineSettings, load_cached
+from .worker import (
     RAY_MISSING,
     DistributedResults,
     Failure,
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clip-checkpoint", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from .config import load_config
+    from ..config import load_config
 
     config = load_config()
     if args.gpus_per_worker and config.device == "cpu":

@@ -20,9 +20,9 @@ from clip.model import CLIP, build_model
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
 
-from .checkpoints import CheckpointError, UnknownModelError, open_clip_to_clip_state_dict
-from .download import file_sha256
-from .tiny_models import DEMO_SAM, TINY_SAM, build_sam_demo, build_sam_tiny
+from ..checkpoints.download import file_sha256
+from ..checkpoints.ensure import CheckpointError, UnknownModelError, open_clip_to_clip_state_dict
+from .tiny import DEMO_SAM, TINY_SAM, build_sam_demo, build_sam_tiny
 
 SAM_BUILDERS: dict[str, Callable[..., Sam]] = {**sam_model_registry, TINY_SAM: build_sam_tiny, DEMO_SAM: build_sam_demo}
 _SAM_WIDTH_TO_TYPE = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}

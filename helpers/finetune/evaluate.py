@@ -16,9 +16,9 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .clip_scoring import encode_images, encode_text
-from .data import Dataset, LabelledImage, make_mosaics
-from .models import LoadedClip, LoadedSam
+from ..clip_scoring import encode_images, encode_text
+from ..data import Dataset, LabelledImage, make_mosaics
+from ..models.loading import LoadedClip, LoadedSam
 
 PRETRAINED, FINETUNED = "pretrained", "fine-tuned"
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -99,9 +99,9 @@ def sam_clip_measures(
     """SAM + CLIP measures: the SLIP mosaic top-1 (the region SAM + CLIP picks lies in the
     class's tile) and, with a segmentation dataset, mean IoU per class under ``selection``
     (default: softmax over the class list, 0.5). The only user of the pipeline/metrics API here."""
-    from . import evaluation, metrics
-    from .pipeline import Pipeline, PipelineSettings
-    from .selection import SelectionSettings
+    from .. import evaluation, metrics
+    from ..pipeline import Pipeline, PipelineSettings
+    from ..selection import SelectionSettings
 
     pipe = Pipeline(sam, clip_model, pipeline_settings or PipelineSettings(), cache_dir)
     out: dict[str, float] = {}
@@ -203,7 +203,7 @@ def show_batch(
     for display) with the caption each is paired with."""
     import random
 
-    from .finetune_data import image_batch
+    from .data import image_batch
 
     items = list(items)[:count]
     rng = random.Random(settings.seed) if settings.augment else None

@@ -2,7 +2,9 @@
 
 ``<file>.verified.json`` holds the sha256 with the file's size, mtime and ctime when it was
 hashed; any change to one of them (``os.utime`` can restore mtime, never ctime) means hashing
-again. ``full=True`` always hashes again.
+again. ``full=True`` always hashes again. Files inside the installed package (the shipped demo
+weights, which are sha256-checked against constants) are never stamped: the package folder is
+read-only in many installs; their hashes are remembered for the process only.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import secrets
 from pathlib import Path
 
 HASH_BLOCK_BYTES = 8 * 2**20
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # helpers/: nothing is written here at run time
+_IN_PROCESS: dict[tuple[str, int, int, int], dict] = {}  # stamps of files in PACKAGE_DIR, by path and stat
 
 
 def sha256_of(path: Path) -> str:
@@ -33,11 +37,21 @@ def private_name(path: Path, suffix: str = ".tmp") -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
+def _in_package(path: Path) -> bool:
+    return Path(path).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def _memory_key(path: Path, stat: os.stat_result) -> tuple[str, int, int, int]:
+    return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def _fresh_stamp(path: Path, stat: os.stat_result) -> dict | None:
     """The stamp beside ``path`` if the file is unchanged since: same size, mtime and ctime.
 
     ctime cannot be set back by ``os.utime``, so an edit that restores size and mtime still shows.
     """
+    if _in_package(path):
+        return _IN_PROCESS.get(_memory_key(path, stat))
     try:
         stamp = json.loads(_marker(path).read_text())
         now = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
@@ -65,6 +79,9 @@ def remember_sha256(path: Path, digest: str, stat: os.stat_result | None = None,
     stamp = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
     if checked:
         stamp["checked"] = True
+    if _in_package(path):
+        _IN_PROCESS[_memory_key(path, stat)] = stamp
+        return
     tmp = private_name(_marker(path))
     try:
         tmp.write_text(json.dumps(stamp))

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data import DEMO_CLASSES
-from .data.demo import _background, draw_shape
+from ..data import DEMO_CLASSES
+from ..data.demo import _background, draw_shape
 
 TRAIN_STREAM = 0x5A3D  # training scenes draw from np.random.default_rng([TRAIN_STREAM, seed]): never a demo seed
 

@@ -1,0 +1,49 @@
+"""A small SAM and a small CLIP trained on the demo shapes, shipped with the package.
+
+The weights in ``helpers/demo/weights/`` come from ``python -m helpers.demo.train`` (seeded, CPU,
+offline); their sha256 sums are registered here and checked on every load. They segment and
+name the generated shapes of ``helpers.data.make_demo_dataset`` (circle, square, triangle,
+star, in any colour): a demo that works offline, without the 400 MB-2.5 GB real checkpoints.
+The settings the demo profile runs them with (``DEMO_SETTINGS``, ``DEMO_SELECTION``) live with the
+other profiles in ``helpers.config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoints import CheckpointError, sha256_of
+from ..config import DEMO_SAM_SETTINGS, DEMO_SELECTION, DEMO_SETTINGS, DEMO_WEIGHTS_DIR  # noqa: F401 (the demo's settings)
+from ..models import DEMO_SAM, LoadedClip, LoadedSam, load_clip, load_sam
+
+DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
+DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
+DEMO_SHA256 = {
+    DEMO_SAM_FILE: "13a25d64bae8ed050725273408b9ea693eb62738bb1dbb90ffbd030ff23e449a",
+    DEMO_CLIP_FILE: "b6c2d0325748f92abeec6b516ddebced13c28440c5984f8823b7fe017e76cf98",
+}
+
+
+def demo_weight_path(name: str, folder: Path = DEMO_WEIGHTS_DIR) -> Path:
+    """The path of demo weight file ``name`` after checking its sha256 against ``DEMO_SHA256``."""
+    path = Path(folder) / name
+    if name not in DEMO_SHA256:
+        raise CheckpointError(f"{name} is not a demo weight file; known: {sorted(DEMO_SHA256)}.")
+    if not path.is_file():
+        raise CheckpointError(
+            f"Demo weights {path} are missing. Reinstall the package or run `python -m helpers.demo.train`."
+        )
+    digest = sha256_of(path)
+    if digest != DEMO_SHA256[name]:
+        raise CheckpointError(
+            f"{path} has sha256 {digest}, expected {DEMO_SHA256[name]}: the file is damaged or from another "
+            "training run. Restore it with git, or register the new sum in helpers/demo/models.py."
+        )
+    return path
+
+
+def load_demo_models(device: str = "cpu", folder: Path = DEMO_WEIGHTS_DIR) -> tuple[LoadedSam, LoadedClip]:
+    """The demo SAM and CLIP, verified and loaded through ``load_sam`` / ``load_clip``."""
+    sam = load_sam(DEMO_SAM, demo_weight_path(DEMO_SAM_FILE, folder), device)
+    clip = load_clip(demo_weight_path(DEMO_CLIP_FILE, folder), device, name=f"clip_demo:{DEMO_CLIP_FILE}")
+    return sam, clip

@@ -1,0 +1,325 @@
+"""Train the demo models (a small SAM and a small CLIP) on generated shape images, offline.
+
+``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same
+type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
+count trains other weights): SAM first (11-14 min wall on 2 cores), then SAM's own masks on 1,000 further
+scenes (two processes, about 2 min) and CLIP on those cut-outs and exact ones (about 2 min), then about
+half a minute of evaluation; ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
+results: README.md, "Trained demo models".
+
+SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
+per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
+only, and the IoU head regressed (MSE) on the true IoU of all three, so that ``pred_iou_thresh``
+means what it means for the real SAM (points on the background train the IoU head only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from clip.model import CLIP
+from segment_anything.modeling import Sam
+
+from ..checkpoints.ensure import sha256_of
+from ..clip_scoring import encode_images, encode_text
+from ..data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops
+from ..masks import MaskSet, iou_from_counts, overlap_counts
+from ..models.loading import LoadedClip, LoadedSam, load_clip, load_sam
+from ..models.tiny import DEMO_SAM
+from ..segmentation import SamSettings, generate_masks
+from .models import DEMO_SAM_SETTINGS
+from .scenes import TRAIN_STREAM, Scene, make_scene  # noqa: F401 (public through this module)
+from .train_clip import (  # noqa: F401
+    ClipTrainSettings,
+    CutOut,
+    encode_text_prefix,
+    multi_positive_loss,
+    sam_mask_cutouts,
+    train_clip,
+)
+from .train_sam import SamTrainSettings, init_pointer_attention, train_sam  # noqa: F401
+
+
+def ceiling_table(sam: LoadedSam, dataset: Dataset, settings: SamSettings = DEMO_SAM_SETTINGS) -> pd.DataFrame:
+    """Per ground-truth shape: the best single SAM mask's IoU and the best union's IoU (the union
+    of the masks lying more than half inside the shape), i.e. what a perfect selector could reach."""
+    rows = []
+    for sample in dataset.samples:
+        masks = generate_masks(sam, sample.image, settings)
+        dense = masks.to_dense() if len(masks) else np.zeros((0, *sample.image.shape[:2]), bool)
+        present = [name for name, truth in sample.masks.items() if truth.any()]
+        if not present:
+            continue
+        truths = np.stack([sample.masks[name] for name in present])
+        inter, areas = overlap_counts(dense, truths), dense.sum((1, 2))
+        ious = iou_from_counts(inter, areas, truths.sum((1, 2)))  # masks x present shapes
+        for j, (name, truth) in enumerate(zip(present, truths)):
+            single = float(ious[:, j].max()) if len(dense) else 0.0
+            inside = inter[:, j] > 0.5 * areas
+            merged = dense[inside].any(0) if inside.any() else np.zeros_like(truth)
+            union_iou = float((merged & truth).sum() / max(1, (merged | truth).sum()))
+            rows.append(
+                {
+                    "image_id": sample.image_id,
+                    "class": name,
+                    "area": int(truth.sum()),
+                    "best_mask_iou": single,
+                    "best_union_iou": max(single, union_iou),
+                    "masks": len(masks),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def evaluate_sam(sam: Sam, seeds=(101, 202), images: int = 6, settings: SamSettings = DEMO_SAM_SETTINGS):
+    """The SAM ceiling on fresh demo images (``make_demo_dataset`` seeds never used in training)."""
+    loaded = LoadedSam(sam.eval(), "sam_demo:training")
+    tables = [ceiling_table(loaded, make_demo_dataset(images, seed=seed), settings) for seed in seeds]
+    return pd.concat(tables, ignore_index=True)
+
+
+def gt_cutouts(dataset: Dataset, mode: str = "masked_crop", min_area: int = 200) -> tuple[list[np.ndarray], list[str]]:
+    """Each ground-truth shape cut out as the pipeline cuts out SAM's masks (``masked_crop``)."""
+    from ..regions import RegionSettings, extract_region
+
+    crops, labels = [], []
+    for sample in dataset.samples:
+        for name, mask in sample.masks.items():
+            if mask.sum() >= min_area:
+                box = MaskSet.from_masks(mask[None]).bboxes()[0]
+                crops.append(extract_region(sample.image, mask, box, RegionSettings(mode=mode)))
+                labels.append(name)
+    return crops, labels
+
+
+def evaluate_clip(clip_model: LoadedClip, seeds=(303,), images: int = 12) -> dict:
+    """Top-1 over DEMO_CLASSES (prompt template "a photo of a {}.") of fresh ground-truth cut-outs,
+    masked (as the pipeline sees SAM's masks) and as box crops (``data.object_crops``)."""
+    text = encode_text(clip_model, DEMO_CLASSES)
+    result = {}
+    for seed in seeds:
+        dataset = make_demo_dataset(images, seed=seed)
+        masked, labels = gt_cutouts(dataset)
+        boxes = object_crops(dataset, min_area=200)
+        for key, crops, truth in (
+            ("masked", masked, labels),
+            ("box", [b.image for b in boxes], [b.label for b in boxes]),
+        ):
+            guess = (encode_images(clip_model, crops) @ text.T).argmax(1)
+            hits = [DEMO_CLASSES[g] == t for g, t in zip(guess, truth)]
+            result.setdefault(f"{key}_hits", []).extend(hits)
+    return {
+        "recognition_masked": float(np.mean(result["masked_hits"])),
+        "recognition_box": float(np.mean(result["box_hits"])),
+        "cutouts": len(result["masked_hits"]),
+    }
+
+
+def evaluate_pipeline(
+    sam: LoadedSam, clip_model: LoadedClip, seed: int = 404, images: int = 6, mosaics: int = 6
+) -> dict:
+    """End to end with the demo settings: mosaic top-1 (SLIP's measure; tiles cut from 12 fresh
+    demo images) and the mean IoU of prompting each class by name on ``images`` fresh images."""
+    from ..evaluation import mosaic_top1_accuracy
+    from ..metrics import iou
+    from ..pipeline import Pipeline
+    from .models import DEMO_SELECTION, DEMO_SETTINGS
+
+    pipeline = Pipeline(sam, clip_model, DEMO_SETTINGS)
+    dataset = make_demo_dataset(max(images, 12), seed=seed)
+    tiles = make_mosaics(object_crops(dataset, min_area=200), count=mosaics, seed=seed)
+    results = [pipeline.process(sample.image) for sample in tiles.samples]
+    ious: dict[str, list[float]] = {}
+    for sample in dataset.samples[:images]:
+        result = pipeline.process(sample.image)
+        for name, truth in sample.masks.items():
+            if truth.any():
+                prediction = pipeline.predict(result, name, DEMO_SELECTION, DEMO_CLASSES)
+                ious.setdefault(name, []).append(iou(prediction.mask, truth))
+    return {
+        "mosaic_top1": mosaic_top1_accuracy(tiles, results, pipeline.text),
+        "prompt_mean_iou": float(np.mean([v for values in ious.values() for v in values])),
+        "prompt_iou_per_class": {name: float(np.mean(values)) for name, values in sorted(ious.items())},
+        "prompts": sum(len(values) for values in ious.values()),
+    }
+
+
+def oracle_prompt_iou(clip_model: LoadedClip, selection, seed: int = 505, images: int = 12) -> float:
+    """Mean IoU of prompting each present class by name when the masks are perfect (the ground-truth
+    shapes plus the background): CLIP and the selection settings alone, whatever SAM does."""
+    from ..clip_scoring import TextEmbeddings
+    from ..metrics import iou
+    from ..regions import extract_regions
+    from ..selection import ImageResult, predict
+    from .models import DEMO_SETTINGS
+
+    text = TextEmbeddings(clip_model, DEMO_SETTINGS.templates)
+    ious = []
+    for sample in make_demo_dataset(images, seed=seed).samples:
+        shapes = [mask for mask in sample.masks.values() if mask.any()]
+        masks = MaskSet.from_masks(np.stack([*shapes, ~np.any(shapes, axis=0)]))
+        embeddings = encode_images(clip_model, extract_regions(sample.image, masks, DEMO_SETTINGS.regions))
+        result = ImageResult(sample.image_id, masks, embeddings)
+        for name, truth in sample.masks.items():
+            if truth.any():
+                ious.append(iou(predict(result, text, name, selection, DEMO_CLASSES).mask, truth))
+    return float(np.mean(ious))
+
+
+def save_clip_state(model: CLIP, path: Path) -> None:
+    """A float16 state dict (half the size; ``load_clip`` returns float32 either way)."""
+    torch.save({key: value.half() for key, value in model.state_dict().items()}, path)
+
+
+def _train_sam_into(path: Path, settings: SamTrainSettings, progress: bool) -> dict:
+    clock = time.perf_counter(), time.process_time()
+    sam, history = train_sam(settings, progress)
+    torch.save(sam.state_dict(), path)
+    return {
+        "sam_train_wall_s": time.perf_counter() - clock[0],
+        "sam_train_cpu_s": time.process_time() - clock[1],
+        "sam_final_train_iou": float(history["iou"].tail(50).mean()),
+        "sam_settings": asdict(settings),
+    }
+
+
+SAM_CUTOUT_PARTS = 2  # the scenes for SAM's cut-outs come in two fixed streams (two processes): same on any machine
+CUTOUT_THREADS = 1  # per process: the parts fill the cores
+# The demo generator without its crop layer (4x cheaper per scene; a CLIP trained on the crop layer's masks
+# too, 400 scenes, was worse on the demo images: README, "Trained demo models") and without its stability
+# gate: the committed CLIP learnt from every mask SAM's IoU gate passes (those matching a shape get its name).
+CUTOUT_SAM_SETTINGS = replace(DEMO_SAM_SETTINGS, crop_n_layers=0, stability_score_thresh=0.0)
+
+
+def sam_cutouts_part(sam_path: Path, settings: ClipTrainSettings, part: int, progress: bool = False) -> list[CutOut]:
+    """Stream ``part`` of ``settings.sam_scenes`` further training scenes through the demo pipeline's
+    SAM steps (``CUTOUT_SAM_SETTINGS``, ``DEMO_SETTINGS``' filters), each mask named by ``sam_mask_cutouts``."""
+    from tqdm.auto import tqdm
+
+    from ..masks import apply_filters
+    from .models import DEMO_SETTINGS
+
+    torch.set_num_threads(CUTOUT_THREADS)
+    sam = load_sam(DEMO_SAM, sam_path)
+    rng = np.random.default_rng([TRAIN_STREAM, 2, settings.seed, part])
+    cutouts = []
+    count = len(range(part, settings.sam_scenes, SAM_CUTOUT_PARTS))
+    bar = tqdm(range(count), desc=f"SAM cut-outs {part + 1}/{SAM_CUTOUT_PARTS}", disable=not progress, position=part)
+    for _ in bar:
+        scene = make_scene(rng)
+        masks = apply_filters(generate_masks(sam, scene.image, CUTOUT_SAM_SETTINGS), DEMO_SETTINGS.filters)
+        cutouts += sam_mask_cutouts(scene, masks, settings.sam_min_iou, settings.min_area, DEMO_SETTINGS.regions)
+    return cutouts
+
+
+def _sam_cutouts(pool: ProcessPoolExecutor, sam_path: Path, settings: ClipTrainSettings, progress: bool) -> tuple:
+    """All parts of the SAM cut-outs, the last in this process and the others in ``pool``."""
+    clock = time.perf_counter()
+    jobs = [pool.submit(sam_cutouts_part, sam_path, settings, part, progress) for part in range(SAM_CUTOUT_PARTS - 1)]
+    last = sam_cutouts_part(sam_path, settings, SAM_CUTOUT_PARTS - 1, progress)
+    cutouts = [c for job in jobs for c in job.result()] + last
+    kinds = pd.Series([c.kind for c in cutouts], dtype=object).value_counts().to_dict()
+    return cutouts, {"sam_cutouts_wall_s": time.perf_counter() - clock, "sam_cutouts": kinds}
+
+
+def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sam_cutouts: list[CutOut]) -> dict:
+    clock = time.perf_counter(), time.process_time()
+    clip_model, history = train_clip(settings, progress, sam_cutouts=sam_cutouts)
+    save_clip_state(clip_model, path)
+    return {
+        "clip_train_wall_s": time.perf_counter() - clock[0],
+        "clip_train_cpu_s": time.process_time() - clock[1],
+        "clip_final_batch_top1": float(history["batch_top1"].tail(50).mean()),
+        "clip_settings": asdict(settings),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train (or, with ``--only``, train one of) the demo models, save them, evaluate, summarise."""
+    from .models import DEMO_CLIP_FILE, DEMO_SAM_FILE, DEMO_SELECTION, DEMO_SHA256, DEMO_WEIGHTS_DIR
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="default: helpers/demo/weights (a temp dir with --quick)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a few steps of each, seconds: checks the code path")
+    parser.add_argument("--only", choices=("sam", "clip"), help="train this one; evaluate with the other from out-dir")
+    parser.add_argument("--sam-steps", type=int, default=SamTrainSettings.steps)
+    parser.add_argument("--clip-steps", type=int, default=ClipTrainSettings.steps)
+    parser.add_argument(
+        "--clip-sam-scenes", type=int, default=ClipTrainSettings.sam_scenes, help="0: CLIP on exact cut-outs only"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=SamTrainSettings.threads,
+        help="torch threads for SAM and CLIP training; the committed weights come from 2 (another count trains "
+        "other weights)",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be 1 or more.")
+    sam_settings = SamTrainSettings(steps=args.sam_steps, threads=args.threads)
+    clip_settings = ClipTrainSettings(steps=args.clip_steps, sam_scenes=args.clip_sam_scenes, threads=args.threads)
+    if args.quick:
+        sam_settings = replace(sam_settings, steps=2, images_per_step=1, points_per_image=4, warmup=1)
+        clip_settings = replace(
+            clip_settings, steps=2, batch=8, scenes=4, warmup=1, sam_scenes=min(args.clip_sam_scenes, 2)
+        )
+    out = args.out_dir or (Path(tempfile.mkdtemp(prefix="demo_weights_")) if args.quick else DEMO_WEIGHTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE
+    progress = not args.no_progress
+    summary: dict = {"threads": sam_settings.threads, "cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count()}
+    summary["demo_sam_settings"] = asdict(DEMO_SAM_SETTINGS)  # what the evaluation below runs
+    summary["cutout_sam_settings"] = asdict(CUTOUT_SAM_SETTINGS)  # what CLIP's SAM cut-outs were made with
+    clock = time.perf_counter()
+    if args.only == "clip" and clip_settings.sam_scenes and not sam_path.is_file():
+        parser.error(f"--only clip trains on the demo SAM's masks: {sam_path} is missing (train SAM first).")
+    with ProcessPoolExecutor(SAM_CUTOUT_PARTS - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        if args.only != "clip":  # SAM first: CLIP learns from its masks
+            summary.update(_train_sam_into(sam_path, sam_settings, progress))
+        if args.only != "sam":
+            sam_cutouts: list[CutOut] = []
+            if clip_settings.sam_scenes:
+                sam_cutouts, stats = _sam_cutouts(pool, sam_path, clip_settings, progress)
+                summary.update(stats)
+            summary.update(_train_clip_into(clip_path, clip_settings, progress, sam_cutouts))
+    summary["train_wall_s"] = time.perf_counter() - clock
+    summary["sha256"] = {path.name: sha256_of(path) for path in (sam_path, clip_path) if path.is_file()}
+    summary["matches_registry"] = {name: DEMO_SHA256.get(name) == digest for name, digest in summary["sha256"].items()}
+    if sam_path.is_file() and clip_path.is_file():
+        sam_loaded = load_sam(DEMO_SAM, sam_path)
+        clip_loaded = load_clip(clip_path, name=f"clip_demo:{clip_path.name}")
+        images = 1 if args.quick else 6
+        table = evaluate_sam(sam_loaded.model, images=images, seeds=(101,) if args.quick else (101, 202))
+        summary["sam_ceiling_per_class"] = table.groupby("class")[["best_mask_iou", "best_union_iou"]].mean().to_dict()
+        summary["sam_ceiling"] = table[["best_mask_iou", "best_union_iou"]].mean().to_dict()
+        summary["sam_ceiling_shapes"] = len(table)
+        summary["clip"] = evaluate_clip(clip_loaded, images=2 if args.quick else 12)
+        summary["clip"]["oracle_prompt_iou"] = oracle_prompt_iou(
+            clip_loaded, DEMO_SELECTION, images=2 if args.quick else 12
+        )
+        summary["pipeline"] = evaluate_pipeline(
+            sam_loaded, clip_loaded, images=1 if args.quick else 6, mosaics=1 if args.quick else 6
+        )
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_settings")}, indent=1, default=str))
+    print(f"weights in {out}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
