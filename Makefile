@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh Linux machine (see README):
-#   make run    executes notebooks 00-04 headless into outputs/<profile>/
+#   make run    executes every notebook (00-05) headless into outputs/<profile>/
 #   make test   runs pytest on helpers/ and executes every notebook with nbmake (smoke profile)
 #   make demo   notebooks 00-04 offline with the small SAM + CLIP trained on the shapes (outputs/demo/)
 VENV   ?= .venv
@@ -9,7 +9,7 @@ STAMP   = $(VENV)/.installed-stamp
 # torch and torchvision both from PyPI: the only pair that loads together on CPU here and on Colab.
 TORCH_PINS = "torch==2.13.0" "torchvision==0.28.0"
 
-.PHONY: install run smoke demo test lint clean strip ray-demo
+.PHONY: install run smoke demo test test-fast lint clean strip ray-demo readme-figure
 
 install: $(STAMP)
 
@@ -29,13 +29,27 @@ smoke: $(STAMP)
 demo: $(STAMP)
 	SAMCLIP_PROFILE=demo $(PY) -m helpers.run_notebooks 00 01 02 03 04
 
+# The README's picture: notebook 04's four panels in the demo profile on an unseen image (seed 11), as a
+# 256-colour PNG; rerun after anything that changes what the demo shows.
+readme-figure: demo
+	$(PY) -c "from PIL import Image; Image.open('outputs/demo/figures/demo/04_demo_000_circle.png').convert('RGB')\
+	.quantize(256).save('docs/demo_four_panels.png', optimize=True)"
+
 # The smoke dataset through a private 2-worker Ray instance; notebooks 03-04 then read its cache.
 ray-demo: $(STAMP)
 	SAMCLIP_PROFILE=smoke $(PY) -c "from helpers.config import load_config; from helpers.data import prepare_dataset; prepare_dataset(load_config())"
 	SAMCLIP_PROFILE=smoke $(PY) -m helpers.distributed --address local --workers 2
 
+# pytest-xdist workers (tests/conftest.py keeps the notebooks in order on one worker, Ray's tests on one).
+WORKERS ?= 2
+PYTEST  = SAMCLIP_PROFILE=smoke SAMCLIP_START_DIR=$(CURDIR) $(PY) -m pytest -q -n $(WORKERS)
+
 test: $(STAMP) lint
-	SAMCLIP_PROFILE=smoke SAMCLIP_START_DIR=$(CURDIR) $(PY) -m pytest -q --nbmake --nbmake-timeout=300 tests notebooks
+	$(PYTEST) --nbmake --nbmake-timeout=300 tests notebooks
+
+# The inner loop: everything but the notebooks, the real-data notebook flows and Ray (about a minute).
+test-fast: $(STAMP)
+	$(PYTEST) tests --ignore=tests/test_notebook_flow.py --ignore=tests/test_distributed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check helpers tests benchmarks

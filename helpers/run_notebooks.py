@@ -25,8 +25,19 @@ from .config import banner, load_config, remember_start_dir
 CELL_TIMEOUT = {"smoke": 300, "demo": 300, "full": 3600}  # seconds; full runs embed whole datasets in one cell
 
 
+def _run_client(client: NotebookClient, timeout: int) -> str | None:
+    """Execute the client's notebook; None, or the error to report."""
+    try:
+        client.execute()
+        return None
+    except CellExecutionError as exc:
+        return f"{exc.ename}: {exc.evalue}"
+    except (CellTimeoutError, DeadKernelError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc} (cell time limit {timeout} s)"
+
+
 def execute(path: Path, out_dir: Path, timeout: int) -> str | None:
-    """Run one notebook into ``out_dir``; returns None or the error to report."""
+    """Run one notebook in a kernel of its own into ``out_dir``; returns None or the error to report."""
     notebook = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory(prefix="samclip-kernel-") as runtime:
         manager = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(runtime) / "kernel"))
@@ -34,17 +45,66 @@ def execute(path: Path, out_dir: Path, timeout: int) -> str | None:
             notebook, km=manager, timeout=timeout, resources={"metadata": {"path": str(path.parent)}}
         )
         try:
-            client.execute()
-            error = None
-        except CellExecutionError as exc:
-            error = f"{exc.ename}: {exc.evalue}"
-        except (CellTimeoutError, DeadKernelError, TimeoutError) as exc:
-            error = f"{type(exc).__name__}: {exc} (cell time limit {timeout} s)"
+            error = _run_client(client, timeout)
         finally:
             if manager.has_kernel:  # the client does not own a kernel manager it was given: stop it here
                 manager.shutdown_kernel(now=False)
     nbformat.write(notebook, out_dir / path.name)
     return error
+
+
+# Run before each notebook in a shared kernel: no variable, figure or setting of the notebook before.
+_FRESH_NAMESPACE = """%reset -f
+import os as _os
+import matplotlib.pyplot as _plt
+_plt.close("all")
+for _name in [n for n in _os.environ if n.startswith("SAMCLIP_")]:
+    del _os.environ[_name]
+_os.environ.update({env!r})
+del _os, _plt, _name
+"""
+
+
+class SharedKernel:
+    """One kernel that runs several notebooks in a row, for the tests: a kernel's start-up (the
+    imports of torch, CLIP and SAM) costs more than a smoke notebook's work. Before each notebook
+    the namespace is reset, figures closed and the ``SAMCLIP_*`` settings set; imported modules stay.
+    ``make run`` keeps a fresh kernel per notebook (``execute``)."""
+
+    def __init__(self, folder: Path, timeout: int) -> None:
+        self.folder, self.timeout = Path(folder), timeout
+        self._runtime = tempfile.TemporaryDirectory(prefix="samclip-kernel-")
+        self.manager = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(self._runtime.name) / "k"))
+
+    def __enter__(self) -> SharedKernel:
+        self.manager.start_kernel(cwd=str(self.folder))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.manager.has_kernel:
+            self.manager.shutdown_kernel(now=False)
+        self._runtime.cleanup()
+
+    def execute(self, path: Path, out_dir: Path, settings: dict[str, str] | None = None) -> str | None:
+        """Run ``path`` (from ``folder``) into ``out_dir`` with ``settings`` as its ``SAMCLIP_*``
+        variables (default: this process's); returns None or the error to report."""
+        import os
+
+        notebook = nbformat.read(path, as_version=4)
+        settings = {n: v for n, v in os.environ.items() if n.startswith("SAMCLIP_")} if settings is None else settings
+        fresh = _FRESH_NAMESPACE.format(env=dict(settings))
+        notebook.cells.insert(0, nbformat.v4.new_code_cell(fresh))
+        client = NotebookClient(notebook, km=self.manager, timeout=self.timeout)
+        client.kc = self.manager.client()
+        client.kc.start_channels()
+        client.kc.wait_for_ready(timeout=60)
+        try:
+            error = _run_client(client, self.timeout)
+        finally:
+            client.kc.stop_channels()
+        notebook.cells.pop(0)
+        nbformat.write(notebook, out_dir / path.name)
+        return error
 
 
 def run(notebooks: list[Path], out_dir: Path, timeout: int) -> int:

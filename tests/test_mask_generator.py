@@ -28,21 +28,23 @@ def blocks(height: int, width: int, block: int = 48, seed: int = 0) -> np.ndarra
     return np.ascontiguousarray(np.kron(small, np.ones((block, block, 1), np.uint8))[:height, :width])
 
 
-class CachedEncoder(torch.nn.Module):
-    """The image encoder, run once per distinct input: the reference and ours then share it (the
-    encoder is not what is compared, and vit_b's costs seconds)."""
+class StandInEncoder(torch.nn.Module):
+    """Image features of vit_b's shape (256 x 64 x 64) from a fixed random projection of 16 x 16 patch
+    means. The encoder is not what these tests compare (vit_b's takes ~20 s per image here, and
+    ``test_mask_upscale`` checks our encoder against SAM's); vit_b's decoder and the mask
+    post-processing at vit_b's size are, and the features follow the image's blocks."""
 
-    def __init__(self, encoder: torch.nn.Module) -> None:
+    def __init__(self, img_size: int = 1024) -> None:
         super().__init__()
-        self.encoder, self.img_size = encoder, encoder.img_size
-        self.cache: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.img_size = img_size
+        self.project = torch.nn.Conv2d(3, 256, 1)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.project.weight.copy_(torch.randn(256, 3, 1, 1, generator=generator))
+            self.project.bias.copy_(torch.randn(256, generator=generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for key, value in self.cache:
-            if key.shape == x.shape and torch.equal(key, x):
-                return value
-        self.cache.append((x.clone(), self.encoder(x)))
-        return self.cache[-1][1]
+        return self.project(torch.nn.functional.avg_pool2d(x, 16))
 
 
 def reference(model, image: np.ndarray, **options) -> MaskSet:
@@ -73,7 +75,7 @@ def tiny_sam():
 def vit_b():
     torch.manual_seed(0)
     model = steepen_random_sam(sam_model_registry["vit_b"]().eval())
-    model.image_encoder = CachedEncoder(model.image_encoder)
+    model.image_encoder = StandInEncoder(model.image_encoder.img_size)
     return model
 
 

@@ -1,7 +1,9 @@
 """The notebooks 01-04 as a user runs them, on real data (COCO val2017 mini, CamVid), smoke profile.
 
 Each test gets its own project folder (links to the real notebooks and helpers), so its
-prepared dataset, cache and results never mix with another run's.
+prepared dataset, cache and results never mix with another run's. The notebooks of one test share
+a kernel (``SharedKernel``: namespace reset between them; a fresh kernel per notebook is what the
+nbmake run of ``make test`` checks), since each kernel's imports cost more than a smoke notebook.
 """
 
 import json
@@ -14,7 +16,7 @@ import nbformat
 import pytest
 from conftest import shared_data
 
-from helpers.run_notebooks import execute
+from helpers.run_notebooks import SharedKernel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +47,17 @@ def test_notebooks_01_to_04_on_real_data(dataset, folder, tmp_path, monkeypatch,
     monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "2")
     out = tmp_path / "executed"
     out.mkdir()
-    for name in ("01_prepare_dataset", "02_sam_clip_processing", "03_iou_evaluation", "04_visualization"):
-        error = execute(home / "notebooks" / f"{name}.ipynb", out, timeout=300)
-        assert error is None, f"{name} on {dataset}: {error}"
+    kernel = SharedKernel(home / "notebooks", timeout=300)
+    with kernel:
+        for name in ("01_prepare_dataset", "02_sam_clip_processing", "03_iou_evaluation", "04_visualization"):
+            error = kernel.execute(home / "notebooks" / f"{name}.ipynb", out)
+            assert error is None, f"{name} on {dataset}: {error}"
+        if dataset == "coco":  # settings changed after notebook 01: the next notebook stops and says why
+            monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "3")
+            changed = tmp_path / "changed"
+            changed.mkdir()
+            error = kernel.execute(home / "notebooks" / "03_iou_evaluation.ipynb", changed)
+            assert error and "DatasetError" in error and "01_prepare_dataset" in error
     three, four = outputs(out / "03_iou_evaluation.ipynb"), outputs(out / "04_visualization.ipynb")
     for text in (three, four):
         assert "SAM runs in this notebook: 0 (SAM loaded: False)" in text
@@ -62,10 +72,6 @@ def test_notebooks_01_to_04_on_real_data(dataset, folder, tmp_path, monkeypatch,
     printed = capfd.readouterr()
     for noise in ("without encryption", "KeyboardInterrupt", "Parent appears"):  # IPC kernels, shut down cleanly
         assert noise not in printed.err + printed.out
-    if dataset == "coco":  # settings changed after notebook 01: the next notebook stops and says why
-        monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "3")
-        error = execute(home / "notebooks" / "03_iou_evaluation.ipynb", out, timeout=300)
-        assert error and "DatasetError" in error and "01_prepare_dataset" in error
 
 
 def test_stripping_a_clean_notebook_changes_nothing(tmp_path):

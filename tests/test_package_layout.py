@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,21 @@ def test_public_paths_import(name):
 @pytest.mark.parametrize("old, new", ALIASES.items())
 def test_old_paths_are_the_moved_modules(old, new):
     assert importlib.import_module(old) is importlib.import_module(new)
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["helpers.run_notebooks", "helpers.checkpoints", "helpers.distributed", "helpers.demo.train", "helpers.train_demo"],
+)
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # imported by other tests already
+def test_python_m_entry_points_answer_help(module, monkeypatch, capsys):
+    """``python -m <module> --help`` (run in this process: a new interpreter's imports cost ~12 s here)."""
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    monkeypatch.delitem(sys.modules, module, raising=False)  # an alias imported by another test: run the file
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
 
 
 def test_demo_settings_live_with_the_profiles():
