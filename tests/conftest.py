@@ -9,17 +9,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
-
-from helpers.segmentation import SamSettings
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2: two workers share the cores, one thread each, and
-    os.environ["OMP_NUM_THREADS"] = "1"  # so do the kernels and scripts they start (OpenMP threads that
-    torch.set_num_threads(1)  # outnumber the cores spin and wait: vit_b's test took 50 s instead of 27 s)
+    import torch  # so do the kernels and scripts they start (OpenMP threads that outnumber the cores
+
+    os.environ["OMP_NUM_THREADS"] = "1"  # spin and wait: vit_b's test took 50 s instead of 27 s)
+    torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-# SAM's gates opened and few prompt points: random tiny models then return masks, fast
-LOOSE_SAM = SamSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.95)
+
+
+def __getattr__(name: str):
+    """``LOOSE_SAM``: SAM's gates opened and few prompt points, so random tiny models return masks, fast.
+    Made on first use: the pytest-xdist controller loads this file too, and needs no torch."""
+    if name == "LOOSE_SAM":
+        from helpers.segmentation import SamSettings
+
+        return SamSettings(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.95)
+    raise AttributeError(name)
 
 
 class QuietServer(ThreadingHTTPServer):
