@@ -10,6 +10,7 @@ run instead of waiting for ever. Kernels talk over local sockets (IPC), not TCP.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -88,8 +89,6 @@ class SharedKernel:
     def execute(self, path: Path, out_dir: Path, settings: dict[str, str] | None = None) -> str | None:
         """Run ``path`` (from ``folder``) into ``out_dir`` with ``settings`` as its ``SAMCLIP_*``
         variables (default: this process's); returns None or the error to report."""
-        import os
-
         notebook = nbformat.read(path, as_version=4)
         settings = {n: v for n, v in os.environ.items() if n.startswith("SAMCLIP_")} if settings is None else settings
         fresh = _FRESH_NAMESPACE.format(env=dict(settings))

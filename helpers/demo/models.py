@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoints import CheckpointError, sha256_of
+from ..checkpoints.stamps import remember_sha256
 from ..config import DEMO_SAM_SETTINGS, DEMO_SELECTION, DEMO_SETTINGS, DEMO_WEIGHTS_DIR  # noqa: F401 (the demo's settings)
 from ..models import DEMO_SAM, LoadedClip, LoadedSam, load_clip, load_sam
 
@@ -39,6 +40,7 @@ def demo_weight_path(name: str, folder: Path = DEMO_WEIGHTS_DIR) -> Path:
             f"{path} has sha256 {digest}, expected {DEMO_SHA256[name]}: the file is damaged or from another "
             "training run. Restore it with git, or register the new sum in helpers/demo/models.py."
         )
+    remember_sha256(path, digest)  # the weights' identity in cache keys reuses this hash instead of hashing again
     return path
 
 
