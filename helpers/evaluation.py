@@ -7,13 +7,14 @@ whole pipeline, so evaluation runs from the cache without SAM. The arithmetic is
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import metrics
-from .data import Dataset, LabelledImage, make_mosaics, object_crops
+from .data import Dataset, LabelledImage, Sample, make_mosaics, object_crops
+from .masks import MaskSet
 from .selection import ImageResult, SelectionSettings, TextEncoder, predict, score, similarities
 
 
@@ -25,6 +26,26 @@ def classes_to_evaluate(dataset: Dataset, requested: Sequence[str] = ()) -> tupl
         return list(requested), []
     present = dataset.present_classes()
     return present, [name for name in dataset.classes if name not in present]
+
+
+def pairs(dataset: Dataset, results: Sequence[ImageResult]) -> Iterator[tuple[Sample, ImageResult]]:
+    """(sample, result) per image, one image read at a time. Results are matched to samples by
+    image id (a sample that turned unreadable is dropped from the dataset and from the pairs);
+    results with other ids pair by position. Raises ValueError when they cannot be paired."""
+    ids = dataset.ids
+    result_ids = list(getattr(results, "ids", None) or [r.image_id for r in results])
+    if result_ids != ids and len(result_ids) == len(ids) and set(result_ids) != set(ids):
+        yield from zip(dataset, results, strict=True)  # results made elsewhere, named otherwise
+        return
+    position = {image_id: index for index, image_id in enumerate(result_ids)}
+    missing = [image_id for image_id in ids if image_id not in position]
+    if missing or len(position) != len(result_ids):
+        raise ValueError(
+            f"{len(results)} results for {len(ids)} images ({len(missing)} without a result, first "
+            f"{missing[:3]}): compute them with Pipeline.process_dataset on this dataset."
+        )
+    for sample in dataset:
+        yield sample, results[position[sample.image_id]]
 
 
 def evaluate(
@@ -39,15 +60,24 @@ def evaluate(
     (default: the class name); the softmax mode competes over all of ``classes``."""
     dataset.check_classes(list(classes))
     typed = {name: (prompts or {}).get(name, name) for name in classes}
+    rows = []
+    for sample, result in pairs(dataset, results):
+        rows += image_rows(sample, result, text, typed, selection)
+    return pd.DataFrame(rows)
+
+
+def image_rows(
+    sample: Sample, result: ImageResult, text: TextEncoder, typed: dict[str, str], selection: SelectionSettings
+) -> list[dict]:
+    """``evaluate``'s rows for one image: class -> typed prompt, the softmax competing over all."""
     competitors = list(typed.values())
     rows = []
-    for sample, result in zip(dataset.samples, results, strict=True):
-        for name in classes:
-            prediction = predict(result, text, typed[name], selection, competitors)
-            truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
-            counts = metrics.counts(prediction.mask, truth, sample.ignore_mask(name))
-            rows.append(metrics.row(sample.image_id, name, counts, int(prediction.keep.sum())))
-    return pd.DataFrame(rows)
+    for name, prompt in typed.items():
+        prediction = predict(result, text, prompt, selection, competitors)
+        truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
+        counts = metrics.counts(prediction.mask, truth, sample.ignore_mask(name))
+        rows.append(metrics.row(sample.image_id, name, counts, int(prediction.keep.sum())))
+    return rows
 
 
 def class_sweep(
@@ -62,19 +92,39 @@ def class_sweep(
     prompt: str | None = None,
 ) -> pd.DataFrame:
     """The threshold sweep of class ``name`` (typed as ``prompt``) from cached embeddings alone."""
-    table = metrics.atom_table(dataset.samples, [r.masks for r in results], name)
     settings = SelectionSettings(mode, negatives=tuple(negatives))
-    scores = [score(r.embeddings, text, prompt or name, settings, classes).scores for r in results]
-    return metrics.sweep(table, scores, thresholds)
+    return _sweeps(dataset, results, text, {name: prompt or name}, thresholds, settings, classes)[name]
+
+
+def _sweeps(
+    dataset: Dataset,
+    results: Sequence[ImageResult],
+    text: TextEncoder,
+    prompts: dict[str, str],
+    thresholds: Sequence[float],
+    settings: SelectionSettings,
+    classes: Sequence[str] | None,
+) -> dict[str, pd.DataFrame]:
+    """Sweeps of several classes (name -> typed prompt) in one pass over the images."""
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in prompts}
+
+    def scored() -> Iterator[tuple[Sample, MaskSet]]:
+        for sample, result in pairs(dataset, results):
+            for name, prompt in prompts.items():
+                scores[name].append(score(result.embeddings, text, prompt, settings, classes).scores)
+            yield sample, result.masks
+
+    tables = metrics.atom_tables(scored(), list(prompts))
+    return {name: metrics.sweep(tables[name], scores[name], thresholds) for name in prompts}
 
 
 def best_thresholds(
     dataset: Dataset, results: Sequence[ImageResult], text: TextEncoder, classes: Sequence[str], thresholds
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Per class the threshold with the best mean IoU (NaN where the class has no data), and the sweeps."""
-    best, sweeps = [], {}
+    sweeps = _sweeps(dataset, results, text, {n: n for n in classes}, thresholds, SelectionSettings(), None)
+    best = []
     for name in classes:
-        sweeps[name] = class_sweep(dataset, results, text, name, thresholds)
         threshold, value = metrics.best_threshold(sweeps[name])
         best.append({"class": name, "best_threshold": threshold, "mean_iou": value})
     return pd.DataFrame(best), sweeps
@@ -107,7 +157,7 @@ def recognition_accuracy(
 def mosaic_top1_accuracy(dataset: Dataset, results: Sequence[ImageResult], text: TextEncoder) -> float:
     """Share of (mosaic, class) pairs whose top-1 region lies mostly (> 50 %) in the class's tile."""
     hits = trials = 0
-    for sample, result in zip(dataset.samples, results, strict=True):
+    for sample, result in pairs(dataset, results):
         for name, tile in sample.masks.items():
             prediction = predict(result, text, name, SelectionSettings("top1"))
             trials += 1

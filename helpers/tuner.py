@@ -38,12 +38,12 @@ class ThresholdTuner:
         thresholds: Mapping[str, float] | None = None,
         title=lambda text: text,
     ) -> None:
-        self.dataset, self.results, self.text = dataset, list(results), text
+        self.dataset, self.results, self.text = dataset, results, text  # read on touch (lazy sequences)
         self.classes, self.title = list(classes), title
         self.thresholds = {k: float(v) for k, v in (thresholds or {}).items() if np.isfinite(v)}
         first = self.classes[0]
         self.image = widgets.Dropdown(
-            options=[(s.image_id, i) for i, s in enumerate(dataset.samples)], value=0, description="image"
+            options=[(image_id, i) for i, image_id in enumerate(dataset.ids)], value=0, description="image"
         )
         self.truth_class = widgets.Dropdown(options=self.classes, value=first, description="class")
         self.prompt = widgets.Text(value=first, description="prompt", continuous_update=False)

@@ -153,7 +153,10 @@ def worst_gallery(
     """Four panels for each of the ``count`` lowest-IoU (image, class) rows of ``per_image``
     (from ``evaluation.evaluate``), predicted again from the cached results."""
     worst = per_image.dropna(subset=["iou"]).nsmallest(count, "iou")
-    index = {sample.image_id: (sample, result) for sample, result in zip(dataset.samples, results)}
+    ids, result_ids = dataset.ids, list(getattr(results, "ids", None) or [r.image_id for r in results])
+    by_id = result_ids == ids or len(result_ids) != len(ids)  # else: results named otherwise, paired by position
+    where = {image_id: i for i, image_id in enumerate(ids)}
+    found = {image_id: i for i, image_id in enumerate(result_ids)}
     classes = list(per_image["class"].unique())
     rows = max(len(worst), 1)
     figure = plt.figure(figsize=(14, 3.4 * rows + 0.8))
@@ -161,7 +164,8 @@ def worst_gallery(
     parts = figure.subfigures(rows + 1, 1, height_ratios=[0.8 / 3.4] + [1.0] * rows)
     parts[0].suptitle(title, y=0.5, va="center")
     for sub, (image_id, name, iou) in zip(parts[1:], worst[["image_id", "class", "iou"]].itertuples(index=False)):
-        sample, result = index[image_id]
+        sample = dataset[where[image_id]]  # only the images shown are read
+        result = results[found[image_id] if by_id else where[image_id]]
         prediction = predict(result, text, name, selection, classes).mask
         truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
         draw_panels(sub, sample.image, truth, prediction)

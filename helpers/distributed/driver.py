@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..cache import ResultCache
-from ..data import Dataset, read_image
+from ..data import Dataset, dataset_request, load_prepared, read_image
 from ..pipeline import Pipeline, PipelineSettings, load_cached
 from .worker import (
     RAY_MISSING,
@@ -241,7 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = replace(spec, sam_type=args.sam_type or spec.sam_type, sam_checkpoint=str(args.sam_checkpoint))
     if args.clip_checkpoint:
         spec = replace(spec, clip_checkpoint=str(args.clip_checkpoint))
-    images = args.images or config.dataset_dir
+    if args.images is None:  # notebook 01's dataset, read one image at a time from its manifest
+        images = load_prepared(config.dataset_dir, expected=dataset_request(config))
+    else:
+        images = args.images
     cache_dir = args.cache_dir or config.cache_dir
     results = process_dataset_on_ray(
         images,
