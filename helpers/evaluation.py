@@ -170,6 +170,6 @@ def recognition_sets(dataset: Dataset, count: int = 8, mosaics: int = 2) -> tupl
     """The ground-truth object crops (up to ``count``) for recognition accuracy and, with four
     classes or more, 4-class mosaics of them; deterministic, so notebook 02 can fill the cache
     with exactly what notebook 03 evaluates."""
-    items = object_crops(dataset)[:count]
+    items = object_crops(dataset, limit=count)
     labels = {item.label for item in items}
     return items, (make_mosaics(items, per_mosaic=4, tile=112, count=mosaics) if len(labels) >= 4 else None)
