@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .cache import ResultCache, image_key, settings_key
 from .clip_scoring import DEFAULT_TEMPLATES, TextEmbeddings, encode_images
 from .data import Dataset
+from .instances import Instance, from_result
 from .masks import FilterSettings, MaskSet, apply_filters
 from .models.loading import LoadedClip, LoadedSam, SamSource
 from .precision import check_precision
@@ -143,6 +144,18 @@ class Pipeline:
     ) -> Prediction:
         """The mask for ``prompt`` (``selection.predict`` with this pipeline's text encoder)."""
         return predict(result, self.text, prompt, selection, classes)
+
+    def instances(
+        self,
+        result: ImageResult,
+        classes: Sequence[str],
+        selection: SelectionSettings = SelectionSettings(),
+        nms_iou: float = 0.5,
+        max_instances: int = 100,
+    ) -> list[Instance]:
+        """One image's objects for a whole class list, from its cached result (``instances.from_result``:
+        each mask to its best class, negatives such as "background" drop it, mask NMS per class)."""
+        return from_result(result, self.text, classes, selection, nms_iou, max_instances)
 
     def segment_by_text(
         self,

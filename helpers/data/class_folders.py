@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..instances import from_masks
 from .types import IMAGE_SUFFIXES, Dataset, DatasetError, LabelledImage, Sample, read_image
 
 
@@ -71,5 +72,5 @@ def make_mosaics(
             mask = np.zeros(canvas.shape[:2], bool)
             mask[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = True
             masks[str(label)] = mask
-        samples.append(Sample(f"mosaic_{index:04d}", canvas, masks))
+        samples.append(Sample(f"mosaic_{index:04d}", canvas, masks, instances=from_masks(masks)))
     return Dataset("mosaics", samples, sorted(by_class))

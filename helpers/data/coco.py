@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..instances import Instance
 from .lazy import LazySamples, SampleRef, check_fingerprint, fingerprint, pack, path_text, register_reader
 from .types import Dataset, DatasetError, Sample, finish, load_image
 
@@ -27,8 +28,9 @@ def load_coco(
     check: bool = True,
     progress: bool = False,
 ) -> Dataset:
-    """A COCO instances json: a class's mask is the union of its instances; crowd regions go
-    into ``Sample.ignore``. With ``classes``, every sample carries every listed class (empty
+    """A COCO instances json: each annotation is a ``Sample.instances`` entry and a class's mask is
+    the union of its instances; crowd regions go into ``Sample.ignore`` (COCOeval ignores them too).
+    With ``classes``, every sample carries every listed class (empty
     masks where absent); without, the classes present in each image (``Dataset.classes`` keeps
     every category; ``Dataset.present_classes()`` those with pixels).
 
@@ -91,6 +93,7 @@ def read_coco_sample(ref: SampleRef) -> tuple[Sample, int]:
         raise DatasetError(f"image is {image.shape[1]}x{image.shape[0]} but the json says {width}x{height}{hint}")
     masks: dict[str, np.ndarray] = {name: np.zeros(image.shape[:2], bool) for name in source["classes"] or []}
     ignore: dict[str, np.ndarray] = {}
+    instances: list[Instance] = []
     for name, crowd, segmentation, ann_id in json.loads(source["shapes"]):
         target = ignore if crowd else masks
         try:
@@ -98,7 +101,9 @@ def read_coco_sample(ref: SampleRef) -> tuple[Sample, int]:
         except _BadAnnotation as exc:
             raise DatasetError(f"annotation {ann_id}: {exc}") from exc
         target[name] = target[name] | region if name in target else region
-    return Sample(ref.image_id, image, masks, ignore), orientation
+        if not crowd:
+            instances.append(Instance(region, name))
+    return Sample(ref.image_id, image, masks, ignore, instances), orientation
 
 
 class _BadAnnotation(ValueError):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..instances import Instance
 from .lazy import LazySamples, SampleRef, register_reader
 from .types import Dataset, DatasetError, Sample, read_image, sample_stats
 
@@ -41,6 +42,7 @@ def save_dataset(dataset: Dataset, folder: str | Path, request: dict | None = No
             Image.fromarray(sample.image).save(tmp / f"{sample.image_id}.png")
             arrays = {f"mask/{k}": v for k, v in sample.masks.items()}
             arrays.update({f"ignore/{k}": v for k, v in sample.ignore.items()})
+            arrays.update({f"instance/{i}/{inst.label}": inst.mask for i, inst in enumerate(sample.instances)})
             np.savez_compressed(tmp / f"{sample.image_id}.npz", **arrays)
             files = {"png": f"{sample.image_id}.png", "npz": f"{sample.image_id}.npz"}
             entries.append(SampleRef(sample.image_id, STORED, sample.image_id, files, sample_stats(sample)).to_json())
@@ -100,9 +102,13 @@ def read_stored_sample(ref: SampleRef) -> tuple[Sample, int]:
         with np.load(ref.source["npz"]) as arrays:
             masks = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("mask/")}
             ignore = {k.split("/", 1)[1]: arrays[k] for k in arrays.files if k.startswith("ignore/")}
+            parts = sorted(
+                (k.split("/", 2) for k in arrays.files if k.startswith("instance/")), key=lambda p: int(p[1])
+            )
+            instances = [Instance(arrays["/".join(p)], p[2]) for p in parts]
     except (OSError, ValueError, EOFError) as exc:
         raise DatasetError(f"cannot read {ref.source['npz']} ({exc}); {RERUN}.") from exc
-    return Sample(ref.image_id, read_image(Path(ref.source["png"])), masks, ignore), 1
+    return Sample(ref.image_id, read_image(Path(ref.source["png"])), masks, ignore, instances), 1
 
 
 def _plain(value: object) -> object:

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ..instances import Instance
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # compared lower-cased
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 = as stored; 2-8 = flip and/or rotate for display
 _ORIENT = {  # orientation -> the transpose that displays the stored pixels (as ImageOps.exif_transpose)
@@ -37,12 +39,15 @@ class UnknownClassError(DatasetError, KeyError):
 
 @dataclass
 class Sample:
-    """One image (H x W x 3 uint8 RGB) with a boolean mask per class and pixels to ignore per class."""
+    """One image (H x W x 3 uint8 RGB) with a boolean mask per class, pixels to ignore per class, and
+    its objects one by one (``instances``: per COCO annotation, YOLO label line, drawn demo shape, or
+    connected component of a label map; their union per class is ``masks``)."""
 
     image_id: str
     image: np.ndarray  # H x W x 3, uint8, RGB
     masks: dict[str, np.ndarray]  # class name -> H x W bool
     ignore: dict[str, np.ndarray] = field(default_factory=dict)  # class -> pixels evaluation ignores
+    instances: list[Instance] = field(default_factory=list)  # ground truth, score 1.0
 
     def ignore_mask(self, name: str) -> np.ndarray | None:
         return self.ignore.get(name)

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import yaml
 
+from ..instances import Instance
 from .lazy import LazySamples, SampleRef, check_fingerprint, fingerprint, pack, path_text, register_reader
 from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image
 
@@ -93,12 +94,15 @@ def read_yolo_sample(ref: SampleRef) -> tuple[Sample, int]:
     image, orientation = load_image(path, apply_orientation=True)
     height, width = image.shape[:2]
     masks = {name: np.zeros((height, width), bool) for name in source["classes"] or []}
+    instances = []
     for name, coords in json.loads(source["shapes"]):
         layer = np.zeros((height, width), np.uint8)
         points = (np.asarray(coords, float).reshape(-1, 2) * (width, height)).astype(np.int32)
         cv2.fillPoly(layer, [points], 1)
-        masks[name] = masks[name] | layer.astype(bool) if name in masks else layer.astype(bool)
-    return Sample(ref.image_id, image, masks), orientation
+        region = layer.astype(bool)
+        masks[name] = masks[name] | region if name in masks else region
+        instances.append(Instance(region, name))
+    return Sample(ref.image_id, image, masks, instances=instances), orientation
 
 
 def label_path_for(image_path: Path) -> Path:
