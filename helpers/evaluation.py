@@ -194,7 +194,7 @@ def mask_ap(dataset: Dataset, predictions: Predictions, classes: Sequence[str] |
         dataset.check_classes(list(classes))
     names = list(classes) if classes is not None else list(dataset.classes)
     table = category_table(dataset.classes)
-    truth = coco_dataset(dataset)
+    truth = coco_dataset(dataset, file_names=False)
     wanted = {table[name] for name in names}
     if not any(not a["iscrowd"] and a["category_id"] in wanted for a in truth["annotations"]):
         raise ValueError(

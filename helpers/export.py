@@ -77,7 +77,8 @@ def _predictions_by_id(dataset: Dataset, predictions: Predictions) -> Callable[[
     """A lookup image id -> that image's predicted instances (none when a dict lacks the id)."""
     ids = dataset.ids
     if isinstance(predictions, Mapping):
-        unknown = [key for key in predictions if key not in set(ids)]
+        known = set(ids)
+        unknown = [key for key in predictions if key not in known]
         if unknown:
             raise ExportError(
                 f"Predictions for {len(unknown)} image id(s) not in dataset {dataset.name!r} (first {unknown[:3]}); "
@@ -182,7 +183,7 @@ def scored_entries(
 
 
 def _coco_images(
-    dataset: Dataset, predictions: Predictions | None, category_ids: Mapping[str, int] | None
+    dataset: Dataset, predictions: Predictions | None, category_ids: Mapping[str, int] | None, file_names: bool
 ) -> Iterator[tuple[Sample, dict, list[dict]]]:
     """(sample, image entry, annotations without ids) per image, reading one sample at a time."""
     lookup = _predictions_by_id(dataset, predictions) if predictions is not None else None
@@ -192,7 +193,8 @@ def _coco_images(
     for sample in dataset:
         image_id = image_ids[sample.image_id]
         height, width = sample.image.shape[:2]
-        entry = {"id": image_id, "file_name": files.name(sample), "height": height, "width": width}
+        name = files.name(sample) if file_names else sample.image_id
+        entry = {"id": image_id, "file_name": name, "height": height, "width": width}
         if lookup is None:
             annotations = _instance_entries(sample.instances, image_id, categories, (height, width), scored=False)
             annotations += _crowd_entries(sample, image_id, categories)
@@ -206,12 +208,14 @@ def coco_dataset(
     predictions: Predictions | None = None,
     category_ids: Mapping[str, int] | None = None,
     on_sample: Callable[[Sample, dict], None] | None = None,
+    file_names: bool = True,
 ) -> dict:
     """The COCO instances dict (``write_coco_dataset``'s json) in memory, reading one image at a time;
-    ``on_sample(sample, image_entry)`` is called for each (the writer copies the image there)."""
+    ``on_sample(sample, image_entry)`` is called for each (the writer copies the image there).
+    ``file_names=False`` puts the sample id in ``file_name`` and looks at no file (in-memory evaluation)."""
     categories = category_table(dataset.classes, category_ids)
     images, annotations = [], []
-    for sample, entry, entries in _coco_images(dataset, predictions, category_ids):
+    for sample, entry, entries in _coco_images(dataset, predictions, category_ids, file_names):
         if on_sample is not None:
             on_sample(sample, entry)
         images.append(entry)
@@ -289,6 +293,18 @@ def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
         )
 
 
+def _refuse_sources(dataset: Dataset, folder: Path) -> None:
+    """An export folder that holds the dataset's own files would be replaced with them in it: refuse."""
+    folder = folder.absolute()
+    for ref in getattr(dataset.samples, "refs", None) or []:
+        for value in ref.source.values():
+            if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(folder):
+                raise ExportError(
+                    f"{folder} holds the dataset's own file {value}; export into another folder "
+                    "(replacing it would delete the source)."
+                )
+
+
 def _write_json(content: object, path: Path) -> None:
     """``content`` as JSON at ``path``, written to a temporary file first and renamed into place."""
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
@@ -352,6 +368,8 @@ def write_coco_dataset(
     path = Path(path)
     image_dir = Path(image_dir) if image_dir is not None else path.parent / "images"
     _refuse_existing([path, image_dir] if copy_images else [path], overwrite)
+    if copy_images:
+        _refuse_sources(dataset, image_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_images = None
     try:
@@ -413,6 +431,7 @@ def write_yolo(
     ``load_yolo(path)`` reads it back (sample ids kept). Returns ``path``."""
     path = Path(path)
     _refuse_existing([path], overwrite)
+    _refuse_sources(dataset, path)
     lookup = _predictions_by_id(dataset, predictions) if predictions is not None else None
     classes = {name: number for number, name in enumerate(dataset.classes)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -468,8 +487,17 @@ def read_coco_results(
                 f"{path}: an entry for image {entry.get('image_id')!r}, category {entry.get('category_id')!r} "
                 f"that dataset {dataset.name!r} does not have; read it with the dataset it was written for."
             )
-        segmentation = dict(entry["segmentation"], counts=entry["segmentation"]["counts"].encode("ascii"))
-        mask = mask_utils.decode(segmentation).astype(bool)
+        segmentation = entry.get("segmentation")
+        if not isinstance(segmentation, dict) or not {"size", "counts"} <= set(segmentation):
+            raise ExportError(
+                f"{path}: an entry for image {entry['image_id']} without an RLE segmentation {{size, counts}}; "
+                "read_coco_results reads mask results such as write_coco_results writes."
+            )
+        if isinstance(segmentation["counts"], list):
+            rle = mask_utils.frPyObjects(segmentation, *segmentation["size"])
+        else:
+            rle = dict(segmentation, counts=str(segmentation["counts"]).encode("ascii"))
+        mask = mask_utils.decode(rle).astype(bool)
         instance = Instance(mask, names[entry["category_id"]], float(entry.get("score", 1.0)))
         found.setdefault(samples[entry["image_id"]], []).append(instance)
     return {key: sorted(found[key], key=lambda i: -i.score) for key in found}

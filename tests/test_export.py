@@ -324,3 +324,22 @@ def test_existing_outputs_are_refused_unless_overwrite(demo, tmp_path):
     with pytest.raises(FileExistsError, match="images"):  # the image folder beside the json counts too
         write_coco_dataset(demo, tmp_path / "taken" / "new.json")
     assert not (tmp_path / "taken" / "new.json").exists()
+
+
+def test_an_export_never_replaces_the_dataset_it_reads(demo, tmp_path):
+    folder = write_yolo(demo, tmp_path / "yolo")
+    dataset = load_yolo(folder)
+    with pytest.raises(ExportError, match="own file"):
+        write_yolo(dataset, folder, overwrite=True)
+    with pytest.raises(ExportError, match="own file"):
+        write_coco_dataset(dataset, tmp_path / "ann.json", image_dir=folder / "images", overwrite=True)
+    assert len(load_yolo(folder)) == len(demo)  # untouched
+
+
+def test_read_coco_results_wants_mask_results(demo, tmp_path):
+    (tmp_path / "boxes.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}]))
+    with pytest.raises(ExportError, match="RLE segmentation"):
+        read_coco_results(tmp_path / "boxes.json", demo)
+    (tmp_path / "other.json").write_text(json.dumps([{"image_id": 99, "category_id": 1}]))
+    with pytest.raises(ExportError, match="does not have"):
+        read_coco_results(tmp_path / "other.json", demo)
