@@ -85,6 +85,10 @@ def _predictions_by_id(dataset: Dataset, predictions: Predictions) -> Callable[[
                 f"key them by the dataset's ids, e.g. {ids[:3]}."
             )
         return lambda image_id: predictions.get(image_id, ())
+    named = getattr(predictions, "ids", None)  # e.g. InstancePredictions: aligned with its results' ids
+    if named is not None and list(named) != ids and sorted(named) == sorted(ids):
+        where = {image_id: index for index, image_id in enumerate(named)}
+        return lambda image_id: predictions[where[image_id]]
     if len(predictions) != len(ids):
         raise ExportError(
             f"{len(predictions)} prediction lists for {len(ids)} images: give one list per image, in the order "
@@ -347,6 +351,9 @@ def write_coco_results(
     return path
 
 
+COCO_JSON = "annotations.json"  # the json's name when write_coco_dataset is given a folder
+
+
 def write_coco_dataset(
     dataset: Dataset,
     path: str | Path,
@@ -356,41 +363,71 @@ def write_coco_dataset(
     category_ids: Mapping[str, int] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """A COCO instances json at ``path`` and the images in ``image_dir`` (default: ``images/`` beside
-    the json), so that ``load_coco(path, image_dir)`` reads the export back.
+    """A COCO instances json and its images, so that ``load_coco(json, images)`` reads the export back.
+    ``path`` ending in ``.json`` is the json, the images going to ``image_dir`` (default: ``images/``
+    beside it); any other ``path`` is a folder that receives ``annotations.json`` and ``images/``
+    (written whole under a temporary name, then renamed). Returns ``path``.
 
     Without ``predictions``: the ground truth (``Sample.instances``, and each class's ``Sample.ignore``
     region as one ``iscrowd: 1`` annotation). With them: the predictions, each with its ``score``.
     Masks are RLE (counts as text) with ``area`` and ``bbox`` from pycocotools. Images are named
     ``<sample id><suffix>``: the source file copied byte for byte when the sample was read from one
     (no EXIF orientation tag, same size), else a lossless PNG of its pixels (the demo set, in-memory
-    data). ``copy_images=False`` writes the json alone. Returns the json's path."""
+    data). ``copy_images=False`` writes the json alone."""
     path = Path(path)
+    if path.suffix.lower() != ".json":
+        if image_dir is not None:
+            raise ExportError(f"image_dir goes with a json path; {path} is a folder, which gets images/ inside.")
+        _refuse_existing([path], overwrite)
+        _refuse_sources(dataset, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+        try:
+            _write_coco(dataset, tmp / COCO_JSON, tmp / "images" if copy_images else None, predictions, category_ids)
+            _replace_folder(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
     image_dir = Path(image_dir) if image_dir is not None else path.parent / "images"
     _refuse_existing([path, image_dir] if copy_images else [path], overwrite)
     if copy_images:
         _refuse_sources(dataset, image_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_images = None
+    if not copy_images:
+        _write_coco(dataset, path, None, predictions, category_ids)
+        return path
+    image_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_images = Path(tempfile.mkdtemp(prefix=f".{image_dir.name}.", suffix=".part", dir=image_dir.parent))
     try:
-        on_sample = None
-        if copy_images:
-            image_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp_images = Path(tempfile.mkdtemp(prefix=f".{image_dir.name}.", suffix=".part", dir=image_dir.parent))
-            files, folder = ImageFiles(dataset), tmp_images
-
-            def on_sample(sample: Sample, entry: dict) -> None:
-                files.write(sample, folder, entry["file_name"])
-
-        content = coco_dataset(dataset, predictions, category_ids, on_sample)
-        if tmp_images is not None:
-            _replace_folder(tmp_images, image_dir)
-            tmp_images = None
-        _write_json(content, path)
+        _write_coco(dataset, path, tmp_images, predictions, category_ids, replace_images=image_dir)
     finally:
-        if tmp_images is not None:
-            shutil.rmtree(tmp_images, ignore_errors=True)
+        shutil.rmtree(tmp_images, ignore_errors=True)
     return path
+
+
+def _write_coco(
+    dataset: Dataset,
+    path: Path,
+    images: Path | None,
+    predictions: Predictions | None,
+    category_ids: Mapping[str, int] | None,
+    replace_images: Path | None = None,
+) -> None:
+    """The json at ``path`` (atomically), the images into ``images`` (a new folder), which then replaces
+    ``replace_images`` when given (before the json is written: a json never names missing images)."""
+    on_sample = None
+    if images is not None:
+        images.mkdir(exist_ok=True)
+        files = ImageFiles(dataset)
+
+        def on_sample(sample: Sample, entry: dict) -> None:
+            files.write(sample, images, entry["file_name"])
+
+    content = coco_dataset(dataset, predictions, category_ids, on_sample)
+    if images is not None and replace_images is not None:
+        _replace_folder(images, replace_images)
+    _write_json(content, path)
 
 
 def mask_polygons(mask: np.ndarray, min_area: float = MIN_PART_AREA) -> list[np.ndarray]:

@@ -343,3 +343,25 @@ def test_read_coco_results_wants_mask_results(demo, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps([{"image_id": 99, "category_id": 1}]))
     with pytest.raises(ExportError, match="does not have"):
         read_coco_results(tmp_path / "other.json", demo)
+
+
+class Named(list):
+    """Predictions that carry their own image ids (as ``InstancePredictions`` does), in another order."""
+
+    ids: list[str] = []
+
+
+def test_coco_folder_export_and_predictions_named_by_id(demo, tmp_path):
+    predictions = noisy_predictions(demo, seed=3)
+    named = Named(predictions[i] for i in reversed(demo.ids))
+    named.ids = list(reversed(demo.ids))
+    assert mask_ap(demo, named) == mask_ap(demo, predictions)
+    folder = write_coco_dataset(demo, tmp_path / "coco", predictions=named)
+    assert sorted(p.name for p in folder.iterdir()) == ["annotations.json", "images"]
+    back = read_coco_results(folder / "annotations.json", demo)
+    assert mask_ap(demo, back) == mask_ap(demo, predictions)
+    assert len(load_coco(folder / "annotations.json", folder / "images")) == len(demo)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_coco_dataset(demo, folder)
+    with pytest.raises(ExportError, match="image_dir goes with a json path"):
+        write_coco_dataset(demo, tmp_path / "other", image_dir=tmp_path / "pics")
