@@ -97,6 +97,41 @@ def nms(masks: MaskSet, candidates: np.ndarray, labels: np.ndarray, scores: np.n
     return kept
 
 
+class InstancePredictions(Sequence[list[Instance]]):
+    """``from_result`` for every image of ``results`` (aligned with them, ``ids`` alike), computed
+    when touched: a dataset's predictions without holding every mask in memory."""
+
+    def __init__(
+        self,
+        results: Sequence[ImageResult],
+        text: TextEncoder,
+        classes: Sequence[str],
+        selection: SelectionSettings = SelectionSettings(),
+        **options,
+    ) -> None:
+        if not list(classes):
+            raise ValueError("An empty class list: name at least one class to find, e.g. classes=['chair'].")
+        self.results, self.text, self.classes, self.selection, self.options = (
+            results,
+            text,
+            list(classes),
+            selection,
+            options,
+        )
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(getattr(self.results, "ids", None) or [r.image_id for r in self.results])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        return from_result(self.results[index], self.text, self.classes, self.selection, **self.options)
+
+
 def from_masks(masks: dict[str, np.ndarray] | Sequence[tuple[str, np.ndarray]]) -> list[Instance]:
     """Ground-truth instances (score 1.0) from (label, mask) pairs, empty masks left out."""
     pairs = masks.items() if isinstance(masks, dict) else masks

@@ -196,3 +196,37 @@ def plot_error_breakdown(table: pd.DataFrame, title: str = "") -> plt.Figure:
     ax.set_title(title)
     figure.tight_layout()
     return figure
+
+
+def show_instances(image: np.ndarray, instances: Sequence, title: str = "", columns: int = 2) -> plt.Figure:
+    """An image beside its objects (``helpers.instances.Instance``): each mask in its class's
+    colour with its box and "label score" written over it."""
+    labels = list(dict.fromkeys(instance.label for instance in instances))
+    palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    colours = {name: np.asarray(palette(i % palette.N)[:3]) for i, name in enumerate(labels)}
+    picture = image.copy()
+    for instance in sorted(instances, key=lambda i: -i.area):  # small objects on top
+        picture = overlay(picture, instance.mask, tuple(colours[instance.label] * 255), alpha=0.55)
+    figure, axes = plt.subplots(1, columns, figsize=(5 * columns, 4))
+    axes = np.atleast_1d(axes)
+    axes[0].imshow(image)
+    axes[0].set_title("image")
+    axes[-1].imshow(picture)
+    axes[-1].set_title(f"{len(instances)} object{'' if len(instances) == 1 else 's'}")
+    for instance in instances:
+        x0, y0, x1, y1 = instance.box
+        colour = colours[instance.label]
+        axes[-1].add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1.5))
+        axes[-1].text(
+            x0,
+            y0 - 2,
+            f"{instance.label} {instance.score:.2f}",
+            color="white",
+            fontsize=8,
+            bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "lw": 0},
+        )
+    for ax in axes:
+        ax.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure

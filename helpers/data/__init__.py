@@ -2,7 +2,8 @@
 
 Modules: ``types`` (Sample, Dataset, errors, read_image), ``coco`` (COCO json, val2017 subset
 download), ``label_maps`` (folders of semantic label maps, CamVid, the coursework layout),
-``class_folders`` (labelled images, object crops, mosaics), ``demo`` (the generated shapes set),
+``class_folders`` (labelled images, object crops, mosaics), ``images`` (a folder without labels),
+``demo`` (the generated shapes set),
 ``yolo`` (ultralytics segmentation folders), ``lazy`` (samples read from disk when touched),
 ``storage`` (prepared datasets on disk: a manifest by reference, with the request they were
 prepared for) and ``prepare`` (the run's dataset for the notebooks).
@@ -16,6 +17,7 @@ with a whole file raise DatasetError naming it.
 from .class_folders import load_class_folders, make_mosaics, object_crops
 from .coco import COCO_ANNOTATIONS_URL, COCO_IMAGES_URL, fetch_coco_subset, load_coco
 from .demo import DEMO_CLASSES, make_demo_dataset
+from .images import load_images
 from .label_maps import (
     CAMVID_CLASSES,
     CAMVID_IGNORE_IDS,
@@ -52,6 +54,7 @@ __all__ = [
     "load_class_folders",
     "load_coco",
     "load_coursework",
+    "load_images",
     "load_prepared",
     "load_semantic_folder",
     "load_yolo",
