@@ -40,6 +40,8 @@ class AutolabelReport:
     outputs: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
     sam_runs: int = 0
+    dataset: Dataset | None = None  # the images, read on touch
+    predictions: InstancePredictions | None = None  # their instances, with scores, computed on touch
 
     def summary(self) -> str:
         found = ", ".join(f"{name} {count}" for name, count in self.objects.items())
@@ -130,8 +132,9 @@ def autolabel(
     for found in predictions:
         for instance in found:
             objects[instance.label] += 1
+    seconds = time.perf_counter() - started
     return AutolabelReport(
-        len(labelled), objects, list(dataset.skipped), outputs, time.perf_counter() - started, pipeline.sam_runs
+        len(labelled), objects, list(dataset.skipped), outputs, seconds, pipeline.sam_runs, labelled, predictions
     )
 
 

@@ -1,0 +1,82 @@
+"""Auto-labelling: a folder and a class list to COCO and YOLO, resumable, with clear errors."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import autolabel as autolabel_module
+from helpers.autolabel import autolabel, main, parse_classes, parse_formats
+from helpers.config import load_config
+from helpers.data import load_coco, load_images, load_yolo, make_demo_dataset
+
+
+@pytest.fixture
+def folder(tmp_path):
+    images = tmp_path / "photos"
+    images.mkdir()
+    for sample in make_demo_dataset(3, 64, 80, seed=8):
+        Image.fromarray(sample.image).save(images / f"{sample.image_id}.jpg", quality=95)
+    (images / "broken.jpg").write_bytes(b"not an image")
+    return images
+
+
+@pytest.fixture
+def smoke(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    monkeypatch.setenv("SAMCLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SAMCLIP_START_DIR", raising=False)
+    return load_config()
+
+
+def test_a_folder_is_labelled_exported_read_back_and_resumed(folder, smoke, tmp_path):
+    out = tmp_path / "labels"
+    report = autolabel(folder, "circle, square", out, "coco,yolo", smoke, progress=False)
+    assert report.images == 3 and report.sam_runs == 3
+    assert [item for item, _ in report.skipped] == ["broken.jpg"]  # listed and skipped, not fatal
+    assert set(report.outputs) == {"coco", "yolo"}
+    coco = load_coco(out / "coco" / "annotations.json", out / "coco" / "images")
+    yolo = load_yolo(out / "yolo")
+    assert len(coco) == len(yolo) == 3 and coco.classes == yolo.classes == ["circle", "square"]
+    found = sum(len(p) for p in report.predictions)
+    assert sum(report.objects.values()) == found == sum(len(s.instances) for s in coco) > 0
+    for sample, instances in zip(coco, report.predictions):  # COCO keeps the masks exactly
+        assert [np.array_equal(a.mask, b.mask) for a, b in zip(sample.instances, instances)] == [True] * len(instances)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        autolabel(folder, "circle", out, "coco", smoke, progress=False)
+    again = autolabel(folder, "circle, square", out, "yolo", smoke, overwrite=True, progress=False)
+    assert again.sam_runs == 0 and again.objects == report.objects  # resumed from the cache
+
+
+def test_bad_requests_are_clear_errors(folder, smoke, tmp_path, capsys):
+    assert parse_classes(" cat, dog ,") == ["cat", "dog"] and parse_formats("YOLO, coco") == ["yolo", "coco"]
+    with pytest.raises(ValueError, match="class list is empty"):
+        parse_classes(" , ")
+    with pytest.raises(ValueError, match="twice"):
+        parse_classes("cat,cat")
+    with pytest.raises(ValueError, match="use one or more of coco, yolo"):
+        parse_formats("coco,voc")
+    assert main(["--images", str(folder), "--classes", "", "--out", str(tmp_path / "o")]) == 2
+    assert "class list is empty" in capsys.readouterr().err
+    assert main(["--images", str(folder), "--classes", "cat", "--out", str(tmp_path / "o"), "--format", "voc"]) == 2
+    assert "Unknown export format" in capsys.readouterr().err
+    assert main(["--images", str(tmp_path / "nowhere"), "--classes", "cat", "--out", str(tmp_path / "o")]) == 2
+    assert "not a folder of images" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert main(["--images", str(folder), "--classes", "cat", "--out", str(tmp_path / "full")]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (tmp_path / "full" / "keep.txt").read_text() == "mine"
+
+
+def test_the_command_line_labels_a_folder(folder, smoke, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["--images", str(folder), "--classes", "circle", "--out", str(out), "--format", "yolo"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 images labelled" in printed and "broken.jpg" in printed and (out / "yolo" / "data.yaml").is_file()
+    assert not (out / "coco").exists()
+
+
+def test_unlabelled_folders_read_on_touch(folder):
+    dataset = load_images(folder)
+    assert dataset.lazy and dataset.ids == ["demo_000", "demo_001", "demo_002"]
+    assert "broken.jpg" in dict(dataset.skipped) and dataset[0].masks == {}
+    assert autolabel_module.FORMATS == ("coco", "yolo")
