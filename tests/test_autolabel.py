@@ -80,3 +80,10 @@ def test_unlabelled_folders_read_on_touch(folder):
     assert dataset.lazy and dataset.ids == ["demo_000", "demo_001", "demo_002"]
     assert "broken.jpg" in dict(dataset.skipped) and dataset[0].masks == {}
     assert autolabel_module.FORMATS == ("coco", "yolo")
+
+
+def test_the_autolabel_benchmark_runs_and_both_labellers_agree(tmp_path):
+    from conftest import load_benchmark
+
+    ratios = load_benchmark("bench_autolabel").main(["--quick", "--work-dir", str(tmp_path)])
+    assert ratios["tiny"] > 0  # the script asserts the same labels, masks and scores itself
