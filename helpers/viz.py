@@ -156,9 +156,14 @@ def worst_gallery(
     index = {sample.image_id: (sample, result) for sample, result in zip(dataset.samples, results)}
     classes = list(per_image["class"].unique())
     rows = max(len(worst), 1)
-    figure = plt.figure(figsize=(14, 3.4 * rows + 0.8))
+    # each row as tall as its four panels need (width-limited at 14 in), plus its titles: no gaps between rows
+    shapes = [index[image_id][0].image.shape[:2] for image_id in worst["image_id"]] or [(3, 4)]
+    aspect = max(h / w for h, w in shapes)
+    row_height = (14 / 4 - 0.2) * aspect + 0.7
+    header = 0.35 * (title.count("\n") + 1) + 0.1 if title else 0.1
+    figure = plt.figure(figsize=(14, row_height * rows + header), layout="constrained")
     # the title gets a row of its own, so it never covers the first case's titles
-    parts = figure.subfigures(rows + 1, 1, height_ratios=[0.8 / 3.4] + [1.0] * rows)
+    parts = figure.subfigures(rows + 1, 1, height_ratios=[header] + [row_height] * rows)
     parts[0].suptitle(title, y=0.5, va="center")
     for sub, (image_id, name, iou) in zip(parts[1:], worst[["image_id", "class", "iou"]].itertuples(index=False)):
         sample, result = index[image_id]
