@@ -229,13 +229,22 @@ def run_summary(history: pd.DataFrame) -> str:
     if history.attrs.get("pretrained_kept", False) or (int(kept["epoch"]) == 0 and epochs > 0):
         later = history.iloc[1:]
         best = later.loc[later["val_loss"].idxmin()]
-        lr = settings.get("learning_rate", float("nan"))
-        return (
+        lr, trainable = settings.get("learning_rate", float("nan")), settings.get("trainable", "all")
+        what = (
             f"The pretrained weights were kept: validation loss never improved on epoch 0's {first['val_loss']:.4f} "
             f"in {epochs} epoch(s) (lowest later: {best['val_loss']:.4f} at epoch {int(best['epoch'])}). "
-            f"Try a larger learning_rate (now {format_lr(lr)}, e.g. {format_lr(lr * 10)}), more epochs, more images "
-            f"per class, or more trainable parameters (trainable={settings.get('trainable', '?')!r}; 'all' trains "
-            "the whole model)."
+        )
+        if best["val_loss"] <= first["val_loss"] * 1.02:  # the weights barely moved
+            more = (
+                "" if trainable == "all" else f", or more trainable parameters (now {trainable!r}; 'all': everything)"
+            )
+            return what + (
+                f"Try a larger learning_rate (now {format_lr(lr)}, e.g. {format_lr(lr * 10)}), more epochs "
+                f"or more images per class{more}."
+            )
+        return what + (
+            f"Training made it worse: try a smaller learning_rate (now {format_lr(lr)}, e.g. {format_lr(lr / 10)}), "
+            "more images per class, or fewer trainable parameters."
         )
     if np.isnan(first["val_loss"]):
         return f"Trained {epochs} epoch(s) without validation images: the last epoch's weights are returned."
