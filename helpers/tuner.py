@@ -32,7 +32,7 @@ from .selection import (
 )
 from .viz import four_panel
 
-SLIDER_WIDTH = "560px"  # about 1 px per 0.001 of a cosine range: a drag moves the threshold smoothly
+SLIDER_WIDTH = "700px"  # a track of about 540 px: a 0.6-wide cosine range moves about 0.001 per pixel
 SOFTMAX_START = 0.5  # the softmax mode's first threshold (a probability), as in sam_clip_measures
 COSINE_FALLBACK = (0.0, 0.6)  # the threshold mode's range when no scores are at hand
 
@@ -67,7 +67,7 @@ def selection_text(selection: SelectionSettings) -> str:
         text = f"softmax: p ≥ {selection.threshold:.3f}"
     else:
         text = "top1: the best region only"
-    if selection.negatives:
+    if selection.negatives and selection.mode != "top1":  # top1 ranks the masks by the prompt alone
         text += f", not {'/'.join(selection.negatives)}"
     return text
 
@@ -145,7 +145,9 @@ class ThresholdTuner:
 
     def _set_slider(self, mode: str, value: float) -> None:
         low, high, step = self.range(mode)
-        with self.threshold.hold_trait_notifications():
+        # one message to the browser: range, step and value together, so the page's slider never sends back
+        # its old position rounded to the new step
+        with self.threshold.hold_sync(), self.threshold.hold_trait_notifications():
             if low > self.threshold.max:  # keep min <= max at every step
                 self.threshold.max = high
                 self.threshold.min = low

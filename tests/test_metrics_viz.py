@@ -317,6 +317,7 @@ def test_slider_range_fits_the_mode(scene):
     tuner.mode.value = "softmax"
     assert tuner.threshold.value == 0.8 and not tuner.threshold.disabled
     assert selection_text(SelectionSettings("softmax", 0.8)) == "softmax: p ≥ 0.800"
+    assert selection_text(SelectionSettings("top1", 0.8, ("dog",))) == "top1: the best region only"
     plt.close("all")
 
 
