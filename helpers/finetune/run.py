@@ -183,9 +183,7 @@ def finetune_clip(
         scale, seconds = float(clamped_scale(run.model).detach()), time.perf_counter() - started
         rows.append(dict(epoch=epoch, step=step, lr=lr, train_loss=train_loss, val_loss=val_loss,
                          val_accuracy=val_accuracy, logit_scale=scale, seconds=seconds))  # fmt: skip
-        bar.set_postfix(
-            lr=format_lr(lr), train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.2f}"
-        )
+        bar.set_postfix(lr=format_lr(lr), val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.2f}")
         if callback:
             callback(pd.DataFrame(rows))
         if not epoch:
