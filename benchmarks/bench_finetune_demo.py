@@ -39,7 +39,7 @@ from helpers.finetune.demo import (
     demo_finetune_items,
 )
 
-GRID = {"trainable": ("all", "text"), "learning_rate": (3e-4, 1e-3, 3e-3)}
+GRID = {"learning_rate": (3e-4, 1e-3, 3e-3)}
 
 
 def one_run(sam, clip_model, seed: int, settings, mosaics: int, with_sam: bool, cache_dir: str) -> dict:

@@ -136,7 +136,7 @@ def region_cutouts(
     items = []
     for sample in dataset.samples:
         for name, mask in sample.masks.items():
-            if mask.sum() < min_area:
+            if not mask.any() or mask.sum() < min_area:
                 continue
             box = MaskSet.from_masks(mask[None]).bboxes()[0]
             label = names.get(name, name)

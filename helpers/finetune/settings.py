@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 SCHEDULERS = ("plateau", "cosine")
-TRAINABLE = ("all", "image", "text", "last_blocks=N", "linear")
+TRAINABLE = ("all", "image", "last_blocks=N", "linear")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class FinetuneSettings:
     plateau_factor: float = 0.9
     plateau_patience: int = 5
     templates: tuple[str, ...] = ("{}",)
-    trainable: str = "all"  # "all" | "image" | "text" | "last_blocks=N" | "linear" (the image projection)
+    trainable: str = "all"  # "all" | "image" | "last_blocks=N" | "linear" (the image projection)
     val_share: float = 0.2
     seed: int = 0
     early_stopping: int | None = None  # epochs without a lower validation loss before stopping
@@ -64,7 +64,7 @@ class FinetuneSettings:
 
 def trainable_blocks(trainable: str) -> int | None:
     """The N of ``last_blocks=N``; None for the other choices; ValueError for unknown ones."""
-    if trainable in ("all", "image", "text", "linear"):
+    if trainable in ("all", "image", "linear"):
         return None
     if trainable.startswith("last_blocks="):
         value = trainable.split("=", 1)[1]
@@ -78,17 +78,13 @@ def trainable_blocks(trainable: str) -> int | None:
 
 def select_trainable(model: torch.nn.Module, trainable: str) -> list[str]:
     """Set ``requires_grad``; returns the names of the trainable parameters. The temperature
-    ``logit_scale`` is always trained. ``linear`` trains the image projection only; ``text`` the
-    text tower (token embeddings, transformer, projection): new words, the image features kept."""
+    ``logit_scale`` is always trained. ``linear`` trains the image projection only."""
     blocks = trainable_blocks(trainable)
     visual = model.visual
     if trainable == "all":
         chosen: list[torch.nn.Module | torch.nn.Parameter] = [model]
     elif trainable == "image":
         chosen = [visual]
-    elif trainable == "text":
-        chosen = [model.token_embedding, model.positional_embedding, model.transformer, model.ln_final]
-        chosen.append(model.text_projection)
     elif hasattr(visual, "transformer"):  # ViT
         chosen = [visual.proj] + ([] if blocks is None else [*visual.transformer.resblocks[-blocks:], visual.ln_post])
     else:  # ModifiedResNet: its layers in order, the attention pool as the head
