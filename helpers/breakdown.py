@@ -21,8 +21,8 @@ import pandas as pd
 
 from . import metrics
 from .clip_scoring import encode_images
-from .data import Dataset
-from .evaluation import evaluate
+from .data import Dataset, Sample
+from .evaluation import image_rows, pairs
 from .masks import MaskSet
 from .models.loading import LoadedClip
 from .regions import RegionSettings, extract_regions
@@ -64,6 +64,23 @@ def mask_ceilings(masks: MaskSet, truth: np.ndarray, ignore: np.ndarray | None =
     return {"sam_best_mask": float(np.nanmax(single, initial=0.0)), "sam_best_union": best, "sam_atom_bound": bound}
 
 
+def truth_result(
+    sample: Sample,
+    clip: LoadedClip,
+    classes: Sequence[str],
+    regions: RegionSettings = RegionSettings(),
+    batch_size: int | None = None,
+    precision: str = "float32",
+) -> tuple[ImageResult, list[str]]:
+    """The ground-truth masks of ``classes`` present in ``sample`` as proposals (cut out and
+    embedded exactly as SAM's masks are), and which class each proposal is."""
+    names = [n for n in classes if n in sample.masks and sample.masks[n].any()]
+    shape = sample.image.shape[:2]
+    masks = MaskSet.from_masks(np.stack([sample.masks[n] for n in names]) if names else np.zeros((0, *shape), bool))
+    embedded = encode_images(clip, extract_regions(sample.image, masks, regions), batch_size, precision)
+    return ImageResult(sample.image_id, masks, embedded), names
+
+
 def truth_results(
     dataset: Dataset,
     clip: LoadedClip,
@@ -72,17 +89,9 @@ def truth_results(
     batch_size: int | None = None,
     precision: str = "float32",
 ) -> tuple[list[ImageResult], list[list[str]]]:
-    """Per image, the ground-truth masks of ``classes`` present in it as proposals (cut out and
-    embedded exactly as SAM's masks are), and which class each proposal is."""
-    results, labels = [], []
-    for sample in dataset.samples:
-        names = [n for n in classes if n in sample.masks and sample.masks[n].any()]
-        shape = sample.image.shape[:2]
-        masks = MaskSet.from_masks(np.stack([sample.masks[n] for n in names]) if names else np.zeros((0, *shape), bool))
-        embedded = encode_images(clip, extract_regions(sample.image, masks, regions), batch_size, precision)
-        results.append(ImageResult(sample.image_id, masks, embedded))
-        labels.append(names)
-    return results, labels
+    """``truth_result`` for every image (kept in memory: small datasets; ``error_breakdown`` streams)."""
+    made = [truth_result(sample, clip, classes, regions, batch_size, precision) for sample in dataset]
+    return [result for result, _ in made], [names for _, names in made]
 
 
 def error_breakdown(
@@ -95,25 +104,31 @@ def error_breakdown(
     regions: RegionSettings = RegionSettings(),
     precision: str = "float32",
 ) -> pd.DataFrame:
-    """One row per class: pipeline mean IoU, SAM's ceilings, CLIP on perfect masks, and a verdict."""
+    """One row per class: pipeline mean IoU, SAM's ceilings, CLIP on perfect masks, and a verdict.
+    One pass over the images (each read once); nothing per image is kept but the numbers."""
     classes = list(classes)
-    pipeline = metrics.summarize(evaluate(dataset, results, text, classes, selection)).set_index("class")
-    gt_results, gt_labels = truth_results(dataset, clip, classes, regions, precision=precision)
-    on_truth = metrics.summarize(evaluate(dataset, gt_results, text, classes, selection)).set_index("class")
+    dataset.check_classes(classes)
+    typed = {name: name for name in classes}
     class_text = text(classes)
+    pipeline_rows, truth_rows = [], []
     hits: dict[str, list[bool]] = {n: [] for n in classes}
-    for result, names in zip(gt_results, gt_labels):
+    ceilings: dict[str, list[dict]] = {n: [] for n in classes}
+    for sample, result in pairs(dataset, results):
+        pipeline_rows += image_rows(sample, result, text, typed, selection)
+        gt_result, names = truth_result(sample, clip, classes, regions, precision=precision)
+        truth_rows += image_rows(sample, gt_result, text, typed, selection)
         if names:
-            guesses = similarities(result.embeddings, class_text).argmax(axis=1)
+            guesses = similarities(gt_result.embeddings, class_text).argmax(axis=1)
             for name, guess in zip(names, guesses):
                 hits[name].append(classes[guess] == name)
+        for name in classes:
+            truth = sample.masks.get(name, np.zeros(result.masks.shape, bool))
+            ceilings[name].append(mask_ceilings(result.masks, truth, sample.ignore_mask(name)))
+    pipeline = metrics.summarize(pd.DataFrame(pipeline_rows)).set_index("class")
+    on_truth = metrics.summarize(pd.DataFrame(truth_rows)).set_index("class")
     rows = []
     for name in classes:
-        ceilings = [
-            mask_ceilings(r.masks, s.masks.get(name, np.zeros(r.masks.shape, bool)), s.ignore_mask(name))
-            for s, r in zip(dataset.samples, results)
-        ]
-        frame = pd.DataFrame(ceilings)
+        frame = pd.DataFrame(ceilings[name])
         with np.errstate(all="ignore"):
             row = {"class": name, "pipeline_iou": pipeline.loc[name, "mean_iou"], **frame.mean().to_dict()}
         row["clip_recognition"] = float(np.mean(hits[name])) if hits[name] else np.nan

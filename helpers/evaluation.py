@@ -7,13 +7,17 @@ whole pipeline, so evaluation runs from the cache without SAM. The arithmetic is
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import io
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import metrics
-from .data import Dataset, LabelledImage, make_mosaics, object_crops
+from .data import Dataset, LabelledImage, Sample, make_mosaics, object_crops
+from .export import Predictions, category_table, coco_dataset, scored_entries
+from .masks import MaskSet
 from .selection import ImageResult, SelectionSettings, TextEncoder, predict, score, similarities
 
 
@@ -25,6 +29,26 @@ def classes_to_evaluate(dataset: Dataset, requested: Sequence[str] = ()) -> tupl
         return list(requested), []
     present = dataset.present_classes()
     return present, [name for name in dataset.classes if name not in present]
+
+
+def pairs(dataset: Dataset, results: Sequence[ImageResult]) -> Iterator[tuple[Sample, ImageResult]]:
+    """(sample, result) per image, one image read at a time. Results are matched to samples by
+    image id (a sample that turned unreadable is dropped from the dataset and from the pairs);
+    results with other ids pair by position. Raises ValueError when they cannot be paired."""
+    ids = dataset.ids
+    result_ids = list(getattr(results, "ids", None) or [r.image_id for r in results])
+    if result_ids != ids and len(result_ids) == len(ids) and set(result_ids) != set(ids):
+        yield from zip(dataset, results, strict=True)  # results made elsewhere, named otherwise
+        return
+    position = {image_id: index for index, image_id in enumerate(result_ids)}
+    missing = [image_id for image_id in ids if image_id not in position]
+    if missing or len(position) != len(result_ids):
+        raise ValueError(
+            f"{len(results)} results for {len(ids)} images ({len(missing)} without a result, first "
+            f"{missing[:3]}): compute them with Pipeline.process_dataset on this dataset."
+        )
+    for sample in dataset:
+        yield sample, results[position[sample.image_id]]
 
 
 def evaluate(
@@ -39,15 +63,24 @@ def evaluate(
     (default: the class name); the softmax mode competes over all of ``classes``."""
     dataset.check_classes(list(classes))
     typed = {name: (prompts or {}).get(name, name) for name in classes}
+    rows = []
+    for sample, result in pairs(dataset, results):
+        rows += image_rows(sample, result, text, typed, selection)
+    return pd.DataFrame(rows)
+
+
+def image_rows(
+    sample: Sample, result: ImageResult, text: TextEncoder, typed: dict[str, str], selection: SelectionSettings
+) -> list[dict]:
+    """``evaluate``'s rows for one image: class -> typed prompt, the softmax competing over all."""
     competitors = list(typed.values())
     rows = []
-    for sample, result in zip(dataset.samples, results, strict=True):
-        for name in classes:
-            prediction = predict(result, text, typed[name], selection, competitors)
-            truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
-            counts = metrics.counts(prediction.mask, truth, sample.ignore_mask(name))
-            rows.append(metrics.row(sample.image_id, name, counts, int(prediction.keep.sum())))
-    return pd.DataFrame(rows)
+    for name, prompt in typed.items():
+        prediction = predict(result, text, prompt, selection, competitors)
+        truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
+        counts = metrics.counts(prediction.mask, truth, sample.ignore_mask(name))
+        rows.append(metrics.row(sample.image_id, name, counts, int(prediction.keep.sum())))
+    return rows
 
 
 def class_sweep(
@@ -62,19 +95,39 @@ def class_sweep(
     prompt: str | None = None,
 ) -> pd.DataFrame:
     """The threshold sweep of class ``name`` (typed as ``prompt``) from cached embeddings alone."""
-    table = metrics.atom_table(dataset.samples, [r.masks for r in results], name)
     settings = SelectionSettings(mode, negatives=tuple(negatives))
-    scores = [score(r.embeddings, text, prompt or name, settings, classes).scores for r in results]
-    return metrics.sweep(table, scores, thresholds)
+    return _sweeps(dataset, results, text, {name: prompt or name}, thresholds, settings, classes)[name]
+
+
+def _sweeps(
+    dataset: Dataset,
+    results: Sequence[ImageResult],
+    text: TextEncoder,
+    prompts: dict[str, str],
+    thresholds: Sequence[float],
+    settings: SelectionSettings,
+    classes: Sequence[str] | None,
+) -> dict[str, pd.DataFrame]:
+    """Sweeps of several classes (name -> typed prompt) in one pass over the images."""
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in prompts}
+
+    def scored() -> Iterator[tuple[Sample, MaskSet]]:
+        for sample, result in pairs(dataset, results):
+            for name, prompt in prompts.items():
+                scores[name].append(score(result.embeddings, text, prompt, settings, classes).scores)
+            yield sample, result.masks
+
+    tables = metrics.atom_tables(scored(), list(prompts))
+    return {name: metrics.sweep(tables[name], scores[name], thresholds) for name in prompts}
 
 
 def best_thresholds(
     dataset: Dataset, results: Sequence[ImageResult], text: TextEncoder, classes: Sequence[str], thresholds
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Per class the threshold with the best mean IoU (NaN where the class has no data), and the sweeps."""
-    best, sweeps = [], {}
+    sweeps = _sweeps(dataset, results, text, {n: n for n in classes}, thresholds, SelectionSettings(), None)
+    best = []
     for name in classes:
-        sweeps[name] = class_sweep(dataset, results, text, name, thresholds)
         threshold, value = metrics.best_threshold(sweeps[name])
         best.append({"class": name, "best_threshold": threshold, "mean_iou": value})
     return pd.DataFrame(best), sweeps
@@ -107,7 +160,7 @@ def recognition_accuracy(
 def mosaic_top1_accuracy(dataset: Dataset, results: Sequence[ImageResult], text: TextEncoder) -> float:
     """Share of (mosaic, class) pairs whose top-1 region lies mostly (> 50 %) in the class's tile."""
     hits = trials = 0
-    for sample, result in zip(dataset.samples, results, strict=True):
+    for sample, result in pairs(dataset, results):
         for name, tile in sample.masks.items():
             prediction = predict(result, text, name, SelectionSettings("top1"))
             trials += 1
@@ -120,6 +173,69 @@ def recognition_sets(dataset: Dataset, count: int = 8, mosaics: int = 2) -> tupl
     """The ground-truth object crops (up to ``count``) for recognition accuracy and, with four
     classes or more, 4-class mosaics of them; deterministic, so notebook 02 can fill the cache
     with exactly what notebook 03 evaluates."""
-    items = object_crops(dataset)[:count]
+    items = object_crops(dataset, limit=count)
     labels = {item.label for item in items}
     return items, (make_mosaics(items, per_mosaic=4, tile=112, count=mosaics) if len(labels) >= 4 else None)
+
+
+def mask_ap(dataset: Dataset, predictions: Predictions, classes: Sequence[str] | None = None) -> dict:
+    """COCO's mask AP of predicted instances (pycocotools' COCOeval, ``iouType="segm"``): ``AP`` (IoU
+    0.50:0.95), ``AP50``, ``AP75``, ``AR100`` and ``per_class`` {name: AP} (NaN for a class without
+    ground truth, which COCO leaves out of the mean). Ground truth is ``Sample.instances``, with each
+    class's ``Sample.ignore`` region as a crowd annotation (a detection on it is neither right nor
+    wrong). ``predictions``: per image a list of ``Instance``, aligned with ``dataset.ids``, or a dict
+    image id -> list. ``classes`` limits the evaluation (default: every class of the dataset).
+    Built in memory with the exporters' dicts: equal to COCOeval on ``write_coco_dataset`` and
+    ``write_coco_results`` files. Images are read one at a time; at most 100 detections per image count."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if classes is not None:
+        dataset.check_classes(list(classes))
+    names = list(classes) if classes is not None else list(dataset.classes)
+    table = category_table(dataset.classes)
+    truth = coco_dataset(dataset, file_names=False)
+    wanted = {table[name] for name in names}
+    if not any(not a["iscrowd"] and a["category_id"] in wanted for a in truth["annotations"]):
+        raise ValueError(
+            f"Dataset {dataset.name!r} has no ground-truth instances for {names}: mask AP needs objects "
+            "(Sample.instances); evaluate classes that occur, or use evaluate() for pixel IoU."
+        )
+    sizes = {image["id"]: [image["height"], image["width"]] for image in truth["images"]}
+    results = scored_entries(dataset, predictions)
+    for entry in results:
+        if entry["segmentation"]["size"] != sizes.get(entry["image_id"]):
+            raise ValueError(
+                f"A prediction of size {entry['segmentation']['size']} for image {entry['image_id']} of size "
+                f"{sizes.get(entry['image_id'])}; predicted masks must be at the image's full size."
+            )
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints every step
+        gt = COCO()
+        gt.dataset = truth
+        gt.createIndex()
+        detections = COCO()
+        detections.dataset = {
+            "images": truth["images"],
+            "categories": truth["categories"],
+            "annotations": [dict(entry, id=number) for number, entry in enumerate(results, 1)],
+        }
+        detections.createIndex()
+        evaluator = COCOeval(gt, detections, iouType="segm")
+        evaluator.params.catIds = sorted(wanted)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats
+    precision = evaluator.eval["precision"]  # [IoU threshold, recall, category, area range, max detections]
+    per_class = {}
+    for position, category in enumerate(evaluator.params.catIds):
+        values = precision[:, :, position, 0, -1]
+        name = next(n for n, c in table.items() if c == category)
+        per_class[name] = float(values[values > -1].mean()) if (values > -1).any() else float("nan")
+    return {
+        "AP": float(stats[0]),
+        "AP50": float(stats[1]),
+        "AP75": float(stats[2]),
+        "AR100": float(stats[8]),
+        "per_class": {name: per_class[name] for name in names},
+    }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -115,9 +115,10 @@ def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class AtomTable:
-    """Per image, the pixel counts each mask atom contributes, for one class (built once)."""
+    """Per image, the pixel counts each mask atom contributes, for one class (built once). Only the
+    atoms' mask membership is kept, not the H x W atom maps, so a table costs little per image."""
 
-    masks: list[MaskSet]
+    membership: list[np.ndarray]  # per image: n_atoms x N bool (which masks cover each atom)
     truth_per_atom: list[np.ndarray]  # pixels of the class in each atom (ignore excluded)
     valid_per_atom: list[np.ndarray]  # pixels not ignored in each atom
     truth_total: np.ndarray  # per image
@@ -125,18 +126,31 @@ class AtomTable:
 
 def atom_table(samples: Sequence[Sample], masks: Sequence[MaskSet], name: str) -> AtomTable:
     """The atom table of class ``name`` over ``samples`` and their (filtered) SAM masks."""
-    truth_rows, valid_rows, totals = [], [], []
-    for sample, mask_set in zip(samples, masks, strict=True):
+    return atom_tables(zip(samples, masks, strict=True), [name])[name]
+
+
+def atom_tables(pairs: Iterable[tuple[Sample, MaskSet]], names: Sequence[str]) -> dict[str, AtomTable]:
+    """The atom tables of several classes in one pass over (sample, masks) pairs: each image is
+    read once, whatever the number of classes (what a lazy dataset needs)."""
+    rows: dict[str, tuple[list, list, list]] = {name: ([], [], []) for name in names}
+    memberships = []
+    for sample, mask_set in pairs:
         atoms = mask_set.atoms.ravel()
         n_atoms = mask_set.membership.shape[0]
-        truth = sample.masks.get(name, np.zeros(atoms.shape, bool)).ravel()
-        ignore = sample.ignore_mask(name)
-        valid = ~ignore.ravel() if ignore is not None else np.ones(atoms.shape, bool)
-        truth = truth & valid
-        truth_rows.append(np.bincount(atoms, weights=truth, minlength=n_atoms))
-        valid_rows.append(np.bincount(atoms, weights=valid, minlength=n_atoms))
-        totals.append(truth.sum())
-    return AtomTable(list(masks), truth_rows, valid_rows, np.asarray(totals, np.float64))
+        memberships.append(mask_set.membership)
+        for name in names:
+            truth = sample.masks.get(name, np.zeros(atoms.shape, bool)).ravel()
+            ignore = sample.ignore_mask(name)
+            valid = ~ignore.ravel() if ignore is not None else np.ones(atoms.shape, bool)
+            truth = truth & valid
+            truth_rows, valid_rows, totals = rows[name]
+            truth_rows.append(np.bincount(atoms, weights=truth, minlength=n_atoms))
+            valid_rows.append(np.bincount(atoms, weights=valid, minlength=n_atoms))
+            totals.append(truth.sum())
+    return {
+        name: AtomTable(memberships, truth, valid, np.asarray(totals, np.float64))
+        for name, (truth, valid, totals) in rows.items()
+    }
 
 
 def sweep(table: AtomTable, scores: Sequence[np.ndarray], thresholds: Sequence[float]) -> pd.DataFrame:
@@ -149,12 +163,12 @@ def sweep(table: AtomTable, scores: Sequence[np.ndarray], thresholds: Sequence[f
     thresholds = np.asarray(thresholds, np.float64)
     if not np.all(np.isfinite(thresholds)):
         raise ValueError("Sweep thresholds must be finite numbers (no NaN or infinity).")
-    shape = (len(table.masks), len(thresholds))
+    shape = (len(table.membership), len(thresholds))
     inter, pred = np.zeros(shape), np.zeros(shape)
-    for i, (mask_set, image_scores) in enumerate(zip(table.masks, scores, strict=True)):
+    for i, (membership, image_scores) in enumerate(zip(table.membership, scores, strict=True)):
         if image_scores.size == 0:
             continue
-        atom_score = np.where(mask_set.membership, image_scores[None, :], -np.inf).max(axis=1)
+        atom_score = np.where(membership, image_scores[None, :], -np.inf).max(axis=1)
         order = np.argsort(-atom_score, kind="stable")
         sorted_scores = atom_score[order]
         cum_truth = np.concatenate([[0], np.cumsum(table.truth_per_atom[i][order])])

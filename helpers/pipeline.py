@@ -8,6 +8,7 @@ so evaluating cached results never loads it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from .cache import ResultCache, image_key, settings_key
 from .clip_scoring import DEFAULT_TEMPLATES, TextEmbeddings, encode_images
 from .data import Dataset
+from .instances import Instance, from_result
 from .masks import FilterSettings, MaskSet, apply_filters
 from .models.loading import LoadedClip, LoadedSam, SamSource
 from .precision import check_precision
@@ -24,7 +26,7 @@ from .regions import RegionSettings, extract_regions
 from .segmentation import SamSettings, generate_masks
 from .selection import ImageResult, Prediction, SelectionSettings, predict
 
-__all__ = ["ImageResult", "Pipeline", "PipelineSettings", "Prediction", "load_cached"]
+__all__ = ["CachedResults", "ImageResult", "Pipeline", "PipelineSettings", "Prediction", "load_cached"]
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,10 @@ class Pipeline:
                 self.cache.save_masks(key, self.sam_key, masks)
         return masks
 
-    def process(self, image: np.ndarray, image_id: str = "") -> ImageResult:
-        """Filtered masks and their embeddings; runs SAM and the CLIP image encoder only on a miss."""
-        key = image_key(image)
+    def process(self, image: np.ndarray, image_id: str = "", key: str | None = None) -> ImageResult:
+        """Filtered masks and their embeddings; runs SAM and the CLIP image encoder only on a miss.
+        ``key``: the image's ``image_key`` when already known."""
+        key = key or image_key(image)
         if self.cache:
             hit = load_cached(self.cache, self.settings.filters, key, self.sam_key, self.embedding_key, image_id)
             if hit is not None:
@@ -116,13 +119,21 @@ class Pipeline:
             self.cache.save_embeddings(key, self.embedding_key, embeddings)
         return ImageResult(image_id or key, masks, embeddings)
 
-    def process_dataset(self, dataset: Dataset, progress: bool = True) -> list[ImageResult]:
-        """Every image of ``dataset``; each result is cached as soon as it is made, so an
-        interrupted run (a Colab disconnect) resumes where it stopped."""
-        return [
-            self.process(sample.image, sample.image_id)
-            for sample in tqdm(dataset.samples, desc="SAM + CLIP", disable=not progress)
-        ]
+    def process_dataset(self, dataset: Dataset, progress: bool = True) -> Sequence[ImageResult]:
+        """Every image of ``dataset``, one at a time; each result is cached as soon as it is made, so
+        an interrupted run (a Colab disconnect) resumes where it stopped.
+
+        For a dataset read from disk (``dataset.lazy``) with a cache, the results come back as
+        ``CachedResults``, read from the cache when touched, so memory does not grow with the
+        dataset; otherwise as a list. A sample that turned unreadable is dropped and listed in
+        ``dataset.skipped`` (see ``helpers.data.lazy``)."""
+        streamed = dataset.lazy and self.cache is not None
+        entries: list = []
+        for sample in tqdm(dataset, total=len(dataset), desc="SAM + CLIP", disable=not progress):
+            key = image_key(sample.image)
+            result = self.process(sample.image, sample.image_id, key)
+            entries.append((sample.image_id, key) if streamed and self.cache.writable else result)
+        return CachedResults(self, dataset, entries) if streamed else entries
 
     def predict(
         self,
@@ -134,6 +145,18 @@ class Pipeline:
         """The mask for ``prompt`` (``selection.predict`` with this pipeline's text encoder)."""
         return predict(result, self.text, prompt, selection, classes)
 
+    def instances(
+        self,
+        result: ImageResult,
+        classes: Sequence[str],
+        selection: SelectionSettings = SelectionSettings(),
+        nms_iou: float = 0.5,
+        max_instances: int = 100,
+    ) -> list[Instance]:
+        """One image's objects for a whole class list, from its cached result (``instances.from_result``:
+        each mask to its best class, negatives such as "background" drop it, mask NMS per class)."""
+        return from_result(result, self.text, classes, selection, nms_iou, max_instances)
+
     def segment_by_text(
         self,
         image: np.ndarray,
@@ -143,3 +166,41 @@ class Pipeline:
     ) -> np.ndarray:
         """Type a word, get its mask: the one-call entry point."""
         return self.predict(self.process(image), prompt, selection, classes).mask
+
+
+class CachedResults(Sequence[ImageResult]):
+    """``process_dataset``'s results for a dataset read from disk: each read back from the cache when
+    touched (the last few kept). An entry gone from the cache meanwhile is computed again."""
+
+    def __init__(self, pipeline: Pipeline, dataset: Dataset, entries: list) -> None:
+        self.pipeline, self.dataset = pipeline, dataset
+        self.entries = entries  # per image: (image id, image key), or the ImageResult itself
+        self._recent: OrderedDict[int, ImageResult] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.image_id if isinstance(e, ImageResult) else e[0] for e in self.entries]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return CachedResults(self.pipeline, self.dataset, self.entries[index])
+        entry = self.entries[index]
+        if isinstance(entry, ImageResult):
+            return entry
+        index = range(len(self.entries))[index]
+        if index in self._recent:
+            self._recent.move_to_end(index)
+            return self._recent[index]
+        image_id, key = entry
+        pipe = self.pipeline
+        result = load_cached(pipe.cache, pipe.settings.filters, key, pipe.sam_key, pipe.embedding_key, image_id)
+        if result is None:  # removed or corrupted since: the same computation again
+            image = self.dataset[self.dataset.ids.index(image_id)].image
+            result = pipe.process(image, image_id)
+        self._recent[index] = result
+        while len(self._recent) > 4:
+            self._recent.popitem(last=False)
+        return result

@@ -90,7 +90,7 @@ class ThresholdTuner:
         title=lambda text: text,
         selection: SelectionSettings | None = None,
     ) -> None:
-        self.dataset, self.results, self.text = dataset, list(results), text
+        self.dataset, self.results, self.text = dataset, results, text  # read on touch (lazy sequences)
         self.classes, self.title = list(classes), title
         self.negatives = tuple(selection.negatives) if selection else ()
         self.thresholds = {k: float(v) for k, v in (thresholds or {}).items() if np.isfinite(v)}
@@ -102,7 +102,7 @@ class ThresholdTuner:
         if start_mode != "threshold" and selection is not None:
             self.last[start_mode] = selection.threshold
         self.image = widgets.Dropdown(
-            options=[(s.image_id, i) for i, s in enumerate(dataset.samples)], value=0, description="image"
+            options=[(image_id, i) for i, image_id in enumerate(dataset.ids)], value=0, description="image"
         )
         self.truth_class = widgets.Dropdown(options=self.classes, value=first, description="class")
         self.prompt = widgets.Text(value=first, description="prompt", continuous_update=False)
@@ -131,9 +131,11 @@ class ThresholdTuner:
             control.observe(lambda _: self.update(), "value")
         self.update()
 
-    def _cosine_span(self) -> np.ndarray:
-        """The lowest and highest cosine similarity of any cached region to any class (or [])."""
-        embeddings = [r.embeddings for r in self.results if len(r.embeddings)]
+    def _cosine_span(self, images: int = 32) -> np.ndarray:
+        """The lowest and highest cosine similarity of a cached region to a class, over up to ``images``
+        images spread over the run (a lazy sequence reads only those), or []."""
+        picks = np.unique(np.linspace(0, len(self.results) - 1, min(images, len(self.results))).round().astype(int))
+        embeddings = [e for e in (self.results[int(i)].embeddings for i in picks) if len(e)]
         if not embeddings:
             return np.zeros(0)
         sims = similarities(np.concatenate(embeddings), self.text(self.classes))

@@ -153,20 +153,24 @@ def worst_gallery(
     """Four panels for each of the ``count`` lowest-IoU (image, class) rows of ``per_image``
     (from ``evaluation.evaluate``), predicted again from the cached results."""
     worst = per_image.dropna(subset=["iou"]).nsmallest(count, "iou")
-    index = {sample.image_id: (sample, result) for sample, result in zip(dataset.samples, results)}
+    ids, result_ids = dataset.ids, list(getattr(results, "ids", None) or [r.image_id for r in results])
+    by_id = result_ids == ids or len(result_ids) != len(ids)  # else: results named otherwise, paired by position
+    where = {image_id: i for i, image_id in enumerate(ids)}
+    found = {image_id: i for i, image_id in enumerate(result_ids)}
     classes = list(per_image["class"].unique())
     rows = max(len(worst), 1)
+    cases = [dataset[where[image_id]] for image_id in worst["image_id"]]  # only the images shown are read
     # each row as tall as its four panels need (width-limited at 14 in), plus its titles: no gaps between rows
-    shapes = [index[image_id][0].image.shape[:2] for image_id in worst["image_id"]] or [(3, 4)]
-    aspect = max(h / w for h, w in shapes)
+    aspect = max((s.image.shape[0] / s.image.shape[1] for s in cases), default=0.75)
     row_height = (14 / 4 - 0.2) * aspect + 0.7
     header = 0.35 * (title.count("\n") + 1) + 0.1 if title else 0.1
     figure = plt.figure(figsize=(14, row_height * rows + header), layout="constrained")
     # the title gets a row of its own, so it never covers the first case's titles
     parts = figure.subfigures(rows + 1, 1, height_ratios=[header] + [row_height] * rows)
     parts[0].suptitle(title, y=0.5, va="center")
-    for sub, (image_id, name, iou) in zip(parts[1:], worst[["image_id", "class", "iou"]].itertuples(index=False)):
-        sample, result = index[image_id]
+    rows_shown = worst[["image_id", "class", "iou"]].itertuples(index=False)
+    for sub, sample, (image_id, name, iou) in zip(parts[1:], cases, rows_shown):
+        result = results[found[image_id] if by_id else where[image_id]]
         prediction = predict(result, text, name, selection, classes).mask
         truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
         draw_panels(sub, sample.image, truth, prediction)
@@ -195,5 +199,39 @@ def plot_error_breakdown(table: pd.DataFrame, title: str = "") -> plt.Figure:
     ax.set_ylabel("mean IoU")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def show_instances(image: np.ndarray, instances: Sequence, title: str = "", columns: int = 2) -> plt.Figure:
+    """An image beside its objects (``helpers.instances.Instance``): each mask in its class's
+    colour with its box and "label score" written over it."""
+    labels = list(dict.fromkeys(instance.label for instance in instances))
+    palette = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    colours = {name: np.asarray(palette(i % palette.N)[:3]) for i, name in enumerate(labels)}
+    picture = image.copy()
+    for instance in sorted(instances, key=lambda i: -i.area):  # small objects on top
+        picture = overlay(picture, instance.mask, tuple(colours[instance.label] * 255), alpha=0.55)
+    figure, axes = plt.subplots(1, columns, figsize=(5 * columns, 4))
+    axes = np.atleast_1d(axes)
+    axes[0].imshow(image)
+    axes[0].set_title("image")
+    axes[-1].imshow(picture)
+    axes[-1].set_title(f"{len(instances)} object{'' if len(instances) == 1 else 's'}")
+    for instance in instances:
+        x0, y0, x1, y1 = instance.box
+        colour = colours[instance.label]
+        axes[-1].add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1.5))
+        axes[-1].text(
+            x0,
+            y0 - 2,
+            f"{instance.label} {instance.score:.2f}",
+            color="white",
+            fontsize=8,
+            bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "lw": 0},
+        )
+    for ax in axes:
+        ax.axis("off")
+    figure.suptitle(title)
     figure.tight_layout()
     return figure

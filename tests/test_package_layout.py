@@ -46,6 +46,9 @@ PUBLIC = [
     "helpers.checkpoints",
     "helpers.download",
     "helpers.http_source",
+    "helpers.instances",
+    "helpers.export",
+    "helpers.autolabel",
 ]
 
 
@@ -120,7 +123,14 @@ def test_old_paths_are_the_moved_modules(old, new):
 
 @pytest.mark.parametrize(
     "module",
-    ["helpers.run_notebooks", "helpers.checkpoints", "helpers.distributed", "helpers.demo.train", "helpers.train_demo"],
+    [
+        "helpers.run_notebooks",
+        "helpers.checkpoints",
+        "helpers.distributed",
+        "helpers.demo.train",
+        "helpers.train_demo",
+        "helpers.autolabel",
+    ],
 )
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # imported by other tests already
 def test_python_m_entry_points_answer_help(module, monkeypatch, capsys):

@@ -2,17 +2,22 @@
 
 Modules: ``types`` (Sample, Dataset, errors, read_image), ``coco`` (COCO json, val2017 subset
 download), ``label_maps`` (folders of semantic label maps, CamVid, the coursework layout),
-``class_folders`` (labelled images, object crops, mosaics), ``demo`` (the generated shapes set),
-``yolo`` (ultralytics segmentation folders), ``storage`` (prepared datasets on disk, with the
-request they were prepared for) and ``prepare`` (the run's dataset for the notebooks).
-Problems with single items (an unreadable image or mask, a mask of the wrong size, a class id
+``class_folders`` (labelled images, object crops, mosaics), ``images`` (a folder without labels),
+``demo`` (the generated shapes set),
+``yolo`` (ultralytics segmentation folders), ``lazy`` (samples read from disk when touched),
+``storage`` (prepared datasets on disk: a manifest by reference, with the request they were
+prepared for) and ``prepare`` (the run's dataset for the notebooks).
+Readers index files and annotations up front and read each sample when touched, so memory does
+not grow with the dataset. Problems with single items (an unreadable image or mask, a mask of the wrong size, a class id
 outside the table, a malformed annotation) skip that item and are listed in ``Dataset.skipped``;
-``strict=True`` raises instead. Problems with a whole file raise DatasetError naming it.
+``strict=True`` raises instead (``check=False``: found at first touch, see ``lazy``). Problems
+with a whole file raise DatasetError naming it.
 """
 
 from .class_folders import load_class_folders, make_mosaics, object_crops
 from .coco import COCO_ANNOTATIONS_URL, COCO_IMAGES_URL, fetch_coco_subset, load_coco
 from .demo import DEMO_CLASSES, make_demo_dataset
+from .images import load_images
 from .label_maps import (
     CAMVID_CLASSES,
     CAMVID_IGNORE_IDS,
@@ -23,6 +28,7 @@ from .label_maps import (
     read_label_map,
     snap_to_ids,
 )
+from .lazy import LazySamples, SampleRef
 from .prepare import dataset_request, prepare_dataset
 from .storage import load_prepared, save_dataset
 from .types import IMAGE_SUFFIXES, Dataset, DatasetError, LabelledImage, Sample, UnknownClassError, read_image
@@ -39,13 +45,16 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "LabelledImage",
+    "LazySamples",
     "Sample",
+    "SampleRef",
     "UnknownClassError",
     "fetch_coco_subset",
     "load_camvid",
     "load_class_folders",
     "load_coco",
     "load_coursework",
+    "load_images",
     "load_prepared",
     "load_semantic_folder",
     "load_yolo",

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..instances import from_masks
 from .types import IMAGE_SUFFIXES, Dataset, DatasetError, LabelledImage, Sample, read_image
 
 
@@ -23,11 +24,16 @@ def load_class_folders(root: str | Path, per_class: int | None = None) -> tuple[
     return items, [f.name for f in folders]
 
 
-def object_crops(dataset: Dataset, min_area: int = 400, margin: float = 0.1) -> list[LabelledImage]:
+def object_crops(
+    dataset: Dataset, min_area: int = 400, margin: float = 0.1, limit: int | None = None
+) -> list[LabelledImage]:
     """Each class present in each sample, cut out by its ground-truth box: labelled images for
-    the recognition and mosaic evaluations when no class-folder set is at hand."""
-    items = []
+    the recognition and mosaic evaluations when no class-folder set is at hand. With ``limit``,
+    the first ``limit`` crops (only the images they need are read)."""
+    items: list[LabelledImage] = []
     for sample in dataset.samples:
+        if limit is not None and len(items) >= limit:
+            break
         for name, mask in sample.masks.items():
             if mask.sum() < min_area:
                 continue
@@ -35,7 +41,7 @@ def object_crops(dataset: Dataset, min_area: int = 400, margin: float = 0.1) -> 
             dy, dx = int((rows[-1] - rows[0]) * margin), int((cols[-1] - cols[0]) * margin)
             crop = sample.image[max(0, rows[0] - dy) : rows[-1] + 1 + dy, max(0, cols[0] - dx) : cols[-1] + 1 + dx]
             items.append(LabelledImage(crop.copy(), name, f"{sample.image_id}:{name}"))
-    return items
+    return items[:limit]
 
 
 def make_mosaics(
@@ -66,5 +72,5 @@ def make_mosaics(
             mask = np.zeros(canvas.shape[:2], bool)
             mask[row * tile : (row + 1) * tile, col * tile : (col + 1) * tile] = True
             masks[str(label)] = mask
-        samples.append(Sample(f"mosaic_{index:04d}", canvas, masks))
+        samples.append(Sample(f"mosaic_{index:04d}", canvas, masks, instances=from_masks(masks)))
     return Dataset("mosaics", samples, sorted(by_class))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..instances import Instance
+from .lazy import LazySamples, SampleRef, check_fingerprint, fingerprint, pack, path_text, register_reader
 from .types import Dataset, DatasetError, Sample, finish, load_image
 
 COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
@@ -23,21 +25,27 @@ def load_coco(
     image_ids: list[int] | None = None,
     limit: int | None = None,
     strict: bool = False,
+    check: bool = True,
+    progress: bool = False,
 ) -> Dataset:
-    """A COCO instances json: a class's mask is the union of its instances; crowd regions go
-    into ``Sample.ignore``. With ``classes``, every sample carries every listed class (empty
+    """A COCO instances json: each annotation is a ``Sample.instances`` entry and a class's mask is
+    the union of its instances; crowd regions go into ``Sample.ignore`` (COCOeval ignores them too).
+    With ``classes``, every sample carries every listed class (empty
     masks where absent); without, the classes present in each image (``Dataset.classes`` keeps
     every category; ``Dataset.present_classes()`` those with pixels).
 
-    The json is checked first: a broken file raises DatasetError naming it and what to fix; an
-    annotation with an unknown category is dropped and listed; an image with a malformed
-    annotation (bad polygon, RLE of another size, empty segmentation) is skipped and listed.
+    The json is read and checked up front: a broken file raises DatasetError naming it and what
+    to fix; an annotation with an unknown category is dropped and listed. Samples are read from
+    disk when touched (``lazy.LazySamples``; the json's annotations for each image are kept).
+    ``check`` reads each image once now, one at a time: an unreadable image, a size that
+    differs from the json or a malformed annotation (bad polygon, RLE of another size, empty
+    segmentation) is skipped and listed here; without it, at first touch.
     """
     annotation_file = Path(annotation_file)
     content = _read_json(annotation_file)
     names = _categories(annotation_file, content["categories"])
     all_classes = list(dict.fromkeys(names[i] for i in sorted(names)))
-    dataset = Dataset(annotation_file.stem, [], all_classes)
+    dataset = Dataset(annotation_file.stem, LazySamples([]), all_classes)
     dataset.check_classes(classes or [])
     dataset.classes = classes or all_classes
     images = _images(annotation_file, content["images"], dataset.skipped)
@@ -47,41 +55,55 @@ def load_coco(
         ids = sorted(images) if image_ids is None else list(image_ids)
     except TypeError:  # mixed id types
         ids = sorted(images, key=str)
-    oriented: list[str] = []
     for image_id in ids[:limit] if limit else ids:
         if image_id not in images:
             dataset.skipped.append((str(image_id), "image id not in the annotation file (or its entry is invalid)"))
             continue
         info = images[image_id]
-        item = f"{info['file_name']} (image {image_id})"
-        try:
-            image, orientation = load_image(Path(image_dir) / info["file_name"])
-        except DatasetError as exc:
-            dataset.skipped.append((item, str(exc)))
-            continue
-        height, width = info["height"], info["width"]
-        if image.shape[:2] != (height, width):
-            hint = f" (the file carries EXIF orientation {orientation})" if orientation != 1 else ""
-            reason = f"image is {image.shape[1]}x{image.shape[0]} but the json says {width}x{height}{hint}"
-            dataset.skipped.append((item, reason))
-            continue
-        if orientation != 1:
-            oriented.append(str(info["file_name"]))
-        masks: dict[str, np.ndarray] = {name: np.zeros(image.shape[:2], bool) for name in classes or []}
-        ignore: dict[str, np.ndarray] = {}
-        try:
-            for ann in by_image.get(image_id, []):
-                if ann["category_id"] not in wanted:
-                    continue
-                name = names[ann["category_id"]]
-                target = ignore if ann.get("iscrowd", 0) else masks
-                region = _rasterise(ann, height, width)
-                target[name] = target[name] | region if name in target else region
-        except _BadAnnotation as exc:
-            dataset.skipped.append((item, f"annotation {ann.get('id')}: {exc}"))
-            continue
-        dataset.samples.append(Sample(str(image_id), image, masks, ignore))
+        path = Path(image_dir) / info["file_name"]
+        shapes = [
+            [names[a["category_id"]], int(bool(a.get("iscrowd", 0))), a.get("segmentation"), a.get("id")]
+            for a in by_image.get(image_id, [])
+            if a["category_id"] in wanted
+        ]
+        source = {
+            "image": path_text(path),
+            "name": str(info["file_name"]),
+            "fingerprint": fingerprint(path) if path.is_file() else None,
+            "height": info["height"],
+            "width": info["width"],
+            "shapes": pack(shapes),
+            "classes": classes,
+        }
+        dataset.samples.refs.append(SampleRef(str(image_id), "coco", f"{info['file_name']} (image {image_id})", source))
+    oriented = dataset.samples.scan(progress) if check else []
     return finish(dataset, strict, oriented)
+
+
+@register_reader("coco")
+def read_coco_sample(ref: SampleRef) -> tuple[Sample, int]:
+    """One COCO sample: the image, checked against the json's size, and its annotations rasterised."""
+    source = ref.source
+    path = Path(source["image"])
+    check_fingerprint(path, source["fingerprint"], "image")
+    image, orientation = load_image(path)
+    height, width = source["height"], source["width"]
+    if image.shape[:2] != (height, width):
+        hint = f" (the file carries EXIF orientation {orientation})" if orientation != 1 else ""
+        raise DatasetError(f"image is {image.shape[1]}x{image.shape[0]} but the json says {width}x{height}{hint}")
+    masks: dict[str, np.ndarray] = {name: np.zeros(image.shape[:2], bool) for name in source["classes"] or []}
+    ignore: dict[str, np.ndarray] = {}
+    instances: list[Instance] = []
+    for name, crowd, segmentation, ann_id in json.loads(source["shapes"]):
+        target = ignore if crowd else masks
+        try:
+            region = _rasterise({"segmentation": segmentation}, height, width)
+        except _BadAnnotation as exc:
+            raise DatasetError(f"annotation {ann_id}: {exc}") from exc
+        target[name] = target[name] | region if name in target else region
+        if not crowd:
+            instances.append(Instance(region, name))
+    return Sample(ref.image_id, image, masks, ignore, instances), orientation
 
 
 class _BadAnnotation(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..instances import from_masks
 from .types import Dataset, Sample
 
 DEMO_CLASSES = ["circle", "square", "triangle", "star"]
@@ -74,5 +75,6 @@ def make_demo_dataset(n_images: int = 8, height: int = 240, width: int = 320, se
             for name in masks:
                 masks[name] &= ~drawn
             masks[kind] |= drawn
-        samples.append(Sample(f"demo_{index:03d}", np.asarray(canvas).copy(), masks))
+        # each kind is drawn at most once per image, so a class's visible mask is one object
+        samples.append(Sample(f"demo_{index:03d}", np.asarray(canvas).copy(), masks, instances=from_masks(masks)))
     return Dataset("demo", samples, list(DEMO_CLASSES))

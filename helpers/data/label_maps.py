@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image, open_image
+from ..instances import Instance
+from .lazy import LazySamples, SampleRef, check_fingerprint, fingerprint, path_text, register_reader
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image, open_image, sample_stats
 
 MASK_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")  # preference order; any case
 CAMVID_CLASSES = [
@@ -147,11 +150,13 @@ def load_semantic_folder(
     strict: bool = False,
     name: str | None = None,
     palette: dict[tuple[int, int, int], int] | None = None,
+    check: bool = True,
 ) -> Dataset:
     """Images plus label maps with the same stem; ``class_names`` maps id -> name (a list means
     id = index). Pixels with ``ignore_ids`` are ignored for every class. Colour-coded masks need
     ``palette`` {(r, g, b): class id}; without one they are refused (skipped, the reason listed).
-    Unreadable images or masks are skipped and listed in ``Dataset.skipped``."""
+    Unreadable images or masks are skipped and listed in ``Dataset.skipped``: here when ``check``
+    (each pair is read once now, one at a time), else at first touch (samples are read on touch)."""
     table = _class_table(class_names)
     if palette is not None:
         _check_palette(palette, table)
@@ -160,7 +165,7 @@ def load_semantic_folder(
         if not folder.is_dir():
             raise DatasetError(f"Folder {folder} does not exist.")
     all_classes = [n for i, n in sorted(table.items()) if i not in ignore_ids]
-    dataset = Dataset(name or image_dir.parent.name, [], all_classes)
+    dataset = Dataset(name or image_dir.parent.name, LazySamples([]), all_classes)
     dataset.check_classes(classes or [])
     dataset.classes = classes or all_classes
     masks_by_stem: dict[str, Path] = {}
@@ -169,48 +174,89 @@ def load_semantic_folder(
         if path.suffix.lower() in rank:
             masks_by_stem[path.stem] = path
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    snapped_pixels = snapped_files = 0
-    oriented: list[str] = []
+    shared = {  # one object for every ref: the manifest repeats it, memory does not
+        "table": [[i, n] for i, n in table.items()],
+        "ignore_ids": list(ignore_ids),
+        "palette": None if palette is None else [[list(map(int, c)), int(i)] for c, i in palette.items()],
+        "classes": dataset.classes,
+    }
     for image_path in images[:limit] if limit else images:
         mask_path = masks_by_stem.get(image_path.stem)
         if mask_path is None:
             dataset.skipped.append((image_path.name, f"no mask with stem {image_path.stem!r} in {mask_dir}"))
             continue
+        source = {
+            "image": path_text(image_path),
+            "mask": path_text(mask_path),
+            "name": image_path.name,
+            "fingerprint": [fingerprint(p) if p.is_file() else None for p in (image_path, mask_path)],
+            "shared": shared,
+        }
+        dataset.samples.refs.append(SampleRef(image_path.stem, "label_map", image_path.name, source))
+    if not check:
+        return finish(dataset, strict)
+    snapped_pixels = snapped_files = 0
+    oriented: list[str] = []
+    kept = []
+    for ref in dataset.samples.refs:  # the scan, counting what JPEG snapping changed
         try:
-            image, orientation = load_image(image_path)
-            labels, snapped, mask_orientation = _read_label_map(mask_path, sorted(table), palette)
+            sample, orientations, snapped = _read(ref)
         except DatasetError as exc:
-            dataset.skipped.append((image_path.name, str(exc)))
+            dataset.skipped.append((ref.label, str(exc)))
             continue
-        if labels.shape != image.shape[:2]:
-            dataset.skipped.append(
-                (
-                    image_path.name,
-                    f"mask {mask_path.name} is {labels.shape[1]}x{labels.shape[0]}, "
-                    f"image is {image.shape[1]}x{image.shape[0]}"
-                    + (f" (EXIF orientation {orientation}, not applied)" if orientation != 1 else ""),
-                )
-            )
-            continue
-        outside = sorted(set(np.unique(labels).tolist()) - set(table))
-        if outside:
-            dataset.skipped.append(
-                (image_path.name, f"class id(s) {outside} are not in the class table (known ids: {sorted(table)})")
-            )
-            continue
-        oriented += [p.name for p, o in ((image_path, orientation), (mask_path, mask_orientation)) if o != 1]
+        ref.stats = sample_stats(sample)
+        oriented += [Path(ref.source[k]).name for k, o in zip(("image", "mask"), orientations) if o != 1]
         snapped_pixels += snapped
         snapped_files += bool(snapped)
-        ignored = np.isin(labels, list(ignore_ids)) if ignore_ids else None
-        masks = {n: labels == i for i, n in table.items() if n in dataset.classes}
-        ignore = {n: ignored for n in masks} if ignored is not None and ignored.any() else {}
-        dataset.samples.append(Sample(image_path.stem, image, masks, ignore))
+        kept.append(ref)
+    dataset.samples.refs = kept
     if snapped_files:
         dataset.notes.append(
             f"{snapped_files} JPEG mask(s) carried compression noise: {snapped_pixels} pixels were "
             f"snapped to the nearest valid {'palette colour' if palette else 'class id'}"
         )
     return finish(dataset, strict, oriented)
+
+
+@register_reader("label_map")
+def read_label_map_sample(ref: SampleRef) -> tuple[Sample, int]:
+    """One image with its label map: a mask per class, ignored ids in ``Sample.ignore``."""
+    sample, orientations, _ = _read(ref)
+    return sample, orientations[0]
+
+
+def _read(ref: SampleRef) -> tuple[Sample, tuple[int, int], int]:
+    """(sample, EXIF orientations of image and mask, pixels JPEG snapping changed)."""
+    source, shared = ref.source, ref.source["shared"]
+    image_path, mask_path = Path(source["image"]), Path(source["mask"])
+    for path, recorded, what in zip((image_path, mask_path), source["fingerprint"], ("image", "mask")):
+        check_fingerprint(path, recorded, what)
+    table = {int(i): n for i, n in shared["table"]}
+    palette = None if shared["palette"] is None else {tuple(c): i for c, i in shared["palette"]}
+    ignore_ids = tuple(shared["ignore_ids"])
+    image, orientation = load_image(image_path)
+    labels, snapped, mask_orientation = _read_label_map(mask_path, sorted(table), palette)
+    if labels.shape != image.shape[:2]:
+        raise DatasetError(
+            f"mask {mask_path.name} is {labels.shape[1]}x{labels.shape[0]}, "
+            f"image is {image.shape[1]}x{image.shape[0]}"
+            + (f" (EXIF orientation {orientation}, not applied)" if orientation != 1 else "")
+        )
+    outside = sorted(set(np.unique(labels).tolist()) - set(table))
+    if outside:
+        raise DatasetError(f"class id(s) {outside} are not in the class table (known ids: {sorted(table)})")
+    ignored = np.isin(labels, list(ignore_ids)) if ignore_ids else None
+    masks = {n: labels == i for i, n in table.items() if n in shared["classes"]}
+    ignore = {n: ignored for n in masks} if ignored is not None and ignored.any() else {}
+    instances = [Instance(part, name) for name, mask in masks.items() for part in components(mask)]
+    return Sample(image_path.stem, image, masks, ignore, instances), (orientation, mask_orientation), snapped
+
+
+def components(mask: np.ndarray) -> list[np.ndarray]:
+    """A class mask's connected components (8-connected, OpenCV): a label map's instances. An
+    approximation: touching objects of one class merge, an object cut in two counts twice."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return [labels == k for k in range(1, count)]
 
 
 def load_camvid(root: str | Path, limit: int | None = None, classes: list[str] | None = None) -> Dataset:

@@ -63,11 +63,11 @@ def prepare_dataset(config) -> Dataset:
                 f"No annotations/instances_val2017*.json under {path}. Set SAMCLIP_DATA_PATH or "
                 "fetch a subset with helpers.data.fetch_coco_subset (notebook 01)."
             )
-        dataset = load_coco(annotations[0], path / "val2017", classes=classes, limit=limit)
+        dataset = load_coco(annotations[0], path / "val2017", classes=classes, limit=limit, progress=True)
     elif kind == "camvid":
         dataset = load_camvid(path, limit=limit, classes=classes)
     else:
-        dataset = load_yolo(path, classes=classes, limit=limit)
+        dataset = load_yolo(path, classes=classes, limit=limit, progress=True)
     if classes:
         dataset.check_classes(classes)
     save_dataset(dataset, config.dataset_dir, request=dataset_request(config))

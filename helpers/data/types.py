@@ -1,12 +1,18 @@
-"""The one form every reader returns: samples of an RGB image with one boolean mask per class."""
+"""The one form every reader returns: samples of an RGB image with one boolean mask per class.
+
+``Dataset.samples`` is a list (generated or in-memory data) or a ``lazy.LazySamples`` that reads each
+sample from disk when touched (the readers' default); every caller treats it as a sequence."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from ..instances import Instance
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # compared lower-cased
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 = as stored; 2-8 = flip and/or rotate for display
@@ -33,12 +39,15 @@ class UnknownClassError(DatasetError, KeyError):
 
 @dataclass
 class Sample:
-    """One image (H x W x 3 uint8 RGB) with a boolean mask per class and pixels to ignore per class."""
+    """One image (H x W x 3 uint8 RGB) with a boolean mask per class, pixels to ignore per class, and
+    its objects one by one (``instances``: per COCO annotation, YOLO label line, drawn demo shape, or
+    connected component of a label map; their union per class is ``masks``)."""
 
     image_id: str
     image: np.ndarray  # H x W x 3, uint8, RGB
     masks: dict[str, np.ndarray]  # class name -> H x W bool
     ignore: dict[str, np.ndarray] = field(default_factory=dict)  # class -> pixels evaluation ignores
+    instances: list[Instance] = field(default_factory=list)  # ground truth, score 1.0
 
     def ignore_mask(self, name: str) -> np.ndarray | None:
         return self.ignore.get(name)
@@ -46,13 +55,20 @@ class Sample:
 
 @dataclass
 class Dataset:
-    """Samples, their class list, and what the reader skipped or noted (see ``report``)."""
+    """Samples, their class list, and what the reader skipped or noted (see ``report``).
+
+    ``samples`` is any sequence of ``Sample``: a list, or ``LazySamples`` read on touch (iteration
+    drops a sample that turned unreadable and lists it in ``skipped``)."""
 
     name: str
-    samples: list[Sample]
+    samples: Sequence[Sample]
     classes: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if hasattr(self.samples, "refs"):  # LazySamples reports what turns unreadable into our list
+            self.samples.skipped = self.skipped
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -63,6 +79,27 @@ class Dataset:
     def __getitem__(self, index: int) -> Sample:
         return self.samples[index]
 
+    @property
+    def lazy(self) -> bool:
+        """True when samples are read from disk on touch (``LazySamples``)."""
+        return hasattr(self.samples, "refs")
+
+    @property
+    def ids(self) -> list[str]:
+        """The image ids, in order, without reading any image."""
+        return self.samples.ids if self.lazy else [s.image_id for s in self.samples]
+
+    def in_memory(self) -> "Dataset":
+        """A copy with every sample decoded into a list (small datasets; what readers returned before)."""
+        return Dataset(self.name, list(self.samples), list(self.classes), self.skipped, self.notes)
+
+    def _stats(self) -> list[dict]:
+        """(height, width, pixels per class) per sample: from the index when scanned, else read one at a time."""
+        refs = getattr(self.samples, "refs", None)
+        if refs is not None and all(ref.stats is not None for ref in refs):
+            return [ref.stats for ref in refs]
+        return [sample_stats(sample) for sample in self.samples]
+
     def check_classes(self, names: list[str]) -> None:
         unknown = [name for name in names if name not in self.classes]
         if unknown:
@@ -72,10 +109,11 @@ class Dataset:
 
     def class_counts(self) -> list[dict]:
         """Per class: images that contain it and its share of all pixels."""
+        stats = self._stats()
+        total = sum(st["height"] * st["width"] for st in stats) or 1
         rows = []
-        total = sum(s.image.shape[0] * s.image.shape[1] for s in self.samples) or 1
         for name in self.classes:
-            areas = [int(s.masks[name].sum()) for s in self.samples if name in s.masks]
+            areas = [st["pixels"][name] for st in stats if name in st["pixels"]]
             rows.append(
                 {
                     "class": name,
@@ -88,7 +126,7 @@ class Dataset:
 
     def present_classes(self) -> list[str]:
         """The classes with at least one mask pixel in some sample, in ``classes`` order."""
-        present = {name for s in self.samples for name, mask in s.masks.items() if mask.any()}
+        present = {name for st in self._stats() for name, pixels in st["pixels"].items() if pixels}
         return [name for name in self.classes if name in present]
 
     def report(self) -> str:
@@ -98,6 +136,12 @@ class Dataset:
             lines += [f"  {item}: {reason}" for item, reason in self.skipped]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def sample_stats(sample: Sample) -> dict:
+    """Height, width and mask pixels per class of a sample (what class counts need)."""
+    height, width = sample.image.shape[:2]
+    return {"height": height, "width": width, "pixels": {n: int(m.sum()) for n, m in sample.masks.items()}}
 
 
 def finish(dataset: Dataset, strict: bool, oriented: list[str] | None = None, applied: bool = False) -> Dataset:

@@ -3,6 +3,7 @@ one instance per line, ``class x1 y1 x2 y2 ...`` (coordinates normalised to 0-1)
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import cv2
 import numpy as np
 import yaml
 
+from ..instances import Instance
+from .lazy import LazySamples, SampleRef, check_fingerprint, fingerprint, pack, path_text, register_reader
 from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image
 
 SPLITS = ("train", "val", "test")
@@ -22,6 +25,8 @@ def load_yolo(
     limit: int | None = None,
     strict: bool = False,
     names: list[str] | dict[int, str] | None = None,
+    check: bool = True,
+    progress: bool = False,
 ) -> Dataset:
     """A YOLO segmentation dataset: ``root`` is its folder (holding ``data.yaml``) or the yaml file.
 
@@ -31,17 +36,20 @@ def load_yolo(
     scaled by width and height); a class's mask is the union of its instances. An image without a
     label file is background (as in ultralytics). Images are turned upright by their EXIF
     orientation, as ultralytics (cv2) reads them and its labels assume; the files are listed in
-    ``Dataset.notes``. A label file with a bad line is skipped with its image and listed.
+    ``Dataset.notes``. A label file with a bad line is skipped with its image and listed, up front.
+    Samples are read from disk when touched (``lazy.LazySamples``); ``check`` reads each image
+    once now (an unreadable one is skipped and listed here; without it, at first touch).
     """
     yaml_path, spec = _read_yaml(Path(root))
     base = _base_folder(Path(root), yaml_path, spec)
     table = _names(names if names is not None else spec.get("names"), yaml_path or Path(root))
     all_classes = list(dict.fromkeys(table[i] for i in sorted(table)))
-    dataset = Dataset(yaml_path.stem if yaml_path and yaml_path.stem != "data" else base.name, [], all_classes)
+    dataset = Dataset(
+        yaml_path.stem if yaml_path and yaml_path.stem != "data" else base.name, LazySamples([]), all_classes
+    )
     dataset.check_classes(classes or [])
     dataset.classes = classes or all_classes
     images = _split_images(base, spec, split)
-    oriented: list[str] = []
     unlabelled: list[str] = []
     seen: dict[str, Path] = {}
     for image_path in images[:limit] if limit else images:
@@ -50,35 +58,51 @@ def load_yolo(
             dataset.skipped.append((item, f"same file name stem as {seen[image_path.stem]}"))
             continue
         seen[image_path.stem] = image_path
+        label_path = label_path_for(image_path)
         try:
-            image, orientation = load_image(image_path, apply_orientation=True)
-            label_path = label_path_for(image_path)
             instances = _read_labels(label_path, table) if label_path.is_file() else []
         except DatasetError as exc:
             dataset.skipped.append((item, str(exc)))
             continue
         if not label_path.is_file():
             unlabelled.append(image_path.name)
-        if orientation != 1:
-            oriented.append(image_path.name)
-        height, width = image.shape[:2]
-        masks = {name: np.zeros((height, width), bool) for name in classes or []}
-        for class_id, coords in instances:
-            name = table[class_id]
-            if name not in dataset.classes:
-                continue
-            layer = np.zeros((height, width), np.uint8)
-            points = (coords.reshape(-1, 2) * (width, height)).astype(np.int32)
-            cv2.fillPoly(layer, [points], 1)
-            masks[name] = masks[name] | layer.astype(bool) if name in masks else layer.astype(bool)
-        dataset.samples.append(Sample(image_path.stem, image, masks))
+        shapes = [[table[i], coords.tolist()] for i, coords in instances if table[i] in dataset.classes]
+        source = {
+            "image": path_text(image_path),
+            "name": image_path.name,
+            "fingerprint": fingerprint(image_path) if image_path.is_file() else None,
+            "shapes": pack(shapes),
+            "classes": classes,
+        }
+        dataset.samples.refs.append(SampleRef(image_path.stem, "yolo", item, source))
     if unlabelled:
         dataset.notes.append(
             f"{len(unlabelled)} image(s) have no label file and count as background (no objects): "
             + ", ".join(unlabelled[:10])
             + (" ..." if len(unlabelled) > 10 else "")
         )
+    oriented = dataset.samples.scan(progress) if check else []
     return finish(dataset, strict, oriented, applied=True)
+
+
+@register_reader("yolo")
+def read_yolo_sample(ref: SampleRef) -> tuple[Sample, int]:
+    """One YOLO sample: the image turned upright, its label polygons filled as ultralytics does."""
+    source = ref.source
+    path = Path(source["image"])
+    check_fingerprint(path, source["fingerprint"], "image")
+    image, orientation = load_image(path, apply_orientation=True)
+    height, width = image.shape[:2]
+    masks = {name: np.zeros((height, width), bool) for name in source["classes"] or []}
+    instances = []
+    for name, coords in json.loads(source["shapes"]):
+        layer = np.zeros((height, width), np.uint8)
+        points = (np.asarray(coords, float).reshape(-1, 2) * (width, height)).astype(np.int32)
+        cv2.fillPoly(layer, [points], 1)
+        region = layer.astype(bool)
+        masks[name] = masks[name] | region if name in masks else region
+        instances.append(Instance(region, name))
+    return Sample(ref.image_id, image, masks, instances=instances), orientation
 
 
 def label_path_for(image_path: Path) -> Path:

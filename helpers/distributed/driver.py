@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..cache import ResultCache
-from ..data import Dataset, read_image
+from ..data import Dataset, dataset_request, load_prepared, read_image
 from ..pipeline import Pipeline, PipelineSettings, load_cached
 from .worker import (
     RAY_MISSING,
@@ -178,14 +178,14 @@ def _collect(
             failures.append(Failure(path, image_id, error))
             continue
         stats.image_seconds.append(row["seconds"])
-        result = load_cached(cache, settings.filters, row["key"], row["sam_key"], row["embedding_key"], row["image_id"])
-        if result is None:
+        entry = (row["key"], row["sam_key"], row["embedding_key"], row["image_id"])
+        if load_cached(cache, settings.filters, *entry) is None:  # checked here, read again when touched
             if local is None:
                 local = Pipeline(*spec.load(), settings, cache_dir=cache_dir)
             image = dataset.samples[index].image if dataset else read_image(Path(path))  # scratch PNGs are gone
-            result = local.process(image, image_id)
+            entry = local.process(image, image_id)
             stats.recomputed_on_driver += 1
-        results.append(result)
+        results.append(entry)
     keys = {(row["sam_key"], row["embedding_key"]) for row in rows.values() if not row["error"]}
     if len(keys) > 1:
         warnings.warn(
@@ -206,7 +206,7 @@ def _collect(
         )
     if failures:
         warnings.warn(f"{len(failures)} image(s) failed, first: {failures[0].path}: {failures[0].error}", stacklevel=3)
-    return DistributedResults(results, failures, stats)
+    return DistributedResults(results, failures, stats, cache, settings.filters)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,7 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = replace(spec, sam_type=args.sam_type or spec.sam_type, sam_checkpoint=str(args.sam_checkpoint))
     if args.clip_checkpoint:
         spec = replace(spec, clip_checkpoint=str(args.clip_checkpoint))
-    images = args.images or config.dataset_dir
+    if args.images is None:  # notebook 01's dataset, read one image at a time from its manifest
+        images = load_prepared(config.dataset_dir, expected=dataset_request(config))
+    else:
+        images = args.images
     cache_dir = args.cache_dir or config.cache_dir
     results = process_dataset_on_ray(
         images,

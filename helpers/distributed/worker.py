@@ -17,11 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from ..cache import image_key
+from ..cache import ResultCache, image_key
 from ..config import choose_device
 from ..data import IMAGE_SUFFIXES, Dataset, read_image
+from ..masks import FilterSettings
 from ..models.loading import LoadedClip, LoadedSam, load_clip, load_sam
-from ..pipeline import ImageResult, Pipeline, PipelineSettings
+from ..pipeline import ImageResult, Pipeline, PipelineSettings, load_cached
 
 RAY_MISSING = "Ray is not installed; install the extra: pip install -e '.[ray]' (make install does)."
 OUTPUT_FIELDS = (
@@ -92,13 +93,43 @@ class RunStats:
     recomputed_on_driver: int = 0
 
 
-class DistributedResults(list):
-    """``list[ImageResult]`` in input order (failed images left out), plus ``failures`` and ``stats``."""
+class DistributedResults(Sequence[ImageResult]):
+    """The ``ImageResult`` of each image in input order (failed images left out), read back from the
+    shared cache when touched (memory does not grow with the folder), plus ``failures`` and ``stats``.
+    An entry is an ``ImageResult`` or the cache keys ``(key, sam_key, embedding_key, image_id)``."""
 
-    def __init__(self, results: Sequence[ImageResult], failures: Sequence[Failure], stats: RunStats) -> None:
-        super().__init__(results)
+    def __init__(
+        self,
+        results: Sequence[ImageResult | tuple[str, str, str, str]],
+        failures: Sequence[Failure],
+        stats: RunStats,
+        cache: ResultCache | None = None,
+        filters: FilterSettings | None = None,
+    ) -> None:
+        self.entries = list(results)
         self.failures = list(failures)
         self.stats = stats
+        self.cache, self.filters = cache, filters
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.image_id if isinstance(e, ImageResult) else e[3] for e in self.entries]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        entry = self.entries[index]
+        if isinstance(entry, ImageResult):
+            return entry
+        result = load_cached(self.cache, self.filters, *entry)
+        if result is None:
+            raise RuntimeError(
+                f"The cache entry of image {entry[3]} in {self.cache.root} is gone since the run; run it again."
+            )
+        return result
 
 
 def peak_rss_mb() -> float:

@@ -1,0 +1,169 @@
+"""Auto-labelling: a folder of images and a class list in, COCO and YOLO-seg datasets out.
+
+    python -m helpers.autolabel --images DIR --classes "cat,dog" --out DIR --format coco,yolo
+
+SAM's masks of every image (cached: an interrupted run resumes; ``--ray`` fills the cache on a Ray
+cluster), each mask named by CLIP after the class it matches best or dropped when a negative prompt
+("background" by default) wins, duplicates removed by mask NMS (``helpers.instances``), then
+written in the chosen formats (``helpers.export``). Models and settings follow the ``SAMCLIP_*``
+variables, as in the notebooks. An unreadable image is listed and skipped; an existing output
+folder is never overwritten without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+from .config import RunConfig, load_config
+from .data import Dataset, DatasetError, load_images
+from .export import write_coco_dataset, write_yolo
+from .instances import InstancePredictions
+from .pipeline import Pipeline
+from .session import checkpoint_paths, load_clip_for, sam_source
+
+FORMATS = ("coco", "yolo")
+DEFAULT_NEGATIVES = ("background",)
+
+
+@dataclass
+class AutolabelReport:
+    """What a run labelled: images, objects per class, what was skipped and where the exports lie."""
+
+    images: int
+    objects: dict[str, int]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+    sam_runs: int = 0
+
+    def summary(self) -> str:
+        found = ", ".join(f"{name} {count}" for name, count in self.objects.items())
+        lines = [
+            f"{self.images} images labelled in {self.seconds:.1f} s (SAM ran {self.sam_runs} times, the rest "
+            f"came from the cache): {found or 'no objects'}"
+        ]
+        lines += [f"  {fmt}: {path}" for fmt, path in self.outputs.items()]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} image(s):")
+            lines += [f"  {item}: {reason}" for item, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def parse_classes(text: str | Sequence[str]) -> list[str]:
+    """``"cat, dog"`` or ``["cat", "dog"]`` -> ``["cat", "dog"]``; ValueError when empty or repeated."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError('The class list is empty: pass the names to look for, e.g. --classes "cat,dog".')
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"Classes {repeated} are listed twice; name each class once.")
+    return names
+
+
+def parse_formats(text: str | Sequence[str]) -> list[str]:
+    """``"coco,yolo"`` -> ``["coco", "yolo"]``; ValueError naming the known formats otherwise."""
+    formats = [f.strip().lower() for f in (text.split(",") if isinstance(text, str) else text) if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"Unknown export format {unknown or formats}: use one or more of {', '.join(FORMATS)}.")
+    return list(dict.fromkeys(formats))
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that already holds files, unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; name a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"The output folder {out} is not empty; choose another --out, or pass --overwrite (overwrite=True) "
+            "to replace the exports in it."
+        )
+
+
+def autolabel(
+    images: str | Path | Dataset,
+    classes: str | Sequence[str],
+    out: str | Path,
+    formats: str | Sequence[str] = FORMATS,
+    config: RunConfig | None = None,
+    negatives: Sequence[str] = DEFAULT_NEGATIVES,
+    use_ray: bool = False,
+    workers: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+    pipeline: Pipeline | None = None,
+) -> AutolabelReport:
+    """Label ``images`` (a folder, or a ``Dataset``) with ``classes`` and write ``formats`` under ``out``
+    (``out/coco``, ``out/yolo``). ``config``: the run's settings (``load_config()``); ``pipeline``: one
+    already built (notebooks), else the run's models, SAM loaded only for images not in the cache."""
+    started = time.perf_counter()
+    names, chosen = parse_classes(classes), parse_formats(formats)
+    out = Path(out).expanduser()
+    check_output(out, overwrite)
+    dataset = images if isinstance(images, Dataset) else load_images(images, classes=names, progress=progress)
+    config = config or load_config()
+    if pipeline is None:
+        paths = checkpoint_paths(config, progress=progress)
+        pipeline = Pipeline(sam_source(config, paths), load_clip_for(config, paths), config.pipeline, config.cache_dir)
+    if use_ray:
+        from .distributed import ModelSpec, process_dataset_on_ray
+
+        process_dataset_on_ray(
+            dataset, ModelSpec.from_config(config), config.pipeline, config.cache_dir, workers, progress=progress
+        )  # fills the shared cache; the results are read back below without running SAM
+    results = pipeline.process_dataset(dataset, progress=progress)
+    selection = replace(config.selection, negatives=tuple(n for n in negatives if n not in names))
+    predictions = InstancePredictions(results, pipeline.text, names, selection)
+    labelled = Dataset(dataset.name, dataset.samples, names, dataset.skipped, dataset.notes)
+    outputs = {}
+    if "coco" in chosen:
+        outputs["coco"] = write_coco_dataset(labelled, out / "coco", predictions=predictions, overwrite=overwrite)
+    if "yolo" in chosen:
+        outputs["yolo"] = write_yolo(labelled, out / "yolo", predictions=predictions, overwrite=overwrite)
+    objects = dict.fromkeys(names, 0)
+    for found in predictions:
+        for instance in found:
+            objects[instance.label] += 1
+    return AutolabelReport(
+        len(labelled), objects, list(dataset.skipped), outputs, time.perf_counter() - started, pipeline.sam_runs
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m helpers.autolabel``: see the module docstring."""
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.autolabel",
+        description="Label a folder of images with SAM + CLIP and export COCO / YOLO-seg datasets. Models and "
+        "settings follow the SAMCLIP_* variables (SAMCLIP_PROFILE=demo: the small offline models).",
+    )
+    parser.add_argument("--images", type=Path, required=True, help="folder of images to label")
+    parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,dog"')
+    parser.add_argument("--out", type=Path, required=True, help="output folder (coco/ and yolo/ inside)")
+    parser.add_argument("--format", default="coco,yolo", help="coco, yolo or both (default coco,yolo)")
+    parser.add_argument(
+        "--negatives", default=",".join(DEFAULT_NEGATIVES), help='prompts that drop a mask (default "background")'
+    )
+    parser.add_argument("--ray", action="store_true", help="fill the cache on Ray (RAY_ADDRESS, else a local one)")
+    parser.add_argument("--workers", type=int, default=2, help="Ray workers (with --ray)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the exports in a non-empty --out")
+    args = parser.parse_args(argv)
+    negatives = [n.strip() for n in args.negatives.split(",") if n.strip()]
+    try:
+        report = autolabel(
+            args.images, args.classes, args.out, args.format, None, negatives, args.ray, args.workers, args.overwrite
+        )
+    except (ValueError, FileExistsError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""A folder of images without labels (what auto-labelling reads): samples with no masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .lazy import LazySamples, SampleRef, check_fingerprint, fingerprint, path_text, register_reader
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image
+
+
+def load_images(
+    folder: str | Path,
+    classes: list[str] | None = None,
+    recursive: bool = False,
+    limit: int | None = None,
+    check: bool = True,
+    progress: bool = False,
+) -> Dataset:
+    """The images of ``folder`` (sorted; ``recursive``: sub-folders too), read on touch, with no
+    ground truth; ``classes`` names what is looked for. Image ids are file stems (paths relative
+    to the folder when ``recursive``). ``check`` reads each image once now: an unreadable one is
+    skipped and listed in ``Dataset.skipped``, never fatal."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"{folder.absolute()} is not a folder of images; pass the folder that holds them.")
+    pattern = "**/*" if recursive else "*"
+    paths = sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise DatasetError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder.absolute()}.")
+    dataset = Dataset(folder.name, LazySamples([]), list(classes or []))
+    seen: dict[str, Path] = {}
+    for path in paths[:limit] if limit else paths:
+        name = str(path.relative_to(folder).with_suffix("")) if recursive else path.stem
+        if name in seen:
+            dataset.skipped.append((path.name, f"same file name stem as {seen[name].name}"))
+            continue
+        seen[name] = path
+        source = {"image": path_text(path), "name": path.name, "fingerprint": fingerprint(path)}
+        dataset.samples.refs.append(SampleRef(name, "image", str(path.relative_to(folder)), source))
+    oriented = dataset.samples.scan(progress) if check else []
+    return finish(dataset, strict=False, oriented=oriented)
+
+
+@register_reader("image")
+def read_image_sample(ref: SampleRef) -> tuple[Sample, int]:
+    """One unlabelled image, pixels as stored."""
+    path = Path(ref.source["image"])
+    check_fingerprint(path, ref.source["fingerprint"], "image")
+    image, orientation = load_image(path)
+    return Sample(ref.image_id, image, {}), orientation

@@ -1,0 +1,167 @@
+"""Samples read from disk when touched: a dataset's size no longer decides its memory.
+
+A reader indexes its files and annotations up front into ``SampleRef`` records (plain JSON: the
+prepared dataset's manifest holds them) and decodes one sample when it is touched. ``LazySamples``
+is the sequence a ``Dataset`` holds: ``len()``, indexing, slicing and iteration work as on a list,
+with the last few samples kept (``CACHED``). When items turn bad:
+
+- up front, while indexing (cheap): missing files, malformed annotations and label lines, headers;
+- by ``LazySamples.scan()`` (what the readers run by default, ``check=True``): every sample is
+  decoded once, one at a time, and kept nowhere; unreadable ones move to ``Dataset.skipped``;
+- at first touch, for a file that changed or broke after indexing: iteration drops it from the
+  sequence and lists it in ``Dataset.skipped`` (with a warning); ``dataset[i]`` raises DatasetError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from .types import DatasetError, Sample, sample_stats
+
+CACHED = 4  # decoded samples kept per sequence (the tuner flips between a few images)
+Reader = Callable[["SampleRef"], tuple[Sample, int]]  # -> (sample, EXIF orientation)
+_READERS: dict[str, Reader] = {}
+
+
+def register_reader(name: str) -> Callable[[Reader], Reader]:
+    """Name the function that decodes a ``SampleRef`` of kind ``name`` (each reader module registers its own)."""
+
+    def register(function: Reader) -> Reader:
+        _READERS[name] = function
+        return function
+
+    return register
+
+
+@dataclass
+class SampleRef:
+    """Where one sample lies and how to read it. ``label`` names it in ``Dataset.skipped``;
+    ``source`` is the reader's JSON (paths, file fingerprints, annotations); ``stats`` (height,
+    width, pixels per class) is filled by ``scan`` so that class counts need no decoding."""
+
+    image_id: str
+    reader: str
+    label: str
+    source: dict
+    stats: dict | None = None
+
+    def read(self) -> tuple[Sample, int]:
+        """(sample, EXIF orientation), decoded now; DatasetError when the files cannot give it."""
+        if self.reader not in _READERS:
+            raise DatasetError(f"{self.label}: no reader {self.reader!r} (known: {sorted(_READERS)})")
+        return _READERS[self.reader](self)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.image_id,
+            "reader": self.reader,
+            "label": self.label,
+            "source": self.source,
+            **({"stats": self.stats} if self.stats is not None else {}),
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict) -> "SampleRef":
+        return cls(str(entry["id"]), entry["reader"], entry["label"], entry["source"], entry.get("stats"))
+
+
+def fingerprint(path: Path) -> list[int]:
+    """[size, mtime_ns] of a file: compared at read time to tell a file changed since indexing."""
+    status = os.stat(path)
+    return [status.st_size, status.st_mtime_ns]
+
+
+def check_fingerprint(path: Path, recorded: list[int] | None, what: str = "file") -> None:
+    """DatasetError when ``path`` is gone or differs from when it was indexed."""
+    if recorded is None:
+        return
+    try:
+        now = fingerprint(path)
+    except OSError as exc:
+        raise DatasetError(f"{what} {path} is gone since the dataset was indexed ({exc})") from exc
+    if now != list(recorded):
+        raise DatasetError(
+            f"{what} {path} changed since the dataset was indexed (size, mtime {recorded} -> {now}); "
+            "prepare the dataset again (notebook 01) to use the new file"
+        )
+
+
+def pack(value: object) -> str:
+    """Annotations as one compact JSON string: far smaller in memory than nested Python lists."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+class LazySamples(Sequence[Sample]):
+    """A dataset's samples, decoded on touch from their ``SampleRef`` (see the module docstring)."""
+
+    def __init__(self, refs: Sequence[SampleRef], skipped: list | None = None) -> None:
+        self.refs = list(refs)
+        self.skipped = skipped if skipped is not None else []
+        self._recent: OrderedDict[int, Sample] = OrderedDict()  # id(ref) -> sample
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return LazySamples(self.refs[index], self.skipped)
+        ref = self.refs[index]
+        sample = self._recent.get(id(ref))
+        if sample is None or sample.image_id != ref.image_id:
+            sample = ref.read()[0]
+            self._recent[id(ref)] = sample
+            while len(self._recent) > CACHED:
+                self._recent.popitem(last=False)
+        self._recent.move_to_end(id(ref))
+        return sample
+
+    def __iter__(self) -> Iterator[Sample]:
+        position = 0
+        while position < len(self.refs):
+            try:
+                sample = self[position]
+            except DatasetError as exc:
+                self._drop(position, f"{exc} (found when the sample was read, after indexing)")
+                continue
+            position += 1
+            yield sample
+
+    def _drop(self, position: int, reason: str) -> None:
+        ref = self.refs.pop(position)
+        self.skipped.append((ref.label, reason))
+        warnings.warn(f"skipped {ref.label}: {reason}", RuntimeWarning, stacklevel=3)
+
+    @property
+    def ids(self) -> list[str]:
+        return [ref.image_id for ref in self.refs]
+
+    def scan(self, progress: bool = False) -> list[str]:
+        """Decode every sample once (one at a time, none kept): unreadable ones move to ``skipped``,
+        the others get their ``stats``. Returns the labels of files carrying an EXIF orientation."""
+        from tqdm.auto import tqdm
+
+        kept, oriented = [], []
+        for ref in tqdm(self.refs, desc="checking samples", disable=not progress):
+            try:
+                sample, orientation = ref.read()
+            except DatasetError as exc:
+                self.skipped.append((ref.label, str(exc)))
+                continue
+            ref.stats = sample_stats(sample)
+            if orientation != 1:
+                oriented.append(ref.source.get("name", ref.label))
+            kept.append(ref)
+        self.refs = kept
+        self._recent.clear()
+        return oriented
+
+
+def path_text(path: Path) -> str:
+    """An absolute path as the manifest records it."""
+    return str(Path(path).absolute())
