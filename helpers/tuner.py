@@ -4,12 +4,14 @@ Changing the prompt, threshold, selection mode or image recomputes only a matrix
 a union of cached masks: SAM and the CLIP image encoder never run. The figure is a
 ``matplotlib.figure.Figure`` outside pyplot, rendered to PNG into an ``Image`` widget, so it
 never becomes pyplot's current figure (a later ``plt.plot`` draws elsewhere) and running the
-cell again adds no figure.
+cell again adds no figure. The title and the IoU line name the mode and threshold the picture
+was made with, so a step that keeps the same masks still visibly happened.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from typing import Mapping, Sequence
 
 import ipywidgets as widgets
@@ -19,15 +21,64 @@ from matplotlib.figure import Figure
 
 from .data import Dataset
 from .metrics import counts
-from .selection import DEFAULT_THRESHOLD, SELECTION_MODES, ImageResult, SelectionSettings, TextEncoder, predict
+from .selection import (
+    DEFAULT_THRESHOLD,
+    SELECTION_MODES,
+    ImageResult,
+    SelectionSettings,
+    TextEncoder,
+    predict,
+    similarities,
+)
 from .viz import four_panel
+
+SLIDER_WIDTH = "700px"  # a track of about 540 px: a 0.6-wide cosine range moves about 0.001 per pixel
+SOFTMAX_START = 0.5  # the softmax mode's first threshold (a probability), as in sam_clip_measures
+COSINE_FALLBACK = (0.0, 0.6)  # the threshold mode's range when no scores are at hand
+
+
+def slider_range(
+    mode: str, scores: np.ndarray | None = None, include: Sequence[float] = ()
+) -> tuple[float, float, float]:
+    """(min, max, step) of the threshold slider for selection ``mode``.
+
+    ``threshold`` (cosine similarity): the span of ``scores`` (the run's region-to-class
+    similarities) widened to multiples of 0.05, its top strictly above the best score so the
+    slider can drop every mask, and widened to cover ``include`` (saved thresholds); without
+    scores ``COSINE_FALLBACK``. ``softmax``: a probability, 0-1. ``top1``: 0-1, unused."""
+    if mode not in SELECTION_MODES:
+        raise ValueError(f"Unknown selection mode {mode!r}; use one of {SELECTION_MODES}.")
+    if mode != "threshold":
+        return 0.0, 1.0, 0.01
+    values = np.asarray(scores if scores is not None else [], np.float64).ravel()
+    values = np.concatenate([values[np.isfinite(values)], [v for v in include if math.isfinite(v)]])
+    if values.size == 0:
+        return (*COSINE_FALLBACK, 0.001)
+    low = math.floor(round(values.min() / 0.05, 6)) * 0.05
+    high = (math.floor(round(values.max() / 0.05, 6)) + 1) * 0.05
+    return round(max(-1.0, low), 2), round(min(1.05, high), 2), 0.001
+
+
+def selection_text(selection: SelectionSettings) -> str:
+    """The selection rule in words, e.g. ``threshold: cosine >= 0.400``."""
+    if selection.mode == "threshold":
+        text = f"threshold: cosine ≥ {selection.threshold:.3f}"
+    elif selection.mode == "softmax":
+        text = f"softmax: p ≥ {selection.threshold:.3f}"
+    else:
+        text = "top1: the best region only"
+    if selection.negatives and selection.mode != "top1":  # top1 ranks the masks by the prompt alone
+        text += f", not {'/'.join(selection.negatives)}"
+    return text
 
 
 class ThresholdTuner:
     """Widgets for image, class, prompt, mode and threshold over cached ``results``.
 
     ``thresholds`` maps a class to its starting threshold (e.g. the best ones notebook 03
-    saved); a class without one starts at ``DEFAULT_THRESHOLD``."""
+    saved); a class without one starts at ``DEFAULT_THRESHOLD``. ``selection`` gives the
+    starting mode and the negative prompts (e.g. the run's ``config.selection``). The slider's
+    range follows the mode (``slider_range``); each mode keeps its own last threshold."""
 
     def __init__(
         self,
@@ -37,25 +88,36 @@ class ThresholdTuner:
         classes: Sequence[str],
         thresholds: Mapping[str, float] | None = None,
         title=lambda text: text,
+        selection: SelectionSettings | None = None,
     ) -> None:
         self.dataset, self.results, self.text = dataset, results, text  # read on touch (lazy sequences)
         self.classes, self.title = list(classes), title
+        self.negatives = tuple(selection.negatives) if selection else ()
         self.thresholds = {k: float(v) for k, v in (thresholds or {}).items() if np.isfinite(v)}
         first = self.classes[0]
+        start_mode = selection.mode if selection else "threshold"
+        start = self.thresholds.get(first, selection.threshold if selection else DEFAULT_THRESHOLD)
+        self.cosine_scores = self._cosine_span()
+        self.last = {"threshold": start, "softmax": SOFTMAX_START, "top1": 0.0}
+        if start_mode != "threshold" and selection is not None:
+            self.last[start_mode] = selection.threshold
         self.image = widgets.Dropdown(
             options=[(image_id, i) for i, image_id in enumerate(dataset.ids)], value=0, description="image"
         )
         self.truth_class = widgets.Dropdown(options=self.classes, value=first, description="class")
         self.prompt = widgets.Text(value=first, description="prompt", continuous_update=False)
-        self.mode = widgets.Dropdown(options=SELECTION_MODES, value="threshold", description="mode")
+        self.mode = widgets.Dropdown(options=SELECTION_MODES, value=start_mode, description="mode")
+        low, high, step = self.range(start_mode)
         self.threshold = widgets.FloatSlider(
-            value=self.thresholds.get(first, DEFAULT_THRESHOLD),
-            min=-0.2,
-            max=1.0,
-            step=0.005,
+            value=min(max(self.last[start_mode], low), high),
+            min=low,
+            max=high,
+            step=step,
             readout_format=".3f",
             description="threshold",
             continuous_update=True,
+            disabled=start_mode == "top1",
+            layout=widgets.Layout(width=SLIDER_WIDTH),
         )
         self.iou_label = widgets.HTML()
         self.picture = widgets.Image(format="png")
@@ -64,19 +126,64 @@ class ThresholdTuner:
         self.iou = float("nan")
         self.updating = False
         self.truth_class.observe(self._class_changed, "value")
-        for control in (self.image, self.prompt, self.mode, self.threshold):
+        self.mode.observe(self._mode_changed, "value")
+        for control in (self.image, self.prompt, self.threshold):
             control.observe(lambda _: self.update(), "value")
         self.update()
 
-    def _class_changed(self, change) -> None:
-        """A new class brings its own prompt and saved threshold, and one redraw."""
+    def _cosine_span(self, images: int = 32) -> np.ndarray:
+        """The lowest and highest cosine similarity of a cached region to a class, over up to ``images``
+        images spread over the run (a lazy sequence reads only those), or []."""
+        picks = np.unique(np.linspace(0, len(self.results) - 1, min(images, len(self.results))).round().astype(int))
+        embeddings = [e for e in (self.results[int(i)].embeddings for i in picks) if len(e)]
+        if not embeddings:
+            return np.zeros(0)
+        sims = similarities(np.concatenate(embeddings), self.text(self.classes))
+        return np.array([sims.min(), sims.max()])
+
+    def range(self, mode: str) -> tuple[float, float, float]:
+        """The slider's (min, max, step) for ``mode`` on this run's scores (``slider_range``)."""
+        return slider_range(mode, self.cosine_scores, [*self.thresholds.values(), self.last["threshold"]])
+
+    def _set_slider(self, mode: str, value: float) -> None:
+        low, high, step = self.range(mode)
+        # one message to the browser: range, step and value together, so the page's slider never sends back
+        # its old position rounded to the new step
+        with self.threshold.hold_sync(), self.threshold.hold_trait_notifications():
+            if low > self.threshold.max:  # keep min <= max at every step
+                self.threshold.max = high
+                self.threshold.min = low
+            else:
+                self.threshold.min = low
+                self.threshold.max = high
+            self.threshold.step = step
+            self.threshold.value = min(max(value, low), high)
+        self.threshold.disabled = mode == "top1"
+
+    def _mode_changed(self, change) -> None:
+        """A new mode brings its own slider range and its last threshold, and one redraw."""
+        self.last[change["old"]] = self.threshold.value
         self.updating = True
         try:
-            self.prompt.value = change["new"]
-            self.threshold.value = self.thresholds.get(change["new"], self.threshold.value)
+            self._set_slider(change["new"], self.last[change["new"]])
         finally:
             self.updating = False
         self.update()
+
+    def _class_changed(self, change) -> None:
+        """A new class brings its own prompt and (in threshold mode) saved threshold, and one redraw."""
+        self.updating = True
+        try:
+            self.prompt.value = change["new"]
+            if self.mode.value == "threshold" and change["new"] in self.thresholds:
+                self._set_slider("threshold", self.thresholds[change["new"]])
+        finally:
+            self.updating = False
+        self.update()
+
+    def selection(self) -> SelectionSettings:
+        """The selection the picture is made with: the widgets' mode and threshold, the run's negatives."""
+        return SelectionSettings(self.mode.value, float(self.threshold.value), self.negatives)
 
     def update(self) -> None:
         if self.updating:
@@ -91,13 +198,15 @@ class ThresholdTuner:
             self.picture.value = b""
             return
         truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
-        selection = SelectionSettings(self.mode.value, self.threshold.value)
+        selection = self.selection()
         prediction = predict(self.results[self.image.value], self.text, prompt, selection, self.classes)
         self.iou = counts(prediction.mask, truth, sample.ignore_mask(name)).iou
-        self.iou_label.value = (
-            f"<b>IoU {self.iou:.3f}</b> &nbsp; kept {int(prediction.keep.sum())} of {len(prediction.keep)} masks"
+        rule = selection_text(selection)
+        kept = f"kept {int(prediction.keep.sum())} of {len(prediction.keep)} masks"
+        self.iou_label.value = f"<b>IoU {self.iou:.3f}</b> &nbsp; {kept}<br>{rule}"
+        title = self.title(
+            f"{sample.image_id} - class '{name}', prompt '{prompt}' - {rule} - IoU {self.iou:.3f} ({kept})"
         )
-        title = self.title(f"{sample.image_id} - class '{name}', prompt '{prompt}' - IoU {self.iou:.3f}")
         four_panel(sample.image, truth, prediction.mask, title, figure=self.figure)
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", dpi=80)

@@ -159,12 +159,17 @@ def worst_gallery(
     found = {image_id: i for i, image_id in enumerate(result_ids)}
     classes = list(per_image["class"].unique())
     rows = max(len(worst), 1)
-    figure = plt.figure(figsize=(14, 3.4 * rows + 0.8))
+    cases = [dataset[where[image_id]] for image_id in worst["image_id"]]  # only the images shown are read
+    # each row as tall as its four panels need (width-limited at 14 in), plus its titles: no gaps between rows
+    aspect = max((s.image.shape[0] / s.image.shape[1] for s in cases), default=0.75)
+    row_height = (14 / 4 - 0.2) * aspect + 0.7
+    header = 0.35 * (title.count("\n") + 1) + 0.1 if title else 0.1
+    figure = plt.figure(figsize=(14, row_height * rows + header), layout="constrained")
     # the title gets a row of its own, so it never covers the first case's titles
-    parts = figure.subfigures(rows + 1, 1, height_ratios=[0.8 / 3.4] + [1.0] * rows)
+    parts = figure.subfigures(rows + 1, 1, height_ratios=[header] + [row_height] * rows)
     parts[0].suptitle(title, y=0.5, va="center")
-    for sub, (image_id, name, iou) in zip(parts[1:], worst[["image_id", "class", "iou"]].itertuples(index=False)):
-        sample = dataset[where[image_id]]  # only the images shown are read
+    rows_shown = worst[["image_id", "class", "iou"]].itertuples(index=False)
+    for sub, sample, (image_id, name, iou) in zip(parts[1:], cases, rows_shown):
         result = results[found[image_id] if by_id else where[image_id]]
         prediction = predict(result, text, name, selection, classes).mask
         truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))

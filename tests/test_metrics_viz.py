@@ -13,7 +13,7 @@ from helpers.data import Dataset, LabelledImage, Sample  # noqa: E402
 from helpers.masks import MaskSet  # noqa: E402
 from helpers.pipeline import ImageResult, Pipeline  # noqa: E402
 from helpers.selection import SelectionSettings  # noqa: E402
-from helpers.tuner import ThresholdTuner  # noqa: E402
+from helpers.tuner import ThresholdTuner, selection_text, slider_range  # noqa: E402
 
 
 def box(h, w, y0, y1, x0, x1):
@@ -263,6 +263,77 @@ def test_tuner_callbacks_update_the_figure_and_iou(scene):
     assert (pipe.sam_runs, pipe.clip_image_runs) == (0, 0)  # all from the cache
     widget = tuner.widget()
     assert widget.children[1] is tuner.picture and tuner.threshold in widget.children[0].children[1].children
+    plt.close("all")
+
+
+def test_tuner_title_and_label_name_the_mode_and_threshold(scene):
+    dataset, results, pipe = scene
+    tuner = ThresholdTuner(dataset, results, pipe.text, ["cat", "dog"], thresholds={"cat": 0.3})
+
+    def title():
+        return tuner.figure._suptitle.get_text()
+
+    assert "threshold: cosine ≥ 0.300" in title() and "threshold: cosine ≥ 0.300" in tuner.iou_label.value
+    kept = tuner.iou_label.value.split("<br>")[0]
+    tuner.threshold.value = 0.301  # a step that may keep the same masks still shows in the title
+    assert "cosine ≥ 0.301" in title() and "cosine ≥ 0.301" in tuner.iou_label.value
+    assert tuner.iou_label.value.split("<br>")[0] == kept  # same masks, same IoU: only the rule tells them apart
+    tuner.mode.value = "softmax"
+    assert "softmax: p ≥ 0.500" in title() and "softmax: p ≥ 0.500" in tuner.iou_label.value
+    tuner.mode.value = "top1"
+    assert "top1: the best region only" in title() and tuner.threshold.disabled
+    with_negatives = ThresholdTuner(
+        dataset, results, pipe.text, ["cat", "dog"], selection=SelectionSettings("threshold", 0.35, ("dog",))
+    )
+    assert (
+        with_negatives.threshold.value == 0.35
+        and "cosine ≥ 0.350, not dog" in with_negatives.figure._suptitle.get_text()
+    )
+    expected = pipe.predict(results[0], "cat", SelectionSettings("threshold", 0.35, ("dog",)), ["cat", "dog"]).mask
+    assert np.array_equal(with_negatives.figure.axes[2].images[0].get_array().astype(bool), expected)
+    plt.close("all")
+
+
+def test_slider_range_fits_the_mode(scene):
+    assert slider_range("softmax") == (0.0, 1.0, 0.01) and slider_range("top1") == (0.0, 1.0, 0.01)
+    assert slider_range("threshold", np.array([0.12, 0.38])) == (0.1, 0.4, 0.001)
+    assert slider_range("threshold", np.array([0.12, 0.40]))[1] == 0.45  # strictly above the best score
+    assert slider_range("threshold", np.array([0.12, 0.38]), include=[0.55])[1] == 0.6  # a saved threshold fits
+    assert slider_range("threshold") == (0.0, 0.6, 0.001)
+    with pytest.raises(ValueError, match="threshold"):
+        slider_range("cosine")
+    dataset, results, pipe = scene
+    tuner = ThresholdTuner(dataset, results, pipe.text, ["cat", "dog"], thresholds={"cat": 0.3})
+    sims = np.concatenate([r.embeddings for r in results]) @ pipe.text(["cat", "dog"]).T
+    low, high = tuner.threshold.min, tuner.threshold.max
+    assert low <= sims.min() and sims.max() < high and high - low <= sims.max() - sims.min() + 0.1 + 1e-9
+    assert int(tuner.threshold.layout.width.removesuffix("px")) >= 400  # about 1 px per 0.001 of the range
+    tuner.threshold.value = 0.32
+    tuner.mode.value = "softmax"
+    assert (tuner.threshold.min, tuner.threshold.max, tuner.threshold.value) == (0.0, 1.0, 0.5)
+    tuner.threshold.value = 0.8
+    tuner.mode.value = "threshold"  # each mode keeps its own last threshold
+    assert (tuner.threshold.min, tuner.threshold.max, tuner.threshold.value) == (low, high, 0.32)
+    tuner.mode.value = "softmax"
+    assert tuner.threshold.value == 0.8 and not tuner.threshold.disabled
+    assert selection_text(SelectionSettings("softmax", 0.8)) == "softmax: p ≥ 0.800"
+    assert selection_text(SelectionSettings("top1", 0.8, ("dog",))) == "top1: the best region only"
+    plt.close("all")
+
+
+def test_worst_gallery_rows_have_no_gaps(scene):
+    dataset, results, pipe = scene
+    selection = SelectionSettings("threshold", 0.3)
+    per = evaluation.evaluate(dataset, results, pipe.text, ["cat", "dog"], selection)
+    figure = viz.worst_gallery(per, dataset, results, pipe.text, selection, count=3, title="worst cases")
+    figure.canvas.draw()
+    dpi = figure.dpi
+    rows = [[ax.get_window_extent() for ax in sub.axes] for sub in figure.subfigs[1:]]
+    for upper, lower in zip(rows, rows[1:]):
+        gap = (min(b.y0 for b in upper) - max(b.y1 for b in lower)) / dpi
+        assert gap < 0.8  # inches between one case's pictures and the next one's: its titles, no empty band
+    width = sum(b.width for b in rows[0]) / dpi
+    assert width > 0.85 * figure.get_size_inches()[0]  # the panels fill the width
     plt.close("all")
 
 

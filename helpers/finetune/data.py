@@ -1,18 +1,22 @@
-"""Training data for CLIP fine-tuning: class folders checked strictly, a stratified split,
-CLIP's own preprocessing after a light augmentation (random resized crop, horizontal flip)."""
+"""Training data for CLIP fine-tuning: class folders checked strictly, cut-outs of a segmentation
+dataset in the pipeline's region mode, a stratified split, CLIP's own preprocessing after a light
+augmentation (random resized crop, horizontal flip)."""
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..data import DatasetError, LabelledImage, load_class_folders
+from ..data import Dataset, DatasetError, LabelledImage, Sample, load_class_folders
+from ..masks import MaskSet
+from ..regions import RegionSettings, extract_region
 
 
 class FinetuneDataError(DatasetError):
@@ -117,3 +121,41 @@ def image_batch(
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         out.append(preprocess(image))
     return torch.stack(out)
+
+
+def region_cutouts(
+    dataset: Dataset,
+    regions: RegionSettings = RegionSettings(),
+    min_area: int = 200,
+    names: Mapping[str, str] | None = None,
+) -> list[LabelledImage]:
+    """Each class present in each sample cut out by its ground-truth mask in the pipeline's own
+    region mode (``regions``; default: the masked crop on neutral grey), so CLIP learns from the
+    pictures SAM + CLIP will score; labelled with ``names[class]`` where given (renamed classes)."""
+    names = dict(names or {})
+    items = []
+    for sample in dataset.samples:
+        for name, mask in sample.masks.items():
+            if not mask.any() or mask.sum() < min_area:
+                continue
+            box = MaskSet.from_masks(mask[None]).bboxes()[0]
+            label = names.get(name, name)
+            items.append(
+                LabelledImage(extract_region(sample.image, mask, box, regions), label, f"{sample.image_id}:{name}")
+            )
+    return items
+
+
+def rename_classes(dataset: Dataset, names: Mapping[str, str]) -> Dataset:
+    """``dataset`` with its classes (masks, ignore masks, class list) renamed by ``names``; the
+    images and masks are shared, not copied."""
+    samples = [
+        Sample(
+            s.image_id,
+            s.image,
+            {names.get(k, k): v for k, v in s.masks.items()},
+            {names.get(k, k): v for k, v in s.ignore.items()},
+        )
+        for s in dataset.samples
+    ]
+    return replace(dataset, samples=samples, classes=[names.get(c, c) for c in dataset.classes])

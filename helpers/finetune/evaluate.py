@@ -167,8 +167,20 @@ def compare_before_after(
 # --- curves -------------------------------------------------------------------------------------
 
 
+def history_table(history: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """``history`` for reading: numbers rounded to ``digits``, the learning rate as ``3.0e-04``
+    (rounding would show 1e-5 as 0.0)."""
+    from .settings import format_lr
+
+    table = history.round(digits)
+    if "lr" in table:
+        table["lr"] = [format_lr(value) for value in history["lr"]]
+    return table
+
+
 def plot_history(history: pd.DataFrame, title: str = "") -> Figure:
-    """Loss (training, validation) and validation accuracy against the epoch, the kept epoch marked."""
+    """Loss (training, validation) and validation accuracy against the epoch, the kept epoch marked;
+    a run that kept the pretrained weights says so in the title."""
     figure = Figure(figsize=(10, 3.6), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     loss_axes.plot(history["epoch"], history["train_loss"], "o-", label="training (augmented)")
@@ -181,6 +193,9 @@ def plot_history(history: pd.DataFrame, title: str = "") -> Figure:
         for axes in (loss_axes, accuracy_axes):
             axes.axvline(kept, color="grey", linestyle=":", label=f"kept: epoch {kept}")
     loss_axes.legend()
+    if history.attrs.get("pretrained_kept"):
+        title = f"{title}\n" if title else ""
+        title += "pretrained weights kept: the validation loss never improved"
     if title:
         figure.suptitle(title)
     return figure

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,20 +40,26 @@ from .data import (
     split_items,
 )
 from .loss import MAX_LOGIT_SCALE, Captions, clamped_scale, contrastive_loss
-from .settings import FinetuneSettings, Plateau, make_optimizer, select_trainable, step_lr
+from .settings import FinetuneSettings, Plateau, format_lr, make_optimizer, select_trainable, step_lr
 
 __all__ = [
     "FinetuneDataError",
     "FinetuneRun",
+    "FinetuneWarning",
     "FinetuneSettings",
     "check_items",
     "contrastive_loss",
     "finetune_clip",
     "keep_splittable",
     "load_finetune_folders",
+    "run_summary",
     "save_finetuned",
     "split_items",
 ]
+
+
+class FinetuneWarning(UserWarning):
+    """A fine-tuning run that returned the pretrained weights; the message says what to try."""
 
 
 def _state_digest(model: torch.nn.Module) -> str:
@@ -176,7 +183,7 @@ def finetune_clip(
         scale, seconds = float(clamped_scale(run.model).detach()), time.perf_counter() - started
         rows.append(dict(epoch=epoch, step=step, lr=lr, train_loss=train_loss, val_loss=val_loss,
                          val_accuracy=val_accuracy, logit_scale=scale, seconds=seconds))  # fmt: skip
-        bar.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.2f}")
+        bar.set_postfix(lr=format_lr(lr), val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.2f}")
         if callback:
             callback(pd.DataFrame(rows))
         if not epoch:
@@ -201,9 +208,49 @@ def finetune_clip(
         kept = best_epoch
     history["kept"] = history["epoch"] == kept
     history.attrs.update(settings=asdict(settings), classes=classes, train_images=len(train), val_images=len(val))
+    history.attrs["pretrained_kept"] = bool(settings.restore_best and val and kept == 0 and len(rows) > 1)
+    history.attrs["summary"] = run_summary(history)
+    if history.attrs["pretrained_kept"]:
+        warnings.warn(history.attrs["summary"], FinetuneWarning, stacklevel=2)
     model = _as_loaded(run.model.requires_grad_(False))
     name = f"{clip_model.name}+finetuned:{_state_digest(model)[:12]}"
     return LoadedClip(model, clip_model.preprocess, name, str(clip_model.device)), history
+
+
+def run_summary(history: pd.DataFrame) -> str:
+    """What a ``finetune_clip`` run returned, in one plain sentence: the kept epoch and what it
+    changed, or that the pretrained weights were kept and what to try instead."""
+    settings = history.attrs.get("settings", {})
+    first, last = history.iloc[0], history.iloc[-1]
+    kept = history[history["kept"]].iloc[0] if "kept" in history and history["kept"].any() else last
+    epochs = int(last["epoch"])
+    if history.attrs.get("pretrained_kept", False) or (int(kept["epoch"]) == 0 and epochs > 0):
+        later = history.iloc[1:]
+        best = later.loc[later["val_loss"].idxmin()]
+        lr, trainable = settings.get("learning_rate", float("nan")), settings.get("trainable", "all")
+        what = (
+            f"The pretrained weights were kept: validation loss never improved on epoch 0's {first['val_loss']:.4f} "
+            f"in {epochs} epoch(s) (lowest later: {best['val_loss']:.4f} at epoch {int(best['epoch'])}). "
+        )
+        if best["val_loss"] <= first["val_loss"] * 1.02:  # the weights barely moved
+            more = (
+                "" if trainable == "all" else f", or more trainable parameters (now {trainable!r}; 'all': everything)"
+            )
+            return what + (
+                f"Try a larger learning_rate (now {format_lr(lr)}, e.g. {format_lr(lr * 10)}), more epochs "
+                f"or more images per class{more}."
+            )
+        return what + (
+            f"Training made it worse: try a smaller learning_rate (now {format_lr(lr)}, e.g. {format_lr(lr / 10)}), "
+            "more images per class, or fewer trainable parameters."
+        )
+    if np.isnan(first["val_loss"]):
+        return f"Trained {epochs} epoch(s) without validation images: the last epoch's weights are returned."
+    return (
+        f"Kept epoch {int(kept['epoch'])} of {epochs} (lowest validation loss): validation loss "
+        f"{first['val_loss']:.4f} -> {kept['val_loss']:.4f}, validation zero-shot accuracy "
+        f"{first['val_accuracy']:.3f} -> {kept['val_accuracy']:.3f}."
+    )
 
 
 def save_finetuned(clip_model: LoadedClip, path: str | Path, model_name: str, metadata: dict | None = None) -> str:

@@ -130,6 +130,11 @@ class Plateau:
                 self.scale, self.bad = self.scale * self.factor, 0
 
 
+def format_lr(value: float) -> str:
+    """A learning rate as people read it: ``1.0e-05``, ``3.0e-04``; ``0`` for none (epoch 0)."""
+    return "0" if value == 0 else f"{value:.1e}"
+
+
 def step_lr(settings: FinetuneSettings, step: int, total: int, plateau: float) -> float:
     warmup = settings.warmup_steps or round(settings.warmup_share * total)
     factor = min(1.0, (step + 1) / warmup) if warmup else 1.0
