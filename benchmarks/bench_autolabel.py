@@ -121,7 +121,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--ap-images", type=int, default=32, help="images for the demo models' mask AP (0: skip)")
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/bench_autolabel"))
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not torch.set_grad_enabled(False): the tests call main() in their process
+        return run(args)
+
+
+def run(args) -> dict:
     images = [s.image for s in make_demo_dataset(2 if args.quick else args.images, seed=SEED)]
     ratios = {}
     if args.quick:
