@@ -190,3 +190,25 @@ def test_memory_benchmark_steps_run_in_both_modes(coco_folder, tmp_path, monkeyp
     assert np.array_equal(lazy["mean_iou"], memory["mean_iou"], equal_nan=True)
     assert lazy["prepared_mib"] < memory["prepared_mib"] / 5  # a manifest, not copies
     assert lazy["sam_runs"] == memory["sam_runs"] == 4  # each with a cold cache of its own
+
+
+def test_the_ray_command_reads_notebook_01s_dataset_by_default(tmp_path, monkeypatch):
+    from helpers.config import load_config
+    from helpers.distributed import driver
+
+    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    monkeypatch.setenv("SAMCLIP_HOME", str(tmp_path))
+    monkeypatch.delenv("SAMCLIP_START_DIR", raising=False)
+    config = load_config()
+    data.prepare_dataset(config)
+    seen = {}
+
+    def fake_ray(images, *args, **kwargs):
+        seen["images"] = images
+        raise SystemExit(0)
+
+    monkeypatch.setattr(driver, "process_dataset_on_ray", fake_ray)
+    with pytest.raises(SystemExit):
+        driver.main(["--address", "local"])
+    assert isinstance(seen["images"], data.Dataset) and seen["images"].lazy
+    assert seen["images"].ids == data.load_prepared(config.dataset_dir).ids and len(seen["images"]) == 4
