@@ -217,3 +217,19 @@ def test_a_killed_worker_leaves_whole_entries_and_the_run_finishes_the_rest(ray_
         with zipfile.ZipFile(entry) as archive:
             assert archive.testzip() is None, f"{entry} is truncated"
     assert not list(cache.glob(".driver-*")), "the driver's marker file is removed"
+
+
+def test_autolabel_with_ray_fills_the_cache_and_labels_from_it(ray_instance, tmp_path, monkeypatch):
+    from helpers.autolabel import autolabel
+    from helpers.config import load_config
+
+    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    monkeypatch.setenv("SAMCLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SAMCLIP_START_DIR", raising=False)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for sample in make_demo_dataset(3, 64, 80, seed=12):
+        Image.fromarray(sample.image).save(folder / f"{sample.image_id}.png")
+    report = autolabel(folder, "circle,square", tmp_path / "out", "coco", load_config(), use_ray=True, progress=False)
+    assert report.images == 3 and report.sam_runs == 0  # Ray's workers made every result; read from the cache
+    assert (tmp_path / "out" / "coco" / "annotations.json").is_file()
