@@ -1,102 +1,30 @@
-"""Datasets and predicted instances out to the formats other tools read: COCO and YOLO segmentation.
-
-- ``write_coco_results``: a COCO *results* json (what COCOeval and the COCO server read), one entry
-  per predicted instance with its RLE mask, box and score.
-- ``write_coco_dataset``: a full COCO instances json (images, categories, annotations with RLE masks;
-  the ground truth, crowd regions as ``iscrowd: 1``, or predictions with their ``score``) and the
-  images in a folder beside it: what CVAT, Label Studio and FiftyOne import and ``load_coco`` reads.
-- ``write_yolo``: an ultralytics YOLO-seg folder (``images/``, ``labels/*.txt`` of normalised
-  polygons, ``data.yaml``) that ultralytics trains on and ``load_yolo`` reads.
-- ``read_coco_results``: a results json (or a dataset json with scores) back to instances.
-
-Conventions (docs/export.md): image ids are ``coco_image_ids(dataset.ids)`` (all-digit ids become
-their integer, otherwise 1..N in dataset order); category ids are 1..K in ``dataset.classes`` order
-unless ``category_ids`` names them. Every writer reads the dataset one image at a time, writes to a
-temporary name and renames it into place, and refuses to replace an existing output unless
-``overwrite=True``.
-"""
+"""COCO: results json, instances json (ground truth or predictions) with the images, and reading
+results back. RLE masks through pycocotools."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-import cv2
 import numpy as np
-import yaml
-from PIL import Image
 
-from .data.types import IMAGE_SUFFIXES, ORIENTATION_TAG, Dataset, Sample
-from .instances import Instance
-
-Predictions = Sequence[Sequence[Instance]] | Mapping[str, Sequence[Instance]]
-MIN_PART_AREA = 1.0  # a polygon part enclosing less (in pixels², through boundary pixel centres) is dropped
-DIGITS = 6  # decimals of normalised YOLO coordinates (3e-4 px at 640 px)
-
-
-class ExportError(ValueError):
-    """Input that cannot be exported as asked; the message says what to do."""
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# ids
-
-
-def coco_image_ids(ids: Sequence[str]) -> dict[str, int]:
-    """Sample id -> COCO image id: when every id is a digit string ("139") and their integers differ,
-    the integer (COCO's own ids survive a round trip); otherwise 1..N in dataset order."""
-    ids = list(ids)
-    if len(set(ids)) != len(ids):
-        repeated = sorted({i for i in ids if ids.count(i) > 1})[:5]
-        raise ExportError(f"Repeated image ids {repeated}: every sample needs its own id to be exported.")
-    if ids and all(re.fullmatch(r"[0-9]+", i) for i in ids) and len({int(i) for i in ids}) == len(ids):
-        return {i: int(i) for i in ids}
-    return {image_id: number for number, image_id in enumerate(ids, 1)}
-
-
-def category_table(classes: Sequence[str], category_ids: Mapping[str, int] | None = None) -> dict[str, int]:
-    """Class name -> COCO category id: 1..K in ``classes`` order, or ``category_ids`` (e.g. the source
-    json's own ids, ``{c["name"]: c["id"] for c in json.load(f)["categories"]}``), which must cover them."""
-    if category_ids is None:
-        return {name: number for number, name in enumerate(classes, 1)}
-    missing = [name for name in classes if name not in category_ids]
-    if missing:
-        raise ExportError(f"category_ids has no id for {missing}; give every class of the dataset an id.")
-    table = {name: int(category_ids[name]) for name in classes}
-    if len(set(table.values())) != len(table):
-        raise ExportError(f"category_ids gives two classes the same id: {table}.")
-    return table
-
-
-def _predictions_by_id(dataset: Dataset, predictions: Predictions) -> Callable[[str], Sequence[Instance]]:
-    """A lookup image id -> that image's predicted instances (none when a dict lacks the id)."""
-    ids = dataset.ids
-    if isinstance(predictions, Mapping):
-        known = set(ids)
-        unknown = [key for key in predictions if key not in known]
-        if unknown:
-            raise ExportError(
-                f"Predictions for {len(unknown)} image id(s) not in dataset {dataset.name!r} (first {unknown[:3]}); "
-                f"key them by the dataset's ids, e.g. {ids[:3]}."
-            )
-        return lambda image_id: predictions.get(image_id, ())
-    named = getattr(predictions, "ids", None)  # e.g. InstancePredictions: aligned with its results' ids
-    if named is not None and list(named) != ids and sorted(named) == sorted(ids):
-        where = {image_id: index for index, image_id in enumerate(named)}
-        return lambda image_id: predictions[where[image_id]]
-    if len(predictions) != len(ids):
-        raise ExportError(
-            f"{len(predictions)} prediction lists for {len(ids)} images: give one list per image, in the order "
-            "of dataset.ids, or a dict image id -> list of instances."
-        )
-    position = {image_id: index for index, image_id in enumerate(ids)}
-    return lambda image_id: predictions[position[image_id]]
-
+from ..data.types import Dataset, Sample
+from ..instances import Instance
+from .common import (
+    ExportError,
+    ImageFiles,
+    Predictions,
+    _predictions_by_id,
+    _refuse_existing,
+    _refuse_sources,
+    _replace_folder,
+    _write_json,
+    category_table,
+    coco_image_ids,
+)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # COCO entries
@@ -235,99 +163,6 @@ def coco_dataset(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# images
-
-
-class ImageFiles:
-    """How an export provides a dataset's images: ``<sample id><the source file's suffix>``, the file a
-    lazy sample was read from copied byte for byte when that gives exactly ``sample.image`` (an image
-    file, ``source["image"]`` or a prepared copy's ``png``, without an EXIF orientation tag, on which
-    readers disagree, and of the sample's size); otherwise ``<sample id>.png``, a lossless PNG of the
-    pixels (the demo set, in-memory data)."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.refs = {ref.image_id: ref for ref in getattr(dataset.samples, "refs", None) or []}
-        self._last: tuple[str | None, Path | None] = (None, None)
-
-    def source(self, sample: Sample) -> Path | None:
-        """The file to copy for ``sample``, or None (a PNG is written)."""
-        if self._last[0] != sample.image_id:
-            self._last = (sample.image_id, self._find(sample))
-        return self._last[1]
-
-    def _find(self, sample: Sample) -> Path | None:
-        ref = self.refs.get(sample.image_id)
-        text = (ref.source.get("image") or ref.source.get("png")) if ref is not None else None
-        if not isinstance(text, str) or Path(text).suffix.lower() not in IMAGE_SUFFIXES or not Path(text).is_file():
-            return None
-        try:
-            with Image.open(text) as image:
-                if image.getexif().get(ORIENTATION_TAG, 1) != 1 or image.size != sample.image.shape[1::-1]:
-                    return None
-        except OSError:
-            return None
-        return Path(text)
-
-    def name(self, sample: Sample) -> str:
-        """The exported file name of ``sample``'s image."""
-        image_id = sample.image_id
-        if not image_id or image_id in (".", "..") or re.search(r"[/\\\x00]", image_id):
-            raise ExportError(f"Image id {image_id!r} cannot name a file; give the samples plain ids.")
-        source = self.source(sample)
-        return image_id + (source.suffix if source is not None else ".png")
-
-    def write(self, sample: Sample, folder: Path, name: str) -> None:
-        """Put ``sample``'s image into ``folder`` as ``name``: the source file copied, else a PNG."""
-        source = self.source(sample)
-        if source is not None:
-            shutil.copyfile(source, folder / name)
-        else:
-            Image.fromarray(sample.image).save(folder / name, format="PNG")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# atomic outputs
-
-
-def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
-    existing = [str(p) for p in paths if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{', '.join(existing)} already exist(s); pass overwrite=True to replace, or choose another path."
-        )
-
-
-def _refuse_sources(dataset: Dataset, folder: Path) -> None:
-    """An export folder that holds the dataset's own files would be replaced with them in it: refuse."""
-    folder = folder.absolute()
-    for ref in getattr(dataset.samples, "refs", None) or []:
-        for value in ref.source.values():
-            if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(folder):
-                raise ExportError(
-                    f"{folder} holds the dataset's own file {value}; export into another folder "
-                    "(replacing it would delete the source)."
-                )
-
-
-def _write_json(content: object, path: Path) -> None:
-    """``content`` as JSON at ``path``, written to a temporary file first and renamed into place."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(content, out, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _replace_folder(tmp: Path, folder: Path) -> None:
-    if folder.exists():
-        shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
-    os.replace(tmp, folder)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # writers
 
 
@@ -428,73 +263,6 @@ def _write_coco(
     if images is not None and replace_images is not None:
         _replace_folder(images, replace_images)
     _write_json(content, path)
-
-
-def mask_polygons(mask: np.ndarray, min_area: float = MIN_PART_AREA) -> list[np.ndarray]:
-    """The outer contours of a mask (``cv2.findContours``, external, simple chain) as N x 2 arrays of
-    pixel (x, y), one per part; holes are not kept (a YOLO polygon cannot hold one). A part with fewer
-    than 3 points or whose polygon through its boundary pixels' centres encloses less than
-    ``min_area`` pixels² (single pixels, one-pixel-wide lines) is dropped."""
-    image = np.ascontiguousarray(mask, dtype=np.uint8)
-    contours, _ = cv2.findContours(image, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return [c.reshape(-1, 2) for c in contours if len(c) >= 3 and cv2.contourArea(c) >= min_area]
-
-
-def yolo_lines(instances: Sequence[Instance], classes: dict[str, int], width: int, height: int) -> list[str]:
-    """YOLO-seg label lines, ``class x1 y1 x2 y2 ...``: one per polygon part of each instance, pixel
-    centres normalised, ((x + 0.5) / width, (y + 0.5) / height), so that ultralytics' rasterisation
-    (coordinates times the size, cut to integers) lands on the boundary pixels themselves."""
-    lines = []
-    for instance in instances:
-        if instance.label not in classes:
-            raise ExportError(f"An instance labelled {instance.label!r}, not among the classes {list(classes)}.")
-        if instance.mask.shape != (height, width):
-            raise ExportError(f"An instance mask of shape {instance.mask.shape} on a {height} x {width} image.")
-        for points in mask_polygons(instance.mask):
-            normalised = (points + 0.5) / (width, height)
-            coords = " ".join(f"{v:.{DIGITS}f}" for v in normalised.ravel())
-            lines.append(f"{classes[instance.label]} {coords}")
-    return lines
-
-
-def write_yolo(
-    dataset: Dataset, path: str | Path, predictions: Predictions | None = None, overwrite: bool = False
-) -> Path:
-    """An ultralytics YOLO-seg folder at ``path``: ``images/<sample id><suffix>`` (as
-    ``write_coco_dataset`` provides them), ``labels/<sample id>.txt`` (``yolo_lines``: the ground-truth
-    instances, or ``predictions`` without their scores; an image without objects gets an empty file)
-    and ``data.yaml`` (``path`` absolute, ``train`` and ``val`` both ``images``, ``names`` id -> class in
-    ``dataset.classes`` order). Crowd / ignore regions have no YOLO form and are left out.
-    ``load_yolo(path)`` reads it back (sample ids kept). Returns ``path``."""
-    path = Path(path)
-    _refuse_existing([path], overwrite)
-    _refuse_sources(dataset, path)
-    lookup = _predictions_by_id(dataset, predictions) if predictions is not None else None
-    classes = {name: number for number, name in enumerate(dataset.classes)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
-    try:
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
-        files = ImageFiles(dataset)
-        for sample in dataset:
-            files.write(sample, tmp / "images", files.name(sample))
-            height, width = sample.image.shape[:2]
-            instances = sample.instances if lookup is None else lookup(sample.image_id)
-            lines = yolo_lines(instances, classes, width, height)
-            (tmp / "labels" / f"{sample.image_id}.txt").write_text("".join(line + "\n" for line in lines))
-        spec = {
-            "path": str(path.absolute()),
-            "train": "images",
-            "val": "images",
-            "names": {number: name for name, number in classes.items()},
-        }
-        (tmp / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-        _replace_folder(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------
