@@ -31,7 +31,7 @@ from helpers.data import DEMO_CLASSES, make_demo_dataset
 from helpers.demo.models import load_demo_models
 from helpers.evaluation import mask_ap
 from helpers.instances import Instance, InstancePredictions, from_result, nms
-from helpers.masks import apply_filters
+from helpers.masks import MaskSet, apply_filters
 from helpers.models.loading import LoadedClip, LoadedSam, load_clip, load_sam
 from helpers.models.tiny import TINY_SAM, steepen_random_sam, write_tiny_checkpoints
 from helpers.pipeline import Pipeline
@@ -59,7 +59,21 @@ def per_mask_loop(clip_model: LoadedClip, regions, masks, classes: list[str]) ->
     return [Instance(masks.mask(i), classes[winners[i]], float(scores[i])) for i in kept]
 
 
-def compare(sam: LoadedSam, clip_model: LoadedClip, images: list[np.ndarray], sam_settings, filters, regions, what):
+def random_boxes(height: int, width: int, count: int, seed: int = 0) -> MaskSet:
+    """``count`` random box masks: a controlled number of masks where random SAM weights give almost none."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((count, height, width), bool)
+    for k in range(count):
+        y0, x0 = rng.integers(0, height - 8), rng.integers(0, width - 8)
+        masks[k, y0 : rng.integers(y0 + 8, height + 1), x0 : rng.integers(x0 + 8, width + 1)] = True
+    return MaskSet.from_masks(masks)
+
+
+def compare(
+    sam: LoadedSam, clip_model: LoadedClip, images, sam_settings, filters, regions, what, boxes: int = 0
+) -> float:
+    """Time both labellers on the same masks (SAM's, or with ``boxes``, that many random boxes per image
+    after SAM has run, so that the labelling works on a realistic number of masks)."""
     classes = list(DEMO_CLASSES)
     selection = SelectionSettings(negatives=NEGATIVES)
     text = TextEmbeddings(clip_model, DEFAULT_TEMPLATES)
@@ -69,6 +83,8 @@ def compare(sam: LoadedSam, clip_model: LoadedClip, images: list[np.ndarray], sa
         started = time.perf_counter()
         masks = apply_filters(generate_masks(sam, image, sam_settings), filters)
         sam_seconds += time.perf_counter() - started
+        if boxes:
+            masks = random_boxes(*image.shape[:2], boxes, seed=masks_total)
         masks_total += len(masks)
         cutouts = extract_regions(image, masks, regions)
         started = time.perf_counter()
@@ -118,6 +134,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny random models, 2 small images")
     parser.add_argument("--images", type=int, default=8, help="demo images for the demo models")
     parser.add_argument("--vit-b-images", type=int, default=2, help="images for SAM vit_b (0: skip)")
+    parser.add_argument("--boxes", type=int, default=64, help="box masks per image for vit_b's labelling")
     parser.add_argument("--ap-images", type=int, default=32, help="images for the demo models' mask AP (0: skip)")
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/bench_autolabel"))
     args = parser.parse_args(argv)
