@@ -170,7 +170,9 @@ def run(args) -> dict:
             settings,
             DEMO_SETTINGS.filters,
             DEMO_SETTINGS.regions,
-            "SAM vit_b + CLIP ViT-B/32, random weights, 16 x 16 points, SAM's gates open",
+            f"SAM vit_b + CLIP ViT-B/32, random weights, 16 x 16 points, SAM's gates open; labelling on "
+            f"{args.boxes} random box masks per image (random SAM weights leave about one mask)",
+            boxes=args.boxes,
         )
     if args.ap_images:
         ratios["ap"] = demo_mask_ap(args.ap_images)
