@@ -218,13 +218,18 @@ def show_instances(image: np.ndarray, instances: Sequence, title: str = "", colu
     axes[0].set_title("image")
     axes[-1].imshow(picture)
     axes[-1].set_title(f"{len(instances)} object{'' if len(instances) == 1 else 's'}")
-    for instance in instances:
+    placed: list[tuple[float, float]] = []
+    for instance in sorted(instances, key=lambda i: (i.box[1], i.box[0])):
         x0, y0, x1, y1 = instance.box
         colour = colours[instance.label]
         axes[-1].add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color=colour, lw=1.5))
+        ty = y0 - 2
+        while any(abs(ty - py) < 0.05 * image.shape[0] and abs(x0 - px) < 0.2 * image.shape[1] for px, py in placed):
+            ty += 0.05 * image.shape[0]  # below a label already written there, never over it
+        placed.append((x0, ty))
         axes[-1].text(
             x0,
-            y0 - 2,
+            ty,
             f"{instance.label} {instance.score:.2f}",
             color="white",
             fontsize=8,

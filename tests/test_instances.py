@@ -91,3 +91,21 @@ def test_pipeline_instances_use_only_the_cache(tiny_models, tmp_path):
     found = pipe.instances(result, ["circle", "square"], SelectionSettings(negatives=("background",)))
     assert (pipe.sam_runs, pipe.clip_image_runs) == runs
     assert all(i.label in ("circle", "square") and i.mask.shape == (64, 80) for i in found)
+
+
+def test_show_instances_draws_a_box_and_a_readable_label_per_object():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from helpers import viz
+
+    dense = boxes((5, 30, 5, 40), (5, 30, 5, 40), (6, 20, 8, 30))  # three labels that would share a corner
+    found = [Instance(m, label, 0.5) for m, label in zip(dense, ["cat", "dog", "cat"])]
+    figure = viz.show_instances(np.zeros((40, 60, 3), np.uint8), found, "t")
+    axis = figure.axes[-1]
+    assert len(axis.patches) == 3 and [t.get_text() for t in axis.texts].count("cat 0.50") == 2
+    positions = sorted(t.get_position()[1] for t in axis.texts)
+    assert all(b - a >= 0.05 * 40 - 1e-9 for a, b in zip(positions, positions[1:]))  # stacked, not on top
+    plt.close(figure)
