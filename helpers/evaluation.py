@@ -34,18 +34,23 @@ def classes_to_evaluate(dataset: Dataset, requested: Sequence[str] = ()) -> tupl
 def pairs(dataset: Dataset, results: Sequence[ImageResult]) -> Iterator[tuple[Sample, ImageResult]]:
     """(sample, result) per image, one image read at a time. Results are matched to samples by
     image id (a sample that turned unreadable is dropped from the dataset and from the pairs);
-    results with other ids pair by position. Raises ValueError when they cannot be paired."""
+    results named otherwise (no id in common) or a dataset with repeated ids pair by position.
+    Raises ValueError when they cannot be paired."""
     ids = dataset.ids
     result_ids = list(getattr(results, "ids", None) or [r.image_id for r in results])
-    if result_ids != ids and len(result_ids) == len(ids) and set(result_ids) != set(ids):
-        yield from zip(dataset, results, strict=True)  # results made elsewhere, named otherwise
+    by_position = len(set(ids)) != len(ids) or not set(result_ids) & set(ids)
+    if by_position and len(result_ids) == len(ids):
+        yield from zip(dataset, results, strict=True)  # results made elsewhere, or ids a reader repeated
         return
     position = {image_id: index for index, image_id in enumerate(result_ids)}
     missing = [image_id for image_id in ids if image_id not in position]
-    if missing or len(position) != len(result_ids):
+    if by_position or missing or len(position) != len(result_ids):
+        repeated = len(position) != len(result_ids) or len(set(ids)) != len(ids)
         raise ValueError(
-            f"{len(results)} results for {len(ids)} images ({len(missing)} without a result, first "
-            f"{missing[:3]}): compute them with Pipeline.process_dataset on this dataset."
+            f"{len(results)} results for {len(ids)} images cannot be paired: "
+            + (f"{len(missing)} image(s) without a result, first {missing[:3]}; " if missing else "")
+            + ("some image ids repeat; " if repeated else "")
+            + "compute them with Pipeline.process_dataset on this dataset."
         )
     for sample in dataset:
         yield sample, results[position[sample.image_id]]

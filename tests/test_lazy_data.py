@@ -137,7 +137,8 @@ def test_a_sample_that_turns_unreadable_after_indexing_is_reported_not_fatal(coc
     broken = folder / "val2017" / "000000000002.jpg"
     broken.write_bytes(b"not a jpeg any more")
     changed = folder / "val2017" / "000000000004.jpg"
-    os.utime(changed, ns=(0, 0))  # same bytes, another date: changed since indexing
+    changed.write_bytes(changed.read_bytes() + b"\0")  # still decodes, another size: changed since indexing
+    os.utime(folder / "val2017" / "000000000001.jpg", ns=(0, 0))  # a copy's new date alone changes nothing
     with pytest.raises(DatasetError, match="since the dataset was indexed"):
         dataset[2]
     pipe = Pipeline(sam, clip_model, PipelineSettings(sam=LOOSE_SAM), cache_dir=tmp_path / "cache")
@@ -212,3 +213,36 @@ def test_the_ray_command_reads_notebook_01s_dataset_by_default(tmp_path, monkeyp
         driver.main(["--address", "local"])
     assert isinstance(seen["images"], data.Dataset) and seen["images"].lazy
     assert seen["images"].ids == data.load_prepared(config.dataset_dir).ids and len(seen["images"]) == 4
+
+
+def test_a_moved_data_folder_is_a_clear_error_and_missing_files_are_listed(coco_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "coco"
+    shutil.copytree(coco_folder, folder)
+    data.save_dataset(load(folder), tmp_path / "prepared")
+    (folder / "val2017" / "000000000003.jpg").unlink()
+    with pytest.warns(UserWarning, match="1 source file"):
+        partial = data.load_prepared(tmp_path / "prepared")
+    assert (
+        len(partial) == 5
+        and "gone since the dataset was indexed" in dict(partial.skipped)["000000000003.jpg (image 4)"]
+    )
+    shutil.move(folder, tmp_path / "elsewhere")
+    with pytest.raises(DatasetError, match="None of the 6 source files.*SAMCLIP_DATA_PATH"):
+        data.load_prepared(tmp_path / "prepared")
+
+
+def test_repeated_ids_pair_by_position_and_partial_overlaps_are_errors(tmp_path):
+    from helpers.masks import MaskSet
+    from helpers.selection import ImageResult
+
+    samples = [data.Sample(i, np.zeros((4, 4, 3), np.uint8), {}) for i in ("a", "a", "b")]
+    dataset = data.Dataset("d", samples, [])
+    empty = MaskSet.from_masks(np.zeros((0, 4, 4), bool))
+    results = [ImageResult(i, empty, np.zeros((0, 4), np.float32)) for i in ("a", "a", "b")]
+    assert [s.image_id for s, _ in evaluation.pairs(dataset, results)] == ["a", "a", "b"]
+    unique = data.Dataset("d", [samples[0], samples[2]], [])
+    other = [ImageResult(i, empty, np.zeros((0, 4), np.float32)) for i in ("a", "c")]
+    with pytest.raises(ValueError, match="without a result"):
+        list(evaluation.pairs(unique, other))

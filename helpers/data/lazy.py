@@ -78,18 +78,38 @@ def fingerprint(path: Path) -> list[int]:
 
 
 def check_fingerprint(path: Path, recorded: list[int] | None, what: str = "file") -> None:
-    """DatasetError when ``path`` is gone or differs from when it was indexed."""
+    """DatasetError when ``path`` is gone or its size differs from when it was indexed. The date is
+    recorded but not compared: copies (Drive, ``cp`` without ``-p``) change it, not the pixels."""
     if recorded is None:
         return
     try:
-        now = fingerprint(path)
+        size = os.stat(path).st_size
     except OSError as exc:
         raise DatasetError(f"{what} {path} is gone since the dataset was indexed ({exc})") from exc
-    if now != list(recorded):
+    if size != recorded[0]:
         raise DatasetError(
-            f"{what} {path} changed since the dataset was indexed (size, mtime {recorded} -> {now}); "
+            f"{what} {path} changed since the dataset was indexed ({recorded[0]} -> {size} bytes); "
             "prepare the dataset again (notebook 01) to use the new file"
         )
+
+
+def missing_sources(refs: Sequence["SampleRef"]) -> list[tuple[str, str]]:
+    """(label, reason) of the refs whose files are gone or resized: one ``stat`` per file, no decoding."""
+    gone = []
+    for ref in refs:
+        recorded = ref.source.get("fingerprint")
+        pairs = (
+            [("image", recorded)] if ref.source.get("image") and recorded and not isinstance(recorded[0], list) else []
+        )
+        if ref.source.get("mask") and recorded:
+            pairs = list(zip(("image", "mask"), recorded))
+        for key, fingerprint_ in pairs:
+            try:
+                check_fingerprint(Path(ref.source[key]), fingerprint_, key)
+            except DatasetError as exc:
+                gone.append((ref.label, str(exc)))
+                break
+    return gone
 
 
 def pack(value: object) -> str:
@@ -134,8 +154,10 @@ class LazySamples(Sequence[Sample]):
 
     def _drop(self, position: int, reason: str) -> None:
         ref = self.refs.pop(position)
-        self.skipped.append((ref.label, reason))
-        warnings.warn(f"skipped {ref.label}: {reason}", RuntimeWarning, stacklevel=3)
+        self._recent.pop(id(ref), None)
+        if all(item != ref.label for item, _ in self.skipped):  # a slice and its parent share the list
+            self.skipped.append((ref.label, reason))
+            warnings.warn(f"skipped {ref.label}: {reason}", RuntimeWarning, stacklevel=3)
 
     @property
     def ids(self) -> list[str]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..instances import Instance
-from .lazy import LazySamples, SampleRef, register_reader
+from .lazy import LazySamples, SampleRef, missing_sources, register_reader
 from .types import Dataset, DatasetError, Sample, read_image, sample_stats
 
 RERUN = "run notebooks/01_prepare_dataset.ipynb again (or `make run`)"
@@ -92,6 +93,19 @@ def load_prepared(folder: str | Path, expected: dict | None = None) -> Dataset:
         if ref.reader == STORED:
             ref.source = {kind: str(folder / name) for kind, name in ref.source.items()}
     skipped = [tuple(s) for s in manifest.get("skipped", [])]
+    gone = missing_sources(refs)  # one stat per source file: a moved or deleted data folder shows here
+    if gone and len(gone) == len(refs):
+        raise DatasetError(
+            f"None of the {len(refs)} source files of the prepared dataset in {folder} is where notebook 01 found "
+            f"it (first: {gone[0][1]}). Put the data back, or point SAMCLIP_DATA_PATH at its new place and {RERUN}."
+        )
+    if gone:
+        labels = {label for label, _ in gone}
+        refs = [ref for ref in refs if ref.label not in labels]
+        skipped += gone
+        warnings.warn(
+            f"{len(gone)} source file(s) gone or changed since notebook 01, first: {gone[0][1]}", stacklevel=2
+        )
     return Dataset(manifest.get("name", folder.name), LazySamples(refs), classes, skipped, manifest.get("notes", []))
 
 

@@ -66,7 +66,8 @@ def _predictions_by_id(dataset: Dataset, predictions: Predictions) -> Callable[[
             )
         return lambda image_id: predictions.get(image_id, ())
     named = getattr(predictions, "ids", None)  # e.g. InstancePredictions: aligned with its results' ids
-    if named is not None and list(named) != ids and sorted(named) == sorted(ids):
+    if named is not None and list(named) != ids and set(ids) <= set(named) and len(set(named)) == len(named):
+        # by id: the same images in another order, or predictions for images dropped since (unreadable)
         where = {image_id: index for index, image_id in enumerate(named)}
         return lambda image_id: predictions[where[image_id]]
     if len(predictions) != len(ids):

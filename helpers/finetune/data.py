@@ -147,14 +147,15 @@ def region_cutouts(
 
 
 def rename_classes(dataset: Dataset, names: Mapping[str, str]) -> Dataset:
-    """``dataset`` with its classes (masks, ignore masks, class list) renamed by ``names``; the
-    images and masks are shared, not copied."""
+    """``dataset`` with its classes (masks, ignore masks, instances, class list) renamed by ``names``;
+    the images and masks are shared, not copied (every sample is read: a small dataset)."""
     samples = [
         Sample(
             s.image_id,
             s.image,
             {names.get(k, k): v for k, v in s.masks.items()},
             {names.get(k, k): v for k, v in s.ignore.items()},
+            [replace(i, label=names.get(i.label, i.label)) for i in s.instances],
         )
         for s in dataset.samples
     ]
