@@ -91,6 +91,8 @@ class ThresholdTuner:
         selection: SelectionSettings | None = None,
     ) -> None:
         self.dataset, self.results, self.text = dataset, results, text  # read on touch (lazy sequences)
+        result_ids = list(getattr(results, "ids", None) or [r.image_id for r in results])
+        self._result_of = {i: k for k, i in enumerate(result_ids)} if set(result_ids) >= set(dataset.ids) else {}
         self.classes, self.title = list(classes), title
         self.negatives = tuple(selection.negatives) if selection else ()
         self.thresholds = {k: float(v) for k, v in (thresholds or {}).items() if np.isfinite(v)}
@@ -199,7 +201,8 @@ class ThresholdTuner:
             return
         truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
         selection = self.selection()
-        prediction = predict(self.results[self.image.value], self.text, prompt, selection, self.classes)
+        result = self.results[self._result_of.get(sample.image_id, self.image.value)]  # by id when ids match
+        prediction = predict(result, self.text, prompt, selection, self.classes)
         self.iou = counts(prediction.mask, truth, sample.ignore_mask(name)).iou
         rule = selection_text(selection)
         kept = f"kept {int(prediction.keep.sum())} of {len(prediction.keep)} masks"

@@ -8,8 +8,9 @@ with the last few samples kept (``CACHED``). When items turn bad:
 - up front, while indexing (cheap): missing files, malformed annotations and label lines, headers;
 - by ``LazySamples.scan()`` (what the readers run by default, ``check=True``): every sample is
   decoded once, one at a time, and kept nowhere; unreadable ones move to ``Dataset.skipped``;
-- at first touch, for a file that changed or broke after indexing: iteration drops it from the
-  sequence and lists it in ``Dataset.skipped`` (with a warning); ``dataset[i]`` raises DatasetError.
+- when a prepared dataset opens (``storage.load_prepared``): files gone or resized since are listed;
+- at first touch, for a file that changed (its size) or broke after indexing: iteration drops it from
+  the sequence and lists it in ``Dataset.skipped`` (with a warning); ``dataset[i]`` raises DatasetError.
 """
 
 from __future__ import annotations
