@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -132,8 +132,15 @@ class Pipeline:
         for sample in tqdm(dataset, total=len(dataset), desc="SAM + CLIP", disable=not progress):
             key = image_key(sample.image)
             result = self.process(sample.image, sample.image_id, key)
-            entries.append((sample.image_id, key) if streamed and self.cache.writable else result)
-        return CachedResults(self, dataset, entries) if streamed else entries
+            keys = (key, self.sam_key, self.embedding_key, sample.image_id)
+            entries.append(keys if streamed and self.cache.writable else result)
+        if not streamed:
+            return entries
+
+        def recompute(image_id: str) -> ImageResult:
+            return self.process(dataset[dataset.ids.index(image_id)].image, image_id)
+
+        return CachedResults(self.cache, self.settings.filters, entries, recompute)
 
     def predict(
         self,
@@ -169,12 +176,20 @@ class Pipeline:
 
 
 class CachedResults(Sequence[ImageResult]):
-    """``process_dataset``'s results for a dataset read from disk: each read back from the cache when
-    touched (the last few kept). An entry gone from the cache meanwhile is computed again."""
+    """Results read back from a cache when touched (the last few kept), so memory does not grow with
+    the number of images. An entry is an ``ImageResult`` or the cache keys it was stored under,
+    ``(image key, sam_key, embedding_key, image id)``, captured when it was made. An entry gone from
+    the cache meanwhile is made again by ``recompute(image_id)``; without one it is an error."""
 
-    def __init__(self, pipeline: Pipeline, dataset: Dataset, entries: list) -> None:
-        self.pipeline, self.dataset = pipeline, dataset
-        self.entries = entries  # per image: (image id, image key), or the ImageResult itself
+    def __init__(
+        self,
+        cache: ResultCache | None,
+        filters: FilterSettings | None,
+        entries: list,
+        recompute: Callable[[str], ImageResult] | None = None,
+    ) -> None:
+        self.cache, self.filters, self.recompute = cache, filters, recompute
+        self.entries = list(entries)
         self._recent: OrderedDict[int, ImageResult] = OrderedDict()
 
     def __len__(self) -> int:
@@ -182,11 +197,11 @@ class CachedResults(Sequence[ImageResult]):
 
     @property
     def ids(self) -> list[str]:
-        return [e.image_id if isinstance(e, ImageResult) else e[0] for e in self.entries]
+        return [e.image_id if isinstance(e, ImageResult) else e[3] for e in self.entries]
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return CachedResults(self.pipeline, self.dataset, self.entries[index])
+            return CachedResults(self.cache, self.filters, self.entries[index], self.recompute)
         entry = self.entries[index]
         if isinstance(entry, ImageResult):
             return entry
@@ -194,12 +209,14 @@ class CachedResults(Sequence[ImageResult]):
         if index in self._recent:
             self._recent.move_to_end(index)
             return self._recent[index]
-        image_id, key = entry
-        pipe = self.pipeline
-        result = load_cached(pipe.cache, pipe.settings.filters, key, pipe.sam_key, pipe.embedding_key, image_id)
+        result = load_cached(self.cache, self.filters, *entry)
         if result is None:  # removed or corrupted since: the same computation again
-            image = self.dataset[self.dataset.ids.index(image_id)].image
-            result = pipe.process(image, image_id)
+            if self.recompute is None:
+                root = self.cache.root if self.cache else None
+                raise RuntimeError(
+                    f"The cache entry of image {entry[3]} in {root} is gone since the run; run it again."
+                )
+            result = self.recompute(entry[3])
         self._recent[index] = result
         while len(self._recent) > 4:
             self._recent.popitem(last=False)

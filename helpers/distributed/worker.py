@@ -22,7 +22,7 @@ from ..config import choose_device
 from ..data import IMAGE_SUFFIXES, Dataset, read_image
 from ..masks import FilterSettings
 from ..models.loading import LoadedClip, LoadedSam, load_clip, load_sam
-from ..pipeline import ImageResult, Pipeline, PipelineSettings, load_cached
+from ..pipeline import CachedResults, ImageResult, Pipeline, PipelineSettings
 
 RAY_MISSING = "Ray is not installed; install the extra: pip install -e '.[ray]' (make install does)."
 OUTPUT_FIELDS = (
@@ -93,10 +93,11 @@ class RunStats:
     recomputed_on_driver: int = 0
 
 
-class DistributedResults(Sequence[ImageResult]):
+class DistributedResults(CachedResults):
     """The ``ImageResult`` of each image in input order (failed images left out), read back from the
-    shared cache when touched (memory does not grow with the folder), plus ``failures`` and ``stats``.
-    An entry is an ``ImageResult`` or the cache keys ``(key, sam_key, embedding_key, image_id)``."""
+    shared cache when touched (``CachedResults``: memory does not grow with the folder), plus
+    ``failures`` and ``stats``. An entry is an ``ImageResult`` (made on the driver) or the cache keys
+    ``(key, sam_key, embedding_key, image_id)`` a worker stored it under."""
 
     def __init__(
         self,
@@ -106,30 +107,9 @@ class DistributedResults(Sequence[ImageResult]):
         cache: ResultCache | None = None,
         filters: FilterSettings | None = None,
     ) -> None:
-        self.entries = list(results)
+        super().__init__(cache, filters, list(results))
         self.failures = list(failures)
         self.stats = stats
-        self.cache, self.filters = cache, filters
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    @property
-    def ids(self) -> list[str]:
-        return [e.image_id if isinstance(e, ImageResult) else e[3] for e in self.entries]
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(len(self))[index]]
-        entry = self.entries[index]
-        if isinstance(entry, ImageResult):
-            return entry
-        result = load_cached(self.cache, self.filters, *entry)
-        if result is None:
-            raise RuntimeError(
-                f"The cache entry of image {entry[3]} in {self.cache.root} is gone since the run; run it again."
-            )
-        return result
 
 
 def peak_rss_mb() -> float:
