@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..instances import Instance
-from .lazy import LazySamples, SampleRef, check_fingerprint, fingerprint, pack, path_text, register_reader
+from .lazy import LazySamples, SampleRef, check_sources, fingerprints, pack, path_text, register_reader
 from .types import Dataset, DatasetError, Sample, finish, load_image
 
 COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
@@ -69,12 +69,12 @@ def load_coco(
         source = {
             "image": path_text(path),
             "name": str(info["file_name"]),
-            "fingerprint": fingerprint(path) if path.is_file() else None,
             "height": info["height"],
             "width": info["width"],
             "shapes": pack(shapes),
             "classes": classes,
         }
+        source["fingerprint"] = fingerprints(source, "image")
         dataset.samples.refs.append(SampleRef(str(image_id), "coco", f"{info['file_name']} (image {image_id})", source))
     oriented = dataset.samples.scan(progress) if check else []
     return finish(dataset, strict, oriented)
@@ -85,7 +85,7 @@ def read_coco_sample(ref: SampleRef) -> tuple[Sample, int]:
     """One COCO sample: the image, checked against the json's size, and its annotations rasterised."""
     source = ref.source
     path = Path(source["image"])
-    check_fingerprint(path, source["fingerprint"], "image")
+    check_sources(source)
     image, orientation = load_image(path)
     height, width = source["height"], source["width"]
     if image.shape[:2] != (height, width):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .lazy import LazySamples, SampleRef, check_fingerprint, fingerprint, path_text, register_reader
+from .lazy import LazySamples, SampleRef, check_sources, fingerprints, path_text, register_reader
 from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image
 
 
@@ -35,7 +35,8 @@ def load_images(
             dataset.skipped.append((path.name, f"same file name stem as {seen[name].name}"))
             continue
         seen[name] = path
-        source = {"image": path_text(path), "name": path.name, "fingerprint": fingerprint(path)}
+        source = {"image": path_text(path), "name": path.name}
+        source["fingerprint"] = fingerprints(source, "image")
         dataset.samples.refs.append(SampleRef(name, "image", str(path.relative_to(folder)), source))
     oriented = dataset.samples.scan(progress) if check else []
     return finish(dataset, strict=False, oriented=oriented)
@@ -45,6 +46,6 @@ def load_images(
 def read_image_sample(ref: SampleRef) -> tuple[Sample, int]:
     """One unlabelled image, pixels as stored."""
     path = Path(ref.source["image"])
-    check_fingerprint(path, ref.source["fingerprint"], "image")
+    check_sources(ref.source)
     image, orientation = load_image(path)
     return Sample(ref.image_id, image, {}), orientation

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 
 from ..instances import Instance
-from .lazy import LazySamples, SampleRef, check_fingerprint, fingerprint, path_text, register_reader
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image, open_image, sample_stats
+from .lazy import LazySamples, SampleRef, check_sources, fingerprints, path_text, register_reader
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image, open_image
 
 MASK_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")  # preference order; any case
 CAMVID_CLASSES = [
@@ -189,27 +189,22 @@ def load_semantic_folder(
             "image": path_text(image_path),
             "mask": path_text(mask_path),
             "name": image_path.name,
-            "fingerprint": [fingerprint(p) if p.is_file() else None for p in (image_path, mask_path)],
             "shared": shared,
         }
+        source["fingerprint"] = fingerprints(source, "image", "mask")
         dataset.samples.refs.append(SampleRef(image_path.stem, "label_map", image_path.name, source))
     if not check:
         return finish(dataset, strict)
-    snapped_pixels = snapped_files = 0
-    oriented: list[str] = []
-    kept = []
-    for ref in dataset.samples.refs:  # the scan, counting what JPEG snapping changed
-        try:
-            sample, orientations, snapped = _read(ref)
-        except DatasetError as exc:
-            dataset.skipped.append((ref.label, str(exc)))
-            continue
-        ref.stats = sample_stats(sample)
-        oriented += [Path(ref.source[k]).name for k, o in zip(("image", "mask"), orientations) if o != 1]
-        snapped_pixels += snapped
-        snapped_files += bool(snapped)
-        kept.append(ref)
-    dataset.samples.refs = kept
+    snapped = [0, 0]  # pixels, files: what JPEG snapping changed
+
+    def read(ref: SampleRef) -> tuple[Sample, list[str]]:
+        sample, orientations, pixels = _read(ref)
+        snapped[0] += pixels
+        snapped[1] += bool(pixels)
+        return sample, [Path(ref.source[k]).name for k, o in zip(("image", "mask"), orientations) if o != 1]
+
+    oriented = dataset.samples.scan(read=read)
+    snapped_pixels, snapped_files = snapped
     if snapped_files:
         dataset.notes.append(
             f"{snapped_files} JPEG mask(s) carried compression noise: {snapped_pixels} pixels were "
@@ -229,8 +224,7 @@ def _read(ref: SampleRef) -> tuple[Sample, tuple[int, int], int]:
     """(sample, EXIF orientations of image and mask, pixels JPEG snapping changed)."""
     source, shared = ref.source, ref.source["shared"]
     image_path, mask_path = Path(source["image"]), Path(source["mask"])
-    for path, recorded, what in zip((image_path, mask_path), source["fingerprint"], ("image", "mask")):
-        check_fingerprint(path, recorded, what)
+    check_sources(source)
     table = {int(i): n for i, n in shared["table"]}
     palette = None if shared["palette"] is None else {tuple(c): i for c, i in shared["palette"]}
     ignore_ids = tuple(shared["ignore_ids"])

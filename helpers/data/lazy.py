@@ -72,44 +72,45 @@ class SampleRef:
         return cls(str(entry["id"]), entry["reader"], entry["label"], entry["source"], entry.get("stats"))
 
 
-def fingerprint(path: Path) -> list[int]:
-    """[size, mtime_ns] of a file: compared at read time to tell a file changed since indexing."""
-    status = os.stat(path)
-    return [status.st_size, status.st_mtime_ns]
+def fingerprints(source: dict, *keys: str) -> dict[str, list[int] | None]:
+    """{key: [size, mtime_ns]} of the files ``source[key]`` names (None for a file not there now: its read
+    fails with the reader's own message), recorded when indexing and checked by ``check_sources``."""
+    recorded: dict[str, list[int] | None] = {}
+    for key in keys:
+        try:
+            status = os.stat(source[key])
+            recorded[key] = [status.st_size, status.st_mtime_ns]
+        except OSError:
+            recorded[key] = None
+    return recorded
 
 
-def check_fingerprint(path: Path, recorded: list[int] | None, what: str = "file") -> None:
-    """DatasetError when ``path`` is gone or its size differs from when it was indexed. The date is
-    recorded but not compared: copies (Drive, ``cp`` without ``-p``) change it, not the pixels."""
-    if recorded is None:
-        return
-    try:
-        size = os.stat(path).st_size
-    except OSError as exc:
-        raise DatasetError(f"{what} {path} is gone since the dataset was indexed ({exc})") from exc
-    if size != recorded[0]:
-        raise DatasetError(
-            f"{what} {path} changed since the dataset was indexed ({recorded[0]} -> {size} bytes); "
-            "prepare the dataset again (notebook 01) to use the new file"
-        )
+def check_sources(source: dict) -> None:
+    """DatasetError when a file of ``source`` is gone or its size differs from when it was indexed. The
+    date is recorded but not compared: copies (Drive, ``cp`` without ``-p``) change it, not the pixels."""
+    for key, recorded in source.get("fingerprint", {}).items():
+        if recorded is None:
+            continue
+        path = Path(source[key])
+        try:
+            size = os.stat(path).st_size
+        except OSError as exc:
+            raise DatasetError(f"{key} {path} is gone since the dataset was indexed ({exc})") from exc
+        if size != recorded[0]:
+            raise DatasetError(
+                f"{key} {path} changed since the dataset was indexed ({recorded[0]} -> {size} bytes); "
+                "prepare the dataset again (notebook 01) to use the new file"
+            )
 
 
 def missing_sources(refs: Sequence["SampleRef"]) -> list[tuple[str, str]]:
     """(label, reason) of the refs whose files are gone or resized: one ``stat`` per file, no decoding."""
     gone = []
     for ref in refs:
-        recorded = ref.source.get("fingerprint")
-        pairs = (
-            [("image", recorded)] if ref.source.get("image") and recorded and not isinstance(recorded[0], list) else []
-        )
-        if ref.source.get("mask") and recorded:
-            pairs = list(zip(("image", "mask"), recorded))
-        for key, fingerprint_ in pairs:
-            try:
-                check_fingerprint(Path(ref.source[key]), fingerprint_, key)
-            except DatasetError as exc:
-                gone.append((ref.label, str(exc)))
-                break
+        try:
+            check_sources(ref.source)
+        except DatasetError as exc:
+            gone.append((ref.label, str(exc)))
     return gone
 
 
@@ -164,25 +165,33 @@ class LazySamples(Sequence[Sample]):
     def ids(self) -> list[str]:
         return [ref.image_id for ref in self.refs]
 
-    def scan(self, progress: bool = False) -> list[str]:
+    def scan(
+        self, progress: bool = False, read: Callable[[SampleRef], tuple[Sample, list[str]]] | None = None
+    ) -> list[str]:
         """Decode every sample once (one at a time, none kept): unreadable ones move to ``skipped``,
-        the others get their ``stats``. Returns the labels of files carrying an EXIF orientation."""
+        the others get their ``stats``. Returns the names of files carrying an EXIF orientation.
+        ``read``: (sample, names of its files with an orientation) per ref; default ``ref.read``."""
         from tqdm.auto import tqdm
 
+        read = read or _read_noting_orientation
         kept, oriented = [], []
         for ref in tqdm(self.refs, desc="checking samples", disable=not progress):
             try:
-                sample, orientation = ref.read()
+                sample, turned = read(ref)
             except DatasetError as exc:
                 self.skipped.append((ref.label, str(exc)))
                 continue
             ref.stats = sample_stats(sample)
-            if orientation != 1:
-                oriented.append(ref.source.get("name", ref.label))
+            oriented += turned
             kept.append(ref)
         self.refs = kept
         self._recent.clear()
         return oriented
+
+
+def _read_noting_orientation(ref: SampleRef) -> tuple[Sample, list[str]]:
+    sample, orientation = ref.read()
+    return sample, [ref.source.get("name", ref.label)] if orientation != 1 else []
 
 
 def path_text(path: Path) -> str:

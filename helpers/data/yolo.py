@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 
 from ..instances import Instance
-from .lazy import LazySamples, SampleRef, check_fingerprint, fingerprint, pack, path_text, register_reader
+from .lazy import LazySamples, SampleRef, check_sources, fingerprints, pack, path_text, register_reader
 from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image
 
 SPLITS = ("train", "val", "test")
@@ -70,10 +70,10 @@ def load_yolo(
         source = {
             "image": path_text(image_path),
             "name": image_path.name,
-            "fingerprint": fingerprint(image_path) if image_path.is_file() else None,
             "shapes": pack(shapes),
             "classes": classes,
         }
+        source["fingerprint"] = fingerprints(source, "image")
         dataset.samples.refs.append(SampleRef(image_path.stem, "yolo", item, source))
     if unlabelled:
         dataset.notes.append(
@@ -90,7 +90,7 @@ def read_yolo_sample(ref: SampleRef) -> tuple[Sample, int]:
     """One YOLO sample: the image turned upright, its label polygons filled as ultralytics does."""
     source = ref.source
     path = Path(source["image"])
-    check_fingerprint(path, source["fingerprint"], "image")
+    check_sources(source)
     image, orientation = load_image(path, apply_orientation=True)
     height, width = image.shape[:2]
     masks = {name: np.zeros((height, width), bool) for name in source["classes"] or []}
