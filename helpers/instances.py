@@ -111,13 +111,8 @@ class InstancePredictions(Sequence[list[Instance]]):
     ) -> None:
         if not list(classes):
             raise ValueError("An empty class list: name at least one class to find, e.g. classes=['chair'].")
-        self.results, self.text, self.classes, self.selection, self.options = (
-            results,
-            text,
-            list(classes),
-            selection,
-            options,
-        )
+        self.results, self.text, self.classes = results, text, list(classes)
+        self.selection, self.options = selection, options
 
     def __len__(self) -> int:
         return len(self.results)

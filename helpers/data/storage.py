@@ -68,7 +68,8 @@ def load_prepared(folder: str | Path, expected: dict | None = None) -> Dataset:
 
     With ``expected`` (the current run's ``dataset_request(config)``), a dataset prepared for another
     request (another dataset, data path, class list or image limit) raises DatasetError naming both.
-    A source file that changed or vanished since is reported when its sample is read (see ``lazy``).
+    Source files gone or resized since are listed here (none left: DatasetError); one that breaks
+    later is reported when its sample is read (see ``lazy``).
     """
     folder = Path(folder).absolute()
     manifest_path = folder / "manifest.json"

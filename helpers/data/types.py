@@ -67,7 +67,7 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if hasattr(self.samples, "refs"):  # LazySamples reports what turns unreadable into our list
+        if self.lazy:  # LazySamples reports what turns unreadable into our list
             self.samples.skipped = self.skipped
 
     def __len__(self) -> int:
