@@ -4,6 +4,8 @@
     python benchmarks/bench_generator.py --device cuda --model vit_h
     python benchmarks/bench_generator.py --model sam_tiny --sides 4 --huge 600x400   # smoke test
     python benchmarks/bench_generator.py --threads 1                # torch on one thread
+    python benchmarks/bench_generator.py --model sam_demo --checkpoint helpers/demo/weights/sam_demo.pth \
+        --demo-images 8 --pred-iou-thresh 0.5 --stability-score-thresh 0.75 --huge 0 --no-bf16   # the demo SAM
 
 Random weights give flat logits and predicted IoU near 0 that SAM's default gates would drop
 entirely, so the decoder's last layers are steepened (``steepen_random_sam``: --logit-gain,
@@ -14,6 +16,7 @@ checkpoints: pass --checkpoint. Prints a markdown table; asserts the masks match
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -136,6 +139,11 @@ def main() -> None:
     parser.add_argument("--sides", type=int, nargs="+", default=[16, 32], help="points_per_side values")
     parser.add_argument("--gates", nargs="+", default=["default", "open"], choices=["default", "open"])
     parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the test image")
+    parser.add_argument("--demo-images", type=int, default=0, help="time on this many demo images instead (seed 7401)")
+    parser.add_argument("--pred-iou-thresh", type=float, default=None, help="the 'default' gates' IoU gate (SAM's 0.88)")
+    parser.add_argument(
+        "--stability-score-thresh", type=float, default=None, help="the 'default' gates' stability gate (SAM's 0.95)"
+    )
     parser.add_argument("--huge", default="8000x6000", help="WIDTHxHEIGHT for the ours-only memory row; 0 skips")
     parser.add_argument("--logit-gain", type=float, default=400.0)
     parser.add_argument("--iou-shift", type=float, default=0.85)
@@ -152,12 +160,27 @@ def main() -> None:
 
     model = build_model(args)
     width, height = (int(v) for v in args.size.split("x"))
-    image = test_image(height, width)
+    images = [test_image(height, width)]
+    if args.demo_images:
+        from helpers.data import make_demo_dataset
+
+        images = [sample.image for sample in make_demo_dataset(args.demo_images, seed=7401).samples]
+        height, width = images[0].shape[:2]
+    default = {
+        key: value
+        for key, value in (
+            ("pred_iou_thresh", args.pred_iou_thresh),
+            ("stability_score_thresh", args.stability_score_thresh),
+        )
+        if value is not None
+    }
     cpu = platform.processor() or platform.machine()
     print(f"SAM {args.model} ({'checkpoint' if args.checkpoint else 'random, steepened'}), {args.device}, ", end="")
-    print(f"{torch.get_num_threads()} threads, {cpu}, torch {torch.__version__}, image {width}x{height}, ", end="")
+    print(f"{torch.get_num_threads()} threads, {cpu}, torch {torch.__version__}, ", end="")
+    gates_text = default or "SAM's"
+    print(f"{len(images)} image(s) of {width}x{height}, 'default' gates {gates_text}, ", end="")
     print(f"load average {load()} at the start\n")
-    logit_diff, iou_diff, logit_scale = decoder_difference(model, image)
+    logit_diff, iou_diff, logit_scale = decoder_difference(model, images[0])
     print(f"decoder vs MaskDecoder: max |Δlogit| {logit_diff:.2e} (logits up to {logit_scale:.1f}), ", end="")
     print(f"max |Δ predicted IoU| {iou_diff:.2e}\n")
 
@@ -167,24 +190,34 @@ def main() -> None:
     references = {}
     for side in args.sides:
         for name in args.gates:
-            options = dict(points_per_side=side, **(OPEN if name == "open" else {}))
-            ref, ref_s = timed(lambda: reference(model, image, options))
-            references[side, name] = ref
-            (ours, counts), ours_s = timed(lambda: generate_mask_set_with_counts(model, image, **options))
-            match = best_match_iou(ours, ref).min() if len(ref) else float("nan")
-            iou_delta = (
-                np.abs(ours.predicted_iou - ref.predicted_iou).max(initial=0.0)
-                if len(ref) == len(ours)
-                else float("nan")
-            )
+            options = dict(points_per_side=side, **(OPEN if name == "open" else default))
+            ref_s = ours_s = 0.0
+            n_ref = n_ours = 0
+            match, iou_delta, total = 1.0, 0.0, GateCounts()
+            for image in images:
+                ref, seconds = timed(lambda: reference(model, image, options))
+                ref_s += seconds
+                references[side, name] = ref
+                (ours, counts), seconds = timed(lambda: generate_mask_set_with_counts(model, image, **options))
+                ours_s += seconds
+                n_ref, n_ours = n_ref + len(ref), n_ours + len(ours)
+                if len(ref):  # an empty mask matches nothing: count empties instead (same number on both sides)
+                    assert (ours.areas == 0).sum() == (ref.areas == 0).sum(), "empty masks differ"
+                    match = min(match, float(best_match_iou(ours, ref)[ours.areas > 0].min(initial=1.0)))
+                iou_delta = (
+                    max(iou_delta, float(np.abs(ours.predicted_iou - ref.predicted_iou).max(initial=0.0)))
+                    if len(ref) == len(ours)
+                    else float("nan")
+                )
+                total = GateCounts(*(a + b for a, b in zip(dataclasses.astuple(total), dataclasses.astuple(counts))))
+                assert len(ref) == len(ours) and (not len(ref) or match >= 0.999), "masks differ"
             print(
                 f"| {side}x{side} | {name} | {ref_s:.1f} | {ours_s:.1f} | {ref_s / ours_s:.1f}x "
-                f"| {len(ref)} / {len(ours)} | {match:.4f} | {iou_delta:.1e} | {gates(counts)} | {load()} |",
+                f"| {n_ref} / {n_ours} | {match:.4f} | {iou_delta:.1e} | {gates(total)} | {load()} |",
                 flush=True,
             )
-            assert len(ref) == len(ours) and (not len(ref) or match >= 0.999), "masks differ"
     if not args.no_bf16:
-        half_row(model, image, max(args.sides), references, args.device)
+        half_row(model, images[-1], max(args.sides), references, args.device)
     if args.huge_size:
         command = [sys.executable, __file__, "--huge-child", "--device", args.device, "--model", args.model]
         command += ["--huge", args.huge, "--logit-gain", str(args.logit_gain), "--iou-shift", str(args.iou_shift)]
