@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from helpers.checkpoints import sha256_of  # noqa: E402
 from helpers.config import DEMO_SELECTION, DEMO_SETTINGS, SelectionSettings  # noqa: E402
 from helpers.data import DEMO_CLASSES, make_demo_dataset, make_mosaics, object_crops  # noqa: E402
 from helpers.demo.train import evaluate_clip  # noqa: E402
@@ -61,8 +62,10 @@ class ModelSet:
 def _load(name: str, folder: Path, arch: SamArchitecture, settings, selection) -> ModelSet:
     sam = build_sam_small(arch)
     sam.load_state_dict(torch.load(folder / "sam_demo.pth", map_location="cpu", weights_only=True))
-    clip_model = load_clip(folder / "clip_demo.pt", name=f"clip_demo:{name}")
-    return ModelSet(name, LoadedSam(sam.eval(), f"sam_demo:{name}"), clip_model, settings, selection)
+    digests = {file: sha256_of(folder / file)[:16] for file in ("sam_demo.pth", "clip_demo.pt")}
+    clip_model = load_clip(folder / "clip_demo.pt", name=f"clip_demo:{digests['clip_demo.pt']}")
+    sam_loaded = LoadedSam(sam.eval(), f"sam_demo:{name}", identity=f"sam_demo:{digests['sam_demo.pth']}")
+    return ModelSet(name, sam_loaded, clip_model, settings, selection)
 
 
 def baseline_models(rev: str, scratch: Path) -> ModelSet:
@@ -81,7 +84,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
-def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path) -> dict:
+def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, rank: bool = True) -> dict:
     torch.set_grad_enabled(False)
     pipeline = Pipeline(models.sam, models.clip, models.settings, cache_dir=cache / models.name)
     open_gates = replace(models.settings.sam, pred_iou_thresh=0.0, stability_score_thresh=0.0)
@@ -101,7 +104,7 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path) ->
             for name in present:
                 prediction = pipeline.predict(result, name, models.selection, DEMO_CLASSES)
                 prompts.append({"class": name, "iou": iou(prediction.mask, sample.masks[name])})
-            everything = generate_masks(models.sam, sample.image, open_gates)
+            everything = generate_masks(models.sam, sample.image, open_gates) if rank else []
             if len(everything):
                 all_dense = everything.to_dense()
                 true = iou_from_counts(overlap_counts(all_dense, truths), all_dense.sum((1, 2)), truths.sum((1, 2)))
@@ -111,7 +114,8 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path) ->
         results = [pipeline.process(sample.image) for sample in tiles.samples]
         trials = sum(len(sample.masks) for sample in tiles.samples)
         mosaic_hits.append((mosaic_top1_accuracy(tiles, results, pipeline.text) * trials, trials))
-    ceiling, prompts, gates = pd.DataFrame(ceiling), pd.DataFrame(prompts), pd.DataFrame(gates)
+    ceiling, prompts = pd.DataFrame(ceiling), pd.DataFrame(prompts)
+    gates = pd.DataFrame(gates, columns=["predicted", "stability", "true"])
     kept = gates[
         (gates.predicted >= models.settings.sam.pred_iou_thresh)
         & (gates.stability >= models.settings.sam.stability_score_thresh)
@@ -148,7 +152,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--pred-iou", type=float, default=None)
     parser.add_argument("--stability", type=float, default=None)
     parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--crop-layers", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", type=Path, default=None, help="keep SAM's masks here between runs")
+    parser.add_argument("--no-rank", action="store_true", help="skip the open-gates pass (rank correlation)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from helpers.demo.models import DEMO_WEIGHTS_DIR
@@ -158,6 +165,8 @@ def main(argv=None) -> dict:
         sam_settings = replace(sam_settings, pred_iou_thresh=args.pred_iou)
     if args.stability is not None:
         sam_settings = replace(sam_settings, stability_score_thresh=args.stability)
+    if args.crop_layers is not None:
+        sam_settings = replace(sam_settings, crop_n_layers=args.crop_layers)
     selection = DEMO_SELECTION if args.threshold is None else replace(DEMO_SELECTION, threshold=args.threshold)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
@@ -167,7 +176,8 @@ def main(argv=None) -> dict:
         ]
         if args.baseline != "none":
             sets.insert(0, baseline_models(args.baseline, scratch))
-        report = {s.name: evaluate(s, args.seeds, args.images, args.mosaics, scratch) for s in sets}
+        cache = args.cache or scratch
+        report = {s.name: evaluate(s, args.seeds, args.images, args.mosaics, cache, not args.no_rank) for s in sets}
     report["run"] = {"seeds": args.seeds, "images_per_seed": args.images, "mosaics_per_seed": args.mosaics,
                      "sam": str(sam_settings), "selection": str(selection)}
     print(json.dumps(report, indent=1))

@@ -62,7 +62,7 @@ DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent / "demo" / "weights"
 # best mask per shape (0.83 -> 0.80 on seed 9090), and raises the pipeline's mean IoU (seed 9090: 0.53 -> 0.64).
 # (The CLIP's SAM cut-outs are made without the crop layer and the stability gate:
 # train_demo.CUTOUT_SAM_SETTINGS.)
-DEMO_SAM_SETTINGS = SamSettings(points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.75, crop_n_layers=1)
+DEMO_SAM_SETTINGS = SamSettings(points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.7, crop_n_layers=1)
 DEMO_SETTINGS = PipelineSettings(sam=DEMO_SAM_SETTINGS, filters=FilterSettings(min_area=100))
 # This CLIP's cosine similarities run higher than OpenAI's (a wrong shape often scores 0.3-0.6), so the
 # threshold is 0.4 rather than the pipeline's 0.25 (the best of 0.4-0.8 on demo seed 404; re-checked with the

@@ -20,8 +20,8 @@ from ..models import DEMO_SAM, LoadedClip, LoadedSam, load_clip, load_sam
 DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
 DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
 DEMO_SHA256 = {
-    DEMO_SAM_FILE: "13a25d64bae8ed050725273408b9ea693eb62738bb1dbb90ffbd030ff23e449a",
-    DEMO_CLIP_FILE: "b6c2d0325748f92abeec6b516ddebced13c28440c5984f8823b7fe017e76cf98",
+    DEMO_SAM_FILE: "c5e74d0dab77d0408e4db37d7353472eb8cfa6e6b1c82908f6f03043168f4639",
+    DEMO_CLIP_FILE: "ca518f6eee364e95ec362b23d19f31dcffd0c1fcae5856011ef338e0134b6457",
 }
 
 

@@ -182,9 +182,9 @@ def save_clip_state(model: CLIP, path: Path) -> None:
     torch.save({key: value.half() for key, value in model.state_dict().items()}, path)
 
 
-def _train_sam_into(path: Path, settings: SamTrainSettings, progress: bool) -> dict:
+def _train_sam_into(path: Path, settings: SamTrainSettings, progress: bool, snapshots: bool = False) -> dict:
     clock = time.perf_counter(), time.process_time()
-    sam, history = train_sam(settings, progress)
+    sam, history = train_sam(settings, progress, snapshot=path if snapshots else None)
     torch.save(sam.state_dict(), path)
     return {
         "sam_train_wall_s": time.perf_counter() - clock[0],
@@ -199,7 +199,7 @@ CUTOUT_THREADS = 1  # per process: the parts fill the cores
 # The demo generator without its crop layer (4x cheaper per scene; a CLIP trained on the crop layer's masks
 # too, 400 scenes, was worse on the demo images: README, "Trained demo models") and without its stability
 # gate: the committed CLIP learnt from every mask SAM's IoU gate passes (those matching a shape get its name).
-CUTOUT_SAM_SETTINGS = replace(DEMO_SAM_SETTINGS, crop_n_layers=0, stability_score_thresh=0.0)
+CUTOUT_SAM_SETTINGS = SamSettings(points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.0, crop_n_layers=0)
 
 
 def sam_cutouts_part(sam_path: Path, settings: ClipTrainSettings, part: int, progress: bool = False) -> list[CutOut]:
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         "other weights)",
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--snapshots", action="store_true", help="also save SAM's weights every 200 steps")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be 1 or more.")
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--only clip trains on the demo SAM's masks: {sam_path} is missing (train SAM first).")
     with ProcessPoolExecutor(SAM_CUTOUT_PARTS - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
         if args.only != "clip":  # SAM first: CLIP learns from its masks
-            summary.update(_train_sam_into(sam_path, sam_settings, progress))
+            summary.update(_train_sam_into(sam_path, sam_settings, progress, args.snapshots))
         if args.only != "sam":
             sam_cutouts: list[CutOut] = []
             if clip_settings.sam_scenes:

@@ -21,7 +21,7 @@ from .scenes import TRAIN_STREAM, Scene, make_scene
 
 @dataclass(frozen=True)
 class SamTrainSettings:
-    steps: int = 1800
+    steps: int = 5000
     images_per_step: int = 8  # more images and fewer points per image than 2 x 32: 0.81 vs 0.68 point IoU
     points_per_image: int = 8
     # Share of the points on the background, whose mask is then the target. With the mask loss on them
