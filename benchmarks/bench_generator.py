@@ -5,7 +5,7 @@
     python benchmarks/bench_generator.py --model sam_tiny --sides 4 --huge 600x400   # smoke test
     python benchmarks/bench_generator.py --threads 1                # torch on one thread
     python benchmarks/bench_generator.py --model sam_demo --checkpoint helpers/demo/weights/sam_demo.pth \
-        --demo-images 8 --pred-iou-thresh 0.5 --stability-score-thresh 0.75 --huge 0 --no-bf16   # the demo SAM
+        --demo-images 8 --pred-iou-thresh 0.5 --stability-score-thresh 0.7 --crop-n-layers 1 --huge 0 --no-bf16
 
 Random weights give flat logits and predicted IoU near 0 that SAM's default gates would drop
 entirely, so the decoder's last layers are steepened (``steepen_random_sam``: --logit-gain,
@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument(
         "--stability-score-thresh", type=float, default=None, help="the 'default' gates' stability gate (SAM's 0.95)"
     )
+    parser.add_argument("--crop-n-layers", type=int, default=0, help="SAM's crop layers, in every row")
     parser.add_argument("--huge", default="8000x6000", help="WIDTHxHEIGHT for the ours-only memory row; 0 skips")
     parser.add_argument("--logit-gain", type=float, default=400.0)
     parser.add_argument("--iou-shift", type=float, default=0.85)
@@ -174,6 +175,7 @@ def main() -> None:
         )
         if value is not None
     }
+    crops = {"crop_n_layers": args.crop_n_layers} if args.crop_n_layers else {}
     cpu = platform.processor() or platform.machine()
     print(f"SAM {args.model} ({'checkpoint' if args.checkpoint else 'random, steepened'}), {args.device}, ", end="")
     print(f"{torch.get_num_threads()} threads, {cpu}, torch {torch.__version__}, ", end="")
@@ -190,7 +192,7 @@ def main() -> None:
     references = {}
     for side in args.sides:
         for name in args.gates:
-            options = dict(points_per_side=side, **(OPEN if name == "open" else default))
+            options = dict(points_per_side=side, **crops, **(OPEN if name == "open" else default))
             ref_s = ours_s = 0.0
             n_ref = n_ours = 0
             match, iou_delta, total = 1.0, 0.0, GateCounts()

@@ -21,7 +21,7 @@ DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
 DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
 DEMO_SHA256 = {
     DEMO_SAM_FILE: "c5e74d0dab77d0408e4db37d7353472eb8cfa6e6b1c82908f6f03043168f4639",
-    DEMO_CLIP_FILE: "ca518f6eee364e95ec362b23d19f31dcffd0c1fcae5856011ef338e0134b6457",
+    DEMO_CLIP_FILE: "b5e4a42e7f1a89437e110ef756017a0f67d48eadcd396be939980eeed49335e8",
 }
 
 

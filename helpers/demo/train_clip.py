@@ -48,7 +48,7 @@ def colour_name(rgb) -> str:
 
 @dataclass(frozen=True)
 class ClipTrainSettings:
-    steps: int = 1000
+    steps: int = 2000
     batch: int = 64
     scenes: int = 1500  # generated once: about 3 cut-outs each
     lr: float = 1e-3
