@@ -51,17 +51,12 @@ DEFAULT_FILTERS = FilterSettings(min_area=100, max_inside=0.9)  # small masks an
 # The demo profile: the trained demo models (helpers.demo) and the settings they run with.
 DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent / "demo" / "weights"
 # 16 x 16 points suffice for shapes of radius >= 29 px on 320 x 240 images (every shape holds several
-# grid points) and take a quarter of 32 x 32's time. The demo SAM's IoU head was trained on background
-# points too, so predicted IoU >= 0.5 drops the blobs it proposes there (~28 -> 8 masks per image without
-# the crop layer below); its masks are not good enough for SAM's 0.88 IoU gate (README, "Trained demo models").
-# One crop layer (SAM's own: the image again as 2 x 2 overlapping crops, each at the model's full input
-# size) shows the shapes 1.6x larger, on a finer token grid: the best mask per shape rises from 0.76 to
-# 0.83 (seed 9090, 8 images) for 4x the generator's time.
-# Stability gate 0.75 (SAM's is 0.95, which keeps nothing here: these logits are less steep): it drops
-# the parts and merges of shapes CLIP would name wrongly (~15 -> ~4 masks per image) at some cost to the
-# best mask per shape (0.83 -> 0.80 on seed 9090), and raises the pipeline's mean IoU (seed 9090: 0.53 -> 0.64).
-# (The CLIP's SAM cut-outs are made without the crop layer and the stability gate:
-# train_demo.CUTOUT_SAM_SETTINGS.)
+# grid points) and take a quarter of 32 x 32's time. One crop layer (SAM's own: the image again as 2 x 2
+# overlapping crops, each at the model's full input size) shows the shapes 1.6x larger: best mask per shape
+# 0.82 -> 0.89 on the tuning seeds for 4x the generator's time. IoU gate 0.5 and stability gate 0.7 were
+# chosen on tuning seeds 6101 + 6102 (docs/demo-models.md, "Settings for the demo profile"); SAM's own gates
+# (0.88 / 0.95) keep no mask of this SAM. (The CLIP's SAM cut-outs are made with other, fixed settings:
+# helpers.demo.train.CUTOUT_SAM_SETTINGS.)
 DEMO_SAM_SETTINGS = SamSettings(points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.7, crop_n_layers=1)
 DEMO_SETTINGS = PipelineSettings(sam=DEMO_SAM_SETTINGS, filters=FilterSettings(min_area=100))
 # This CLIP's cosine similarities run higher than OpenAI's (a wrong shape often scores 0.3-0.6), so the

@@ -2,8 +2,8 @@
 
 ``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same
 type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
-count trains other weights): SAM first (11-14 min wall on 2 cores), then SAM's own masks on 1,000 further
-scenes (two processes, about 2 min) and CLIP on those cut-outs and exact ones (about 2 min), then about
+count trains other weights): SAM first (about 43 min wall on 2 cores), then SAM's own masks on 1,000 further
+scenes (two processes, about 3 min) and CLIP on those cut-outs and exact ones (about 5 min), then about
 half a minute of evaluation; ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
 results: README.md, "Trained demo models".
 
@@ -197,8 +197,9 @@ def _train_sam_into(path: Path, settings: SamTrainSettings, progress: bool, snap
 SAM_CUTOUT_PARTS = 2  # the scenes for SAM's cut-outs come in two fixed streams (two processes): same on any machine
 CUTOUT_THREADS = 1  # per process: the parts fill the cores
 # The demo generator without its crop layer (4x cheaper per scene; a CLIP trained on the crop layer's masks
-# too, 400 scenes, was worse on the demo images: README, "Trained demo models") and without its stability
-# gate: the committed CLIP learnt from every mask SAM's IoU gate passes (those matching a shape get its name).
+# too, 400 scenes, was worse on the demo images: docs/demo-models.md) and without a stability gate: CLIP learns
+# from every mask the IoU gate passes (those matching a shape get its name). Stated here, not derived from
+# DEMO_SAM_SETTINGS, so that tuning the profile's gates does not change the trained CLIP.
 CUTOUT_SAM_SETTINGS = SamSettings(points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.0, crop_n_layers=0)
 
 
