@@ -140,7 +140,9 @@ def main() -> None:
     parser.add_argument("--gates", nargs="+", default=["default", "open"], choices=["default", "open"])
     parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the test image")
     parser.add_argument("--demo-images", type=int, default=0, help="time on this many demo images instead (seed 7401)")
-    parser.add_argument("--pred-iou-thresh", type=float, default=None, help="the 'default' gates' IoU gate (SAM's 0.88)")
+    parser.add_argument(
+        "--pred-iou-thresh", type=float, default=None, help="the 'default' gates' IoU gate (SAM's 0.88)"
+    )
     parser.add_argument(
         "--stability-score-thresh", type=float, default=None, help="the 'default' gates' stability gate (SAM's 0.95)"
     )

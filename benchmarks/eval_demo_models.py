@@ -110,7 +110,9 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
                 true = iou_from_counts(overlap_counts(all_dense, truths), all_dense.sum((1, 2)), truths.sum((1, 2)))
                 for p, s, t in zip(everything.predicted_iou, everything.stability, true.max(1)):
                     gates.append({"predicted": float(p), "stability": float(s), "true": float(t)})
-        tiles = make_mosaics(object_crops(make_demo_dataset(12, seed=seed + 50), min_area=200), count=mosaics, seed=seed)
+        tiles = make_mosaics(
+            object_crops(make_demo_dataset(12, seed=seed + 50), min_area=200), count=mosaics, seed=seed
+        )
         results = [pipeline.process(sample.image) for sample in tiles.samples]
         trials = sum(len(sample.masks) for sample in tiles.samples)
         mosaic_hits.append((mosaic_top1_accuracy(tiles, results, pipeline.text) * trials, trials))
@@ -171,15 +173,25 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         sets = [
-            _load("current", args.weights or DEMO_WEIGHTS_DIR, DEMO_SAM_ARCHITECTURE,
-                  replace(DEMO_SETTINGS, sam=sam_settings), selection)
+            _load(
+                "current",
+                args.weights or DEMO_WEIGHTS_DIR,
+                DEMO_SAM_ARCHITECTURE,
+                replace(DEMO_SETTINGS, sam=sam_settings),
+                selection,
+            )
         ]
         if args.baseline != "none":
             sets.insert(0, baseline_models(args.baseline, scratch))
         cache = args.cache or scratch
         report = {s.name: evaluate(s, args.seeds, args.images, args.mosaics, cache, not args.no_rank) for s in sets}
-    report["run"] = {"seeds": args.seeds, "images_per_seed": args.images, "mosaics_per_seed": args.mosaics,
-                     "sam": str(sam_settings), "selection": str(selection)}
+    report["run"] = {
+        "seeds": args.seeds,
+        "images_per_seed": args.images,
+        "mosaics_per_seed": args.mosaics,
+        "sam": str(sam_settings),
+        "selection": str(selection),
+    }
     print(json.dumps(report, indent=1))
     return report
 
