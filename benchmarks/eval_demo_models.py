@@ -33,9 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.checkpoints import sha256_of  # noqa: E402
 from helpers.config import DEMO_SELECTION, DEMO_SETTINGS, SelectionSettings  # noqa: E402
 from helpers.data import DEMO_CLASSES, make_demo_dataset, make_mosaics, object_crops  # noqa: E402
-from helpers.demo.train import evaluate_clip  # noqa: E402
+from helpers.demo.train import evaluate_clip, truth_overlaps  # noqa: E402
 from helpers.evaluation import mosaic_top1_accuracy  # noqa: E402
-from helpers.masks import iou_from_counts, overlap_counts  # noqa: E402
 from helpers.metrics import iou  # noqa: E402
 from helpers.models.loading import LoadedSam, load_clip  # noqa: E402
 from helpers.models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small  # noqa: E402
@@ -84,8 +83,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
+@torch.no_grad()
 def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, rank: bool = True) -> dict:
-    torch.set_grad_enabled(False)
     pipeline = Pipeline(models.sam, models.clip, models.settings, cache_dir=cache / models.name)
     open_gates = replace(models.settings.sam, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     ceiling, prompts, gates = [], [], []
@@ -96,18 +95,16 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
             raw = pipeline.segment(sample.image)
             present = [name for name, truth in sample.masks.items() if truth.any()]
             truths = np.stack([sample.masks[name] for name in present])
-            dense = raw.to_dense() if len(raw) else np.zeros((0, *truths.shape[1:]), bool)
-            ious = iou_from_counts(overlap_counts(dense, truths), dense.sum((1, 2)), truths.sum((1, 2)))
+            _, _, ious = truth_overlaps(raw, truths)
             for j, name in enumerate(present):
-                ceiling.append({"class": name, "best": float(ious[:, j].max()) if len(dense) else 0.0})
+                ceiling.append({"class": name, "best": float(ious[:, j].max()) if len(raw) else 0.0})
             result = pipeline.process(sample.image)
             for name in present:
                 prediction = pipeline.predict(result, name, models.selection, DEMO_CLASSES)
                 prompts.append({"class": name, "iou": iou(prediction.mask, sample.masks[name])})
             everything = generate_masks(models.sam, sample.image, open_gates) if rank else []
             if len(everything):
-                all_dense = everything.to_dense()
-                true = iou_from_counts(overlap_counts(all_dense, truths), all_dense.sum((1, 2)), truths.sum((1, 2)))
+                _, _, true = truth_overlaps(everything, truths)
                 for p, s, t in zip(everything.predicted_iou, everything.stability, true.max(1)):
                     gates.append({"predicted": float(p), "stability": float(s), "true": float(t)})
         tiles = make_mosaics(

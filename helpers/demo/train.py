@@ -51,19 +51,26 @@ from .train_clip import (  # noqa: F401
 from .train_sam import SamTrainSettings, init_pointer_attention, train_sam  # noqa: F401
 
 
+def truth_overlaps(masks: MaskSet, truths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``masks`` as an N x H x W stack, and their pixel intersections and IoUs with the T ground-truth
+    masks ``truths`` (both N x T)."""
+    dense = masks.to_dense() if len(masks) else np.zeros((0, *truths.shape[1:]), bool)
+    inter = overlap_counts(dense, truths)
+    return dense, inter, iou_from_counts(inter, dense.sum((1, 2)), truths.sum((1, 2)))
+
+
 def ceiling_table(sam: LoadedSam, dataset: Dataset, settings: SamSettings = DEMO_SAM_SETTINGS) -> pd.DataFrame:
     """Per ground-truth shape: the best single SAM mask's IoU and the best union's IoU (the union
     of the masks lying more than half inside the shape), i.e. what a perfect selector could reach."""
     rows = []
     for sample in dataset.samples:
         masks = generate_masks(sam, sample.image, settings)
-        dense = masks.to_dense() if len(masks) else np.zeros((0, *sample.image.shape[:2]), bool)
         present = [name for name, truth in sample.masks.items() if truth.any()]
         if not present:
             continue
         truths = np.stack([sample.masks[name] for name in present])
-        inter, areas = overlap_counts(dense, truths), dense.sum((1, 2))
-        ious = iou_from_counts(inter, areas, truths.sum((1, 2)))  # masks x present shapes
+        dense, inter, ious = truth_overlaps(masks, truths)
+        areas = dense.sum((1, 2))
         for j, (name, truth) in enumerate(zip(present, truths)):
             single = float(ious[:, j].max()) if len(dense) else 0.0
             inside = inter[:, j] > 0.5 * areas
