@@ -9,6 +9,8 @@ Per model set, on ``--images`` fresh ``make_demo_dataset`` images of each seed (
   holding the class (a prompt for an absent class is not scored here; notebook 03's table scores it);
 - SLIP's mosaic top-1 (4 ground-truth cut-outs of other images per mosaic, through SAM + CLIP);
 - recognition of masked ground-truth cut-outs by CLIP alone (4 classes);
+- recognition of SAM's own good masks: of the masks the pipeline keeps before selection, those matching a shape at
+  IoU >= 0.7, the share CLIP names after that shape among the 4 classes and "background" (where selection loses);
 - the predicted IoU of every mask the generator makes with its gates open, against its true IoU (the best
   IoU with a ground-truth shape): Spearman's rank correlation, and how many masks each gate keeps.
 """
@@ -41,6 +43,7 @@ from helpers.models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sa
 from helpers.pipeline import Pipeline, PipelineSettings  # noqa: E402
 from helpers.segmentation import SamSettings, generate_masks  # noqa: E402
 
+SAM_MASK_MIN_IOU = 0.7  # a kept mask "is" the shape it matches at this IoU (as CLIP's SAM cut-outs are named)
 REPORT_SEEDS = (7301, 7302, 7303, 7304)  # 8 images each: 32 images, never used to choose anything
 BASELINE = "3885a27"  # the models issue 25 measured (16 px patches, crop layer, stability gate 0.75)
 BASELINE_SETTINGS = PipelineSettings(
@@ -89,6 +92,8 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
     open_gates = replace(models.settings.sam, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     ceiling, prompts, gates = [], [], []
     mosaic_hits, clock = [], time.perf_counter()
+    names = [*DEMO_CLASSES, "background"]
+    text, named = pipeline.text(names), []
     for seed in seeds:
         dataset = make_demo_dataset(images, seed=seed)
         for sample in dataset.samples:
@@ -99,6 +104,12 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
             for j, name in enumerate(present):
                 ceiling.append({"class": name, "best": float(ious[:, j].max()) if len(raw) else 0.0})
             result = pipeline.process(sample.image)
+            if len(result.masks):
+                _, _, kept_ious = truth_overlaps(result.masks, truths)
+                guesses = np.argmax(result.embeddings @ text.T, axis=1)
+                for i in np.nonzero(kept_ious.max(1) >= SAM_MASK_MIN_IOU)[0]:
+                    shape = present[int(np.argmax(kept_ious[i]))]
+                    named.append({"class": shape, "right": names[guesses[i]] == shape})
             for name in present:
                 prediction = pipeline.predict(result, name, models.selection, DEMO_CLASSES)
                 prompts.append({"class": name, "iou": iou(prediction.mask, sample.masks[name])})
@@ -114,6 +125,7 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
         trials = sum(len(sample.masks) for sample in tiles.samples)
         mosaic_hits.append((mosaic_top1_accuracy(tiles, results, pipeline.text) * trials, trials))
     ceiling, prompts = pd.DataFrame(ceiling), pd.DataFrame(prompts)
+    named = pd.DataFrame(named, columns=["class", "right"])
     gates = pd.DataFrame(gates, columns=["predicted", "stability", "true"])
     kept = gates[
         (gates.predicted >= models.settings.sam.pred_iou_thresh)
@@ -130,6 +142,9 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
         "mosaic_pairs": int(sum(t for _, t in mosaic_hits)),
         "gt_cutout_recognition": recognition["recognition_masked"],
         "cutouts": recognition["cutouts"],
+        "sam_mask_recognition": float(named.right.mean()) if len(named) else float("nan"),
+        "sam_mask_recognition_per_class": named.groupby("class").right.mean().round(3).to_dict(),
+        "sam_masks_matching_a_shape": len(named),
         "predicted_iou_spearman": spearman(gates.predicted.to_numpy(), gates.true.to_numpy()),
         "predicted_iou_spearman_kept": spearman(kept.predicted.to_numpy(), kept.true.to_numpy()),
         "stability_spearman": spearman(gates.stability.to_numpy(), gates.true.to_numpy()),
