@@ -2,10 +2,10 @@
 
 ``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same
 type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
-count trains other weights): SAM first (about 43 min wall on 2 cores), then SAM's own masks on 1,000 further
-scenes (two processes, about 3 min) and CLIP on those cut-outs and exact ones (about 5 min), then about
-half a minute of evaluation; ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
-results: README.md, "Trained demo models".
+count trains other weights): SAM first (about 42 min wall on 2 cores), then SAM's own masks on 1,000 further
+scenes (two processes, about 2.5 min) and CLIP on those cut-outs and exact ones (about 4.5 min), then about
+half a minute of evaluation: 49 min in all (3 Dec 2026); ``--quick`` is a seconds-long end-to-end run into a
+scratch folder. Measured results: docs/demo-models.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
 per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
