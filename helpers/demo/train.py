@@ -3,7 +3,7 @@
 ``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same
 type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
 count trains other weights): SAM first (about 42 min wall on 2 cores), then SAM's own masks on 1,000 further
-scenes (two processes, about 2.5 min) and CLIP on those cut-outs and exact ones (about 4.5 min), then about
+scenes (two processes, about 2.5 min) and CLIP on those cut-outs and exact ones (about 4.4 min), then about
 half a minute of evaluation: 49 min in all (3 Dec 2026); ``--quick`` is a seconds-long end-to-end run into a
 scratch folder. Measured results: docs/demo-models.md.
 
