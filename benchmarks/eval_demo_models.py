@@ -2,9 +2,11 @@
 
     python benchmarks/eval_demo_models.py                       # report seeds, this tree vs 3885a27
     python benchmarks/eval_demo_models.py --seeds 6101 6102     # tuning seeds (choose settings there only)
+    python benchmarks/eval_demo_models.py --baseline none --weights DIR --mode softmax   # other models or settings
 
 Per model set, on ``--images`` fresh ``make_demo_dataset`` images of each seed (never used in training):
-- SAM ceiling: the best mask of the demo generator per ground-truth shape (IoU), mean and per class;
+- SAM ceiling: the best mask of the demo generator per ground-truth shape (IoU), mean and per class, and split by
+  whether the shape touches or overlaps another (within 2 px) or stands alone;
 - the pipeline (the profile's ``DEMO_SETTINGS`` + ``DEMO_SELECTION``): mean IoU per class over the images
   holding the class (a prompt for an absent class is not scored here; notebook 03's table scores it);
 - SLIP's mosaic top-1 (4 ground-truth cut-outs of other images per mosaic, through SAM + CLIP);
@@ -26,6 +28,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -43,6 +46,7 @@ from helpers.models.loading import LoadedSam, load_clip  # noqa: E402
 from helpers.models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small  # noqa: E402
 from helpers.pipeline import Pipeline, PipelineSettings  # noqa: E402
 from helpers.segmentation import SamSettings, generate_masks  # noqa: E402
+from helpers.selection import SELECTION_MODES  # noqa: E402
 
 SAM_MASK_MIN_IOU = ClipTrainSettings.sam_min_iou  # a kept mask "is" the shape it matches this well, as in training
 REPORT_SEEDS = (7301, 7302, 7303, 7304)  # 8 images each: 32 images, never used to choose anything
@@ -83,6 +87,14 @@ def baseline_models(rev: str, scratch: Path) -> ModelSet:
     return _load(rev, folder, SamArchitecture(patch=16), BASELINE_SETTINGS, DEMO_SELECTION)
 
 
+def touches_another(truths: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Per ground-truth mask (T x H x W): whether another one overlaps it or comes within ``gap`` pixels of it
+    (chessboard distance: ``gap - 1`` background pixels between them at most)."""
+    kernel = np.ones((2 * gap + 1, 2 * gap + 1), np.uint8)
+    grown = [cv2.dilate(t.astype(np.uint8), kernel).astype(bool) for t in truths]
+    return np.array([any((g & t).any() for i, t in enumerate(truths) if i != j) for j, g in enumerate(grown)], bool)
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
@@ -102,8 +114,10 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
             present = [name for name, truth in sample.masks.items() if truth.any()]
             truths = np.stack([sample.masks[name] for name in present])
             _, _, ious = truth_overlaps(raw, truths)
+            touching = touches_another(truths)
             for j, name in enumerate(present):
-                ceiling.append({"class": name, "best": float(ious[:, j].max()) if len(raw) else 0.0})
+                best = float(ious[:, j].max()) if len(raw) else 0.0
+                ceiling.append({"class": name, "best": best, "touching": bool(touching[j])})
             result = pipeline.process(sample.image)
             if len(result.masks):
                 _, _, kept_ious = truth_overlaps(result.masks, truths)
@@ -137,6 +151,12 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
         "sam_ceiling": float(ceiling.best.mean()),
         "sam_ceiling_per_class": ceiling.groupby("class").best.mean().round(3).to_dict(),
         "shapes": len(ceiling),
+        "sam_ceiling_isolated": float(ceiling[~ceiling.touching].best.mean()),
+        "sam_ceiling_isolated_per_class": ceiling[~ceiling.touching].groupby("class").best.mean().round(3).to_dict(),
+        "sam_ceiling_touching": float(ceiling[ceiling.touching].best.mean()),
+        "sam_ceiling_touching_per_class": ceiling[ceiling.touching].groupby("class").best.mean().round(3).to_dict(),
+        "shapes_touching": int(ceiling.touching.sum()),
+        "shapes_touching_per_class": ceiling[ceiling.touching].groupby("class").size().to_dict(),
         "pipeline_iou_per_class": prompts.groupby("class").iou.mean().round(3).to_dict(),
         "pipeline_mean_iou": float(prompts.iou.mean()),
         "mosaic_top1": float(sum(h for h, _ in mosaic_hits) / sum(t for _, t in mosaic_hits)),
@@ -167,6 +187,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--pred-iou", type=float, default=None)
     parser.add_argument("--stability", type=float, default=None)
     parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--mode", choices=SELECTION_MODES, default=None, help="selection mode (default: the profile's)")
     parser.add_argument("--crop-layers", type=int, default=None)
     parser.add_argument("--min-region-area", type=int, default=None, help="SAM's min_mask_region_area (islands, holes)")
     parser.add_argument("--threads", type=int, default=2)
@@ -186,6 +207,8 @@ def main(argv=None) -> dict:
     if args.min_region_area is not None:
         sam_settings = replace(sam_settings, min_mask_region_area=args.min_region_area)
     selection = DEMO_SELECTION if args.threshold is None else replace(DEMO_SELECTION, threshold=args.threshold)
+    if args.mode is not None:
+        selection = replace(selection, mode=args.mode)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         sets = [

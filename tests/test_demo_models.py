@@ -152,3 +152,21 @@ def test_clip_alone_asks_for_the_sam_it_learns_from(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--only", "clip", "--quick", "--out-dir", str(tmp_path)])
     assert "train SAM first" in capsys.readouterr().err
+
+
+def test_eval_script_tells_touching_shapes_from_lone_ones():
+    from conftest import load_benchmark
+
+    touches_another = load_benchmark("eval_demo_models").touches_another
+    masks = np.zeros((4, 40, 60), bool)
+    masks[0, 5:15, 5:15] = True
+    masks[1, 5:15, 16:26] = True  # one background pixel between (column 15): 2 px apart, touching
+    masks[2, 25:35, 40:50] = True
+    masks[3, 30:38, 5:10] = True
+    assert touches_another(masks).tolist() == [True, True, False, False]
+    masks[3, 30:38, 5:38] = True  # up to column 37, 3 px from mask 2: not touching
+    assert touches_another(masks).tolist() == [True, True, False, False]
+    masks[3, 30:38, 5:39] = True  # 2 px
+    assert touches_another(masks).tolist() == [True, True, True, True]
+    masks[3, 30:38, 5:45] = True  # overlapping
+    assert touches_another(masks).tolist() == [True, True, True, True]
