@@ -6,7 +6,7 @@
 
 Per model set, on ``--images`` fresh ``make_demo_dataset`` images of each seed (never used in training):
 - SAM ceiling: the best mask of the demo generator per ground-truth shape (IoU), mean and per class, and split by
-  whether the shape touches or overlaps another (within 2 px) or stands alone;
+  whether the shape touches another, covers it or is covered (visible masks within 2 px) or stands alone;
 - the pipeline (the profile's ``DEMO_SETTINGS`` + ``DEMO_SELECTION``): mean IoU per class over the images
   holding the class (a prompt for an absent class is not scored here; notebook 03's table scores it);
 - SLIP's mosaic top-1 (4 ground-truth cut-outs of other images per mosaic, through SAM + CLIP);

@@ -170,3 +170,9 @@ def test_eval_script_tells_touching_shapes_from_lone_ones():
     assert touches_another(masks).tolist() == [True, True, True, True]
     masks[3, 30:38, 5:45] = True  # overlapping
     assert touches_another(masks).tolist() == [True, True, True, True]
+    diagonal = np.zeros((2, 20, 20), bool)
+    diagonal[0, 2:6, 2:6] = True
+    diagonal[1, 8:12, 8:12] = True  # 3 px apart on the diagonal (chessboard distance)
+    assert touches_another(diagonal).tolist() == [False, False]
+    diagonal[1, 7, 7] = True  # 2 px
+    assert touches_another(diagonal).tolist() == [True, True]
