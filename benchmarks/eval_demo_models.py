@@ -41,6 +41,7 @@ from helpers.data import DEMO_CLASSES, make_demo_dataset, make_mosaics, object_c
 from helpers.demo.train import evaluate_clip, truth_overlaps  # noqa: E402
 from helpers.demo.train_clip import BACKGROUND, ClipTrainSettings  # noqa: E402
 from helpers.evaluation import mosaic_top1_accuracy  # noqa: E402
+from helpers.masks import overlap_counts  # noqa: E402
 from helpers.metrics import iou  # noqa: E402
 from helpers.models.loading import LoadedSam, load_clip  # noqa: E402
 from helpers.models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small  # noqa: E402
@@ -91,8 +92,10 @@ def touches_another(truths: np.ndarray, gap: int = 2) -> np.ndarray:
     """Per ground-truth mask (T x H x W): whether another one overlaps it or comes within ``gap`` pixels of it
     (chessboard distance: ``gap - 1`` background pixels between them at most)."""
     kernel = np.ones((2 * gap + 1, 2 * gap + 1), np.uint8)
-    grown = [cv2.dilate(t.astype(np.uint8), kernel).astype(bool) for t in truths]
-    return np.array([any((g & t).any() for i, t in enumerate(truths) if i != j) for j, g in enumerate(grown)], bool)
+    grown = np.stack([cv2.dilate(t.astype(np.uint8), kernel).astype(bool) for t in truths])
+    meets = overlap_counts(grown, truths) > 0
+    np.fill_diagonal(meets, False)
+    return meets.any(axis=1)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
