@@ -192,6 +192,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threshold", type=float, default=None)
     parser.add_argument("--mode", choices=SELECTION_MODES, default=None, help="selection mode (default: the profile's)")
     parser.add_argument("--crop-layers", type=int, default=None)
+    parser.add_argument("--nms", type=float, default=None, help="SAM's box_nms_thresh (1.0: no box NMS)")
     parser.add_argument("--min-region-area", type=int, default=None, help="SAM's min_mask_region_area (islands, holes)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=None, help="keep SAM's masks here between runs")
@@ -207,6 +208,8 @@ def main(argv=None) -> dict:
         sam_settings = replace(sam_settings, stability_score_thresh=args.stability)
     if args.crop_layers is not None:
         sam_settings = replace(sam_settings, crop_n_layers=args.crop_layers)
+    if args.nms is not None:
+        sam_settings = replace(sam_settings, box_nms_thresh=args.nms)
     if args.min_region_area is not None:
         sam_settings = replace(sam_settings, min_mask_region_area=args.min_region_area)
     selection = DEMO_SELECTION if args.threshold is None else replace(DEMO_SELECTION, threshold=args.threshold)
