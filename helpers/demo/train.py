@@ -275,15 +275,24 @@ def main(argv: list[str] | None = None) -> dict:
         help="torch threads for SAM and CLIP training; the committed weights come from 2 (another count trains "
         "other weights)",
     )
+    parser.add_argument(
+        "--sam-processes",
+        type=int,
+        default=SamTrainSettings.processes,
+        help="train SAM data parallel in N processes of --threads threads each (2 x 1 thread: 1.5x faster per step "
+        "on 2 cores; other weights than the committed ones)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--snapshots", action="store_true", help="also save SAM's weights every 200 steps")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be 1 or more.")
-    sam_settings = SamTrainSettings(steps=args.sam_steps, threads=args.threads)
+    if args.sam_processes < 1 or SamTrainSettings.images_per_step % args.sam_processes:
+        parser.error(f"--sam-processes must divide the {SamTrainSettings.images_per_step} scenes of a step.")
+    sam_settings = SamTrainSettings(steps=args.sam_steps, threads=args.threads, processes=args.sam_processes)
     clip_settings = ClipTrainSettings(steps=args.clip_steps, sam_scenes=args.clip_sam_scenes, threads=args.threads)
     if args.quick:
-        sam_settings = replace(sam_settings, steps=2, images_per_step=1, points_per_image=4, warmup=1)
+        sam_settings = replace(sam_settings, steps=2, images_per_step=args.sam_processes, points_per_image=4, warmup=1)
         clip_settings = replace(
             clip_settings, steps=2, batch=8, scenes=4, warmup=1, sam_scenes=min(args.clip_sam_scenes, 2)
         )
@@ -291,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE
     progress = not args.no_progress
-    summary: dict = {"threads": sam_settings.threads, "cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count()}
+    summary: dict = {"threads": sam_settings.threads, "sam_processes": sam_settings.processes}
+    summary.update({"cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count()})
     summary["demo_sam_settings"] = asdict(DEMO_SAM_SETTINGS)  # what the evaluation below runs
     summary["cutout_sam_settings"] = asdict(CUTOUT_SAM_SETTINGS)  # what CLIP's SAM cut-outs were made with
     clock = time.perf_counter()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
@@ -45,7 +47,17 @@ class SamTrainSettings:
     # Two threads (the budget's 2 cores): 1.5x faster than one. Runs are bitwise reproducible for a given
     # thread count and CPU type (two 2-thread runs gave identical weights), not across thread counts.
     threads: int = 2
+    # Data parallel: this many processes of ``threads`` threads, each on images_per_step / processes scenes of
+    # its own random stream, gradients averaged every step. On 2 cores two 1-thread processes take 0.35 s per
+    # step against 0.50 s for one 2-thread process (docs/demo-models.md); another trajectory, other weights.
+    processes: int = 1
     architecture: SamArchitecture = field(default_factory=lambda: DEMO_SAM_ARCHITECTURE)
+
+    def __post_init__(self) -> None:
+        if self.processes < 1 or self.images_per_step % self.processes:
+            raise ValueError(
+                f"processes={self.processes} must be 1 or more and divide images_per_step={self.images_per_step}."
+            )
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0):
@@ -191,13 +203,60 @@ def train_sam(
     settings: SamTrainSettings = SamTrainSettings(), progress: bool = True, snapshot: Path | None = None
 ) -> tuple[Sam, pd.DataFrame]:
     """A demo SAM trained from scratch; returns the model (eval mode) and the per-step history.
-    With ``snapshot``, the weights are also saved there every 200 steps."""
+    With ``snapshot``, the weights are also saved there every 200 steps. With ``settings.processes`` > 1
+    the steps run data parallel in that many processes (``train_sam_rank``)."""
+    if settings.processes == 1:
+        return train_sam_rank(settings, progress, snapshot)
+    with tempfile.TemporaryDirectory(prefix="sam_dp_") as scratch:
+        result = Path(scratch) / "rank0.pt"
+        torch.multiprocessing.spawn(
+            _data_parallel_worker,
+            args=(settings, progress, snapshot, Path(scratch) / "rendezvous", result),
+            nprocs=settings.processes,
+        )
+        state, history = torch.load(result, weights_only=False)
+    sam = build_sam_small(settings.architecture)
+    sam.load_state_dict(state)
+    return sam.eval(), history
+
+
+def _data_parallel_worker(rank: int, settings, progress, snapshot, rendezvous: Path, result: Path) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=settings.processes)
+    try:
+        sam, history = train_sam_rank(settings, progress and rank == 0, snapshot if rank == 0 else None, rank)
+        if rank == 0:
+            torch.save((sam.state_dict(), history), result)
+    finally:
+        dist.destroy_process_group()
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], processes: int) -> None:
+    """Every process's gradients replaced by their mean over the processes (one all-reduce)."""
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters])
+    dist.all_reduce(flat)
+    flat /= processes
+    for p, g in zip(parameters, flat.split([p.numel() for p in parameters])):
+        p.grad = g.view_as(p).clone()
+
+
+def train_sam_rank(
+    settings: SamTrainSettings, progress: bool = True, snapshot: Path | None = None, rank: int = 0
+) -> tuple[Sam, pd.DataFrame]:
+    """The training loop of one process: all of it with ``settings.processes == 1``, else process ``rank``'s
+    share (its own scenes, gradients averaged with the others; every process starts from the same weights
+    and so keeps the same weights)."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
-    rng = np.random.default_rng([TRAIN_STREAM, settings.seed])
+    parallel = settings.processes > 1
+    # 3: the data-parallel streams' own marker (CLIP's scenes use 1, SAM's cut-outs 2); rank + 1 keeps the
+    # list from ending in a zero, which numpy would pad into another list's stream
+    stream = [TRAIN_STREAM, 3, settings.seed, rank + 1] if parallel else [TRAIN_STREAM, settings.seed]
+    rng = np.random.default_rng(stream)
+    local = replace(settings, images_per_step=settings.images_per_step // settings.processes, processes=1)
     sam = build_sam_small(settings.architecture).train()
     if settings.pointer_init:
         init_pointer_attention(sam)
+    parameters = list(sam.parameters())
     optimiser = torch.optim.AdamW(sam.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_schedule(settings.steps, settings.warmup))
     history = []
@@ -206,10 +265,12 @@ def train_sam(
         bar = tqdm(range(settings.steps), desc="SAM", disable=not progress)
         for step in bar:
             max_shapes = next((n for until, n in settings.curriculum if step < until), 6)
-            images, prompts = _batch(rng, sam, settings, max_shapes)
+            images, prompts = _batch(rng, sam, local, max_shapes)
             loss, parts = sam_step_loss(sam, images, prompts, settings)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            if parallel:
+                average_gradients(parameters, settings.processes)
             torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
             optimiser.step()
             scheduler.step()
