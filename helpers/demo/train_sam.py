@@ -48,8 +48,8 @@ class SamTrainSettings:
     # thread count and CPU type (two 2-thread runs gave identical weights), not across thread counts.
     threads: int = 2
     # Data parallel: this many processes of ``threads`` threads, each on images_per_step / processes scenes of
-    # its own random stream, gradients averaged every step. On 2 cores two 1-thread processes take 0.35 s per
-    # step against 0.50 s for one 2-thread process (docs/demo-models.md); another trajectory, other weights.
+    # its own random stream, gradients averaged every step. On 2 cores two 1-thread processes take 0.39 s per
+    # step against 0.51 s for one 2-thread process (docs/demo-models.md); another trajectory, other weights.
     processes: int = 1
     architecture: SamArchitecture = field(default_factory=lambda: DEMO_SAM_ARCHITECTURE)
 
