@@ -49,7 +49,7 @@ class SamTrainSettings:
     threads: int = 2
     # Data parallel: this many processes of ``threads`` threads, each on images_per_step / processes scenes of
     # its own random stream, gradients averaged every step. On 2 cores two 1-thread processes take 0.39 s per
-    # step against 0.51 s for one 2-thread process (docs/demo-models.md); another trajectory, other weights.
+    # step against 0.51 s for one 2-thread process (docs/performance.md); another trajectory, other weights.
     processes: int = 1
     architecture: SamArchitecture = field(default_factory=lambda: DEMO_SAM_ARCHITECTURE)
 
@@ -215,7 +215,8 @@ def train_sam(
             nprocs=settings.processes,
         )
         state, history = torch.load(result, weights_only=False)
-    sam = build_sam_small(settings.architecture)
+    with torch.random.fork_rng():  # the caller's random state as after the one-process path's own seeding
+        sam = build_sam_small(settings.architecture)
     sam.load_state_dict(state)
     return sam.eval(), history
 
@@ -230,13 +231,24 @@ def _data_parallel_worker(rank: int, settings, progress, snapshot, rendezvous: P
         dist.destroy_process_group()
 
 
+def scene_stream(seed: int, rank: int = 0, processes: int = 1) -> list[int]:
+    """The entropy of the training scenes' random stream of one process. Data parallel: 3 is the marker of
+    these streams (CLIP's scenes use 1, SAM's cut-outs 2), and rank + 1 keeps the list from ending in a zero,
+    which numpy would pad into another list's stream."""
+    return [TRAIN_STREAM, 3, seed, rank + 1] if processes > 1 else [TRAIN_STREAM, seed]
+
+
 def average_gradients(parameters: list[torch.nn.Parameter], processes: int) -> None:
-    """Every process's gradients replaced by their mean over the processes (one all-reduce)."""
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters])
+    """Every process's gradients replaced by their mean over the processes (one all-reduce). A parameter
+    that no process has a gradient for keeps none (so the optimiser skips it, as in one process)."""
+    has = torch.tensor([float(p.grad is not None) for p in parameters])
+    grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters]
+    flat = torch.cat([*grads, has])
     dist.all_reduce(flat)
     flat /= processes
-    for p, g in zip(parameters, flat.split([p.numel() for p in parameters])):
-        p.grad = g.view_as(p).clone()
+    parts = flat.split([*(p.numel() for p in parameters), len(parameters)])
+    for p, g, anyone in zip(parameters, parts[:-1], parts[-1]):
+        p.grad = g.view_as(p).clone() if anyone > 0 else None
 
 
 def train_sam_rank(
@@ -248,10 +260,7 @@ def train_sam_rank(
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     parallel = settings.processes > 1
-    # 3: the data-parallel streams' own marker (CLIP's scenes use 1, SAM's cut-outs 2); rank + 1 keeps the
-    # list from ending in a zero, which numpy would pad into another list's stream
-    stream = [TRAIN_STREAM, 3, settings.seed, rank + 1] if parallel else [TRAIN_STREAM, settings.seed]
-    rng = np.random.default_rng(stream)
+    rng = np.random.default_rng(scene_stream(settings.seed, rank, settings.processes))
     local = replace(settings, images_per_step=settings.images_per_step // settings.processes, processes=1)
     sam = build_sam_small(settings.architecture).train()
     if settings.pointer_init:
