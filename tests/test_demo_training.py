@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -37,7 +39,7 @@ def _reference_steps(settings: SamTrainSettings) -> dict:
     torch.manual_seed(settings.seed)
     streams = [scene_stream(settings.seed, rank, settings.processes) for rank in range(settings.processes)]
     rngs = [np.random.default_rng(stream) for stream in streams]
-    local = SamTrainSettings(**{**settings.__dict__, "images_per_step": 1, "processes": 1})
+    local = replace(settings, images_per_step=settings.images_per_step // settings.processes, processes=1)
     sam = build_sam_small(settings.architecture).train()
     init_pointer_attention(sam)
     optimiser = torch.optim.AdamW(sam.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)

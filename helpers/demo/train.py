@@ -293,10 +293,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be 1 or more.")
-    if args.sam_processes < 1 or SamTrainSettings.images_per_step % args.sam_processes:
-        parser.error(f"--sam-processes must divide the {SamTrainSettings.images_per_step} scenes of a step.")
-    sam_threads = max(1, args.threads // args.sam_processes)  # per process: the processes share the cores
-    sam_settings = SamTrainSettings(steps=args.sam_steps, threads=sam_threads, processes=args.sam_processes)
+    try:  # SamTrainSettings checks that the processes divide a step's scenes
+        sam_settings = SamTrainSettings(steps=args.sam_steps, threads=args.threads, processes=args.sam_processes)
+    except ValueError as error:
+        parser.error(f"--sam-processes must divide the {SamTrainSettings.images_per_step} scenes of a step ({error})")
+    # per process: the processes share the cores
+    sam_settings = replace(sam_settings, threads=max(1, args.threads // sam_settings.processes))
     clip_settings = ClipTrainSettings(steps=args.clip_steps, sam_scenes=args.clip_sam_scenes, threads=args.threads)
     if args.quick:
         sam_settings = replace(sam_settings, steps=2, images_per_step=args.sam_processes, points_per_image=4, warmup=1)

@@ -266,7 +266,7 @@ def train_sam_rank(
     if settings.pointer_init:
         init_pointer_attention(sam)
     parameters = list(sam.parameters())
-    optimiser = torch.optim.AdamW(sam.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_schedule(settings.steps, settings.warmup))
     history = []
     # the same large tensors every step: freed memory is reused, not faulted in again (allocator.py)
@@ -280,7 +280,7 @@ def train_sam_rank(
             loss.backward()
             if parallel:
                 average_gradients(parameters, settings.processes)
-            torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimiser.step()
             scheduler.step()
             history.append({"step": step, "loss": loss.item(), **parts})
