@@ -71,11 +71,11 @@ def test_resume_of_a_part_left_by_an_earlier_session(file_server, tmp_path):
 
 
 def test_checksum_mismatch_keeps_the_bad_file_aside(file_server, tmp_path):
-    file_server.files["/m.pth"] = PAYLOAD[:-1] + b"x"
+    file_server.files["/m.pth"] = WRONG = PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1])  # one bit off
     with pytest.raises(ChecksumMismatchError, match="m.pth.corrupt"):
         download_file([file_server.url + "/m.pth"], tmp_path / "m.pth", SHA, len(PAYLOAD), progress=False)
     assert not (tmp_path / "m.pth").exists()
-    assert (tmp_path / "m.pth.corrupt").read_bytes() == PAYLOAD[:-1] + b"x"
+    assert (tmp_path / "m.pth.corrupt").read_bytes() == WRONG
 
 
 def test_404_falls_back_to_the_next_source(file_server, tmp_path):

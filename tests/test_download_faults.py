@@ -182,8 +182,8 @@ def test_full_verification_rehashes_despite_a_fresh_stamp(tmp_path):
 
 
 def test_a_failed_download_leaves_no_wrong_file_under_the_final_name(file_server, tmp_path):
-    file_server.files["/m.pth"] = PAYLOAD[:-1] + b"x"
+    file_server.files["/m.pth"] = WRONG = PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 1])  # one bit off
     with pytest.raises(ChecksumMismatchError):
         fetch(file_server, ["/m.pth"], tmp_path / "m.pth")
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["m.pth.corrupt"]
-    assert Path(tmp_path / "m.pth.corrupt").read_bytes() == PAYLOAD[:-1] + b"x"
+    assert Path(tmp_path / "m.pth.corrupt").read_bytes() == WRONG
