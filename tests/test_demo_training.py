@@ -1,4 +1,5 @@
-"""Training the demo SAM data parallel: the processes' steps are one step on all their scenes."""
+"""Training the demo SAM: data parallel, the processes' steps are one step on all their scenes; compiled,
+the same step as the eager one."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from helpers.demo.train_sam import (
     _batch,
     cosine_schedule,
     init_pointer_attention,
+    point_embeddings,
     sam_step_loss,
     scene_stream,
+    step_loss_tensors,
     train_sam,
 )
 from helpers.models.tiny import build_sam_small
@@ -96,3 +99,50 @@ def test_processes_must_divide_the_scenes_of_a_step(capsys):
     with pytest.raises(SystemExit):
         main(["--quick", "--sam-processes", "3"])
     assert "--sam-processes must divide" in capsys.readouterr().err
+
+
+def test_point_embeddings_are_the_prompt_encoders():
+    torch.manual_seed(0)
+    sam = build_sam_small(SETTINGS.architecture)
+    for embedding in [*sam.prompt_encoder.point_embeddings, sam.prompt_encoder.not_a_point_embed]:
+        torch.nn.init.normal_(embedding.weight)  # SAM's are random too; all different
+    coords = torch.rand(5, 2, 2) * sam.image_encoder.img_size
+    labels = torch.tensor([[1, 1], [0, 1], [1, 0], [0, 0], [1, -1]])
+    expected = sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+    for got, want in zip(point_embeddings(sam, coords, labels), expected):
+        assert torch.equal(got, want)
+
+
+def _loss_and_grads(loss_fn, sam, images, prompts, settings, *args):
+    sam.zero_grad(set_to_none=True)
+    loss, *parts = loss_fn(sam, images, prompts, settings, *args)
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in sam.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("background_only", [False, True])
+def test_the_compiled_step_is_the_eager_step(background_only):
+    """``step_loss_tensors`` (no data-dependent branch) under ``torch.compile`` gives the eager step's loss and
+    gradients, also when an image has only background prompts (no mask loss from it)."""
+    settings = replace(SETTINGS, processes=1, background_share=1.0 if background_only else 0.25)
+    torch.manual_seed(0)
+    sam = build_sam_small(settings.architecture).train()
+    init_pointer_attention(sam)
+    images, prompts = _batch(np.random.default_rng(5), sam, settings)
+    if background_only:  # the first image: background prompts only; the second: shapes again
+        prompts[1] = (*prompts[1][:3], torch.ones_like(prompts[1][3]))
+        assert not prompts[0][3].any()
+    loss, grads = _loss_and_grads(sam_step_loss, sam, images, prompts, settings)
+    compiled = torch.compile(step_loss_tensors, dynamic=False)
+    steps = (("eager", step_loss_tensors, False), ("fixed", step_loss_tensors, True), ("compiled", compiled, True))
+    for label, fn, fixed in steps:
+        got_loss, got_grads = _loss_and_grads(fn, sam, images, prompts, settings, fixed)
+        torch.testing.assert_close(got_loss, loss)
+        assert got_grads.keys() == grads.keys()
+        for name, want in grads.items():
+            # compiled kernels sum in another order: differences of ~1e-6 (the keys' biases: ~1e-8 on gradients
+            # that are 0 in exact arithmetic); wrong maths would differ by the gradients' own size
+            scale = want.abs().max().item()
+            torch.testing.assert_close(
+                got_grads[name], want, rtol=1e-4, atol=1e-3 * scale + 1e-6, msg=lambda m: f"{label} {name}: {m}"
+            )

@@ -288,13 +288,21 @@ def main(argv: list[str] | None = None) -> dict:
         help="train SAM data parallel in N processes sharing --threads (2 on 2 cores: 1.31x faster per step, "
         "other weights than the committed ones); CLIP still trains on --threads",
     )
+    parser.add_argument(
+        "--sam-compile",
+        action="store_true",
+        help="torch.compile SAM's training step (1.2x faster per step after 2-4 min of compiling; needs a C++ "
+        "compiler; other weights)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--snapshots", action="store_true", help="also save SAM's weights every 200 steps")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be 1 or more.")
     try:  # SamTrainSettings checks that the processes divide a step's scenes
-        sam_settings = SamTrainSettings(steps=args.sam_steps, threads=args.threads, processes=args.sam_processes)
+        sam_settings = SamTrainSettings(
+            steps=args.sam_steps, threads=args.threads, processes=args.sam_processes, compile=args.sam_compile
+        )
     except ValueError as error:
         parser.error(f"--sam-processes must divide the {SamTrainSettings.images_per_step} scenes of a step ({error})")
     # per process: the processes share the cores
