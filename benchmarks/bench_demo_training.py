@@ -4,7 +4,7 @@ processes and ``torch.compile``, in one run.
     python benchmarks/bench_demo_training.py                 # 100 steps each
     python benchmarks/bench_demo_training.py --steps 300
 
-Each configuration trains from scratch for 1 step three times and for 1 + ``--steps`` steps; the first 1-step
+Each configuration trains from scratch for 1 step twice and for 1 + ``--steps`` steps; the first 1-step
 run compiles (``torch.compile`` into a fresh, empty cache: what a first run on a new machine pays, printed as
 ``first_start_up_s``), the second is the start-up of a run with the cache filled (building the model, starting
 the processes, loading the compiled code), and the difference between the last two is the time of ``--steps``
@@ -22,9 +22,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-# torch.compile's cache starts empty, whatever earlier runs left (set before torch is imported; the
-# data-parallel processes inherit it)
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_inductor_")
+# torch.compile's cache starts empty, whatever earlier runs left (set before torch is imported). The data-parallel
+# processes inherit it, and must keep it: spawn re-imports this module in each of them
+if "BENCH_DEMO_TRAINING_CACHE" not in os.environ:
+    os.environ["BENCH_DEMO_TRAINING_CACHE"] = tempfile.mkdtemp(prefix="bench_inductor_")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.environ["BENCH_DEMO_TRAINING_CACHE"]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.demo.train_sam import SamTrainSettings, train_sam  # noqa: E402

@@ -111,12 +111,13 @@ def test_quick_training_runs_end_to_end(tmp_path, capsys):
     ``python -m helpers.demo.train`` itself is run by ``test_package_layout``."""
     threads = torch.get_num_threads()
     try:
-        main(["--quick", "--no-progress", "--threads", "1", "--out-dir", str(tmp_path)])
+        main(["--quick", "--no-progress", "--threads", "1", "--seed", "3", "--out-dir", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
     assert (tmp_path / DEMO_SAM_FILE).is_file() and (tmp_path / DEMO_CLIP_FILE).is_file()
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["threads"] == 1  # --threads reaches training
+    assert summary["sam_settings"]["seed"] == summary["clip_settings"]["seed"] == 3  # and --seed
     assert summary["cutout_sam_settings"]["stability_score_thresh"] == 0.0  # CLIP's cut-outs ungated, as committed
     assert "sam_ceiling" in capsys.readouterr().out
 

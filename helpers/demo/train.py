@@ -294,6 +294,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="torch.compile SAM's training step (1.2x faster per step after 2-4 min of compiling; needs a C++ "
         "compiler; other weights)",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=SamTrainSettings.seed,
+        help="the random streams of SAM's and CLIP's training (the committed weights: 0); another seed is another "
+        "draw of the same recipe",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--snapshots", action="store_true", help="also save SAM's weights every 200 steps")
     args = parser.parse_args(argv)
@@ -301,13 +308,19 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--threads must be 1 or more.")
     try:  # SamTrainSettings checks that the processes divide a step's scenes
         sam_settings = SamTrainSettings(
-            steps=args.sam_steps, threads=args.threads, processes=args.sam_processes, compile=args.sam_compile
+            steps=args.sam_steps,
+            threads=args.threads,
+            processes=args.sam_processes,
+            compile=args.sam_compile,
+            seed=args.seed,
         )
     except ValueError as error:
         parser.error(f"--sam-processes must divide the {SamTrainSettings.images_per_step} scenes of a step ({error})")
     # per process: the processes share the cores
     sam_settings = replace(sam_settings, threads=max(1, args.threads // sam_settings.processes))
-    clip_settings = ClipTrainSettings(steps=args.clip_steps, sam_scenes=args.clip_sam_scenes, threads=args.threads)
+    clip_settings = ClipTrainSettings(
+        steps=args.clip_steps, sam_scenes=args.clip_sam_scenes, threads=args.threads, seed=args.seed
+    )
     if args.quick:
         sam_settings = replace(sam_settings, steps=2, images_per_step=args.sam_processes, points_per_image=4, warmup=1)
         clip_settings = replace(
