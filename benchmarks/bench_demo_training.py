@@ -5,10 +5,11 @@ processes and ``torch.compile``, in one run.
     python benchmarks/bench_demo_training.py --steps 300
 
 Each configuration trains from scratch for 1 step twice and for 1 + ``--steps`` steps; the first 1-step
-run compiles (``torch.compile`` into a fresh, empty cache: what a first run on a new machine pays, printed as
-``first_start_up_s``), the second is the start-up of a run with the cache filled (building the model, starting
-the processes, loading the compiled code), and the difference between the last two is the time of ``--steps``
-steps without start-up.
+run compiles (``torch.compile``, printed as ``first_start_up_s``; the benchmark's compile cache is empty at its
+start and shared by its configurations, so only the first compiled one pays what a first run on a new machine
+pays), the second is the start-up of a run with the cache filled (building the model, starting the processes,
+loading the compiled code), and the difference between the last two is the time of ``--steps`` steps without
+start-up.
 """
 
 from __future__ import annotations

@@ -101,6 +101,12 @@ def test_processes_must_divide_the_scenes_of_a_step(capsys):
     assert "--sam-processes must divide" in capsys.readouterr().err
 
 
+def test_a_negative_seed_is_refused_before_training(capsys):
+    with pytest.raises(SystemExit):
+        main(["--quick", "--seed", "-1"])
+    assert "--seed must be 0 or more" in capsys.readouterr().err
+
+
 def test_point_embeddings_are_the_prompt_encoders():
     torch.manual_seed(0)
     sam = build_sam_small(SETTINGS.architecture)

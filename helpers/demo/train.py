@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--sam-compile",
         action="store_true",
-        help="torch.compile SAM's training step (1.2x faster per step after 2-4 min of compiling; needs a C++ "
+        help="torch.compile SAM's training step (1.3x faster per step after 2-4 min of compiling; needs a C++ "
         "compiler; other weights)",
     )
     parser.add_argument(
@@ -306,6 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be 1 or more.")
+    if args.seed < 0:
+        parser.error("--seed must be 0 or more (the committed weights: 0).")
     try:  # SamTrainSettings checks that the processes divide a step's scenes
         sam_settings = SamTrainSettings(
             steps=args.sam_steps,

@@ -51,7 +51,7 @@ class SamTrainSettings:
     # its own random stream, gradients averaged every step. On 2 cores two 1-thread processes take 0.39 s per
     # step against 0.51 s for one 2-thread process (docs/performance.md); another trajectory, other weights.
     processes: int = 1
-    # torch.compile the step's forward (and so its backward): 1.2x faster per step on 2 cores, after 2-4 min
+    # torch.compile the step's forward (and so its backward): 1.3x faster per step on 2 cores, after 2-4 min
     # of compiling (cached by torch for later runs); needs a C++ compiler; other weights than eager steps.
     compile: bool = False
     architecture: SamArchitecture = field(default_factory=lambda: DEMO_SAM_ARCHITECTURE)
