@@ -23,11 +23,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-# torch.compile's cache starts empty, whatever earlier runs left (set before torch is imported). The data-parallel
-# processes inherit it, and must keep it: spawn re-imports this module in each of them
-if "BENCH_DEMO_TRAINING_CACHE" not in os.environ:
-    os.environ["BENCH_DEMO_TRAINING_CACHE"] = tempfile.mkdtemp(prefix="bench_inductor_")
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.environ["BENCH_DEMO_TRAINING_CACHE"]
+# torch.compile's cache starts empty, whatever earlier runs left (set before torch is imported). Only here: spawn
+# re-imports this module (as __mp_main__) in each data-parallel process, which inherits the parent's cache
+if __name__ == "__main__":
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_inductor_")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.demo.train_sam import SamTrainSettings, train_sam  # noqa: E402
