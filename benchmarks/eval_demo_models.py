@@ -4,6 +4,9 @@
     python benchmarks/eval_demo_models.py --seeds 6101 6102     # tuning seeds (choose settings there only)
     python benchmarks/eval_demo_models.py --baseline none --weights DIR --mode softmax   # other models or settings
 
+``--weights DIR``: ``sam_demo.pth`` and ``clip_demo.pt``, and the SAM's sizes in ``sam_architecture.json`` where
+``train_sam_variant.py`` trained another architecture.
+
 Per model set, on ``--images`` fresh ``make_demo_dataset`` images of each seed (never used in training):
 - SAM ceiling: the best mask of the demo generator per ground-truth shape (IoU), mean and per class, and split by
   whether the shape touches another, covers it or is covered (visible masks within 2 px) or stands alone;
@@ -74,6 +77,15 @@ def _load(name: str, folder: Path, arch: SamArchitecture, settings, selection) -
     clip_model = load_clip(folder / "clip_demo.pt", name=f"clip_demo:{digests['clip_demo.pt']}")
     sam_loaded = LoadedSam(sam.eval(), f"sam_demo:{name}", identity=f"sam_demo:{digests['sam_demo.pth']}")
     return ModelSet(name, sam_loaded, clip_model, settings, selection)
+
+
+def read_architecture(folder: Path) -> SamArchitecture:
+    """The SAM architecture saved beside weights by ``train_sam_variant.py``; else the demo SAM's."""
+    path = Path(folder) / "sam_architecture.json"
+    if not path.is_file():
+        return DEMO_SAM_ARCHITECTURE
+    sizes = json.loads(path.read_text())
+    return SamArchitecture(**{**sizes, "global_attn": tuple(sizes["global_attn"])})
 
 
 def baseline_models(rev: str, scratch: Path) -> ModelSet:
@@ -221,7 +233,7 @@ def main(argv=None) -> dict:
             _load(
                 "current",
                 args.weights or DEMO_WEIGHTS_DIR,
-                DEMO_SAM_ARCHITECTURE,
+                read_architecture(args.weights or DEMO_WEIGHTS_DIR),
                 replace(DEMO_SETTINGS, sam=sam_settings),
                 selection,
             )

@@ -152,3 +152,20 @@ def test_the_compiled_step_is_the_eager_step(background_only):
             torch.testing.assert_close(
                 got_grads[name], want, rtol=1e-4, atol=1e-3 * scale + 1e-6, msg=lambda m: f"{label} {name}: {m}"
             )
+
+
+def test_a_sam_variant_is_evaluated_with_its_own_architecture(tmp_path, capsys):
+    """train_sam_variant.py saves the sizes beside the weights; eval_demo_models.py builds that SAM from them."""
+    from conftest import load_benchmark
+
+    variant, evaluation = load_benchmark("train_sam_variant"), load_benchmark("eval_demo_models")
+    argv = ["--out-dir", str(tmp_path), "--steps", "1", "--dim", "32", "--depth", "2", "--heads", "2"]
+    report = variant.main([*argv, "--global-attn", "1", "--threads", "1"])
+    architecture = evaluation.read_architecture(tmp_path)
+    assert (architecture.dim, architecture.depth, architecture.heads, architecture.global_attn) == (32, 2, 2, (1,))
+    models = evaluation._load("variant", tmp_path, architecture, evaluation.DEMO_SETTINGS, evaluation.DEMO_SELECTION)
+    assert sum(p.numel() for p in models.sam.model.parameters()) == report["parameters"]
+    assert evaluation.read_architecture(tmp_path.parent) == evaluation.DEMO_SAM_ARCHITECTURE  # none saved there
+    with pytest.raises(SystemExit):
+        variant.main([*argv, "--global-attn", "2"])  # no block 2 in a 2-block encoder
+    assert "--global-attn" in capsys.readouterr().err

@@ -1,0 +1,88 @@
+"""The demo SAM's training recipe with another encoder size or learning rate: SAM alone, for the experiments in
+docs/demo-models.md (the committed models come from ``python -m helpers.demo.train``).
+
+    python benchmarks/train_sam_variant.py --out-dir D --steps 1000                        # the committed recipe
+    python benchmarks/train_sam_variant.py --out-dir D --steps 1000 --dim 128 --depth 6 --heads 4 \\
+        --global-attn 1 3 5 --lr 1e-3
+    python benchmarks/eval_demo_models.py --baseline none --no-rank --weights D --seeds 6101 6102 ...
+
+Writes ``D/sam_demo.pth``, ``D/sam_architecture.json`` (which ``eval_demo_models.py --weights D`` builds the SAM
+from), ``D/history.csv`` (loss and point IoU per step), ``D/variant.json`` (the settings and the time) and, unless
+``D`` has one, a copy of the committed ``clip_demo.pt``, so that the evaluation measures the new SAM with the
+committed CLIP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from helpers.demo.train_sam import SamTrainSettings, train_sam  # noqa: E402
+from helpers.models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture  # noqa: E402
+
+ARCHITECTURE_FILE = "sam_architecture.json"  # read by eval_demo_models.read_architecture
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=SamTrainSettings.steps)
+    parser.add_argument("--lr", type=float, default=SamTrainSettings.lr)
+    default = DEMO_SAM_ARCHITECTURE
+    parser.add_argument("--dim", type=int, default=default.dim, help="the image encoder's width")
+    parser.add_argument("--depth", type=int, default=default.depth, help="the image encoder's blocks")
+    parser.add_argument("--heads", type=int, default=default.heads)
+    parser.add_argument("--global-attn", type=int, nargs="+", default=list(default.global_attn))
+    parser.add_argument("--processes", type=int, default=SamTrainSettings.processes)
+    parser.add_argument("--threads", type=int, default=SamTrainSettings.threads, help="shared by the processes")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--seed", type=int, default=SamTrainSettings.seed)
+    args = parser.parse_args(argv)
+    if args.dim % args.heads or any(not 0 <= block < args.depth for block in args.global_attn):
+        parser.error("--dim must be a multiple of --heads, and every --global-attn block below --depth.")
+    architecture = SamArchitecture(
+        dim=args.dim, depth=args.depth, heads=args.heads, global_attn=tuple(args.global_attn)
+    )
+    settings = SamTrainSettings(
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        processes=args.processes,
+        threads=max(1, args.threads // args.processes),
+        compile=args.compile,
+        architecture=architecture,
+    )
+    out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    clock = time.perf_counter()
+    sam, history = train_sam(settings, progress=False)
+    wall = time.perf_counter() - clock
+    torch.save(sam.state_dict(), out / "sam_demo.pth")
+    (out / ARCHITECTURE_FILE).write_text(json.dumps(asdict(architecture)))
+    history.to_csv(out / "history.csv", index=False)
+    committed_clip = Path(__file__).resolve().parents[1] / "helpers" / "demo" / "weights" / "clip_demo.pt"
+    if not (out / "clip_demo.pt").is_file():
+        shutil.copyfile(committed_clip, out / "clip_demo.pt")
+    report = {
+        "wall_s": round(wall, 1),
+        "seconds_per_step": round(wall / args.steps, 3),
+        "parameters": sum(p.numel() for p in sam.parameters()),
+        "point_iou_last_200_steps": float(history["iou"].tail(200).mean()),
+        "settings": asdict(settings),
+    }
+    (out / "variant.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
