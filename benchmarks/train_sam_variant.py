@@ -46,32 +46,44 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=SamTrainSettings.threads, help="shared by the processes")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--seed", type=int, default=SamTrainSettings.seed)
+    parser.add_argument("--overwrite", action="store_true", help="replace the SAM weights already in --out-dir")
     args = parser.parse_args(argv)
+    committed = Path(__file__).resolve().parents[1] / "helpers" / "demo" / "weights"
+    if args.out_dir.resolve() == committed:
+        parser.error(f"--out-dir {args.out_dir} holds the committed demo weights: choose another folder.")
+    if (args.out_dir / "sam_demo.pth").exists() and not args.overwrite:
+        parser.error(f"{args.out_dir / 'sam_demo.pth'} exists: choose another --out-dir, or pass --overwrite.")
     if args.dim % args.heads or any(not 0 <= block < args.depth for block in args.global_attn):
         parser.error("--dim must be a multiple of --heads, and every --global-attn block below --depth.")
     architecture = SamArchitecture(
         dim=args.dim, depth=args.depth, heads=args.heads, global_attn=tuple(args.global_attn)
     )
-    settings = SamTrainSettings(
-        steps=args.steps,
-        lr=args.lr,
-        seed=args.seed,
-        processes=args.processes,
-        threads=max(1, args.threads // args.processes),
-        compile=args.compile,
-        architecture=architecture,
-    )
+    if args.steps < 1 or args.lr <= 0 or args.threads < 1:
+        parser.error("--steps and --threads must be 1 or more, --lr above 0.")
+    try:  # SamTrainSettings checks that the processes divide a step's scenes
+        settings = SamTrainSettings(
+            steps=args.steps,
+            lr=args.lr,
+            seed=args.seed,
+            processes=args.processes,
+            threads=max(1, args.threads // max(1, args.processes)),
+            compile=args.compile,
+            architecture=architecture,
+        )
+    except ValueError as error:
+        parser.error(str(error))
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     clock = time.perf_counter()
     sam, history = train_sam(settings, progress=False)
     wall = time.perf_counter() - clock
-    torch.save(sam.state_dict(), out / "sam_demo.pth")
+    partial = out / "sam_demo.pth.part"  # renamed when complete: an interrupted run leaves no half file
+    torch.save(sam.state_dict(), partial)
+    partial.replace(out / "sam_demo.pth")
     (out / ARCHITECTURE_FILE).write_text(json.dumps(asdict(architecture)))
     history.to_csv(out / "history.csv", index=False)
-    committed_clip = Path(__file__).resolve().parents[1] / "helpers" / "demo" / "weights" / "clip_demo.pt"
     if not (out / "clip_demo.pt").is_file():
-        shutil.copyfile(committed_clip, out / "clip_demo.pt")
+        shutil.copyfile(committed / "clip_demo.pt", out / "clip_demo.pt")
     report = {
         "wall_s": round(wall, 1),
         "seconds_per_step": round(wall / args.steps, 3),

@@ -4,6 +4,7 @@ the same step as the eager one."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,5 +168,12 @@ def test_a_sam_variant_is_evaluated_with_its_own_architecture(tmp_path, capsys):
     assert sum(p.numel() for p in models.sam.model.parameters()) == report["parameters"]
     assert evaluation.read_architecture(tmp_path.parent) == evaluation.DEMO_SAM_ARCHITECTURE  # none saved there
     with pytest.raises(SystemExit):
-        variant.main([*argv, "--global-attn", "2"])  # no block 2 in a 2-block encoder
+        variant.main([*argv, "--global-attn", "2", "--overwrite"])  # no block 2 in a 2-block encoder
     assert "--global-attn" in capsys.readouterr().err
+    before = (tmp_path / "sam_demo.pth").read_bytes()
+    with pytest.raises(SystemExit):
+        variant.main([*argv, "--global-attn", "1"])  # weights there already: not replaced unless asked
+    assert "--overwrite" in capsys.readouterr().err and (tmp_path / "sam_demo.pth").read_bytes() == before
+    with pytest.raises(SystemExit):
+        variant.main(["--out-dir", str(Path(variant.__file__).parents[1] / "helpers" / "demo" / "weights")])
+    assert "committed demo weights" in capsys.readouterr().err
