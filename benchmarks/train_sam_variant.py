@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--depth", type=int, default=default.depth, help="the image encoder's blocks")
     parser.add_argument("--heads", type=int, default=default.heads)
     parser.add_argument("--global-attn", type=int, nargs="+", default=list(default.global_attn))
+    parser.add_argument(
+        "--decoder-dim",
+        type=int,
+        default=default.decoder_dim,
+        help="the mask decoder's width (its masks' features: / 8)",
+    )
     parser.add_argument("--processes", type=int, default=SamTrainSettings.processes)
     parser.add_argument("--threads", type=int, default=SamTrainSettings.threads, help="shared by the processes")
     parser.add_argument("--compile", action="store_true")
@@ -55,8 +61,14 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"{args.out_dir / 'sam_demo.pth'} exists: choose another --out-dir, or pass --overwrite.")
     if args.dim % args.heads or any(not 0 <= block < args.depth for block in args.global_attn):
         parser.error("--dim must be a multiple of --heads, and every --global-attn block below --depth.")
+    if args.decoder_dim % (8 * default.decoder_heads):
+        parser.error(f"--decoder-dim must be a multiple of {8 * default.decoder_heads} (8 x the decoder's heads).")
     architecture = SamArchitecture(
-        dim=args.dim, depth=args.depth, heads=args.heads, global_attn=tuple(args.global_attn)
+        dim=args.dim,
+        depth=args.depth,
+        heads=args.heads,
+        global_attn=tuple(args.global_attn),
+        decoder_dim=args.decoder_dim,
     )
     if args.steps < 1 or args.lr <= 0 or args.threads < 1:
         parser.error("--steps and --threads must be 1 or more, --lr above 0.")

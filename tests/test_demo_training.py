@@ -160,10 +160,11 @@ def test_a_sam_variant_is_evaluated_with_its_own_architecture(tmp_path, capsys):
     from conftest import load_benchmark
 
     variant, evaluation = load_benchmark("train_sam_variant"), load_benchmark("eval_demo_models")
-    argv = ["--out-dir", str(tmp_path), "--steps", "1", "--dim", "32", "--depth", "2", "--heads", "2"]
+    sizes = "--steps 1 --dim 32 --depth 2 --heads 2 --decoder-dim 32".split()
+    argv = ["--out-dir", str(tmp_path), *sizes]
     report = variant.main([*argv, "--global-attn", "1", "--threads", "1"])
     architecture = evaluation.read_architecture(tmp_path)
-    assert (architecture.dim, architecture.depth, architecture.heads, architecture.global_attn) == (32, 2, 2, (1,))
+    assert architecture == evaluation.SamArchitecture(dim=32, depth=2, heads=2, global_attn=(1,), decoder_dim=32)
     models = evaluation._load("variant", tmp_path, architecture, evaluation.DEMO_SETTINGS, evaluation.DEMO_SELECTION)
     assert sum(p.numel() for p in models.sam.model.parameters()) == report["parameters"]
     assert evaluation.read_architecture(tmp_path.parent) == evaluation.DEMO_SAM_ARCHITECTURE  # none saved there
