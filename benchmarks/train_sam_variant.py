@@ -1,4 +1,4 @@
-"""The demo SAM's training recipe with another encoder size or learning rate: SAM alone, for the experiments in
+"""The demo SAM's training recipe at other encoder or decoder sizes or learning rates: SAM alone, for the experiments in
 docs/demo-models.md (the committed models come from ``python -m helpers.demo.train``).
 
     python benchmarks/train_sam_variant.py --out-dir D --steps 1000                        # the committed recipe
@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from helpers.demo.models import DEMO_CLIP_FILE, DEMO_SAM_FILE, DEMO_WEIGHTS_DIR  # noqa: E402
 from helpers.demo.train_sam import SamTrainSettings, train_sam  # noqa: E402
 from helpers.models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture  # noqa: E402
 
@@ -54,11 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=SamTrainSettings.seed)
     parser.add_argument("--overwrite", action="store_true", help="replace the SAM weights already in --out-dir")
     args = parser.parse_args(argv)
-    committed = Path(__file__).resolve().parents[1] / "helpers" / "demo" / "weights"
-    if args.out_dir.resolve() == committed:
+    if args.out_dir.resolve() == DEMO_WEIGHTS_DIR.resolve():
         parser.error(f"--out-dir {args.out_dir} holds the committed demo weights: choose another folder.")
-    if (args.out_dir / "sam_demo.pth").exists() and not args.overwrite:
-        parser.error(f"{args.out_dir / 'sam_demo.pth'} exists: choose another --out-dir, or pass --overwrite.")
+    if (args.out_dir / DEMO_SAM_FILE).exists() and not args.overwrite:
+        parser.error(f"{args.out_dir / DEMO_SAM_FILE} exists: choose another --out-dir, or pass --overwrite.")
     if args.dim % args.heads or any(not 0 <= block < args.depth for block in args.global_attn):
         parser.error("--dim must be a multiple of --heads, and every --global-attn block below --depth.")
     if args.decoder_dim % (8 * default.decoder_heads):
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
         global_attn=tuple(args.global_attn),
         decoder_dim=args.decoder_dim,
     )
-    if args.steps < 1 or args.lr <= 0 or args.threads < 1:
-        parser.error("--steps and --threads must be 1 or more, --lr above 0.")
+    if args.steps < 1 or args.lr <= 0 or args.threads < 1 or args.seed < 0:
+        parser.error("--steps and --threads must be 1 or more, --lr above 0, --seed 0 or more.")
     try:  # SamTrainSettings checks that the processes divide a step's scenes
         settings = SamTrainSettings(
             steps=args.steps,
@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> dict:
     clock = time.perf_counter()
     sam, history = train_sam(settings, progress=False)
     wall = time.perf_counter() - clock
-    partial = out / "sam_demo.pth.part"  # renamed when complete: an interrupted run leaves no half file
+    partial = out / f"{DEMO_SAM_FILE}.part"  # renamed when complete: an interrupted run leaves no half file
     torch.save(sam.state_dict(), partial)
-    partial.replace(out / "sam_demo.pth")
+    partial.replace(out / DEMO_SAM_FILE)
     (out / ARCHITECTURE_FILE).write_text(json.dumps(asdict(architecture)))
     history.to_csv(out / "history.csv", index=False)
-    if not (out / "clip_demo.pt").is_file():
-        shutil.copyfile(committed / "clip_demo.pt", out / "clip_demo.pt")
+    if not (out / DEMO_CLIP_FILE).is_file():
+        shutil.copyfile(DEMO_WEIGHTS_DIR / DEMO_CLIP_FILE, out / DEMO_CLIP_FILE)
     report = {
         "wall_s": round(wall, 1),
         "seconds_per_step": round(wall / args.steps, 3),

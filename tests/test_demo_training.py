@@ -4,7 +4,6 @@ the same step as the eager one."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,5 +175,5 @@ def test_a_sam_variant_is_evaluated_with_its_own_architecture(tmp_path, capsys):
         variant.main([*argv, "--global-attn", "1"])  # weights there already: not replaced unless asked
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "sam_demo.pth").read_bytes() == before
     with pytest.raises(SystemExit):
-        variant.main(["--out-dir", str(Path(variant.__file__).parents[1] / "helpers" / "demo" / "weights")])
+        variant.main(["--out-dir", str(variant.DEMO_WEIGHTS_DIR)])
     assert "committed demo weights" in capsys.readouterr().err
