@@ -104,7 +104,8 @@ class PeakMemory:
 def load_benchmark_models(args) -> tuple[LoadedSam, LoadedClip, str]:
     if args.quick:
         paths = write_tiny_checkpoints(Path(args.work_dir) / "checkpoints")
-        return load_sam(TINY_SAM, paths["sam"]), load_clip(paths["clip"]), "tiny random SAM and CLIP"
+        sam, clip_model = load_sam(TINY_SAM, paths["sam"], args.device), load_clip(paths["clip"], args.device)
+        return sam, clip_model, "tiny random SAM and CLIP"
     sam_file, clip_file = ROOT / "checkpoints" / "sam_vit_b_01ec64.pth", ROOT / "checkpoints" / "ViT-B-32.pt"
     torch.manual_seed(0)
     if sam_file.is_file():

@@ -233,3 +233,17 @@ def test_the_trained_demo_sam_gives_the_reference_masks():
     same = np.where(union > 0, inter / np.maximum(union, 1), 1.0)  # mask i against mask i; empty == empty
     assert same.min() >= 0.999 and (a.any(axis=(1, 2))).sum() > 5
     np.testing.assert_allclose(fast.predicted_iou, reference.predicted_iou, atol=1e-4)
+
+
+def test_no_candidates_stay_on_the_models_device():
+    """A crop without candidates gives empty tensors on the model's device, not the CPU: on a GPU, torch.cat of
+    those with another crop's candidates failed ("Expected all tensors to be on the same device"), found by
+    benchmarks/gpu_checks.sh on an H200. The meta device stands in for the GPU here."""
+    from helpers.sam.generator import _Candidates
+
+    empty = _Candidates.cat([], 16, torch.device("meta"))
+    tensors = (empty.low_res, empty.iou, empty.stability, empty.boxes, empty.crop)
+    assert all(t.device.type == "meta" and len(t) == 0 for t in tensors)
+    assert empty.low_res.shape == (0, 16, 16) and empty.crop.dtype == torch.long
+    both = _Candidates.cat([empty, _Candidates.cat([], 16, torch.device("meta"))], 16, torch.device("meta"))
+    assert both.boxes.device.type == "meta"

@@ -75,11 +75,19 @@ class _Candidates:
     crop: torch.Tensor  # n, index of the crop
 
     @classmethod
-    def cat(cls, parts: list[_Candidates], low_res_side: int) -> _Candidates:
+    def cat(cls, parts: list[_Candidates], low_res_side: int, device: torch.device) -> _Candidates:
+        """The parts one after the other, on ``device`` (also when there are none: a crop without
+        candidates must not put CPU tensors beside a GPU's)."""
         if not parts:
-            empty = torch.zeros(0)
+            empty = torch.zeros(0, device=device)
             side = low_res_side
-            return cls(torch.zeros(0, side, side), empty, empty, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+            return cls(
+                torch.zeros(0, side, side, device=device),
+                empty,
+                empty,
+                torch.zeros(0, 4, device=device),
+                torch.zeros(0, dtype=torch.long, device=device),
+            )
         fields = ("low_res", "iou", "stability", "boxes", "crop")
         return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
 
@@ -183,8 +191,8 @@ def _process_crop(
             crop_index = torch.zeros(len(index), dtype=torch.long, device=device)
             parts.append(_Candidates(low_res[index], kept_iou[index], stability, boxes, crop_index))
         del queries, keys
-    data = _Candidates.cat(parts, 4 * decoder.h)
-    keep = batched_nms(data.boxes.float(), data.iou, torch.zeros(len(data.boxes)), options["box_nms_thresh"])
+    data = _Candidates.cat(parts, 4 * decoder.h, device)
+    keep = batched_nms(data.boxes.float(), data.iou, torch.zeros_like(data.iou), options["box_nms_thresh"])
     data = data.filter(keep)
     counts.box_nms += len(keep)
     data.boxes = uncrop_boxes_xyxy(data.boxes, crop_box)
@@ -270,11 +278,11 @@ def generate_mask_set(
             parts.append(data)
             crops.append(crop)
         side = 4 * model.prompt_encoder.image_embedding_size[0]
-        data = _Candidates.cat(parts, side)
+        data = _Candidates.cat(parts, side, model.device)
         if len(crop_boxes) > 1:
             crop_areas = box_area(torch.tensor(crop_boxes, dtype=torch.float)[data.crop.cpu()])
             scores = (1 / crop_areas).to(data.boxes.device)
-            keep = batched_nms(data.boxes.float(), scores, torch.zeros(len(data.boxes)), crop_nms_thresh)
+            keep = batched_nms(data.boxes.float(), scores, torch.zeros_like(scores), crop_nms_thresh)
             data = data.filter(keep)
         counts.crop_nms = len(data.iou)
         if min_mask_region_area > 0 and len(data.iou):
