@@ -162,6 +162,8 @@ def main() -> None:
         return huge_run(args)
 
     model = build_model(args)
+    if args.device.startswith("cuda"):  # the reference in true float32 too (ours turns TF32 off itself: precision.py)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     width, height = (int(v) for v in args.size.split("x"))
     images = [test_image(height, width)]
     if args.demo_images:

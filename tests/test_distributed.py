@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from PIL import Image
 
 from helpers.cache import image_key
 from helpers.data import make_demo_dataset, read_image
-from helpers.distributed.driver import ModelSpec, _collect, image_items, process_dataset_on_ray
+from helpers.distributed.driver import ModelSpec, _collect, image_items, process_dataset_on_ray, worker_spec
 from helpers.masks import FilterSettings
 from helpers.models.loading import load_clip, load_sam
 from helpers.models.tiny import TINY_SAM
@@ -87,6 +88,15 @@ def test_model_spec_from_config_keys_models_like_the_notebooks(monkeypatch, tmp_
     sam, clip = spec.load()
     want_sam, want_clip = load_models(config)
     assert (sam.identity, clip.identity) == (want_sam.identity, want_clip.identity)  # what the cache keys use
+
+
+def test_workers_given_no_gpu_load_on_the_cpu(tmp_path):
+    """Ray no longer hides the GPUs from an actor with num_gpus=0 (ray-project/ray#54868): "auto" must become "cpu"
+    for such workers, or each would load its models on GPU 0 behind Ray's back. A device asked for stays."""
+    auto = ModelSpec("sam_tiny", "sam.pth", "clip.pt")
+    assert worker_spec(auto, 0).device == "cpu" and worker_spec(auto, 0.5).device == "auto"
+    assert worker_spec(replace(auto, device="cuda:1"), 0).device == "cuda:1"
+    assert Path(worker_spec(auto, 0).sam_checkpoint).is_absolute()
 
 
 def test_image_items_from_a_folder_and_a_list(tmp_path):

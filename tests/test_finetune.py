@@ -117,6 +117,10 @@ def test_saved_checkpoint_reloads_to_identical_embeddings(tiny_models, shapes, o
     items, classes = shapes
     settings = FinetuneSettings(epochs=1, batch_size=8, learning_rate=1e-3, templates=("{}", "a {} shape"))
     tuned, _ = finetune_clip(clip_model, items[::5], classes, settings, progress=False)
+    # the cache keys' identity names the weights: each fine-tuned CLIP its own (they all had "" and shared one key)
+    assert tuned.identity.startswith(clip_model.identity + "+finetuned:") and len(tuned.identity.split(":")[-1]) == 64
+    other, _ = finetune_clip(clip_model, items[1::5], classes, settings, progress=False)
+    assert other.identity != tuned.identity
     digest = save_finetuned(tuned, tmp_path / "ft" / "clip_ft.pt", "clip_tiny", {"classes": classes})
     assert len(digest) == 64 and not list((tmp_path / "ft").glob("*.part*"))
     saved = torch.load(tmp_path / "ft" / "clip_ft.pt", weights_only=True)

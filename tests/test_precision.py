@@ -2,6 +2,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from conftest import LOOSE_SAM
 
 from helpers import config as cfg
@@ -65,3 +66,22 @@ def test_run_precision_reaches_both_models_and_the_cache_key(monkeypatch, tiny_m
     monkeypatch.setenv("SAMCLIP_DEVICE", "cpu")
     with pytest.raises(cfg.ConfigError, match="SAMCLIP_PRECISION=float16: float16 is for GPUs"):
         cfg.load_config()
+
+
+def test_float32_on_a_gpu_is_true_float32_and_the_flags_come_back():
+    """PyTorch lets cuDNN convolutions use TF32 by default, so a GPU's "float32" masks were not the CPU's (an H200
+    run: decoder logits 1.8e-2 apart). Inside float32 work on a GPU TF32 is off; the user's flags come back after."""
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = [flag.allow_tf32 for flag in flags]
+    try:
+        for start in (True, False):
+            for flag in flags:
+                flag.allow_tf32 = start
+            with precision.autocast("cuda:0", "float32"):
+                assert not any(flag.allow_tf32 for flag in flags)
+            assert all(flag.allow_tf32 == start for flag in flags)
+        with precision.autocast("cpu", "float32"):
+            assert all(flag.allow_tf32 == start for flag in flags)  # the CPU has no TF32: left alone
+    finally:
+        for flag, value in zip(flags, before):
+            flag.allow_tf32 = value

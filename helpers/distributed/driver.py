@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..cache import ResultCache
 from ..data import Dataset, dataset_request, load_prepared, read_image
 from ..pipeline import Pipeline, PipelineSettings, load_cached
+from ..precision import check_precision
 from .worker import (
     RAY_MISSING,
     DistributedResults,
@@ -78,6 +79,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address)
 
 
+def worker_spec(model_spec: ModelSpec, gpus_per_worker: float) -> ModelSpec:
+    """What the workers load: absolute paths, and "auto" made "cpu" for workers given no GPU. Ray no longer hides
+    the GPUs from an actor with ``num_gpus=0`` (ray-project/ray#54868), so "auto" would put every such worker's
+    models on GPU 0, unaccounted for by Ray."""
+    spec = model_spec.absolute()
+    return replace(spec, device="cpu") if not gpus_per_worker and spec.device == "auto" else spec
+
+
 def process_dataset_on_ray(
     dataset_or_paths: Dataset | str | Path | Sequence[str | Path],
     model_spec: ModelSpec,
@@ -104,7 +113,9 @@ def process_dataset_on_ray(
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
     cache_dir = Path(cache_dir).expanduser().resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    spec = model_spec.absolute()
+    spec = worker_spec(model_spec, gpus_per_worker)
+    if not gpus_per_worker:
+        check_precision(settings.precision, "cpu")  # float16 would fail on every image of a CPU worker
     for path in (spec.sam_checkpoint, spec.clip_checkpoint):
         if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist (it must exist at this path on every node)")

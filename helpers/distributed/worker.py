@@ -49,7 +49,7 @@ class ModelSpec:
     sam_type: str
     sam_checkpoint: str
     clip_checkpoint: str
-    device: str = "auto"  # "auto": the worker's GPU when Ray gave it one, else its CPU
+    device: str = "auto"  # "auto": the worker's GPU when Ray gave it one, else its CPU (driver.worker_spec)
 
     def load(self) -> tuple[LoadedSam, LoadedClip]:
         """SAM and CLIP on this process's device."""

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..checkpoints.ensure import sha256_of
 from ..data import LabelledImage
 from ..models.loading import LoadedClip
+from ..precision import native_bf16
 from .data import (
     FinetuneDataError,
     check_items,
@@ -88,7 +89,7 @@ class FinetuneRun:
         select_trainable(self.model, settings.trainable)
         self.optimizer = make_optimizer(self.model, settings)
         self.amp = settings.mixed_precision and self.device.startswith("cuda")
-        self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = torch.bfloat16 if self.amp and native_bf16(self.device) else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.captions = Captions(self.model, classes, settings.templates, self.device)
         self.index = {name: i for i, name in enumerate(classes)}
@@ -213,8 +214,9 @@ def finetune_clip(
     if history.attrs["pretrained_kept"]:
         warnings.warn(history.attrs["summary"], FinetuneWarning, stacklevel=2)
     model = _as_loaded(run.model.requires_grad_(False))
-    name = f"{clip_model.name}+finetuned:{_state_digest(model)[:12]}"
-    return LoadedClip(model, clip_model.preprocess, name, str(clip_model.device)), history
+    digest = _state_digest(model)
+    name, identity = f"{clip_model.name}+finetuned:{digest[:12]}", f"{clip_model.identity}+finetuned:{digest}"
+    return LoadedClip(model, clip_model.preprocess, name, str(clip_model.device), identity), history
 
 
 def run_summary(history: pd.DataFrame) -> str:

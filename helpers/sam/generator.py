@@ -209,13 +209,13 @@ def _stream_masks(
     model: Sam, data: _Candidates, crops: list[_Crop], image_size: tuple[int, int], min_area: int
 ) -> Iterator[np.ndarray]:
     """The final masks in order, rendered a chunk at a time (small regions removed when asked)."""
-    start = 0
-    while start < len(data.iou):
-        crop_index = int(data.crop[start])
+    start, crop_of = 0, data.crop.tolist()  # one copy from the GPU, not one per mask
+    while start < len(crop_of):
+        crop_index = crop_of[start]
         crop = crops[crop_index]
         step = _chunk_size(crop, data.low_res.shape[-1], full=True)
         stop = start
-        while stop < len(data.iou) and stop - start < step and int(data.crop[stop]) == crop_index:
+        while stop < len(crop_of) and stop - start < step and crop_of[stop] == crop_index:
             stop += 1
         for mask in _render(model, data.low_res[start:stop], crop, image_size):
             yield _remove_small_regions(mask, min_area)[0] if min_area > 0 else mask
