@@ -86,6 +86,10 @@ def choose_device(device: str = "auto") -> str:
         raise ConfigError(f"SAMCLIP_DEVICE={device!r} is not a device; use auto, cpu, cuda or cuda:N.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"SAMCLIP_DEVICE={device!r} was asked for but no CUDA GPU is visible; use cpu or auto.")
+    if device.startswith("cuda:"):
+        index, count = device.removeprefix("cuda:"), torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise ConfigError(f"SAMCLIP_DEVICE={device!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
     return device
 
 

@@ -51,6 +51,15 @@ def test_every_variable_is_checked_with_a_message_naming_it(name, value, expecte
         cfg.load_config({name: value})
 
 
+def test_a_gpu_the_machine_lacks_says_which_it_has(monkeypatch):
+    monkeypatch.setattr(cfg.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cfg.torch.cuda, "device_count", lambda: 2)
+    assert cfg.choose_device("cuda:1") == "cuda:1" and cfg.choose_device("cuda") == "cuda"
+    for wrong in ("cuda:2", "cuda:x"):
+        with pytest.raises(cfg.ConfigError, match="has 2 GPU"):
+            cfg.choose_device(wrong)
+
+
 def test_no_cuda_says_what_to_use(monkeypatch):
     monkeypatch.setattr(cfg.torch.cuda, "is_available", lambda: False)
     with pytest.raises(cfg.ConfigError, match="no CUDA GPU"):
