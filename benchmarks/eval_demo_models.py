@@ -1,6 +1,7 @@
 """The demo models against issue 25's targets, side by side with an earlier commit's models, in one run.
 
-    python benchmarks/eval_demo_models.py                       # report seeds, this tree vs 3885a27
+    python benchmarks/eval_demo_models.py                       # report seeds, this tree vs ee0972f (3 Dec models)
+    python benchmarks/eval_demo_models.py --baseline 3885a27    # ... vs the models issue 25 measured
     python benchmarks/eval_demo_models.py --seeds 6101 6102     # tuning seeds (choose settings there only)
     python benchmarks/eval_demo_models.py --baseline none --weights DIR --mode softmax   # other models or settings
 
@@ -88,8 +89,14 @@ def read_architecture(folder: Path) -> SamArchitecture:
     return SamArchitecture(**{**sizes, "global_attn": tuple(sizes["global_attn"])})
 
 
+# The demo weights committed on 3 Dec 2026 (decoder 64 wide, 5000 eager steps), which issue 25's report compares with.
+PREVIOUS = "ee0972f"
+
+
 def baseline_models(rev: str, scratch: Path) -> ModelSet:
-    """The demo weights of commit ``rev`` (git show), with the settings they were run with."""
+    """The demo weights of commit ``rev`` (git show), with the settings they were run with: ``BASELINE``'s own, else
+    the demo profile's. Their SAM is built at segment_anything's default decoder width (``SamArchitecture()``, 64),
+    as every commit's before the demo SAM's decoder was widened."""
     folder = scratch / rev
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("sam_demo.pth", "clip_demo.pt"):
@@ -97,7 +104,8 @@ def baseline_models(rev: str, scratch: Path) -> ModelSet:
             ["git", "show", f"{rev}:helpers/demo/weights/{name}"], capture_output=True, check=True
         ).stdout
         (folder / name).write_bytes(blob)
-    return _load(rev, folder, SamArchitecture(patch=16), BASELINE_SETTINGS, DEMO_SELECTION)
+    settings = BASELINE_SETTINGS if rev == BASELINE else DEMO_SETTINGS
+    return _load(rev, folder, SamArchitecture(), settings, DEMO_SELECTION)
 
 
 def touches_another(truths: np.ndarray, gap: int = 2) -> np.ndarray:
@@ -197,7 +205,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(REPORT_SEEDS))
     parser.add_argument("--images", type=int, default=8, help="per seed")
     parser.add_argument("--mosaics", type=int, default=3, help="per seed (cut-outs from seed + 50)")
-    parser.add_argument("--baseline", default=BASELINE, help="a git revision; 'none' to skip")
+    parser.add_argument(
+        "--baseline", default=PREVIOUS, help=f"a git revision ({BASELINE}: the models issue 25 measured); 'none' skips"
+    )
     parser.add_argument("--weights", type=Path, default=None, help="default: the package's demo weights")
     parser.add_argument("--pred-iou", type=float, default=None)
     parser.add_argument("--stability", type=float, default=None)

@@ -1,9 +1,9 @@
 """The demo SAM's training recipe at other encoder or decoder sizes or learning rates: SAM alone, for the experiments in
 docs/demo-models.md (the committed models come from ``python -m helpers.demo.train``).
 
-    python benchmarks/train_sam_variant.py --out-dir D --steps 1000                        # the committed recipe
-    python benchmarks/train_sam_variant.py --out-dir D --steps 1000 --dim 128 --depth 6 --heads 4 \\
-        --global-attn 1 3 5 --lr 1e-3
+    python benchmarks/train_sam_variant.py --out-dir D                            # the committed SAM's recipe
+    python benchmarks/train_sam_variant.py --out-dir D --steps 1000 --no-compile --dim 128 --depth 6 --heads 4 \\
+        --global-attn 1 3 5
     python benchmarks/eval_demo_models.py --baseline none --no-rank --weights D --seeds 6101 6102 ...
 
 Writes ``D/sam_demo.pth``, ``D/sam_architecture.json`` (which ``eval_demo_models.py --weights D`` builds the SAM
@@ -27,7 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from helpers.demo.models import DEMO_CLIP_FILE, DEMO_SAM_FILE, DEMO_WEIGHTS_DIR  # noqa: E402
-from helpers.demo.train_sam import SamTrainSettings, train_sam  # noqa: E402
+from helpers.demo.train import (  # noqa: E402
+    DEMO_SAM_LR,
+    DEMO_SAM_PROCESSES,
+    DEMO_SAM_STEPS,
+    DEMO_SEED,
+    demo_sam_settings,
+)
+from helpers.demo.train_sam import train_sam  # noqa: E402
 from helpers.models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture  # noqa: E402
 
 ARCHITECTURE_FILE = "sam_architecture.json"  # read by eval_demo_models.read_architecture
@@ -36,8 +43,8 @@ ARCHITECTURE_FILE = "sam_architecture.json"  # read by eval_demo_models.read_arc
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=SamTrainSettings.steps)
-    parser.add_argument("--lr", type=float, default=SamTrainSettings.lr)
+    parser.add_argument("--steps", type=int, default=DEMO_SAM_STEPS)
+    parser.add_argument("--lr", type=float, default=DEMO_SAM_LR)
     default = DEMO_SAM_ARCHITECTURE
     parser.add_argument("--dim", type=int, default=default.dim, help="the image encoder's width")
     parser.add_argument("--depth", type=int, default=default.depth, help="the image encoder's blocks")
@@ -49,10 +56,10 @@ def main(argv: list[str] | None = None) -> dict:
         default=default.decoder_dim,
         help="the mask decoder's width (its masks' features: / 8)",
     )
-    parser.add_argument("--processes", type=int, default=SamTrainSettings.processes)
-    parser.add_argument("--threads", type=int, default=SamTrainSettings.threads, help="shared by the processes")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--seed", type=int, default=SamTrainSettings.seed)
+    parser.add_argument("--processes", type=int, default=DEMO_SAM_PROCESSES)
+    parser.add_argument("--threads", type=int, default=2, help="shared by the processes")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--seed", type=int, default=DEMO_SEED)
     parser.add_argument("--overwrite", action="store_true", help="replace the SAM weights already in --out-dir")
     args = parser.parse_args(argv)
     if args.out_dir.resolve() == DEMO_WEIGHTS_DIR.resolve():
@@ -72,15 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if args.steps < 1 or args.lr <= 0 or args.threads < 1 or args.seed < 0:
         parser.error("--steps and --threads must be 1 or more, --lr above 0, --seed 0 or more.")
-    try:  # SamTrainSettings checks that the processes divide a step's scenes
-        settings = SamTrainSettings(
-            steps=args.steps,
-            lr=args.lr,
-            seed=args.seed,
-            processes=args.processes,
-            threads=max(1, args.threads // max(1, args.processes)),
-            compile=args.compile,
-            architecture=architecture,
+    try:  # the processes must divide a step's scenes
+        settings = demo_sam_settings(
+            args.steps, args.lr, args.threads, args.processes, args.compile, args.seed, architecture
         )
     except ValueError as error:
         parser.error(str(error))

@@ -56,24 +56,31 @@ def test_damaged_weights_are_refused(tmp_path):
         demo_weight_path(DEMO_CLIP_FILE, tmp_path)
 
 
+REPORT_SEEDS = (7301, 7302, 7303, 7304)  # issue 25's report images (benchmarks/eval_demo_models.py): 8 per seed
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="target missed: the committed demo SAM's best mask per shape averages 0.84 behind the demo generator's "
-    "gates on 32 unseen images (stars 0.57), not 0.90 (docs/demo-models.md, 'End to end, and the targets'); drop this "
-    "marker when a SAM that reaches the ceiling is committed",
+    reason="target missed: the committed demo SAM's best mask per shape averages 0.884 behind the demo generator's "
+    "gates on the report's 32 unseen images (stars 0.67), not 0.90 (docs/demo-models.md, 'End to end, and the "
+    "targets'); drop this marker when a SAM that reaches the ceiling is committed",
 )
 def test_sam_ceiling_on_fresh_images(demo_models):
+    """The target's own measure on the report's images (79 shapes, ~16 s): a few images are too few to tell 0.88
+    from 0.90 (the 3 images of seed 9090 this test used give 0.91, 16 give 0.90)."""
     sam, _ = demo_models
-    table = ceiling_table(sam, make_demo_dataset(3, seed=FRESH_SEED), DEMO_SETTINGS.sam)
-    assert len(table) >= 6
-    assert table["best_mask_iou"].mean() >= 0.90, table
-    assert table["best_union_iou"].mean() >= table["best_mask_iou"].mean()
+    tables = [ceiling_table(sam, make_demo_dataset(8, seed=seed), DEMO_SETTINGS.sam) for seed in REPORT_SEEDS]
+    assert sum(len(table) for table in tables) == 79
+    best = np.concatenate([table["best_mask_iou"].to_numpy() for table in tables])
+    union = np.concatenate([table["best_union_iou"].to_numpy() for table in tables])
+    assert union.mean() >= best.mean()
+    assert best.mean() >= 0.90, best.mean()
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="target missed: on 32 unseen images the pipeline's mean IoU per class is circle 0.81, square 0.76, star "
-    "0.45, triangle 0.77 and the mosaic top-1 0.58 (docs/demo-models.md, 'End to end, and the targets')",
+    reason="target missed: on 32 unseen images the pipeline's mean IoU per class is circle 0.84, square 0.86, star "
+    "0.64, triangle 0.85 and the mosaic top-1 0.60 (docs/demo-models.md, 'End to end, and the targets')",
 )
 def test_pipeline_targets_on_fresh_images(demo_models):
     """The whole chain with the demo profile's settings: each shape class prompted by name on fresh

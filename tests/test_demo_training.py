@@ -159,7 +159,7 @@ def test_a_sam_variant_is_evaluated_with_its_own_architecture(tmp_path, capsys):
     from conftest import load_benchmark
 
     variant, evaluation = load_benchmark("train_sam_variant"), load_benchmark("eval_demo_models")
-    sizes = "--steps 1 --dim 32 --depth 2 --heads 2 --decoder-dim 32".split()
+    sizes = "--steps 1 --no-compile --processes 1 --dim 32 --depth 2 --heads 2 --decoder-dim 32".split()
     argv = ["--out-dir", str(tmp_path), *sizes]
     report = variant.main([*argv, "--global-attn", "1", "--threads", "1"])
     architecture = evaluation.read_architecture(tmp_path)

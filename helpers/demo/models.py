@@ -20,8 +20,8 @@ from ..models import DEMO_SAM, LoadedClip, LoadedSam, load_clip, load_sam
 DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
 DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
 DEMO_SHA256 = {
-    DEMO_SAM_FILE: "c5e74d0dab77d0408e4db37d7353472eb8cfa6e6b1c82908f6f03043168f4639",
-    DEMO_CLIP_FILE: "b5e4a42e7f1a89437e110ef756017a0f67d48eadcd396be939980eeed49335e8",
+    DEMO_SAM_FILE: "6b8b64cd10913dd7cb9a38514b4a7acd00dfeaae545f611529ce9a9eec9c4d9c",
+    DEMO_CLIP_FILE: "440d1277b103435d8da9b39a30496a9f128d4d84f23a5afe70a2a34317bf2434",
 }
 
 

@@ -37,7 +37,7 @@ from ..clip_scoring import encode_images, encode_text
 from ..data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops
 from ..masks import MaskSet, iou_from_counts, overlap_counts
 from ..models.loading import LoadedClip, LoadedSam, load_clip, load_sam
-from ..models.tiny import DEMO_SAM
+from ..models.tiny import DEMO_SAM, DEMO_SAM_ARCHITECTURE, SamArchitecture
 from ..segmentation import SamSettings, generate_masks
 from .models import DEMO_SAM_SETTINGS
 from .scenes import TRAIN_STREAM, Scene, make_scene  # noqa: F401 (public through this module)
@@ -259,6 +259,30 @@ def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sa
     }
 
 
+# The committed demo weights' recipe (docs/demo-models.md): SAM with DEMO_SAM_ARCHITECTURE, 8500 compiled steps in two
+# data-parallel processes at lr 1e-3 (~42 min on 2 cores), then CLIP; seed 1, whose SAM was also trained once before,
+# by benchmarks/train_sam_variant.py, to the same bytes.
+DEMO_SAM_STEPS, DEMO_SAM_LR, DEMO_SAM_PROCESSES, DEMO_SEED = 8500, 1e-3, 2, 1
+
+
+def demo_sam_settings(
+    steps: int = DEMO_SAM_STEPS,
+    lr: float = DEMO_SAM_LR,
+    threads: int = 2,
+    processes: int = DEMO_SAM_PROCESSES,
+    compile: bool = True,
+    seed: int = DEMO_SEED,
+    architecture: SamArchitecture = DEMO_SAM_ARCHITECTURE,
+) -> SamTrainSettings:
+    """The demo SAM's training settings (the committed recipe by default); ``threads`` are shared by the processes.
+    A ValueError when ``processes`` does not divide a step's scenes."""
+    per_process = max(1, threads // max(1, processes))
+    return SamTrainSettings(
+        steps=steps, lr=lr, threads=per_process, processes=processes, compile=compile, seed=seed,
+        architecture=architecture,
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Train (or, with ``--only``, train one of) the demo models, save them, evaluate, summarise."""
     from .models import DEMO_CLIP_FILE, DEMO_SAM_FILE, DEMO_SELECTION, DEMO_SHA256, DEMO_WEIGHTS_DIR
@@ -269,7 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--quick", action="store_true", help="a few steps of each, seconds: checks the code path")
     parser.add_argument("--only", choices=("sam", "clip"), help="train this one; evaluate with the other from out-dir")
-    parser.add_argument("--sam-steps", type=int, default=SamTrainSettings.steps)
+    parser.add_argument("--sam-steps", type=int, default=DEMO_SAM_STEPS)
+    parser.add_argument("--sam-lr", type=float, default=DEMO_SAM_LR, help="SAM's peak learning rate")
     parser.add_argument("--clip-steps", type=int, default=ClipTrainSettings.steps)
     parser.add_argument(
         "--clip-sam-scenes", type=int, default=ClipTrainSettings.sam_scenes, help="0: CLIP on exact cut-outs only"
@@ -284,22 +309,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--sam-processes",
         type=int,
-        default=SamTrainSettings.processes,
-        help="train SAM data parallel in N processes sharing --threads (2 on 2 cores: 1.31x faster per step, "
-        "other weights than the committed ones); CLIP still trains on --threads",
+        default=DEMO_SAM_PROCESSES,
+        help="train SAM data parallel in N processes sharing --threads (the committed weights: 2; on 2 cores 1.31x "
+        "faster per step than 1); CLIP still trains on --threads",
     )
     parser.add_argument(
         "--sam-compile",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="torch.compile SAM's training step (1.3x faster per step after 2-4 min of compiling; needs a C++ "
-        "compiler; other weights)",
+        "compiler; the committed weights are compiled; --no-sam-compile trains other weights, eagerly; --quick "
+        "never compiles)",
     )
     parser.add_argument(
         "--seed",
         type=int,
-        default=SamTrainSettings.seed,
-        help="the random streams of SAM's and CLIP's training (the committed weights: 0); another seed is another "
-        "draw of the same recipe",
+        default=DEMO_SEED,
+        help=f"the random streams of SAM's and CLIP's training (the committed weights: {DEMO_SEED}); another seed "
+        "is another draw of the same recipe",
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--snapshots", action="store_true", help="also save SAM's weights every 200 steps")
@@ -307,24 +334,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads < 1:
         parser.error("--threads must be 1 or more.")
     if args.seed < 0:
-        parser.error("--seed must be 0 or more (the committed weights: 0).")
-    try:  # SamTrainSettings checks that the processes divide a step's scenes
-        sam_settings = SamTrainSettings(
-            steps=args.sam_steps,
-            threads=args.threads,
-            processes=args.sam_processes,
-            compile=args.sam_compile,
-            seed=args.seed,
+        parser.error(f"--seed must be 0 or more (the committed weights: {DEMO_SEED}).")
+    if not args.sam_lr > 0:
+        parser.error("--sam-lr must be above 0.")
+    try:
+        sam_settings = demo_sam_settings(
+            args.sam_steps, args.sam_lr, args.threads, args.sam_processes, args.sam_compile, args.seed
         )
     except ValueError as error:
         parser.error(f"--sam-processes must divide the {SamTrainSettings.images_per_step} scenes of a step ({error})")
-    # per process: the processes share the cores
-    sam_settings = replace(sam_settings, threads=max(1, args.threads // sam_settings.processes))
     clip_settings = ClipTrainSettings(
         steps=args.clip_steps, sam_scenes=args.clip_sam_scenes, threads=args.threads, seed=args.seed
     )
     if args.quick:
-        sam_settings = replace(sam_settings, steps=2, images_per_step=args.sam_processes, points_per_image=4, warmup=1)
+        sam_settings = replace(
+            sam_settings, steps=2, images_per_step=args.sam_processes, points_per_image=4, warmup=1, compile=False
+        )
         clip_settings = replace(
             clip_settings, steps=2, batch=8, scenes=4, warmup=1, sam_scenes=min(args.clip_sam_scenes, 2)
         )

@@ -44,7 +44,9 @@ class SamArchitecture:
     decoder_mlp: int = 256
 
 
-DEMO_SAM_ARCHITECTURE = SamArchitecture()
+# The decoder twice SAM's default width here: its masks read each token through decoder_dim / 8 = 16 channels instead
+# of 8, which lifted shapes that touch others (docs/demo-models.md).
+DEMO_SAM_ARCHITECTURE = SamArchitecture(decoder_dim=128)
 
 
 def build_sam_small(arch: SamArchitecture) -> Sam:
