@@ -322,7 +322,9 @@ def test_the_demo_clip_learns_names_it_never_saw(one_thread):
     elapsed = time.perf_counter() - started
     _, val = split_items(items, DEMO_FINETUNE_SETTINGS.val_share, DEMO_FINETUNE_SETTINGS.seed)
     before, after = zero_shot_accuracy(clip_model, val, classes), zero_shot_accuracy(tuned, val, classes)
-    assert before <= 0.4 and after >= 0.85, (before, after)
+    # the 3 Dec demo CLIP started at chance (0.26); the 4 Dec one, retrained on the wider SAM's masks, already gets
+    # 0.45 of these German names (chance 0.25): still far from the 0.98 it ends at
+    assert before <= 0.5 and after >= 0.85 and after - before >= 0.4, (before, after)
     english = {german: name for name, german in DEMO_FINETUNE_NAMES.items()}
     as_trained = [replace(item, label=english[item.label]) for item in val]
     assert zero_shot_accuracy(clip_model, as_trained, sorted(english.values())) >= 0.85  # it sees the shapes
