@@ -260,8 +260,8 @@ def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sa
 
 
 # The committed demo weights' recipe (docs/demo-models.md): SAM with DEMO_SAM_ARCHITECTURE, 8500 compiled steps in two
-# data-parallel processes at lr 1e-3 (~42 min on 2 cores), then CLIP; seed 1, whose SAM was also trained once before,
-# by benchmarks/train_sam_variant.py, to the same bytes.
+# data-parallel processes at lr 1e-3 (~35 min on 2 cores), then CLIP; seed 1, whose SAM benchmarks/train_sam_variant.py
+# had trained once before, in an independent run, to the same tensors.
 DEMO_SAM_STEPS, DEMO_SAM_LR, DEMO_SAM_PROCESSES, DEMO_SEED = 8500, 1e-3, 2, 1
 
 
