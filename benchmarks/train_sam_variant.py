@@ -1,7 +1,7 @@
 """The demo SAM's training recipe at other encoder or decoder sizes or learning rates: SAM alone, for the experiments in
 docs/demo-models.md (the committed models come from ``python -m helpers.demo.train``).
 
-    python benchmarks/train_sam_variant.py --out-dir D                            # the committed SAM's recipe
+    python benchmarks/train_sam_variant.py --out-dir D                   # the committed SAM's first stage
     python benchmarks/train_sam_variant.py --out-dir D --steps 1000 --no-compile --dim 128 --depth 6 --heads 4 \\
         --global-attn 1 3 5
     python benchmarks/eval_demo_models.py --baseline none --no-rank --weights D --seeds 6101 6102 ...
@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> dict:
         default=default.decoder_dim,
         help="the mask decoder's width (its masks' features: / 8)",
     )
+    parser.add_argument(
+        "--high-res",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="stride-8 / stride-4 image features into the decoder's upscaling (SAM 2's high-res path) from the start; "
+        "the committed SAM gets them in a second stage (helpers.demo.train)",
+    )
     parser.add_argument("--processes", type=int, default=DEMO_SAM_PROCESSES)
     parser.add_argument("--threads", type=int, default=2, help="shared by the processes")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         heads=args.heads,
         global_attn=tuple(args.global_attn),
         decoder_dim=args.decoder_dim,
+        high_res=args.high_res,
     )
     if args.steps < 1 or args.lr <= 0 or args.threads < 1 or args.seed < 0:
         parser.error("--steps and --threads must be 1 or more, --lr above 0, --seed 0 or more.")

@@ -249,3 +249,18 @@ def test_real_camvid_frames():
     covered = np.stack([sample.masks[c] for c in ds.classes]).sum(0) + sample.ignore["Road"]
     assert covered.max() == 1 and covered.min() == 1  # every pixel is one class or ignored
     assert sample.masks["Road"].mean() > 0.1
+
+
+def test_object_crops_can_leave_out_crops_that_hold_another_class():
+    """A class's box often takes in other shapes; with ``max_other`` such crops are left out (mosaic tiles of
+    one class each, as SLIP's)."""
+    image = np.zeros((60, 100, 3), np.uint8)
+    circle, square = np.zeros((60, 100), bool), np.zeros((60, 100), bool)
+    circle[10:50, 5:25] = circle[10:50, 75:95] = True  # two circles: their box spans the square between them
+    square[20:40, 40:60] = True
+    dataset = data.Dataset("t", [data.Sample("a", image, {"circle": circle, "square": square})], ["circle", "square"])
+    assert [item.label for item in data.object_crops(dataset, min_area=100)] == ["circle", "square"]
+    kept = data.object_crops(dataset, min_area=100, max_other=0.05)
+    assert [item.label for item in kept] == ["square"] and kept[0].image.shape == (22, 22, 3)
+    with pytest.raises(ValueError, match="share of the box"):
+        data.object_crops(dataset, max_other=5)

@@ -10,19 +10,21 @@ import pytest
 import torch
 
 from helpers.demo.scenes import TRAIN_STREAM
-from helpers.demo.train import main
+from helpers.demo.train import demo_sam_high_res_settings, main
 from helpers.demo.train_sam import (
     SamTrainSettings,
     _batch,
     cosine_schedule,
     init_pointer_attention,
+    load_start,
     point_embeddings,
     sam_step_loss,
     scene_stream,
     step_loss_tensors,
     train_sam,
 )
-from helpers.models.tiny import build_sam_small
+from helpers.models.high_res import HighResMaskDecoder
+from helpers.models.tiny import SamArchitecture, build_sam_small
 
 SETTINGS = SamTrainSettings(steps=2, images_per_step=2, points_per_image=4, warmup=1, threads=1, processes=2)
 
@@ -88,6 +90,7 @@ def test_data_parallel_streams_are_their_own():
         "cut-outs 0": [TRAIN_STREAM, 2, 0, 0],
         "cut-outs 1": [TRAIN_STREAM, 2, 0, 1],
         **{f"rank {rank}": scene_stream(0, rank, 4) for rank in range(4)},
+        **{f"high-res stage, rank {rank}": scene_stream(0, rank, 2, stage=2) for rank in range(2)},
     }
     draws = {name: tuple(np.random.default_rng(stream).integers(0, 2**62, 4)) for name, stream in streams.items()}
     assert len(set(draws.values())) == len(draws)
@@ -177,3 +180,30 @@ def test_a_sam_variant_is_evaluated_with_its_own_architecture(tmp_path, capsys):
     with pytest.raises(SystemExit):
         variant.main(["--out-dir", str(variant.DEMO_WEIGHTS_DIR)])
     assert "committed demo weights" in capsys.readouterr().err
+
+
+def test_the_high_res_stage_continues_the_first_stages_sam():
+    """Stage 2 starts from stage 1's weights with the high-res stem at zero, i.e. from the same model: the same
+    logits; its steps then train the stem too."""
+    plain = SamArchitecture(dim=32, depth=2, heads=2, global_attn=(1,), decoder_dim=64, decoder_mlp=64)
+    first = replace(SETTINGS, processes=1, architecture=plain)
+    sam, _ = train_sam(first, progress=False)
+    second = demo_sam_high_res_settings(first, steps=2, lr=1e-3)
+    assert second.architecture.high_res and second.stage == 2 and second.seed == first.seed
+    torch.manual_seed(0)
+    started = build_sam_small(second.architecture).eval()
+    load_start(started, sam.state_dict())
+    image = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        sparse, dense = sam.prompt_encoder(points=(torch.rand(5, 1, 2) * 256, torch.ones(5, 1, dtype=torch.int)),
+                                           boxes=None, masks=None)  # fmt: skip
+        pe = sam.prompt_encoder.get_dense_pe()
+        before = sam.mask_decoder(sam.image_encoder(image), pe, sparse, dense, True)
+        after = started.mask_decoder(started.image_encoder(image), pe, sparse, dense, True)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    trained, history = train_sam(second, progress=False, start=sam.state_dict())
+    assert isinstance(trained.mask_decoder, HighResMaskDecoder) and len(history) == 2
+    assert trained.image_encoder.high_res.proj_s4.weight.abs().sum() > 0  # the stem learns from its zero start
+    for model, weights in ((build_sam_small(replace(plain, decoder_dim=128)), sam), (build_sam_small(plain), trained)):
+        with pytest.raises(ValueError, match="do not fit this SAM"):  # other sizes; a high-res SAM into a plain one
+            load_start(model, weights.state_dict())

@@ -25,11 +25,19 @@ def load_class_folders(root: str | Path, per_class: int | None = None) -> tuple[
 
 
 def object_crops(
-    dataset: Dataset, min_area: int = 400, margin: float = 0.1, limit: int | None = None
+    dataset: Dataset,
+    min_area: int = 400,
+    margin: float = 0.1,
+    limit: int | None = None,
+    max_other: float | None = None,
 ) -> list[LabelledImage]:
     """Each class present in each sample, cut out by its ground-truth box: labelled images for
     the recognition and mosaic evaluations when no class-folder set is at hand. With ``limit``,
-    the first ``limit`` crops (only the images they need are read)."""
+    the first ``limit`` crops (only the images they need are read). With ``max_other``, a crop in
+    which another class covers more than that share of the box is left out: the box of a class
+    often takes in other shapes, and a mosaic tile should hold one class, as SLIP's do."""
+    if max_other is not None and not 0 <= max_other <= 1:
+        raise ValueError(f"max_other={max_other} must be a share of the box between 0 and 1, or None.")
     items: list[LabelledImage] = []
     for sample in dataset.samples:
         if limit is not None and len(items) >= limit:
@@ -39,8 +47,12 @@ def object_crops(
                 continue
             rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
             dy, dx = int((rows[-1] - rows[0]) * margin), int((cols[-1] - cols[0]) * margin)
-            crop = sample.image[max(0, rows[0] - dy) : rows[-1] + 1 + dy, max(0, cols[0] - dx) : cols[-1] + 1 + dx]
-            items.append(LabelledImage(crop.copy(), name, f"{sample.image_id}:{name}"))
+            box = np.s_[max(0, rows[0] - dy) : rows[-1] + 1 + dy, max(0, cols[0] - dx) : cols[-1] + 1 + dx]
+            if max_other is not None and any(
+                other[box].mean() > max_other for label, other in sample.masks.items() if label != name
+            ):
+                continue
+            items.append(LabelledImage(sample.image[box].copy(), name, f"{sample.image_id}:{name}"))
     return items[:limit]
 
 

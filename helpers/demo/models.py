@@ -20,8 +20,8 @@ from ..models import DEMO_SAM, LoadedClip, LoadedSam, load_clip, load_sam
 DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
 DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
 DEMO_SHA256 = {
-    DEMO_SAM_FILE: "6b8b64cd10913dd7cb9a38514b4a7acd00dfeaae545f611529ce9a9eec9c4d9c",
-    DEMO_CLIP_FILE: "440d1277b103435d8da9b39a30496a9f128d4d84f23a5afe70a2a34317bf2434",
+    DEMO_SAM_FILE: "7989c3f2461520a675127a2d082a836c91a438e6bdb6af4cdc24f802fc503cc3",
+    DEMO_CLIP_FILE: "c03e165fad5f89fbe60b22ac95759c0c6b338f173abed2e487d08a18c1cbbc87",
 }
 
 

@@ -2,10 +2,10 @@
 
 ``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same
 type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
-count trains other weights): SAM first (about 42 min wall on 2 cores), then SAM's own masks on 1,000 further
-scenes (two processes, about 2.5 min) and CLIP on those cut-outs and exact ones (about 4.4 min), then about
-half a minute of evaluation: 49 min in all (3 Dec 2026); ``--quick`` is a seconds-long end-to-end run into a
-scratch folder. Measured results: docs/demo-models.md.
+count trains other weights): SAM first, in two stages (about 31 + 8 min wall on 2 cores; the second adds SAM 2's
+high-res path), then SAM's own masks on 1,000 further scenes (two processes, about 2 min) and CLIP on those cut-outs
+and exact ones (about 2.5 min), then about half a minute of evaluation: 44 min in all (4 Dec 2026); ``--quick`` is a
+seconds-long end-to-end run into a scratch folder. Measured results: docs/demo-models.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
 per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
@@ -37,7 +37,7 @@ from ..clip_scoring import encode_images, encode_text
 from ..data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops
 from ..masks import MaskSet, iou_from_counts, overlap_counts
 from ..models.loading import LoadedClip, LoadedSam, load_clip, load_sam
-from ..models.tiny import DEMO_SAM, DEMO_SAM_ARCHITECTURE, SamArchitecture
+from ..models.tiny import DEMO_SAM, DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small
 from ..segmentation import SamSettings, generate_masks
 from .models import DEMO_SAM_SETTINGS
 from .scenes import TRAIN_STREAM, Scene, make_scene  # noqa: F401 (public through this module)
@@ -49,7 +49,7 @@ from .train_clip import (  # noqa: F401
     sam_mask_cutouts,
     train_clip,
 )
-from .train_sam import SamTrainSettings, init_pointer_attention, train_sam  # noqa: F401
+from .train_sam import SamTrainSettings, init_pointer_attention, load_start, train_sam  # noqa: F401
 
 
 def truth_overlaps(masks: MaskSet, truths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -195,16 +195,34 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _train_sam_into(path: Path, settings: SamTrainSettings, progress: bool, snapshots: bool = False) -> dict:
+def _train_sam_into(
+    path: Path, settings: SamTrainSettings, high_res: SamTrainSettings, progress: bool, snapshots: bool = False
+) -> dict:
+    """SAM in two stages: ``settings`` from scratch, then ``high_res`` from its weights with the high-res stem
+    added (zero at first); ``high_res.steps`` 0 saves the first stage's SAM with that (zero) stem."""
     clock = time.perf_counter(), time.process_time() + _children_cpu_s()
     sam, history = train_sam(settings, progress, snapshot=path if snapshots else None)
-    torch.save(sam.state_dict(), path)
-    return {
+    summary = {
         "sam_train_wall_s": time.perf_counter() - clock[0],
         "sam_train_cpu_s": time.process_time() + _children_cpu_s() - clock[1],  # data parallel: its processes too
         "sam_final_train_iou": float(history["iou"].tail(50).mean()),  # data parallel: on the first process's scenes
         "sam_settings": asdict(settings),
     }
+    clock = time.perf_counter(), time.process_time() + _children_cpu_s()
+    if high_res.steps:
+        snapshot = path.with_name(f"{path.stem}_high_res.pth") if snapshots else None
+        sam, history = train_sam(high_res, progress, snapshot=snapshot, start=sam.state_dict())
+        summary["sam_high_res_final_train_iou"] = float(history["iou"].tail(50).mean())
+    else:
+        with torch.random.fork_rng():  # seeded: the stem's (unused) convolutions, and so the file, reproducible
+            torch.manual_seed(high_res.seed)
+            plain, sam = sam, build_sam_small(high_res.architecture)
+        load_start(sam, plain.state_dict())
+    torch.save(sam.state_dict(), path)
+    summary["sam_high_res_wall_s"] = time.perf_counter() - clock[0]
+    summary["sam_high_res_cpu_s"] = time.process_time() + _children_cpu_s() - clock[1]
+    summary["sam_high_res_settings"] = asdict(high_res)
+    return summary
 
 
 SAM_CUTOUT_PARTS = 2  # the scenes for SAM's cut-outs come in two fixed streams (two processes): same on any machine
@@ -259,10 +277,11 @@ def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sa
     }
 
 
-# The committed demo weights' recipe (docs/demo-models.md): SAM with DEMO_SAM_ARCHITECTURE, 8500 compiled steps in two
-# data-parallel processes at lr 1e-3 (~35 min on 2 cores), then CLIP; seed 1, whose SAM benchmarks/train_sam_variant.py
-# had trained once before, in an independent run, to the same tensors.
+# The committed demo weights' recipe (docs/demo-models.md): SAM without its high-res path, 8500 compiled steps in two
+# data-parallel processes at lr 1e-3 (~35 min on 2 cores; the 4 Dec SAM), then with the high-res path added (starting
+# at zero), 2000 further steps at lr 3e-4 on fresh scenes; then CLIP; seed 1.
 DEMO_SAM_STEPS, DEMO_SAM_LR, DEMO_SAM_PROCESSES, DEMO_SEED = 8500, 1e-3, 2, 1
+DEMO_SAM_HIGH_RES_STEPS, DEMO_SAM_HIGH_RES_LR = 2000, 3e-4
 
 
 def demo_sam_settings(
@@ -272,15 +291,24 @@ def demo_sam_settings(
     processes: int = DEMO_SAM_PROCESSES,
     compile: bool = True,
     seed: int = DEMO_SEED,
-    architecture: SamArchitecture = DEMO_SAM_ARCHITECTURE,
+    architecture: SamArchitecture = replace(DEMO_SAM_ARCHITECTURE, high_res=False),
 ) -> SamTrainSettings:
-    """The demo SAM's training settings (the committed recipe by default); ``threads`` are shared by the processes.
-    A ValueError when ``processes`` does not divide a step's scenes."""
+    """The demo SAM's training settings, first stage (the committed recipe by default: ``DEMO_SAM_ARCHITECTURE``
+    without the high-res path); ``threads`` are shared by the processes. A ValueError when ``processes`` does not
+    divide a step's scenes."""
     per_process = max(1, threads // max(1, processes))
     return SamTrainSettings(
         steps=steps, lr=lr, threads=per_process, processes=processes, compile=compile, seed=seed,
         architecture=architecture,
     )  # fmt: skip
+
+
+def demo_sam_high_res_settings(
+    first: SamTrainSettings, steps: int = DEMO_SAM_HIGH_RES_STEPS, lr: float = DEMO_SAM_HIGH_RES_LR
+) -> SamTrainSettings:
+    """The second stage after ``first``: the same, with the high-res path, ``steps`` at ``lr`` on fresh scenes."""
+    architecture = replace(first.architecture, high_res=True)
+    return replace(first, steps=steps, lr=lr, stage=2, architecture=architecture)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -295,6 +323,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", choices=("sam", "clip"), help="train this one; evaluate with the other from out-dir")
     parser.add_argument("--sam-steps", type=int, default=DEMO_SAM_STEPS)
     parser.add_argument("--sam-lr", type=float, default=DEMO_SAM_LR, help="SAM's peak learning rate")
+    parser.add_argument(
+        "--sam-high-res-steps",
+        type=int,
+        default=DEMO_SAM_HIGH_RES_STEPS,
+        help="SAM's second stage, with the high-res path (0: none; the path then stays zero)",
+    )
     parser.add_argument("--clip-steps", type=int, default=ClipTrainSettings.steps)
     parser.add_argument(
         "--clip-sam-scenes", type=int, default=ClipTrainSettings.sam_scenes, help="0: CLIP on exact cut-outs only"
@@ -337,12 +371,15 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--seed must be 0 or more (the committed weights: {DEMO_SEED}).")
     if not args.sam_lr > 0:
         parser.error("--sam-lr must be above 0.")
+    if args.sam_high_res_steps < 0:
+        parser.error("--sam-high-res-steps must be 0 or more.")
     try:
         sam_settings = demo_sam_settings(
             args.sam_steps, args.sam_lr, args.threads, args.sam_processes, args.sam_compile, args.seed
         )
     except ValueError as error:
         parser.error(f"--sam-processes must divide the {SamTrainSettings.images_per_step} scenes of a step ({error})")
+    high_res_settings = demo_sam_high_res_settings(sam_settings, args.sam_high_res_steps)
     clip_settings = ClipTrainSettings(
         steps=args.clip_steps, sam_scenes=args.clip_sam_scenes, threads=args.threads, seed=args.seed
     )
@@ -350,6 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
         sam_settings = replace(
             sam_settings, steps=2, images_per_step=args.sam_processes, points_per_image=4, warmup=1, compile=False
         )
+        high_res_settings = demo_sam_high_res_settings(sam_settings, min(args.sam_high_res_steps, 2))
         clip_settings = replace(
             clip_settings, steps=2, batch=8, scenes=4, warmup=1, sam_scenes=min(args.clip_sam_scenes, 2)
         )
@@ -366,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--only clip trains on the demo SAM's masks: {sam_path} is missing (train SAM first).")
     with ProcessPoolExecutor(SAM_CUTOUT_PARTS - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
         if args.only != "clip":  # SAM first: CLIP learns from its masks
-            summary.update(_train_sam_into(sam_path, sam_settings, progress, args.snapshots))
+            summary.update(_train_sam_into(sam_path, sam_settings, high_res_settings, progress, args.snapshots))
         if args.only != "sam":
             sam_cutouts: list[CutOut] = []
             if clip_settings.sam_scenes:

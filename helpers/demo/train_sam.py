@@ -41,6 +41,8 @@ class SamTrainSettings:
     min_area: int = 40  # instances with fewer visible pixels get no prompt
     loss_scale: int = 2  # losses on masks at 1/loss_scale of SAM's input size (soft, area-averaged targets)
     pointer_init: bool = True  # see init_pointer_attention
+    # The scenes' random stream: 1 for training from scratch, 2 for the high-res stage that continues it (fresh scenes)
+    stage: int = 1
     # (until step, at most this many shapes per image), e.g. ((300, 1), (600, 3)); tried, did not help
     curriculum: tuple[tuple[int, int], ...] = ()
     seed: int = 0
@@ -54,9 +56,12 @@ class SamTrainSettings:
     # torch.compile the step's forward (and so its backward): 1.3x faster per step on 2 cores, after 2-4 min
     # of compiling (cached by torch for later runs); needs a C++ compiler; other weights than eager steps.
     compile: bool = False
-    architecture: SamArchitecture = field(default_factory=lambda: DEMO_SAM_ARCHITECTURE)
+    # the demo SAM's sizes without the high-res path, which the recipe adds in a second stage (helpers/demo/train.py)
+    architecture: SamArchitecture = field(default_factory=lambda: replace(DEMO_SAM_ARCHITECTURE, high_res=False))
 
     def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage={self.stage}: 1 (from scratch) or 2 (the high-res stage).")
         if self.processes < 1 or self.images_per_step % self.processes:
             raise ValueError(
                 f"processes={self.processes} must be 1 or more and divide images_per_step={self.images_per_step}."
@@ -264,19 +269,40 @@ def init_pointer_attention(sam: Sam, gain: float = 2.5) -> None:
         sam.image_encoder.neck[-1].weight.mul_(0.1)
 
 
+def load_start(sam: Sam, start: dict[str, torch.Tensor]) -> None:
+    """Load ``start`` into ``sam``: every tensor of a SAM of the same sizes; a high-res SAM may start from a plain
+    one's weights (its stem, absent from them, keeps its zero start: the model then computes what they did)."""
+    try:
+        missing, unexpected = sam.load_state_dict(start, strict=False)
+    except RuntimeError as error:  # tensors of other shapes
+        raise ValueError(f"The starting weights do not fit this SAM; start from a SAM of the same sizes. {error}")
+    if unexpected or any(not name.startswith("image_encoder.high_res.") for name in missing):
+        raise ValueError(
+            f"The starting weights do not fit this SAM: {len(missing)} tensors missing (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); start from a SAM of the same sizes."
+        )
+
+
 def train_sam(
-    settings: SamTrainSettings = SamTrainSettings(), progress: bool = True, snapshot: Path | None = None
+    settings: SamTrainSettings = SamTrainSettings(),
+    progress: bool = True,
+    snapshot: Path | None = None,
+    start: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Sam, pd.DataFrame]:
-    """A demo SAM trained from scratch; returns the model (eval mode) and the per-step history.
-    With ``snapshot``, the weights are also saved there every 200 steps. With ``settings.processes`` > 1
-    the steps run data parallel in that many processes (``train_sam_rank``)."""
+    """A demo SAM trained from scratch, or from the weights ``start`` (``load_start``) instead of the pointer
+    initialisation; returns the model (eval mode) and the per-step history. With ``snapshot``, the weights are
+    also saved there every 200 steps. With ``settings.processes`` > 1 the steps run data parallel in that many
+    processes (``train_sam_rank``)."""
+    if start is not None:  # refused here, before any process starts
+        with torch.random.fork_rng():
+            load_start(build_sam_small(settings.architecture), start)
     if settings.processes == 1:
-        return train_sam_rank(settings, progress, snapshot)
+        return train_sam_rank(settings, progress, snapshot, start=start)
     with tempfile.TemporaryDirectory(prefix="sam_dp_") as scratch:
         result = Path(scratch) / "rank0.pt"
         torch.multiprocessing.spawn(
             _data_parallel_worker,
-            args=(settings, progress, snapshot, Path(scratch) / "rendezvous", result),
+            args=(settings, progress, snapshot, Path(scratch) / "rendezvous", result, start),
             nprocs=settings.processes,
         )
         state, history = torch.load(result, weights_only=False)
@@ -286,20 +312,22 @@ def train_sam(
     return sam.eval(), history
 
 
-def _data_parallel_worker(rank: int, settings, progress, snapshot, rendezvous: Path, result: Path) -> None:
+def _data_parallel_worker(rank: int, settings, progress, snapshot, rendezvous: Path, result: Path, start) -> None:
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=settings.processes)
     try:
-        sam, history = train_sam_rank(settings, progress and rank == 0, snapshot if rank == 0 else None, rank)
+        sam, history = train_sam_rank(settings, progress and rank == 0, snapshot if rank == 0 else None, rank, start)
         if rank == 0:
             torch.save((sam.state_dict(), history), result)
     finally:
         dist.destroy_process_group()
 
 
-def scene_stream(seed: int, rank: int = 0, processes: int = 1) -> list[int]:
+def scene_stream(seed: int, rank: int = 0, processes: int = 1, stage: int = 1) -> list[int]:
     """The entropy of the training scenes' random stream of one process. Data parallel: 3 is the marker of
     these streams (CLIP's scenes use 1, SAM's cut-outs 2), and rank + 1 keeps the list from ending in a zero,
-    which numpy would pad into another list's stream."""
+    which numpy would pad into another list's stream. Stage 2 (the high-res stage): marker 4, any processes."""
+    if stage == 2:
+        return [TRAIN_STREAM, 4, seed, rank + 1]
     return [TRAIN_STREAM, 3, seed, rank + 1] if processes > 1 else [TRAIN_STREAM, seed]
 
 
@@ -317,7 +345,11 @@ def average_gradients(parameters: list[torch.nn.Parameter], processes: int) -> N
 
 
 def train_sam_rank(
-    settings: SamTrainSettings, progress: bool = True, snapshot: Path | None = None, rank: int = 0
+    settings: SamTrainSettings,
+    progress: bool = True,
+    snapshot: Path | None = None,
+    rank: int = 0,
+    start: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Sam, pd.DataFrame]:
     """The training loop of one process: all of it with ``settings.processes == 1``, else process ``rank``'s
     share (its own scenes, gradients averaged with the others; every process starts from the same weights
@@ -325,10 +357,12 @@ def train_sam_rank(
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     parallel = settings.processes > 1
-    rng = np.random.default_rng(scene_stream(settings.seed, rank, settings.processes))
+    rng = np.random.default_rng(scene_stream(settings.seed, rank, settings.processes, settings.stage))
     local = replace(settings, images_per_step=settings.images_per_step // settings.processes, processes=1)
     sam = build_sam_small(settings.architecture).train()
-    if settings.pointer_init:
+    if start is not None:
+        load_start(sam, start)
+    elif settings.pointer_init:
         init_pointer_attention(sam)
     parameters = list(sam.parameters())
     optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)

@@ -18,6 +18,7 @@ from clip.model import CLIP
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from ..checkpoints.download import private_name
+from .high_res import HighResImageEncoder, HighResMaskDecoder
 
 TINY_SAM = "sam_tiny"
 TINY_CLIP = "clip_tiny"
@@ -29,7 +30,8 @@ DEMO_SAM = "sam_demo"
 
 @dataclass(frozen=True)
 class SamArchitecture:
-    """The sizes of a small SAM built from segment_anything's own classes."""
+    """The sizes of a small SAM built from segment_anything's own classes (with ``high_res``, subclasses of its
+    image encoder and mask decoder that add SAM 2's high-resolution path)."""
 
     image_size: int = 256
     patch: int = 16
@@ -42,18 +44,21 @@ class SamArchitecture:
     decoder_depth: int = 2
     decoder_heads: int = 4
     decoder_mlp: int = 256
+    # Stride-8 and stride-4 image features into the decoder's upscaling (SAM 2's high-res path, models/high_res.py)
+    high_res: bool = False
 
 
 # The decoder twice SAM's default width here: its masks read each token through decoder_dim / 8 = 16 channels instead
-# of 8, which lifted shapes that touch others (docs/demo-models.md).
-DEMO_SAM_ARCHITECTURE = SamArchitecture(decoder_dim=128)
+# of 8, which lifted shapes that touch others; and SAM 2's high-res path, which lifted them again (docs/demo-models.md).
+DEMO_SAM_ARCHITECTURE = SamArchitecture(decoder_dim=128, high_res=True)
 
 
 def build_sam_small(arch: SamArchitecture) -> Sam:
     """A randomly initialised SAM of the given sizes (ViT image encoder, two-way decoder, 3 masks)."""
     grid = arch.image_size // arch.patch
+    encoder, decoder = (HighResImageEncoder, HighResMaskDecoder) if arch.high_res else (ImageEncoderViT, MaskDecoder)
     return Sam(
-        image_encoder=ImageEncoderViT(
+        image_encoder=encoder(
             depth=arch.depth,
             embed_dim=arch.dim,
             img_size=arch.image_size,
@@ -73,7 +78,7 @@ def build_sam_small(arch: SamArchitecture) -> Sam:
             input_image_size=(arch.image_size, arch.image_size),
             mask_in_chans=16,
         ),
-        mask_decoder=MaskDecoder(
+        mask_decoder=decoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
                 depth=arch.decoder_depth,

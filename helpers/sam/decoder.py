@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from segment_anything.modeling.transformer import Attention
 
+from ..models.high_res import HighResMaskDecoder, split_high_res
+
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(..., T, heads * d) -> (..., heads, T, d)."""
@@ -77,6 +79,15 @@ def _image_to_tokens(
     return torch.baddbmm(residual, weights.transpose(1, 2), _image_to_tokens_values(attn, tokens_v))
 
 
+def _token_order(features: torch.Tensor, h: int, w: int, levels: int) -> torch.Tensor:
+    """Features at 2^levels x the token grid (C x 2^levels h x 2^levels w) as rows in ``masks()``'s order:
+    (h w di1 dj1 [di2 dj2]) x C, where pixel row = 2^levels * i + 2^(levels-1) * di1 + ... ."""
+    c = features.shape[0]
+    x = features.reshape(c, h, *([2] * levels), w, *([2] * levels))  # C h di1 [di2] w dj1 [dj2]
+    order = [1, 2 + levels] + [axis for level in range(levels) for axis in (2 + level, 3 + levels + level)] + [0]
+    return x.permute(*order).reshape(-1, c)
+
+
 class PromptBatchDecoder:
     """Decodes batches of single-point prompts against one image embedding."""
 
@@ -84,6 +95,11 @@ class PromptBatchDecoder:
         """``features``: the image encoder's output for one image (1, C, h, w)."""
         decoder = model.mask_decoder
         self.model, self.decoder, self.transformer = model, decoder, decoder.transformer
+        self.s8 = self.s4 = None
+        if isinstance(decoder, HighResMaskDecoder):  # the stride-8 / stride-4 features, in masks()'s token order
+            features, s8, s4 = split_high_res(features, decoder.transformer_dim)
+            self.s8 = _token_order(s8[0], features.shape[-2], features.shape[-1], 1)
+            self.s4 = _token_order(s4[0], features.shape[-2], features.shape[-1], 2)
         _, c, self.h, self.w = features.shape
         dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, c)
         self.x0 = features[0].flatten(1).T + dense  # N C: image tokens + "no mask" embedding
@@ -157,10 +173,13 @@ class PromptBatchDecoder:
         c1, c2 = conv1.out_channels, conv2.out_channels
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # C -> (di1 dj1 C1)
         y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * n, c), w1).reshape(b, n, 4, c1)
+        if self.s8 is not None:
+            y = y + self.s8.reshape(n, 4, c1)
         y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
         z = torch.addmm(conv2.bias.repeat(4), y.reshape(-1, c1), w2)
-        z = act2(z.reshape(b, n * 16, c2))  # B (N di1 dj1 di2 dj2) C2
+        z = z.reshape(b, n * 16, c2)  # B (N di1 dj1 di2 dj2) C2
+        z = act2(z if self.s4 is None else z + self.s4)
         hyper = torch.stack(
             [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps) if i >= self.first_mask],
             dim=2,

@@ -21,6 +21,8 @@ from segment_anything.modeling.image_encoder import (
 )
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from ..models.high_res import HighResImageEncoder
+
 
 def _attention_per_head(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     """``attn(x)`` for global attention, with the attention maps built one head at a time."""
@@ -52,12 +54,14 @@ def encode(model: Sam, x: torch.Tensor) -> torch.Tensor:
     encoder = model.image_encoder
     if not isinstance(encoder, ImageEncoderViT):
         return encoder(x)
+    image = x
     x = encoder.patch_embed(x)
     if encoder.pos_embed is not None:
         x = x + encoder.pos_embed
     for block in encoder.blocks:
         x = _global_block(block, x) if block.window_size == 0 else block(x)
-    return encoder.neck(x.permute(0, 3, 1, 2))
+    x = encoder.neck(x.permute(0, 3, 1, 2))
+    return torch.cat([x, encoder.high_res(image)], dim=1) if isinstance(encoder, HighResImageEncoder) else x
 
 
 def embed_image(model: Sam, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
