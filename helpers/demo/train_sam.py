@@ -293,11 +293,11 @@ def train_sam(
     initialisation; returns the model (eval mode) and the per-step history. With ``snapshot``, the weights are
     also saved there every 200 steps. With ``settings.processes`` > 1 the steps run data parallel in that many
     processes (``train_sam_rank``)."""
-    if start is not None:  # refused here, before any process starts
-        with torch.random.fork_rng():
-            load_start(build_sam_small(settings.architecture), start)
     if settings.processes == 1:
         return train_sam_rank(settings, progress, snapshot, start=start)
+    if start is not None:  # weights that do not fit are refused here, before the processes start
+        with torch.random.fork_rng():
+            load_start(build_sam_small(settings.architecture), start)
     with tempfile.TemporaryDirectory(prefix="sam_dp_") as scratch:
         result = Path(scratch) / "rank0.pt"
         torch.multiprocessing.spawn(

@@ -79,10 +79,10 @@ def _image_to_tokens(
     return torch.baddbmm(residual, weights.transpose(1, 2), _image_to_tokens_values(attn, tokens_v))
 
 
-def _token_order(features: torch.Tensor, h: int, w: int, levels: int) -> torch.Tensor:
+def _token_order(features: torch.Tensor, levels: int) -> torch.Tensor:
     """Features at 2^levels x the token grid (C x 2^levels h x 2^levels w) as rows in ``masks()``'s order:
     (h w di1 dj1 [di2 dj2]) x C, where pixel row = 2^levels * i + 2^(levels-1) * di1 + ... ."""
-    c = features.shape[0]
+    c, h, w = features.shape[0], features.shape[1] >> levels, features.shape[2] >> levels
     x = features.reshape(c, h, *([2] * levels), w, *([2] * levels))  # C h di1 [di2] w dj1 [dj2]
     order = [1, 2 + levels] + [axis for level in range(levels) for axis in (2 + level, 3 + levels + level)] + [0]
     return x.permute(*order).reshape(-1, c)
@@ -98,8 +98,7 @@ class PromptBatchDecoder:
         self.s8 = self.s4 = None
         if isinstance(decoder, HighResMaskDecoder):  # the stride-8 / stride-4 features, in masks()'s token order
             features, s8, s4 = split_high_res(features, decoder.transformer_dim)
-            self.s8 = _token_order(s8[0], features.shape[-2], features.shape[-1], 1)
-            self.s4 = _token_order(s4[0], features.shape[-2], features.shape[-1], 2)
+            self.s8, self.s4 = _token_order(s8[0], 1), _token_order(s4[0], 2)
         _, c, self.h, self.w = features.shape
         dense = model.prompt_encoder.no_mask_embed.weight.reshape(1, c)
         self.x0 = features[0].flatten(1).T + dense  # N C: image tokens + "no mask" embedding
