@@ -1,6 +1,6 @@
 """The demo models against issue 25's targets, side by side with an earlier commit's models, in one run.
 
-    python benchmarks/eval_demo_models.py                       # report seeds, this tree vs 778cfb6 (4 Dec models)
+    python benchmarks/eval_demo_models.py                       # report seeds, this tree vs 53a7fa2 (4 Dec, evening)
     python benchmarks/eval_demo_models.py --baseline 3885a27    # ... vs the models issue 25 measured
     python benchmarks/eval_demo_models.py --seeds 6101 6102     # tuning seeds (choose settings there only)
     python benchmarks/eval_demo_models.py --baseline none --weights DIR --mode softmax   # other models or settings
@@ -94,9 +94,9 @@ def read_architecture(folder: Path) -> SamArchitecture:
     return SamArchitecture(**{**sizes, "global_attn": tuple(sizes["global_attn"])})
 
 
-# The demo weights committed on 4 Dec 2026 (decoder 128 wide, no high-res path), which the report compares with;
-# ee0972f: those of 3 Dec (decoder 64 wide, 5000 eager steps).
-PREVIOUS = "778cfb6"
+# The demo weights committed on the evening of 4 Dec 2026 (high-res stage of 2000 steps), which the report compares
+# with; 778cfb6: those of that morning (no high-res path); ee0972f: those of 3 Dec (decoder 64 wide, 5000 eager steps).
+PREVIOUS = "53a7fa2"
 
 
 def weights_architecture(path: Path) -> SamArchitecture:
@@ -232,6 +232,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threshold", type=float, default=None)
     parser.add_argument("--mode", choices=SELECTION_MODES, default=None, help="selection mode (default: the profile's)")
     parser.add_argument("--crop-layers", type=int, default=None)
+    parser.add_argument("--points", type=int, default=None, help="SAM's points_per_side")
     parser.add_argument("--nms", type=float, default=None, help="SAM's box_nms_thresh (1.0: no box NMS)")
     parser.add_argument("--min-region-area", type=int, default=None, help="SAM's min_mask_region_area (islands, holes)")
     parser.add_argument("--threads", type=int, default=2)
@@ -248,6 +249,8 @@ def main(argv=None) -> dict:
         sam_settings = replace(sam_settings, stability_score_thresh=args.stability)
     if args.crop_layers is not None:
         sam_settings = replace(sam_settings, crop_n_layers=args.crop_layers)
+    if args.points is not None:
+        sam_settings = replace(sam_settings, points_per_side=args.points)
     if args.nms is not None:
         sam_settings = replace(sam_settings, box_nms_thresh=args.nms)
     if args.min_region_area is not None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.demo.scenes import TRAIN_STREAM
+from helpers.demo.scenes import TRAIN_STREAM, Scene
 from helpers.demo.train import demo_sam_high_res_settings, main
 from helpers.demo.train_sam import (
     SamTrainSettings,
@@ -207,3 +207,41 @@ def test_the_high_res_stage_continues_the_first_stages_sam():
     for model, weights in ((build_sam_small(replace(plain, decoder_dim=128)), sam), (build_sam_small(plain), trained)):
         with pytest.raises(ValueError, match="do not fit this SAM"):  # other sizes; a high-res SAM into a plain one
             load_start(model, weights.state_dict())
+
+
+def test_a_zoomed_scene_is_a_window_of_it_scaled_up():
+    """``zoom_scene`` keeps the scene's size and its instances, scales a window by the zoom (a shape inside it grows
+    by zoom squared in area), and its masks stay one per pixel; zoom 1 is the scene itself."""
+    from helpers.demo.scenes import make_scene, zoom_scene
+
+    scene = make_scene(np.random.default_rng(3))
+    same = zoom_scene(scene, np.random.default_rng(0), 1.0)
+    assert np.array_equal(same.image, scene.image) and np.array_equal(same.masks, scene.masks)
+    h, w = scene.image.shape[:2]
+    for seed in range(5):
+        zoomed = zoom_scene(scene, np.random.default_rng(seed), 2.0)
+        assert zoomed.image.shape == scene.image.shape and zoomed.masks.shape == scene.masks.shape
+        assert zoomed.kinds == scene.kinds and zoomed.masks.sum(0).max() <= 1
+    # the shape's pixels in the window (drawn as zoom_scene draws it), x 4 within the edge's rounding
+    circle = np.zeros((h, w), bool)
+    circle[np.hypot(*np.mgrid[:h, :w] - np.array([h / 2, w / 2])[:, None, None]) < 30] = True
+    image = np.where(circle[..., None], 200, 40).astype(np.uint8).repeat(3, 2)
+    centred = Scene(image, ["circle"], [(200, 200, 200)], circle[None])
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        y, x = rng.integers(0, h // 2 + 1), rng.integers(0, w // 2 + 1)
+        zoomed = zoom_scene(centred, np.random.default_rng(seed), 2.0)
+        assert zoomed.masks[0].sum() == pytest.approx(4 * circle[y : y + h // 2, x : x + w // 2].sum(), rel=0.03)
+    assert (zoomed.image[zoomed.masks[0]] > 120).all()  # the mask lies on the shape's pixels
+
+
+def test_zoomed_scenes_only_where_asked():
+    """Without zoom the batch draws what it always drew (the committed first stage's stream); with it, other
+    scenes; a zoom setting outside its range is refused."""
+    sam = build_sam_small(SamArchitecture(dim=32, depth=2, heads=2, global_attn=(1,), decoder_dim=64, decoder_mlp=64))
+    plain = replace(SETTINGS, processes=1)
+    draws = [_batch(np.random.default_rng(5), sam, s)[0] for s in (plain, plain, replace(plain, zoom_share=1.0))]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    for bad in ({"zoom_share": 1.5}, {"max_zoom": 0.5}):
+        with pytest.raises(ValueError, match="zoom"):
+            replace(plain, **bad)

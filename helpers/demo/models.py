@@ -20,8 +20,8 @@ from ..models import DEMO_SAM, LoadedClip, LoadedSam, load_clip, load_sam
 DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
 DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
 DEMO_SHA256 = {
-    DEMO_SAM_FILE: "7989c3f2461520a675127a2d082a836c91a438e6bdb6af4cdc24f802fc503cc3",
-    DEMO_CLIP_FILE: "c03e165fad5f89fbe60b22ac95759c0c6b338f173abed2e487d08a18c1cbbc87",
+    DEMO_SAM_FILE: "a69b136e6dd610e46ad5303e62a8be1f5e53f267ef2f6f2f485d2a5ece5a21ba",
+    DEMO_CLIP_FILE: "aa8e127dc99d8dd000d1023e1e1ac5991d9f542cf0b59b82b54e1bba2da63f36",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -51,6 +52,18 @@ def make_scene(rng: np.random.Generator, height: int = 240, width: int = 320, ma
         colours.append(colour)
         masks.append(drawn.copy())
     return Scene(np.asarray(canvas).copy(), kinds, colours, np.stack(masks))
+
+
+def zoom_scene(scene: Scene, rng: np.random.Generator, zoom: float) -> Scene:
+    """A window of 1 / ``zoom`` of ``scene``'s size at a random place, scaled back up to that size (image and masks
+    bilinear, masks cut at one half): shapes ``zoom`` times larger, as SAM's crop layer and mosaic tiles show them."""
+    h, w = scene.image.shape[:2]
+    ch, cw = max(1, round(h / zoom)), max(1, round(w / zoom))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    window = np.s_[y : y + ch, x : x + cw]
+    image = cv2.resize(scene.image[window], (w, h), interpolation=cv2.INTER_LINEAR)
+    masks = [cv2.resize(m[window].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) for m in scene.masks]
+    return Scene(image, list(scene.kinds), list(scene.colours), np.stack(masks) > 0.5)
 
 
 # --- SAM training -------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 ``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same
 type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
-count trains other weights): SAM first, in two stages (about 31 + 8 min wall on 2 cores; the second adds SAM 2's
+count trains other weights): SAM first, in two stages (about 30 + 16 min wall on 2 cores; the second adds SAM 2's
 high-res path), then SAM's own masks on 1,000 further scenes (two processes, about 2 min) and CLIP on those cut-outs
-and exact ones (about 2.5 min), then about half a minute of evaluation: 44 min in all (4 Dec 2026); ``--quick`` is a
+and exact ones (about 2.5 min), then about half a minute of evaluation: 50.5 min in all (5 Dec 2026); ``--quick`` is a
 seconds-long end-to-end run into a scratch folder. Measured results: docs/demo-models.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
@@ -251,7 +251,9 @@ def sam_cutouts_part(sam_path: Path, settings: ClipTrainSettings, part: int, pro
     for _ in bar:
         scene = make_scene(rng)
         masks = apply_filters(generate_masks(sam, scene.image, CUTOUT_SAM_SETTINGS), DEMO_SETTINGS.filters)
-        cutouts += sam_mask_cutouts(scene, masks, settings.sam_min_iou, settings.min_area, DEMO_SETTINGS.regions)
+        cutouts += sam_mask_cutouts(
+            scene, masks, settings.sam_min_iou, settings.min_area, DEMO_SETTINGS.regions, settings.sam_part_max_iou
+        )
     return cutouts
 
 
@@ -279,9 +281,9 @@ def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sa
 
 # The committed demo weights' recipe (docs/demo-models.md): SAM without its high-res path, 8500 compiled steps in two
 # data-parallel processes at lr 1e-3 (~35 min on 2 cores; the 4 Dec SAM), then with the high-res path added (starting
-# at zero), 2000 further steps at lr 3e-4 on fresh scenes; then CLIP; seed 1.
+# at zero), 4000 further steps at lr 3e-4 on fresh scenes (~16 min; 2000 until 5 Dec); then CLIP; seed 1.
 DEMO_SAM_STEPS, DEMO_SAM_LR, DEMO_SAM_PROCESSES, DEMO_SEED = 8500, 1e-3, 2, 1
-DEMO_SAM_HIGH_RES_STEPS, DEMO_SAM_HIGH_RES_LR = 2000, 3e-4
+DEMO_SAM_HIGH_RES_STEPS, DEMO_SAM_HIGH_RES_LR = 4000, 3e-4
 
 
 def demo_sam_settings(
@@ -306,9 +308,10 @@ def demo_sam_settings(
 def demo_sam_high_res_settings(
     first: SamTrainSettings, steps: int = DEMO_SAM_HIGH_RES_STEPS, lr: float = DEMO_SAM_HIGH_RES_LR
 ) -> SamTrainSettings:
-    """The second stage after ``first``: the same, with the high-res path, ``steps`` at ``lr`` on fresh scenes."""
+    """The second stage after ``first``: the same, with the high-res path, ``steps`` at ``lr`` on fresh scenes (from
+    the first stage's weights, so without ``init_pointer_attention``)."""
     architecture = replace(first.architecture, high_res=True)
-    return replace(first, steps=steps, lr=lr, stage=2, architecture=architecture)
+    return replace(first, steps=steps, lr=lr, stage=2, architecture=architecture, pointer_init=False)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -332,6 +335,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clip-steps", type=int, default=ClipTrainSettings.steps)
     parser.add_argument(
         "--clip-sam-scenes", type=int, default=ClipTrainSettings.sam_scenes, help="0: CLIP on exact cut-outs only"
+    )
+    parser.add_argument(
+        "--clip-part-max-iou",
+        type=float,
+        default=ClipTrainSettings.sam_part_max_iou,
+        help="SAM's masks inside one shape matching it below this IoU train CLIP as its parts (no shape name; 0: none)",
     )
     parser.add_argument(
         "--threads",
@@ -371,6 +380,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--seed must be 0 or more (the committed weights: {DEMO_SEED}).")
     if not args.sam_lr > 0:
         parser.error("--sam-lr must be above 0.")
+    if not 0 <= args.clip_part_max_iou <= 1:
+        parser.error("--clip-part-max-iou must be between 0 and 1.")
     if args.sam_high_res_steps < 0:
         parser.error("--sam-high-res-steps must be 0 or more.")
     try:
@@ -381,7 +392,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--sam-processes must divide the {SamTrainSettings.images_per_step} scenes of a step ({error})")
     high_res_settings = demo_sam_high_res_settings(sam_settings, args.sam_high_res_steps)
     clip_settings = ClipTrainSettings(
-        steps=args.clip_steps, sam_scenes=args.clip_sam_scenes, threads=args.threads, seed=args.seed
+        steps=args.clip_steps,
+        sam_scenes=args.clip_sam_scenes,
+        sam_part_max_iou=args.clip_part_max_iou,
+        threads=args.threads,
+        seed=args.seed,
     )
     if args.quick:
         sam_settings = replace(

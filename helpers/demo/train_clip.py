@@ -15,7 +15,7 @@ from clip.model import CLIP
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..masks import MaskSet, iou_matrix
+from ..masks import MaskSet, iou_matrix, overlap_counts
 from ..models.tiny import build_clip_demo
 from ..regions import RegionSettings, extract_region
 from .scenes import TRAIN_STREAM, Scene, make_scene
@@ -37,6 +37,7 @@ COLOUR_NAMES = {
 }
 CAPTION_TEMPLATES = ("{}", "a {}", "a photo of a {}.", "a {} shape")
 BACKGROUND = "background"
+PART = "part"  # a piece of one shape: captioned by its colour only, so no shape's name is true of it
 
 
 def colour_name(rgb) -> str:
@@ -69,6 +70,10 @@ class ClipTrainSettings:
     # trains on exact cut-outs only; ``--clip-sam-scenes 0`` trains without SAM's masks.
     sam_scenes: int = 1000
     sam_min_iou: float = 0.7  # a SAM mask is named after the shape it matches at this IoU or more
+    # SAM's masks lying inside one shape (>= 90 % of their pixels) that match it below this IoU are its parts: hard
+    # negatives for the shapes' names (captioned by their colour alone), so that CLIP does not name a star's arm
+    # "star" (issue 25's mosaics: the top region was such a fragment). 0 leaves them out.
+    sam_part_max_iou: float = 0.0
     seed: int = 0
     threads: int = 2  # as SamTrainSettings.threads
 
@@ -123,16 +128,26 @@ def scene_cutouts(scene: Scene, rng: np.random.Generator, settings: ClipTrainSet
     return cutouts
 
 
+PART_MIN_INSIDE = 0.9  # of a part's pixels inside its shape
+
+
 def sam_mask_cutouts(
-    scene: Scene, masks: MaskSet, min_iou: float, min_area: int = 200, regions: RegionSettings = RegionSettings()
+    scene: Scene,
+    masks: MaskSet,
+    min_iou: float,
+    min_area: int = 200,
+    regions: RegionSettings = RegionSettings(),
+    part_max_iou: float = 0.0,
 ) -> list[CutOut]:
     """SAM's masks of ``scene`` cut out as the pipeline cuts them (``regions``: its cut-out settings),
     named after the shape each matches at IoU >= ``min_iou``, or "background" when at least 80 % of it lies
-    on the background; parts and merges of shapes are left out (no name fits them)."""
+    on the background, or ``PART`` (with the shape's colour) when at least 90 % of it lies in one shape that
+    it matches below ``part_max_iou``; other masks (merges, near misses) are left out: no name fits them."""
     if not len(masks):
         return []
     dense = masks.to_dense()
     ious = iou_matrix(dense, scene.masks)  # masks x shapes
+    inside = overlap_counts(dense, scene.masks)  # pixels of each mask in each shape
     background = ~scene.masks.any(0)
     cutouts = []
     for i, box in enumerate(masks.bboxes()):
@@ -145,6 +160,8 @@ def sam_mask_cutouts(
             kind, colour = scene.kinds[best], colour_name(scene.colours[best])
         elif (mask & background).sum() >= 0.8 * area:
             kind, colour = BACKGROUND, None
+        elif ious[i, best] < part_max_iou and inside[i, best] >= PART_MIN_INSIDE * area:
+            kind, colour = PART, colour_name(scene.colours[best])
         else:
             continue
         cutouts.append(CutOut(extract_region(scene.image, mask, box, regions), kind, colour))
@@ -156,6 +173,8 @@ def _caption(cut: CutOut, rng: np.random.Generator) -> tuple[str, str | None, st
     template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
     if cut.kind == BACKGROUND:
         return template.format(BACKGROUND), BACKGROUND, None
+    if cut.kind == PART:
+        return template.format(cut.colour), None, cut.colour
     choice = rng.integers(3)
     if choice == 0:
         return template.format(cut.kind), cut.kind, None
