@@ -68,7 +68,7 @@ def test_sam_ceiling_on_fresh_images(demo_models):
     best = np.concatenate([table["best_mask_iou"].to_numpy() for table in tables])
     union = np.concatenate([table["best_union_iou"].to_numpy() for table in tables])
     assert union.mean() >= best.mean()
-    assert best.mean() >= 0.90, best.mean()
+    assert best.mean() >= 0.90, f"SAM ceiling {best.mean():.4f} < 0.90 (committed: 0.9014 on the build machine)"
 
 
 @pytest.mark.xfail(
@@ -152,8 +152,17 @@ def test_sam_masks_are_named_only_when_they_match_a_shape():
         ("square", "red"), (PART, "red"), (BACKGROUND, None), ("circle", "blue")
     ]  # fmt: skip
     loose = part.copy()
-    loose[40:44, 10:25] = True  # a fifth of it off the square: not a part
+    loose[40:44, 10:25] = True  # 12 % of it off the square: not a part
     assert sam_mask_cutouts(scene, MaskSet.from_masks(loose[None]), 0.7, 20, part_max_iou=0.6) == []
+    # a piece of a big square that also covers a small shape lying on it, which it matches better (IoU 0.08 against
+    # 0.05): the square's part all the same, since 92 % of it lies in the square
+    big, dot = np.zeros((h, w), bool), np.zeros((h, w), bool)
+    big[0:60, 0:60], dot[20:24, 20:24] = True, True
+    on_big = Scene(image, ["square", "circle"], [(220, 30, 30), (30, 60, 220)], np.stack([big & ~dot, dot]))
+    piece = np.zeros((h, w), bool)
+    piece[15:29, 15:29] = True  # 196 px: 180 in the square, the dot's 16
+    named = sam_mask_cutouts(on_big, MaskSet.from_masks(piece[None]), 0.7, 20, part_max_iou=0.6)
+    assert [(c.kind, c.colour) for c in named] == [(PART, "red")]
 
 
 def test_a_part_is_captioned_by_its_colour_only():
@@ -165,6 +174,12 @@ def test_a_part_is_captioned_by_its_colour_only():
     for _ in range(20):
         text, kind, colour = _caption(part, rng)
         assert (kind, colour) == (None, "red") and "red" in text and PART not in text
+    from helpers.demo.train_clip import ClipTrainSettings, _clip_batch
+
+    cutouts = [part, CutOut(part.image, "circle", "red"), CutOut(part.image, "square", "blue")]
+    _, _, truth = _clip_batch(rng, torch.zeros(3, 3, 4, 4), cutouts, ClipTrainSettings(batch=3))
+    assert truth.diagonal().all()  # every image has its own caption as a positive
+    assert not truth[0, 2] and not truth[2, 0]  # a part and a blue square share no caption
 
 
 def test_clip_alone_asks_for_the_sam_it_learns_from(tmp_path, capsys):

@@ -280,7 +280,7 @@ def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sa
 
 
 # The committed demo weights' recipe (docs/demo-models.md): SAM without its high-res path, 8500 compiled steps in two
-# data-parallel processes at lr 1e-3 (~35 min on 2 cores; the 4 Dec SAM), then with the high-res path added (starting
+# data-parallel processes at lr 1e-3 (~30-35 min on 2 cores; the 4 Dec SAM), then with the high-res path added (starting
 # at zero), 4000 further steps at lr 3e-4 on fresh scenes (~16 min; 2000 until 5 Dec); then CLIP; seed 1.
 DEMO_SAM_STEPS, DEMO_SAM_LR, DEMO_SAM_PROCESSES, DEMO_SEED = 8500, 1e-3, 2, 1
 DEMO_SAM_HIGH_RES_STEPS, DEMO_SAM_HIGH_RES_LR = 4000, 3e-4
@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--clip-part-max-iou",
         type=float,
         default=ClipTrainSettings.sam_part_max_iou,
-        help="SAM's masks inside one shape matching it below this IoU train CLIP as its parts (no shape name; 0: none)",
+        help="SAM's masks inside one shape matching it below this IoU (at most 0.7) train CLIP as its parts (no shape "
+        "name; 0, the committed recipe: none)",
     )
     parser.add_argument(
         "--threads",
@@ -380,8 +381,11 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--seed must be 0 or more (the committed weights: {DEMO_SEED}).")
     if not args.sam_lr > 0:
         parser.error("--sam-lr must be above 0.")
-    if not 0 <= args.clip_part_max_iou <= 1:
-        parser.error("--clip-part-max-iou must be between 0 and 1.")
+    if not 0 <= args.clip_part_max_iou <= ClipTrainSettings.sam_min_iou:
+        parser.error(
+            f"--clip-part-max-iou must lie between 0 and {ClipTrainSettings.sam_min_iou} (a mask matching its shape "
+            "that well is named after it, not a part of it)."
+        )
     if args.sam_high_res_steps < 0:
         parser.error("--sam-high-res-steps must be 0 or more.")
     try:

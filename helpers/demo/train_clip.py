@@ -77,6 +77,13 @@ class ClipTrainSettings:
     seed: int = 0
     threads: int = 2  # as SamTrainSettings.threads
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.sam_part_max_iou <= self.sam_min_iou:
+            raise ValueError(
+                f"sam_part_max_iou={self.sam_part_max_iou} must lie in [0, sam_min_iou={self.sam_min_iou}]: a mask "
+                "matching its shape at sam_min_iou or more is named after it, not a part of it."
+            )
+
 
 @dataclass
 class CutOut:
@@ -160,8 +167,8 @@ def sam_mask_cutouts(
             kind, colour = scene.kinds[best], colour_name(scene.colours[best])
         elif (mask & background).sum() >= 0.8 * area:
             kind, colour = BACKGROUND, None
-        elif ious[i, best] < part_max_iou and inside[i, best] >= PART_MIN_INSIDE * area:
-            kind, colour = PART, colour_name(scene.colours[best])
+        elif ious[i, host := int(np.argmax(inside[i]))] < part_max_iou and inside[i, host] >= PART_MIN_INSIDE * area:
+            kind, colour = PART, colour_name(scene.colours[host])  # host: the shape holding most of it
         else:
             continue
         cutouts.append(CutOut(extract_region(scene.image, mask, box, regions), kind, colour))
