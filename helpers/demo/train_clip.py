@@ -15,7 +15,7 @@ from clip.model import CLIP
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..masks import MaskSet, iou_matrix, overlap_counts
+from ..masks import MaskSet, iou_from_counts, overlap_counts
 from ..models.tiny import build_clip_demo
 from ..regions import RegionSettings, extract_region
 from .scenes import TRAIN_STREAM, Scene, make_scene
@@ -153,13 +153,13 @@ def sam_mask_cutouts(
     if not len(masks):
         return []
     dense = masks.to_dense()
-    ious = iou_matrix(dense, scene.masks)  # masks x shapes
-    inside = overlap_counts(dense, scene.masks)  # pixels of each mask in each shape
+    areas = dense.sum((1, 2))
+    inside = overlap_counts(dense, scene.masks)  # pixels of each mask in each shape (masks x shapes)
+    ious = iou_from_counts(inside, areas, scene.masks.sum((1, 2)))
     background = ~scene.masks.any(0)
     cutouts = []
     for i, box in enumerate(masks.bboxes()):
-        mask = dense[i]
-        area = int(mask.sum())
+        mask, area = dense[i], int(areas[i])
         if area < min_area:
             continue
         best = int(np.argmax(ious[i]))

@@ -60,7 +60,11 @@ class HighResImageEncoder(ImageEncoderViT):
         self.high_res = HighResStem(self.neck[0].out_channels, self.patch_embed.proj.stride[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([super().forward(x), self.high_res(x)], dim=1)
+        return self.with_high_res(super().forward(x), x)
+
+    def with_high_res(self, embedding: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The ViT's ``embedding`` of the preprocessed images ``x`` with the stem's features appended."""
+        return torch.cat([embedding, self.high_res(x)], dim=1)
 
 
 def split_high_res(embedding: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,7 +102,7 @@ class HighResMaskDecoder(MaskDecoder):
         tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
         repeats = tokens.shape[0]  # one image's embedding per call, as in MaskDecoder.predict_masks
         src = torch.repeat_interleave(embedding, repeats, dim=0) + dense_prompt_embeddings
-        pos_src = torch.repeat_interleave(image_pe, tokens.shape[0], dim=0)
+        pos_src = torch.repeat_interleave(image_pe, repeats, dim=0)
         b, c, h, w = src.shape
         hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]

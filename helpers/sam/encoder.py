@@ -61,7 +61,7 @@ def encode(model: Sam, x: torch.Tensor) -> torch.Tensor:
     for block in encoder.blocks:
         x = _global_block(block, x) if block.window_size == 0 else block(x)
     x = encoder.neck(x.permute(0, 3, 1, 2))
-    return torch.cat([x, encoder.high_res(image)], dim=1) if isinstance(encoder, HighResImageEncoder) else x
+    return encoder.with_high_res(x, image) if isinstance(encoder, HighResImageEncoder) else x
 
 
 def embed_image(model: Sam, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
