@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers.demo.scenes import TRAIN_STREAM, Scene
-from helpers.demo.train import demo_sam_high_res_settings, main
+from helpers.demo.train import demo_sam_high_res_settings, demo_sam_settings, demo_sam_zoomed_settings, main
 from helpers.demo.train_sam import (
     SamTrainSettings,
     _batch,
@@ -91,6 +91,7 @@ def test_data_parallel_streams_are_their_own():
         "cut-outs 1": [TRAIN_STREAM, 2, 0, 1],
         **{f"rank {rank}": scene_stream(0, rank, 4) for rank in range(4)},
         **{f"high-res stage, rank {rank}": scene_stream(0, rank, 2, stage=2) for rank in range(2)},
+        **{f"zoomed stage, rank {rank}": scene_stream(0, rank, 2, stage=3) for rank in range(2)},
     }
     draws = {name: tuple(np.random.default_rng(stream).integers(0, 2**62, 4)) for name, stream in streams.items()}
     assert len(set(draws.values())) == len(draws)
@@ -108,6 +109,51 @@ def test_a_negative_seed_is_refused_before_training(capsys):
     with pytest.raises(SystemExit):
         main(["--quick", "--seed", "-1"])
     assert "--seed must be 0 or more" in capsys.readouterr().err
+
+
+def test_the_zoomed_stage_settings_and_their_refusals(capsys):
+    """Stage 3 continues the high-res SAM (same sizes, seed and processes) at a lower rate, a share of its scenes
+    zoomed in (the first two stages zoom none); no stage 4; a negative step count, or a third stage without the
+    second, refused before training."""
+    first = demo_sam_settings()
+    second = demo_sam_high_res_settings(first)
+    third = demo_sam_zoomed_settings(second)
+    assert (third.stage, third.architecture, third.seed, third.processes) == (3, second.architecture, 1, 2)
+    assert 0 < third.zoom_share < 1 and third.max_zoom > 1 and second.zoom_share == first.zoom_share == 0
+    assert third.lr < second.lr and not third.pointer_init
+    assert demo_sam_zoomed_settings(second, steps=5).warmup == 5  # a short stage still reaches its peak rate
+    with pytest.raises(ValueError, match="stage=4"):
+        replace(third, stage=4)
+    for argv, message in (
+        (["--sam-zoomed-steps", "-1"], "--sam-zoomed-steps must be 0 or more"),
+        (["--sam-high-res-steps", "0", "--sam-zoomed-steps", "5"], "it needs --sam-high-res-steps above 0"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["--quick", *argv])
+        assert message in capsys.readouterr().err
+
+
+def test_the_saved_sam_is_the_third_stages(tmp_path):
+    """``_train_sam_into`` saves the SAM of its last stage: with a third stage, stage 3 trained from stage 2's weights
+    (the same tensors as training it from the file stage 2 alone saves); with ``steps`` 0, stage 2's, as before
+    the third stage existed, and the summary says the third stage had no steps."""
+    from helpers.demo.train import _train_sam_into
+
+    plain = SamArchitecture(dim=32, depth=2, heads=2, global_attn=(1,), decoder_dim=64, decoder_mlp=64)
+    first = replace(SETTINGS, processes=1, images_per_step=1, architecture=plain)
+    second = demo_sam_high_res_settings(first, steps=1, lr=1e-3)
+    third = replace(demo_sam_zoomed_settings(second, steps=2), zoom_share=1.0)
+    two, three = tmp_path / "two.pth", tmp_path / "three.pth"
+    summary = _train_sam_into(two, first, second, replace(third, steps=0), progress=False)
+    assert summary["sam_zoomed_settings"]["steps"] == 0 and "sam_zoomed_wall_s" not in summary
+    summary = _train_sam_into(three, first, second, third, progress=False)
+    assert summary["sam_zoomed_settings"]["stage"] == 3 and summary["sam_zoomed_wall_s"] > 0
+    reference, _ = train_sam(third, progress=False, start=torch.load(two, weights_only=True))
+    saved = torch.load(three, weights_only=True)
+    assert saved.keys() == reference.state_dict().keys()
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(saved[n], t) for n, t in torch.load(two, weights_only=True).items())
 
 
 def test_a_part_threshold_over_the_naming_iou_is_refused(capsys):

@@ -20,8 +20,8 @@ from ..models import DEMO_SAM, LoadedClip, LoadedSam, load_clip, load_sam
 DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
 DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
 DEMO_SHA256 = {
-    DEMO_SAM_FILE: "a69b136e6dd610e46ad5303e62a8be1f5e53f267ef2f6f2f485d2a5ece5a21ba",
-    DEMO_CLIP_FILE: "aa8e127dc99d8dd000d1023e1e1ac5991d9f542cf0b59b82b54e1bba2da63f36",
+    DEMO_SAM_FILE: "55a599ee31ccf5d392e3b61dbe1c6f70a6883a94791e690708b0c59a350d8b9f",
+    DEMO_CLIP_FILE: "3709856dc07fbb1040d4c76752c2e1ffba0a2df4244b20005c4cc3179d35155d",
 }
 
 

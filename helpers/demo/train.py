@@ -2,10 +2,11 @@
 
 ``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same
 type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
-count trains other weights): SAM first, in two stages (about 30 + 16 min wall on 2 cores; the second adds SAM 2's
-high-res path), then SAM's own masks on 1,000 further scenes (two processes, about 2 min) and CLIP on those cut-outs
-and exact ones (about 2.5 min), then about half a minute of evaluation: 50.5 min in all (5 Dec 2026); ``--quick`` is a
-seconds-long end-to-end run into a scratch folder. Measured results: docs/demo-models.md.
+count trains other weights): SAM first, in three stages (about 30 + 16 + 4.5 min wall on 2 cores; the second adds
+SAM 2's high-res path, the third zooms some scenes in), then SAM's own masks on 1,000 further scenes (two processes,
+about 2 min) and CLIP on those cut-outs and exact ones (about 2.5 min), then about half a minute of evaluation: about
+55 min in all (docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
+results: docs/demo-models.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
 per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
@@ -196,10 +197,16 @@ def _children_cpu_s() -> float:
 
 
 def _train_sam_into(
-    path: Path, settings: SamTrainSettings, high_res: SamTrainSettings, progress: bool, snapshots: bool = False
+    path: Path,
+    settings: SamTrainSettings,
+    high_res: SamTrainSettings,
+    zoomed: SamTrainSettings,
+    progress: bool,
+    snapshots: bool = False,
 ) -> dict:
-    """SAM in two stages: ``settings`` from scratch, then ``high_res`` from its weights with the high-res stem
-    added (zero at first); ``high_res.steps`` 0 saves the first stage's SAM with that (zero) stem."""
+    """SAM in three stages: ``settings`` from scratch, then ``high_res`` from its weights with the high-res stem
+    added (zero at first), then ``zoomed`` from those (``zoomed.steps`` 0: none); ``high_res.steps`` 0 saves the
+    first stage's SAM with that (zero) stem, and skips the third stage."""
     clock = time.perf_counter(), time.process_time() + _children_cpu_s()
     sam, history = train_sam(settings, progress, snapshot=path if snapshots else None)
     summary = {
@@ -218,10 +225,20 @@ def _train_sam_into(
             torch.manual_seed(high_res.seed)
             plain, sam = sam, build_sam_small(high_res.architecture)
         load_start(sam, plain.state_dict())
-    torch.save(sam.state_dict(), path)
     summary["sam_high_res_wall_s"] = time.perf_counter() - clock[0]
     summary["sam_high_res_cpu_s"] = time.process_time() + _children_cpu_s() - clock[1]
     summary["sam_high_res_settings"] = asdict(high_res)
+    if not high_res.steps:
+        zoomed = replace(zoomed, steps=0)
+    if zoomed.steps:
+        clock = time.perf_counter(), time.process_time() + _children_cpu_s()
+        snapshot = path.with_name(f"{path.stem}_zoomed.pth") if snapshots else None
+        sam, history = train_sam(zoomed, progress, snapshot=snapshot, start=sam.state_dict())
+        summary["sam_zoomed_final_train_iou"] = float(history["iou"].tail(50).mean())
+        summary["sam_zoomed_wall_s"] = time.perf_counter() - clock[0]
+        summary["sam_zoomed_cpu_s"] = time.process_time() + _children_cpu_s() - clock[1]
+    summary["sam_zoomed_settings"] = asdict(zoomed)  # steps 0: no third stage
+    torch.save(sam.state_dict(), path)
     return summary
 
 
@@ -281,9 +298,13 @@ def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sa
 
 # The committed demo weights' recipe (docs/demo-models.md): SAM without its high-res path, 8500 compiled steps in two
 # data-parallel processes at lr 1e-3 (~30-35 min on 2 cores; the 4 Dec SAM), then with the high-res path added (starting
-# at zero), 4000 further steps at lr 3e-4 on fresh scenes (~16 min; 2000 until 5 Dec); then CLIP; seed 1.
+# at zero), 4000 further steps at lr 3e-4 on fresh scenes (~16 min; 2000 until 5 Dec), then 1000 steps at lr 1e-4 on
+# fresh scenes of which 30 % are zoomed in up to 2.5x, as the crop layer and mosaic tiles show shapes (~4.5 min; since
+# 5 Dec); then CLIP; seed 1.
 DEMO_SAM_STEPS, DEMO_SAM_LR, DEMO_SAM_PROCESSES, DEMO_SEED = 8500, 1e-3, 2, 1
 DEMO_SAM_HIGH_RES_STEPS, DEMO_SAM_HIGH_RES_LR = 4000, 3e-4
+DEMO_SAM_ZOOMED_STEPS, DEMO_SAM_ZOOMED_LR, DEMO_SAM_ZOOMED_WARMUP = 1000, 1e-4, 20
+DEMO_SAM_ZOOM_SHARE, DEMO_SAM_MAX_ZOOM = 0.3, 2.5
 
 
 def demo_sam_settings(
@@ -314,6 +335,18 @@ def demo_sam_high_res_settings(
     return replace(first, steps=steps, lr=lr, stage=2, architecture=architecture, pointer_init=False)
 
 
+def demo_sam_zoomed_settings(
+    high_res: SamTrainSettings, steps: int = DEMO_SAM_ZOOMED_STEPS, lr: float = DEMO_SAM_ZOOMED_LR
+) -> SamTrainSettings:
+    """The third stage after ``high_res``: the same SAM, ``steps`` at ``lr`` (a short warm-up) on fresh scenes, a share
+    of them zoomed in (``zoom_scene``), so that shapes larger than the scenes draw them (the crop layer's, a mosaic
+    tile's) are learnt too."""
+    warmup = min(DEMO_SAM_ZOOMED_WARMUP, max(1, steps))
+    return replace(
+        high_res, steps=steps, lr=lr, stage=3, warmup=warmup, zoom_share=DEMO_SAM_ZOOM_SHARE, max_zoom=DEMO_SAM_MAX_ZOOM
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Train (or, with ``--only``, train one of) the demo models, save them, evaluate, summarise."""
     from .models import DEMO_CLIP_FILE, DEMO_SAM_FILE, DEMO_SELECTION, DEMO_SHA256, DEMO_WEIGHTS_DIR
@@ -331,6 +364,13 @@ def main(argv: list[str] | None = None) -> dict:
         type=int,
         default=DEMO_SAM_HIGH_RES_STEPS,
         help="SAM's second stage, with the high-res path (0: none; the path then stays zero)",
+    )
+    parser.add_argument(
+        "--sam-zoomed-steps",
+        type=int,
+        default=None,
+        help=f"SAM's third stage, on scenes partly zoomed in (default {DEMO_SAM_ZOOMED_STEPS}; 0: none; none either "
+        "with --sam-high-res-steps 0)",
     )
     parser.add_argument("--clip-steps", type=int, default=ClipTrainSettings.steps)
     parser.add_argument(
@@ -386,8 +426,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"--clip-part-max-iou must lie between 0 and {ClipTrainSettings.sam_min_iou} (a mask matching its shape "
             "that well is named after it, not a part of it)."
         )
-    if args.sam_high_res_steps < 0:
-        parser.error("--sam-high-res-steps must be 0 or more.")
+    if args.sam_high_res_steps < 0 or (args.sam_zoomed_steps or 0) < 0:
+        parser.error("--sam-high-res-steps and --sam-zoomed-steps must be 0 or more.")
+    if args.sam_high_res_steps == 0 and args.sam_zoomed_steps:
+        parser.error("--sam-zoomed-steps continues the high-res stage: it needs --sam-high-res-steps above 0.")
+    if args.sam_zoomed_steps is None:
+        args.sam_zoomed_steps = DEMO_SAM_ZOOMED_STEPS if args.sam_high_res_steps else 0
     try:
         sam_settings = demo_sam_settings(
             args.sam_steps, args.sam_lr, args.threads, args.sam_processes, args.sam_compile, args.seed
@@ -395,6 +439,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as error:
         parser.error(f"--sam-processes must divide the {SamTrainSettings.images_per_step} scenes of a step ({error})")
     high_res_settings = demo_sam_high_res_settings(sam_settings, args.sam_high_res_steps)
+    zoomed_settings = demo_sam_zoomed_settings(high_res_settings, args.sam_zoomed_steps)
     clip_settings = ClipTrainSettings(
         steps=args.clip_steps,
         sam_scenes=args.clip_sam_scenes,
@@ -407,6 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
             sam_settings, steps=2, images_per_step=args.sam_processes, points_per_image=4, warmup=1, compile=False
         )
         high_res_settings = demo_sam_high_res_settings(sam_settings, min(args.sam_high_res_steps, 2))
+        zoomed_settings = demo_sam_zoomed_settings(high_res_settings, min(args.sam_zoomed_steps, 2))
         clip_settings = replace(
             clip_settings, steps=2, batch=8, scenes=4, warmup=1, sam_scenes=min(args.clip_sam_scenes, 2)
         )
@@ -423,7 +469,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--only clip trains on the demo SAM's masks: {sam_path} is missing (train SAM first).")
     with ProcessPoolExecutor(SAM_CUTOUT_PARTS - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
         if args.only != "clip":  # SAM first: CLIP learns from its masks
-            summary.update(_train_sam_into(sam_path, sam_settings, high_res_settings, progress, args.snapshots))
+            summary.update(
+                _train_sam_into(sam_path, sam_settings, high_res_settings, zoomed_settings, progress, args.snapshots)
+            )
         if args.only != "sam":
             sam_cutouts: list[CutOut] = []
             if clip_settings.sam_scenes:

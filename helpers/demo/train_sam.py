@@ -41,7 +41,8 @@ class SamTrainSettings:
     min_area: int = 40  # instances with fewer visible pixels get no prompt
     loss_scale: int = 2  # losses on masks at 1/loss_scale of SAM's input size (soft, area-averaged targets)
     pointer_init: bool = True  # see init_pointer_attention
-    # The scenes' random stream: 1 for training from scratch, 2 for the high-res stage that continues it (fresh scenes)
+    # The scenes' random stream: 1 for training from scratch, 2 for the high-res stage that continues it, 3 for the
+    # zoomed stage after that (each on fresh scenes)
     stage: int = 1
     # Of the scenes, this share zoomed in (``zoom_scene``) by a factor drawn from 1 to ``max_zoom``: the shapes of the
     # scenes are 15-50 px in radius at SAM's input, the crop layer shows them up to 1.6x larger and mosaic tiles 2x.
@@ -64,8 +65,8 @@ class SamTrainSettings:
     architecture: SamArchitecture = field(default_factory=lambda: replace(DEMO_SAM_ARCHITECTURE, high_res=False))
 
     def __post_init__(self) -> None:
-        if self.stage not in (1, 2):
-            raise ValueError(f"stage={self.stage}: 1 (from scratch) or 2 (the high-res stage).")
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"stage={self.stage}: 1 (from scratch), 2 (the high-res stage) or 3 (the zoomed stage).")
         if not 0 <= self.zoom_share <= 1 or self.max_zoom < 1:
             raise ValueError(f"zoom_share={self.zoom_share} must lie in [0, 1] and max_zoom={self.max_zoom} be >= 1.")
         if self.processes < 1 or self.images_per_step % self.processes:
@@ -333,9 +334,10 @@ def _data_parallel_worker(rank: int, settings, progress, snapshot, rendezvous: P
 def scene_stream(seed: int, rank: int = 0, processes: int = 1, stage: int = 1) -> list[int]:
     """The entropy of the training scenes' random stream of one process. Data parallel: 3 is the marker of
     these streams (CLIP's scenes use 1, SAM's cut-outs 2), and rank + 1 keeps the list from ending in a zero,
-    which numpy would pad into another list's stream. Stage 2 (the high-res stage): marker 4, any processes."""
-    if stage == 2:
-        return [TRAIN_STREAM, 4, seed, rank + 1]
+    which numpy would pad into another list's stream. Stage 2 (the high-res stage): marker 4, stage 3 (the zoomed
+    stage): marker 5, any processes."""
+    if stage in (2, 3):
+        return [TRAIN_STREAM, stage + 2, seed, rank + 1]
     return [TRAIN_STREAM, 3, seed, rank + 1] if processes > 1 else [TRAIN_STREAM, seed]
 
 
