@@ -58,9 +58,13 @@ def test_the_committed_summary_is_the_recipes():
         "sam_zoomed_settings": demo_sam_zoomed_settings(second),
         "clip_settings": ClipTrainSettings(seed=DEMO_SEED),
     }
+    from helpers.demo.train import CUTOUT_SAM_SETTINGS, CUTOUT_THREADS, SAM_CUTOUT_PARTS
+
+    recipe["cutout_sam_settings"] = CUTOUT_SAM_SETTINGS  # CLIP learns from the masks SAM makes with these
     for key, settings in recipe.items():
         assert summary[key] == json.loads(json.dumps(asdict(settings), default=str)), key
-    assert summary["sha256"] == DEMO_SHA256
+    assert (summary["threads"], summary["sam_processes"], summary["cutout_threads"]) == (2, 2, CUTOUT_THREADS)
+    assert SAM_CUTOUT_PARTS == 2 and summary["sha256"] == DEMO_SHA256
 
 
 def test_weights_match_their_registry_and_fit_the_budget():
@@ -99,8 +103,9 @@ def test_sam_ceiling_on_fresh_images(demo_models):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="target missed: on 32 unseen images the pipeline's mean IoU per class is circle 0.96, square 0.92, star "
-    "0.64, triangle 0.90 and the mosaic top-1 0.65 (docs/demo-models.md, 'End to end, and the targets')",
+    reason="target missed: on the report's 32 unseen images the stars' pipeline IoU is 0.64 (circle 0.96, square "
+    "0.92, triangle 0.90) and the mosaic top-1 0.65 (docs/demo-models.md, 'End to end, and the targets'); this test "
+    "asserts the targets on seed 9090",
 )
 def test_pipeline_targets_on_fresh_images(demo_models):
     """The whole chain with the demo profile's settings: each shape class prompted by name on fresh
@@ -146,7 +151,7 @@ def test_quick_training_runs_end_to_end(tmp_path, capsys):
     assert summary["threads"] == 1  # --threads reaches training
     assert summary["sam_settings"]["seed"] == summary["clip_settings"]["seed"] == 3  # and --seed
     assert summary["cutout_sam_settings"]["stability_score_thresh"] == 0.0  # CLIP's cut-outs ungated, as committed
-    assert summary["sam_high_res_settings"]["stage"] == 2 and summary["sam_zoomed_settings"]["stage"] == 3  # 3 stages
+    assert summary["sam_zoomed_settings"]["steps"] == 2 and summary["sam_zoomed_wall_s"] > 0  # the third stage ran
     assert "sam_ceiling" in capsys.readouterr().out
 
 

@@ -5,7 +5,7 @@ type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-threa
 count trains other weights): SAM first, in three stages (about 30 + 16 + 4.5 min wall on 2 cores; the second adds
 SAM 2's high-res path, the third zooms some scenes in), then SAM's own masks on 1,000 further scenes (two processes,
 about 2 min) and CLIP on those cut-outs and exact ones (about 2.5 min), then about half a minute of evaluation: about
-55 min in all (docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
+58 min in all (docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
 results: docs/demo-models.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
@@ -426,8 +426,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"--clip-part-max-iou must lie between 0 and {ClipTrainSettings.sam_min_iou} (a mask matching its shape "
             "that well is named after it, not a part of it)."
         )
-    if args.sam_high_res_steps < 0 or (args.sam_zoomed_steps or 0) < 0:
-        parser.error("--sam-high-res-steps and --sam-zoomed-steps must be 0 or more.")
+    if args.sam_high_res_steps < 0:
+        parser.error("--sam-high-res-steps must be 0 or more.")
+    if (args.sam_zoomed_steps or 0) < 0:
+        parser.error("--sam-zoomed-steps must be 0 or more.")
     if args.sam_high_res_steps == 0 and args.sam_zoomed_steps:
         parser.error("--sam-zoomed-steps continues the high-res stage: it needs --sam-high-res-steps above 0.")
     if args.sam_zoomed_steps is None:
