@@ -27,6 +27,7 @@ from helpers.models.high_res import HighResMaskDecoder
 from helpers.models.tiny import SamArchitecture, build_sam_small
 
 SETTINGS = SamTrainSettings(steps=2, images_per_step=2, points_per_image=4, warmup=1, threads=1, processes=2)
+SMALL = SamArchitecture(dim=32, depth=2, heads=2, global_attn=(1,), decoder_dim=64, decoder_mlp=64)  # no high-res path
 
 
 def _averaged_in_one_process(settings: SamTrainSettings) -> dict:
@@ -139,7 +140,7 @@ def test_the_saved_sam_is_the_third_stages(tmp_path):
     the third stage existed, and the summary says the third stage had no steps."""
     from helpers.demo.train import _train_sam_into
 
-    plain = SamArchitecture(dim=32, depth=2, heads=2, global_attn=(1,), decoder_dim=64, decoder_mlp=64)
+    plain = SMALL
     first = replace(SETTINGS, processes=1, images_per_step=1, architecture=plain)
     second = demo_sam_high_res_settings(first, steps=1, lr=1e-3)
     third = replace(demo_sam_zoomed_settings(second, steps=2), zoom_share=1.0)
@@ -247,7 +248,7 @@ def test_a_sam_variant_is_evaluated_with_its_own_architecture(tmp_path, capsys):
 def test_the_high_res_stage_continues_the_first_stages_sam():
     """Stage 2 starts from stage 1's weights with the high-res stem at zero, i.e. from the same model: the same
     logits; its steps then train the stem too."""
-    plain = SamArchitecture(dim=32, depth=2, heads=2, global_attn=(1,), decoder_dim=64, decoder_mlp=64)
+    plain = SMALL
     first = replace(SETTINGS, processes=1, architecture=plain)
     sam, _ = train_sam(first, progress=False)
     second = demo_sam_high_res_settings(first, steps=2, lr=1e-3)
@@ -305,7 +306,7 @@ STATE_AFTER_A_PLAIN_BATCH = 71032338696427757590555701034162587811
 def test_zoomed_scenes_only_where_asked():
     """Without zoom the batch draws what it always drew (no extra random number: the committed first stage's
     stream); with it, other scenes; a zoom setting outside its range is refused."""
-    sam = build_sam_small(SamArchitecture(dim=32, depth=2, heads=2, global_attn=(1,), decoder_dim=64, decoder_mlp=64))
+    sam = build_sam_small(SMALL)
     plain = replace(SETTINGS, processes=1)
     rngs = [np.random.default_rng(5) for _ in range(2)]
     draws = [_batch(rng, sam, s)[0] for rng, s in zip(rngs, (plain, replace(plain, zoom_share=1.0)))]

@@ -191,9 +191,16 @@ def save_clip_state(model: CLIP, path: Path) -> None:
     torch.save({key: value.half() for key, value in model.state_dict().items()}, path)
 
 
-def _children_cpu_s() -> float:
+def _clock() -> tuple[float, float]:
+    """Wall and CPU seconds so far; the CPU of finished child processes (data-parallel SAM's) included."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return time.perf_counter(), time.process_time() + usage.ru_utime + usage.ru_stime
+
+
+def _since(clock: tuple[float, float], name: str) -> dict:
+    """``{name}_wall_s`` and ``{name}_cpu_s`` since ``clock`` (a ``_clock()``)."""
+    wall, cpu = _clock()
+    return {f"{name}_wall_s": wall - clock[0], f"{name}_cpu_s": cpu - clock[1]}
 
 
 def _train_sam_into(
@@ -207,15 +214,14 @@ def _train_sam_into(
     """SAM in three stages: ``settings`` from scratch, then ``high_res`` from its weights with the high-res stem
     added (zero at first), then ``zoomed`` from those (``zoomed.steps`` 0: none); ``high_res.steps`` 0 saves the
     first stage's SAM with that (zero) stem, and skips the third stage."""
-    clock = time.perf_counter(), time.process_time() + _children_cpu_s()
+    clock = _clock()
     sam, history = train_sam(settings, progress, snapshot=path if snapshots else None)
     summary = {
-        "sam_train_wall_s": time.perf_counter() - clock[0],
-        "sam_train_cpu_s": time.process_time() + _children_cpu_s() - clock[1],  # data parallel: its processes too
+        **_since(clock, "sam_train"),  # CPU, data parallel: its processes too
         "sam_final_train_iou": float(history["iou"].tail(50).mean()),  # data parallel: on the first process's scenes
         "sam_settings": asdict(settings),
     }
-    clock = time.perf_counter(), time.process_time() + _children_cpu_s()
+    clock = _clock()
     if high_res.steps:
         snapshot = path.with_name(f"{path.stem}_high_res.pth") if snapshots else None
         sam, history = train_sam(high_res, progress, snapshot=snapshot, start=sam.state_dict())
@@ -225,18 +231,16 @@ def _train_sam_into(
             torch.manual_seed(high_res.seed)
             plain, sam = sam, build_sam_small(high_res.architecture)
         load_start(sam, plain.state_dict())
-    summary["sam_high_res_wall_s"] = time.perf_counter() - clock[0]
-    summary["sam_high_res_cpu_s"] = time.process_time() + _children_cpu_s() - clock[1]
+    summary.update(_since(clock, "sam_high_res"))
     summary["sam_high_res_settings"] = asdict(high_res)
     if not high_res.steps:
         zoomed = replace(zoomed, steps=0)
     if zoomed.steps:
-        clock = time.perf_counter(), time.process_time() + _children_cpu_s()
+        clock = _clock()
         snapshot = path.with_name(f"{path.stem}_zoomed.pth") if snapshots else None
         sam, history = train_sam(zoomed, progress, snapshot=snapshot, start=sam.state_dict())
         summary["sam_zoomed_final_train_iou"] = float(history["iou"].tail(50).mean())
-        summary["sam_zoomed_wall_s"] = time.perf_counter() - clock[0]
-        summary["sam_zoomed_cpu_s"] = time.process_time() + _children_cpu_s() - clock[1]
+        summary.update(_since(clock, "sam_zoomed"))
     summary["sam_zoomed_settings"] = asdict(zoomed)  # steps 0: no third stage
     torch.save(sam.state_dict(), path)
     return summary
