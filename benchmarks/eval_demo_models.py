@@ -1,6 +1,6 @@
 """The demo models against issue 25's targets, side by side with an earlier commit's models, in one run.
 
-    python benchmarks/eval_demo_models.py                       # report seeds, this tree vs 3ef0a68 (5 Dec, two stages)
+    python benchmarks/eval_demo_models.py                       # report seeds, this tree vs 09e185c (5 Dec morning)
     python benchmarks/eval_demo_models.py --baseline 3885a27    # ... vs the models issue 25 measured
     python benchmarks/eval_demo_models.py --seeds 6101 6102     # tuning seeds (choose settings there only)
     python benchmarks/eval_demo_models.py --baseline none --weights DIR --mode softmax   # other models or settings
@@ -94,10 +94,11 @@ def read_architecture(folder: Path) -> SamArchitecture:
     return SamArchitecture(**{**sizes, "global_attn": tuple(sizes["global_attn"])})
 
 
-# The demo weights committed early on 5 Dec 2026 (two SAM stages, the second of 4000 steps), which the report compares
-# with; 53a7fa2: the 4 Dec evening's (second stage of 2000 steps); 778cfb6: that morning's (no high-res path);
-# ee0972f: those of 3 Dec (decoder 64 wide, 5000 eager steps).
-PREVIOUS = "3ef0a68"
+# The demo weights committed on the morning of 5 Dec 2026 (three SAM stages, the third zoomed only), which the report
+# compares with; 3ef0a68: those committed early that day (two stages, the second of 4000 steps); 53a7fa2: the 4 Dec
+# evening's (second stage of 2000 steps); 778cfb6: that morning's (no high-res path); ee0972f: those of 3 Dec (decoder
+# 64 wide, 5000 eager steps).
+PREVIOUS = "09e185c"
 
 
 def weights_architecture(path: Path) -> SamArchitecture:

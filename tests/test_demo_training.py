@@ -114,13 +114,14 @@ def test_a_negative_seed_is_refused_before_training(capsys):
 
 def test_the_zoomed_stage_settings_and_their_refusals(capsys):
     """Stage 3 continues the high-res SAM (same sizes, seed and processes) at a lower rate, a share of its scenes
-    zoomed in (the first two stages zoom none); no stage 4; a negative step count, or a third stage without the
-    second, refused before training."""
+    mosaics and a share zoomed in (the first two stages have neither); no stage 4; a negative step count, or a third
+    stage without the second, refused before training."""
     first = demo_sam_settings()
     second = demo_sam_high_res_settings(first)
     third = demo_sam_zoomed_settings(second)
     assert (third.stage, third.architecture, third.seed, third.processes) == (3, second.architecture, 1, 2)
     assert 0 < third.zoom_share < 1 and third.max_zoom > 1 and second.zoom_share == first.zoom_share == 0
+    assert 0 < third.mosaic_share < 1 and second.mosaic_share == first.mosaic_share == 0
     assert third.lr < second.lr and not third.pointer_init
     assert demo_sam_zoomed_settings(second, steps=5).warmup == 5  # a short stage still reaches its peak rate
     with pytest.raises(ValueError, match="stage=4"):
@@ -128,6 +129,24 @@ def test_the_zoomed_stage_settings_and_their_refusals(capsys):
     for argv, message in (
         (["--sam-zoomed-steps", "-1"], "--sam-zoomed-steps must be 0 or more"),
         (["--sam-high-res-steps", "0", "--sam-zoomed-steps", "5"], "it needs --sam-high-res-steps above 0"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["--quick", *argv])
+        assert message in capsys.readouterr().err
+
+
+def test_training_one_model_refuses_the_other_models_flags(capsys, tmp_path):
+    """``--only clip`` with a SAM flag (or ``--only sam`` with a CLIP flag) would silently change nothing: refused,
+    naming the flags, before anything trains."""
+    for argv, message in (
+        (
+            ["--only", "clip", "--sam-steps", "5", "--snapshots"],
+            "--only clip trains no SAM: leave out ['--sam-steps', ",
+        ),
+        (["--only", "clip", "--no-sam-compile"], "leave out ['--no-sam-compile']"),
+        (["--only", "sam", "--clip-steps", "5"], "--only sam trains no CLIP: leave out ['--clip-steps']"),
+        # the defaults, given or not, pass: the next check stops it (no SAM in the folder to train CLIP on)
+        (["--only", "clip", "--sam-compile", "--out-dir", str(tmp_path)], "sam_demo.pth is missing"),
     ):
         with pytest.raises(SystemExit):
             main(["--quick", *argv])
@@ -154,6 +173,9 @@ def test_the_saved_sam_is_the_third_stages(tmp_path):
         reference, _ = train_sam(third, progress=False, start=torch.load(two, weights_only=True))
     finally:
         torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="continues the high-res stage, which has 0 steps"):
+        _train_sam_into(tmp_path / "none.pth", first, replace(second, steps=0), third, progress=False)
+    assert not (tmp_path / "none.pth").exists()
     saved = torch.load(three, weights_only=True)
     assert saved.keys() == reference.state_dict().keys()
     for name, tensor in reference.state_dict().items():
@@ -303,16 +325,43 @@ def test_a_zoomed_scene_is_a_window_of_it_scaled_up():
 STATE_AFTER_A_PLAIN_BATCH = 71032338696427757590555701034162587811
 
 
-def test_zoomed_scenes_only_where_asked():
-    """Without zoom the batch draws what it always drew (no extra random number: the committed first stage's
-    stream); with it, other scenes; a zoom setting outside its range is refused."""
+def test_zoomed_and_mosaic_scenes_only_where_asked():
+    """Without zoom or mosaics the batch draws what it always drew (no extra random number: the committed first
+    stage's stream); with either, other scenes; a share or zoom outside its range is refused."""
     sam = build_sam_small(SMALL)
     plain = replace(SETTINGS, processes=1)
-    rngs = [np.random.default_rng(5) for _ in range(2)]
-    draws = [_batch(rng, sam, s)[0] for rng, s in zip(rngs, (plain, replace(plain, zoom_share=1.0)))]
+    variants = (plain, replace(plain, zoom_share=1.0), replace(plain, mosaic_share=1.0))
+    rngs = [np.random.default_rng(5) for _ in variants]
+    draws = [_batch(rng, sam, s)[0] for rng, s in zip(rngs, variants)]
     assert rngs[0].bit_generator.state["state"]["state"] == STATE_AFTER_A_PLAIN_BATCH
-    assert rngs[1].bit_generator.state["state"]["state"] != STATE_AFTER_A_PLAIN_BATCH
-    assert not torch.equal(draws[0], draws[1])
-    for bad in ({"zoom_share": 1.5}, {"max_zoom": 0.5}):
-        with pytest.raises(ValueError, match="zoom"):
+    for rng, draw in zip(rngs[1:], draws[1:]):
+        assert rng.bit_generator.state["state"]["state"] != STATE_AFTER_A_PLAIN_BATCH
+        assert not torch.equal(draws[0], draw)
+    for bad, message in (
+        ({"zoom_share": 1.5}, "zoom"),
+        ({"max_zoom": 0.5}, "zoom"),
+        ({"mosaic_share": -0.1}, "mosaic"),
+    ):
+        with pytest.raises(ValueError, match=message):
             replace(plain, **bad)
+
+
+def test_a_mosaic_scene_holds_tiles_of_larger_shapes():
+    """``mosaic_scene`` has the scenes' size (SAM's inputs keep one size), one instance per pixel, and shapes scaled
+    up (a mosaic's largest shape well above a scene's); the same stream gives the same mosaic."""
+    from helpers.demo.scenes import make_scene, mosaic_scene
+
+    tile = 160
+    mosaics = [mosaic_scene(np.random.default_rng(seed), tile=tile) for seed in range(6)]
+    scenes = [make_scene(np.random.default_rng(seed)) for seed in range(6)]
+    for mosaic in mosaics:
+        assert mosaic.image.shape == scenes[0].image.shape and mosaic.masks.shape[1:] == mosaic.image.shape[:2]
+        assert len(mosaic.kinds) == len(mosaic.masks) and mosaic.masks.any((1, 2)).all()
+        assert mosaic.masks.sum(0).max() <= 1
+
+    def largest(group):  # the median over scenes of each one's largest shape, in pixels
+        return np.median([scene.masks.sum((1, 2)).max() for scene in group])
+
+    assert largest(mosaics) > 1.5 * largest(scenes)
+    again = mosaic_scene(np.random.default_rng(0), tile=tile)
+    assert np.array_equal(again.image, mosaics[0].image) and np.array_equal(again.masks, mosaics[0].masks)

@@ -20,8 +20,8 @@ from ..models import DEMO_SAM, LoadedClip, LoadedSam, load_clip, load_sam
 DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
 DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
 DEMO_SHA256 = {
-    DEMO_SAM_FILE: "55a599ee31ccf5d392e3b61dbe1c6f70a6883a94791e690708b0c59a350d8b9f",
-    DEMO_CLIP_FILE: "3709856dc07fbb1040d4c76752c2e1ffba0a2df4244b20005c4cc3179d35155d",
+    DEMO_SAM_FILE: "69e881ba413bde93ccb3fe8ec35cfd4c5b02c34a7f4a0b7ae12e96eb0d654a83",
+    DEMO_CLIP_FILE: "2be67ced7c400acad83f675d7093fa738510273e04a0c5405f22f8c2fe0e984f",
 }
 
 

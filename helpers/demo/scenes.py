@@ -66,4 +66,39 @@ def zoom_scene(scene: Scene, rng: np.random.Generator, zoom: float) -> Scene:
     return Scene(image, list(scene.kinds), list(scene.colours), np.stack(masks) > 0.5)
 
 
+def mosaic_scene(
+    rng: np.random.Generator, height: int = 240, width: int = 320, tile: int = 160, margin: float = 0.1
+) -> Scene:
+    """A grid of ``tile`` px tiles seen through a ``height`` x ``width`` window at a random offset (the scenes' size,
+    so that SAM's inputs keep one size), each tile the box of one shape of a fresh ``make_scene`` (one of >= 100
+    visible px clear of the scene's border; else the whole scene), with ``margin`` of its size around it as
+    ``object_crops`` cuts, scaled to the tile (image bicubic as ``make_mosaics``, masks bilinear cut at one half):
+    large, up-scaled shapes beside other tiles, as SLIP's mosaics show them (a 160 px tile here is a mosaic's 112 px
+    tile at SAM's input: 128 px). Every shape part in the window is an instance."""
+    rows, cols = -(-height // tile) + 1, -(-width // tile) + 1
+    y0, x0 = int(rng.integers(0, rows * tile - height + 1)), int(rng.integers(0, cols * tile - width + 1))
+    window = np.s_[y0 : y0 + height, x0 : x0 + width]
+    canvas = np.zeros((rows * tile, cols * tile, 3), np.uint8)
+    kinds, colours, masks = [], [], []
+    for slot in range(rows * cols):
+        scene = make_scene(rng)
+        edge = scene.masks[:, [0, -1]].any((1, 2)) | scene.masks[:, :, [0, -1]].any((1, 2))
+        whole = np.flatnonzero((scene.masks.reshape(len(scene.masks), -1).sum(1) >= 100) & ~edge)
+        chosen = scene.masks[int(rng.choice(whole))] if len(whole) else np.ones(scene.masks.shape[1:], bool)
+        ys, xs = np.flatnonzero(chosen.any(1)), np.flatnonzero(chosen.any(0))
+        dy, dx = int((ys[-1] - ys[0]) * margin), int((xs[-1] - xs[0]) * margin)
+        box = np.s_[max(0, ys[0] - dy) : ys[-1] + 1 + dy, max(0, xs[0] - dx) : xs[-1] + 1 + dx]
+        y, x = divmod(slot, cols)
+        place = np.s_[y * tile : (y + 1) * tile, x * tile : (x + 1) * tile]
+        canvas[place] = np.asarray(Image.fromarray(scene.image[box]).resize((tile, tile), Image.BICUBIC))
+        for kind, colour, mask in zip(scene.kinds, scene.colours, scene.masks):
+            full = np.zeros(canvas.shape[:2], bool)
+            full[place] = cv2.resize(mask[box].astype(np.float32), (tile, tile), interpolation=cv2.INTER_LINEAR) > 0.5
+            if full[window].any():
+                kinds.append(kind)
+                colours.append(colour)
+                masks.append(full[window])
+    return Scene(canvas[window].copy(), kinds, colours, np.stack(masks))
+
+
 # --- SAM training -------------------------------------------------------------------------------

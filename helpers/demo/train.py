@@ -213,7 +213,12 @@ def _train_sam_into(
 ) -> dict:
     """SAM in three stages: ``settings`` from scratch, then ``high_res`` from its weights with the high-res stem
     added (zero at first), then ``zoomed`` from those (``zoomed.steps`` 0: none); ``high_res.steps`` 0 saves the
-    first stage's SAM with that (zero) stem, and skips the third stage."""
+    first stage's SAM with that (zero) stem, and needs ``zoomed.steps`` 0 (a ValueError before any training)."""
+    if zoomed.steps and not high_res.steps:
+        raise ValueError(
+            f"A third stage of {zoomed.steps} steps continues the high-res stage, which has 0 steps: give the second "
+            "stage steps, or the third none."
+        )
     clock = _clock()
     sam, history = train_sam(settings, progress, snapshot=path if snapshots else None)
     summary = {
@@ -233,8 +238,6 @@ def _train_sam_into(
         load_start(sam, plain.state_dict())
     summary.update(_since(clock, "sam_high_res"))
     summary["sam_high_res_settings"] = asdict(high_res)
-    if not high_res.steps:
-        zoomed = replace(zoomed, steps=0)
     if zoomed.steps:
         clock = _clock()
         snapshot = path.with_name(f"{path.stem}_zoomed.pth") if snapshots else None
@@ -303,12 +306,12 @@ def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sa
 # The committed demo weights' recipe (docs/demo-models.md): SAM without its high-res path, 8500 compiled steps in two
 # data-parallel processes at lr 1e-3 (~30-35 min on 2 cores; the 4 Dec SAM), then with the high-res path added (starting
 # at zero), 4000 further steps at lr 3e-4 on fresh scenes (~16 min; 2000 until 5 Dec), then 1000 steps at lr 1e-4 on
-# fresh scenes of which 30 % are zoomed in up to 2.5x, as the crop layer and mosaic tiles show shapes (~4.5 min; since
-# 5 Dec); then CLIP; seed 1.
+# fresh scenes of which 30 % are mosaics of up-scaled shapes' boxes and 30 % of the others zoomed in up to 2.5x, as
+# mosaic tiles and the crop layer show shapes (~4.5 min; since 5 Dec, the mosaics since 07:00); then CLIP; seed 1.
 DEMO_SAM_STEPS, DEMO_SAM_LR, DEMO_SAM_PROCESSES, DEMO_SEED = 8500, 1e-3, 2, 1
 DEMO_SAM_HIGH_RES_STEPS, DEMO_SAM_HIGH_RES_LR = 4000, 3e-4
 DEMO_SAM_ZOOMED_STEPS, DEMO_SAM_ZOOMED_LR, DEMO_SAM_ZOOMED_WARMUP = 1000, 1e-4, 20
-DEMO_SAM_ZOOM_SHARE, DEMO_SAM_MAX_ZOOM = 0.3, 2.5
+DEMO_SAM_ZOOM_SHARE, DEMO_SAM_MAX_ZOOM, DEMO_SAM_MOSAIC_SHARE = 0.3, 2.5, 0.3
 
 
 def demo_sam_settings(
@@ -343,12 +346,21 @@ def demo_sam_zoomed_settings(
     high_res: SamTrainSettings, steps: int = DEMO_SAM_ZOOMED_STEPS, lr: float = DEMO_SAM_ZOOMED_LR
 ) -> SamTrainSettings:
     """The third stage after ``high_res``: the same SAM, ``steps`` at ``lr`` (a short warm-up) on fresh scenes, a share
-    of them zoomed in (``zoom_scene``), so that shapes larger than the scenes draw them (the crop layer's, a mosaic
-    tile's) are learnt too."""
+    of them mosaics (``mosaic_scene``) and a share of the others zoomed in (``zoom_scene``), so that shapes as mosaic
+    tiles and the crop layer show them are learnt too."""
     warmup = min(DEMO_SAM_ZOOMED_WARMUP, max(1, steps))
-    return replace(
-        high_res, steps=steps, lr=lr, stage=3, warmup=warmup, zoom_share=DEMO_SAM_ZOOM_SHARE, max_zoom=DEMO_SAM_MAX_ZOOM
-    )
+    shares = {"zoom_share": DEMO_SAM_ZOOM_SHARE, "max_zoom": DEMO_SAM_MAX_ZOOM, "mosaic_share": DEMO_SAM_MOSAIC_SHARE}
+    return replace(high_res, steps=steps, lr=lr, stage=3, warmup=warmup, **shares)
+
+
+# The flags of one model's training, refused with ``--only`` the other (they would change nothing): (flag, dest)
+SAM_FLAGS = tuple(
+    (f"--{name.replace('_', '-')}", name)
+    for name in ("sam_steps", "sam_lr", "sam_high_res_steps", "sam_zoomed_steps", "sam_processes", "snapshots")
+) + (("--no-sam-compile", "sam_compile"),)
+CLIP_FLAGS = tuple(
+    (f"--{name.replace('_', '-')}", name) for name in ("clip_steps", "clip_sam_scenes", "clip_part_max_iou")
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -373,8 +385,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--sam-zoomed-steps",
         type=int,
         default=None,
-        help=f"SAM's third stage, on scenes partly zoomed in (default {DEMO_SAM_ZOOMED_STEPS}; 0: none; none either "
-        "with --sam-high-res-steps 0)",
+        help=f"SAM's third stage, on scenes partly mosaics or zoomed in (default {DEMO_SAM_ZOOMED_STEPS}; 0: none; "
+        "none either with --sam-high-res-steps 0)",
     )
     parser.add_argument("--clip-steps", type=int, default=ClipTrainSettings.steps)
     parser.add_argument(
@@ -436,6 +448,12 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--sam-zoomed-steps must be 0 or more.")
     if args.sam_high_res_steps == 0 and args.sam_zoomed_steps:
         parser.error("--sam-zoomed-steps continues the high-res stage: it needs --sam-high-res-steps above 0.")
+    unused = {
+        "clip": [flag for flag, name in SAM_FLAGS if getattr(args, name) != parser.get_default(name)],
+        "sam": [flag for flag, name in CLIP_FLAGS if getattr(args, name) != parser.get_default(name)],
+    }.get(args.only)
+    if unused:
+        parser.error(f"--only {args.only} trains no {'SAM' if args.only == 'clip' else 'CLIP'}: leave out {unused}.")
     if args.sam_zoomed_steps is None:
         args.sam_zoomed_steps = DEMO_SAM_ZOOMED_STEPS if args.sam_high_res_steps else 0
     try:

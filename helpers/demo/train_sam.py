@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small
 from ..sam.allocator import reuse_freed_memory
-from .scenes import TRAIN_STREAM, Scene, make_scene, zoom_scene
+from .scenes import TRAIN_STREAM, Scene, make_scene, mosaic_scene, zoom_scene
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,10 @@ class SamTrainSettings:
     # scenes are 15-50 px in radius at SAM's input, the crop layer shows them up to 1.6x larger and mosaic tiles 2x.
     zoom_share: float = 0.0
     max_zoom: float = 2.5
+    # Of the scenes, this share a mosaic (``mosaic_scene``): shapes' boxes cut from other scenes and scaled up into
+    # tiles, as SLIP's mosaic evaluation shows them (each shape about as large as the largest scene shapes, with soft
+    # up-scaled edges, among other tiles' shapes and borders); ``zoom_share`` applies to the other scenes.
+    mosaic_share: float = 0.0
     # (until step, at most this many shapes per image), e.g. ((300, 1), (600, 3)); tried, did not help
     curriculum: tuple[tuple[int, int], ...] = ()
     seed: int = 0
@@ -69,6 +73,8 @@ class SamTrainSettings:
             raise ValueError(f"stage={self.stage}: 1 (from scratch), 2 (the high-res stage) or 3 (the zoomed stage).")
         if not 0 <= self.zoom_share <= 1 or self.max_zoom < 1:
             raise ValueError(f"zoom_share={self.zoom_share} must lie in [0, 1] and max_zoom={self.max_zoom} be >= 1.")
+        if not 0 <= self.mosaic_share <= 1:
+            raise ValueError(f"mosaic_share={self.mosaic_share} must lie in [0, 1].")
         if self.processes < 1 or self.images_per_step % self.processes:
             raise ValueError(
                 f"processes={self.processes} must be 1 or more and divide images_per_step={self.images_per_step}."
@@ -126,9 +132,12 @@ def _batch(rng: np.random.Generator, sam: Sam, settings: SamTrainSettings, max_s
     size = sam.image_encoder.img_size
     images, prompts = np.zeros((settings.images_per_step, 3, size, size), np.float32), []
     for index in range(settings.images_per_step):
-        scene = make_scene(rng, max_shapes=max_shapes)
-        if settings.zoom_share and rng.random() < settings.zoom_share:  # no draw without zoom: earlier runs' streams
-            scene = zoom_scene(scene, rng, rng.uniform(1, settings.max_zoom))
+        if settings.mosaic_share and rng.random() < settings.mosaic_share:  # no draw without mosaics: earlier streams
+            scene = mosaic_scene(rng)
+        else:
+            scene = make_scene(rng, max_shapes=max_shapes)
+            if settings.zoom_share and rng.random() < settings.zoom_share:  # no draw without zoom: earlier streams
+                scene = zoom_scene(scene, rng, rng.uniform(1, settings.max_zoom))
         points, owners, targets, background = _prompts(scene, rng, settings.points_per_image, settings)
         small = transform.apply_image(scene.image)
         h, w = small.shape[:2]
