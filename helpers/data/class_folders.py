@@ -24,6 +24,14 @@ def load_class_folders(root: str | Path, per_class: int | None = None) -> tuple[
     return items, [f.name for f in folders]
 
 
+def crop_box(mask: np.ndarray, margin: float = 0.1) -> tuple[slice, slice]:
+    """The box of ``mask``'s pixels widened by ``margin`` of its size on each side (clipped at the top and left; numpy
+    clips the rest): how ``object_crops`` cuts a class out."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    dy, dx = int((rows[-1] - rows[0]) * margin), int((cols[-1] - cols[0]) * margin)
+    return np.s_[max(0, rows[0] - dy) : rows[-1] + 1 + dy, max(0, cols[0] - dx) : cols[-1] + 1 + dx]
+
+
 def object_crops(
     dataset: Dataset,
     min_area: int = 400,
@@ -45,9 +53,7 @@ def object_crops(
         for name, mask in sample.masks.items():
             if mask.sum() < min_area:
                 continue
-            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-            dy, dx = int((rows[-1] - rows[0]) * margin), int((cols[-1] - cols[0]) * margin)
-            box = np.s_[max(0, rows[0] - dy) : rows[-1] + 1 + dy, max(0, cols[0] - dx) : cols[-1] + 1 + dx]
+            box = crop_box(mask, margin)
             if max_other is not None and any(
                 other[box].mean() > max_other for label, other in sample.masks.items() if label != name
             ):

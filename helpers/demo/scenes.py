@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..data import DEMO_CLASSES
+from ..data.class_folders import crop_box
 from ..data.demo import _background, draw_shape
 
 TRAIN_STREAM = 0x5A3D  # training scenes draw from np.random.default_rng([TRAIN_STREAM, seed]): never a demo seed
@@ -71,10 +72,10 @@ def mosaic_scene(
 ) -> Scene:
     """A grid of ``tile`` px tiles seen through a ``height`` x ``width`` window at a random offset (the scenes' size,
     so that SAM's inputs keep one size), each tile the box of one shape of a fresh ``make_scene`` (one of >= 100
-    visible px clear of the scene's border; else the whole scene), with ``margin`` of its size around it as
-    ``object_crops`` cuts, scaled to the tile (image bicubic as ``make_mosaics``, masks bilinear cut at one half):
-    large, up-scaled shapes beside other tiles, as SLIP's mosaics show them (a 160 px tile here is a mosaic's 112 px
-    tile at SAM's input: 128 px). Every shape part in the window is an instance."""
+    visible px clear of the scene's border; else the whole scene) cut as ``object_crops`` cuts (``crop_box``),
+    scaled to the tile (image bicubic as ``make_mosaics``, masks bilinear cut at one half): large, up-scaled shapes
+    beside other tiles, as SLIP's mosaics show them (a 160 px tile here is a mosaic's 112 px tile at SAM's input:
+    128 px). Every shape part in the window is an instance."""
     rows, cols = -(-height // tile) + 1, -(-width // tile) + 1
     y0, x0 = int(rng.integers(0, rows * tile - height + 1)), int(rng.integers(0, cols * tile - width + 1))
     window = np.s_[y0 : y0 + height, x0 : x0 + width]
@@ -85,9 +86,7 @@ def mosaic_scene(
         edge = scene.masks[:, [0, -1]].any((1, 2)) | scene.masks[:, :, [0, -1]].any((1, 2))
         whole = np.flatnonzero((scene.masks.reshape(len(scene.masks), -1).sum(1) >= 100) & ~edge)
         chosen = scene.masks[int(rng.choice(whole))] if len(whole) else np.ones(scene.masks.shape[1:], bool)
-        ys, xs = np.flatnonzero(chosen.any(1)), np.flatnonzero(chosen.any(0))
-        dy, dx = int((ys[-1] - ys[0]) * margin), int((xs[-1] - xs[0]) * margin)
-        box = np.s_[max(0, ys[0] - dy) : ys[-1] + 1 + dy, max(0, xs[0] - dx) : xs[-1] + 1 + dx]
+        box = crop_box(chosen, margin)
         y, x = divmod(slot, cols)
         place = np.s_[y * tile : (y + 1) * tile, x * tile : (x + 1) * tile]
         canvas[place] = np.asarray(Image.fromarray(scene.image[box]).resize((tile, tile), Image.BICUBIC))
