@@ -12,7 +12,8 @@ Per model set, on ``--images`` fresh ``make_demo_dataset`` images of each seed (
 - SAM ceiling: the best mask of the demo generator per ground-truth shape (IoU), mean and per class, and split by
   whether the shape touches another, covers it or is covered (visible masks within 2 px) or stands alone;
 - the pipeline (the profile's ``DEMO_SETTINGS`` + ``DEMO_SELECTION``): mean IoU per class over the images
-  holding the class (a prompt for an absent class is not scored here; notebook 03's table scores it);
+  holding the class, and how often a prompt for a class absent from the image is answered with a mask (a false
+  alarm; notebook 03's table scores these prompts in its precision);
 - SLIP's mosaic top-1 (4 ground-truth cut-outs of other images per mosaic, through SAM + CLIP), on the issue's
   mosaics (any cut-out) and on mosaics of one class per tile (cut-outs in which no other class covers > 5 %);
 - recognition of masked ground-truth cut-outs by CLIP alone (4 classes);
@@ -143,7 +144,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, rank: bool = True) -> dict:
     pipeline = Pipeline(models.sam, models.clip, models.settings, cache_dir=cache / models.name)
     open_gates = replace(models.settings.sam, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-    ceiling, prompts, gates = [], [], []
+    ceiling, prompts, gates, absent = [], [], [], []
     mosaic_hits, single_class_hits, clock = [], [], time.perf_counter()
     names = [*DEMO_CLASSES, BACKGROUND]
     text, named = pipeline.text(names), []
@@ -168,6 +169,9 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
             for name in present:
                 prediction = pipeline.predict(result, name, models.selection, DEMO_CLASSES)
                 prompts.append({"class": name, "iou": iou(prediction.mask, sample.masks[name])})
+            for name in (name for name in DEMO_CLASSES if name not in present):
+                prediction = pipeline.predict(result, name, models.selection, DEMO_CLASSES)
+                absent.append({"class": name, "answered": bool(prediction.mask.any())})
             everything = generate_masks(models.sam, sample.image, open_gates) if rank else []
             if len(everything):
                 _, _, true = truth_overlaps(everything, truths)
@@ -199,6 +203,8 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
         "shapes_touching_per_class": ceiling[ceiling.touching].groupby("class").size().to_dict(),
         "pipeline_iou_per_class": prompts.groupby("class").iou.mean().round(3).to_dict(),
         "pipeline_mean_iou": float(prompts.iou.mean()),
+        "absent_class_answered": float(pd.DataFrame(absent).answered.mean()) if absent else float("nan"),
+        "absent_class_prompts": len(absent),
         "mosaic_top1": float(sum(h for h, _ in mosaic_hits) / sum(t for _, t in mosaic_hits)),
         "mosaic_pairs": int(sum(t for _, t in mosaic_hits)),
         "mosaic_top1_single_class": float(

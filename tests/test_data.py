@@ -106,6 +106,16 @@ def test_demo_set_is_deterministic_with_exact_disjoint_masks():
     assert a.classes == data.DEMO_CLASSES
 
 
+def test_a_demo_shape_all_but_hidden_is_ignored_not_a_class_to_find():
+    """Seed 0's first image: a star covered but for 148 pixels (under MIN_VISIBLE, a tenth) is no object to find."""
+    sample = data.make_demo_dataset(1, seed=0)[0]
+    assert not sample.masks["star"].any()
+    assert sample.ignore["star"].sum() == 148
+    assert not any(mask[sample.ignore["star"]].any() for mask in sample.masks.values())
+    assert "star" not in {instance.label for instance in sample.instances}
+    assert sum(mask.any() for mask in sample.masks.values()) >= 2
+
+
 def test_prepared_dataset_round_trip(tmp_path):
     ds = data.make_demo_dataset(3)
     ds.samples[0].ignore["circle"] = np.eye(240, 320, dtype=bool)

@@ -90,20 +90,21 @@ REPORT_SEEDS = (7301, 7302, 7303, 7304)  # issue 25's report images (benchmarks/
 
 
 def test_sam_ceiling_on_fresh_images(demo_models):
-    """The target's own measure on the report's images (79 shapes, ~16 s): a few images are too few to tell 0.88
-    from 0.90 (the 3 images of seed 9090 this test used give 0.91, 16 give 0.90). The committed SAM: 0.908."""
+    """The target's own measure on the report's images (77 shapes, ~16 s): a few images are too few to tell 0.88
+    from 0.90 (the 3 images of seed 9090 this test used give 0.91, 16 give 0.90). The committed SAM: 0.932 (0.908
+    while two stars hidden but for 2 pixels each counted as shapes to find, before ``MIN_VISIBLE``)."""
     sam, _ = demo_models
     tables = [ceiling_table(sam, make_demo_dataset(8, seed=seed), DEMO_SETTINGS.sam) for seed in REPORT_SEEDS]
-    assert sum(len(table) for table in tables) == 79
+    assert sum(len(table) for table in tables) == 77
     best = np.concatenate([table["best_mask_iou"].to_numpy() for table in tables])
     union = np.concatenate([table["best_union_iou"].to_numpy() for table in tables])
     assert union.mean() >= best.mean()
-    assert best.mean() >= 0.90, f"SAM ceiling {best.mean():.4f} < 0.90 (committed: 0.9081 on the build machine)"
+    assert best.mean() >= 0.90, f"SAM ceiling {best.mean():.4f} < 0.90 (committed: 0.9322 on the build machine)"
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="target missed: on the report's 32 unseen images the stars' pipeline IoU is 0.62 (circle 0.91, square "
+    reason="target missed: on the report's 32 unseen images the stars' pipeline IoU is 0.72 (circle 0.91, square "
     "0.95, triangle 0.92) and the mosaic top-1 0.81 (docs/demo-models.md, 'End to end, and the targets'); this test "
     "asserts the targets on seed 9090",
 )

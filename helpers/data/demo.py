@@ -9,6 +9,7 @@ from ..instances import from_masks
 from .types import Dataset, Sample
 
 DEMO_CLASSES = ["circle", "square", "triangle", "star"]
+MIN_VISIBLE = 0.1  # a shape covered but for less than this share of its pixels is not in the ground truth
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -55,7 +56,10 @@ def make_demo_dataset(n_images: int = 8, height: int = 240, width: int = 320, se
     """Coloured shapes (circle, square, triangle, star) on varied backgrounds, with exact masks.
 
     Deterministic for a given seed; needs no download. Shapes may overlap: a later shape
-    covers an earlier one, and the earlier mask loses those pixels.
+    covers an earlier one, and the earlier mask loses those pixels. A shape covered but for less than
+    ``MIN_VISIBLE`` of its pixels (a star's two pixels beside a circle) is no object anyone could point
+    at: its class counts as absent from that image and its few pixels go to ``Sample.ignore`` (neither
+    right nor wrong, as a COCO crowd region).
     """
     rng = np.random.default_rng(seed)
     samples = []
@@ -63,6 +67,7 @@ def make_demo_dataset(n_images: int = 8, height: int = 240, width: int = 320, se
         canvas = Image.fromarray(_background(rng, height, width))
         draw = ImageDraw.Draw(canvas)
         masks = {name: np.zeros((height, width), bool) for name in DEMO_CLASSES}
+        drawn_area = {}
         for kind in rng.choice(DEMO_CLASSES, rng.integers(2, 4), replace=False):
             r = rng.uniform(0.12, 0.22) * min(height, width)
             cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
@@ -75,6 +80,12 @@ def make_demo_dataset(n_images: int = 8, height: int = 240, width: int = 320, se
             for name in masks:
                 masks[name] &= ~drawn
             masks[kind] |= drawn
+            drawn_area[kind] = drawn.sum()
+        hidden = {k: masks[k].copy() for k, area in drawn_area.items() if 0 < masks[k].sum() < MIN_VISIBLE * area}
+        for kind in hidden:
+            masks[kind][:] = False
         # each kind is drawn at most once per image, so a class's visible mask is one object
-        samples.append(Sample(f"demo_{index:03d}", np.asarray(canvas).copy(), masks, instances=from_masks(masks)))
+        samples.append(
+            Sample(f"demo_{index:03d}", np.asarray(canvas).copy(), masks, instances=from_masks(masks), ignore=hidden)
+        )
     return Dataset("demo", samples, list(DEMO_CLASSES))
