@@ -171,7 +171,9 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
                 prompts.append({"class": name, "iou": iou(prediction.mask, sample.masks[name])})
             for name in (name for name in DEMO_CLASSES if name not in present):
                 prediction = pipeline.predict(result, name, models.selection, DEMO_CLASSES)
-                absent.append({"class": name, "answered": bool(prediction.mask.any())})
+                hidden = sample.ignore_mask(name)  # a shape all but covered: its pixels count for nothing
+                answered = prediction.mask & ~hidden if hidden is not None else prediction.mask
+                absent.append({"class": name, "answered": bool(answered.any())})
             everything = generate_masks(models.sam, sample.image, open_gates) if rank else []
             if len(everything):
                 _, _, true = truth_overlaps(everything, truths)

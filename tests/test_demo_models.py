@@ -91,7 +91,7 @@ REPORT_SEEDS = (7301, 7302, 7303, 7304)  # issue 25's report images (benchmarks/
 
 def test_sam_ceiling_on_fresh_images(demo_models):
     """The target's own measure on the report's images (77 shapes, ~16 s): a few images are too few to tell 0.88
-    from 0.90 (the 3 images of seed 9090 this test used give 0.91, 16 give 0.90). The committed SAM: 0.932 (0.908
+    from 0.90 (the 3 images of seed 9090 this test used gave 0.91, 16 gave 0.90). The committed SAM: 0.932 (0.908
     while two stars hidden but for 2 pixels each counted as shapes to find, before ``MIN_VISIBLE``)."""
     sam, _ = demo_models
     tables = [ceiling_table(sam, make_demo_dataset(8, seed=seed), DEMO_SETTINGS.sam) for seed in REPORT_SEEDS]

@@ -228,6 +228,21 @@ def test_coco_round_trip_demo_is_exact(demo, tmp_path):
         same_masks(a, b, demo.classes)
 
 
+def test_a_hidden_demo_shape_travels_as_a_crowd_region(tmp_path):
+    """Seed 0's first image hides a star but for 148 pixels (``MIN_VISIBLE``): written as one ``iscrowd`` annotation,
+    read back into ``ignore``; mask AP with a detection on it equals COCOeval on the written files."""
+    hidden = make_demo_dataset(6, seed=0)
+    assert hidden[0].ignore["star"].sum() == 148
+    path = write_coco_dataset(hidden, tmp_path / "out" / "annotations.json")
+    annotations = json.loads(path.read_text())["annotations"]
+    assert sum(a["iscrowd"] for a in annotations) == 1
+    back = load_coco(path, tmp_path / "out" / "images", classes=hidden.classes)
+    assert np.array_equal(back[0].ignore["star"], hidden[0].ignore["star"]) and not back[0].masks["star"].any()
+    predictions = noisy_predictions(hidden)
+    predictions[hidden[0].image_id].append(Instance(hidden[0].ignore["star"], "star", 0.99))
+    mask_ap_against_files(hidden, predictions, tmp_path)
+
+
 @pytest.mark.shared_data
 def test_coco_round_trip_real_is_exact(tmp_path):
     dataset = real_coco(sorted(CROWD_IMAGES + [139, 802, 397133]))

@@ -57,9 +57,9 @@ def make_demo_dataset(n_images: int = 8, height: int = 240, width: int = 320, se
 
     Deterministic for a given seed; needs no download. Shapes may overlap: a later shape
     covers an earlier one, and the earlier mask loses those pixels. A shape covered but for less than
-    ``MIN_VISIBLE`` of its pixels (a star's two pixels beside a circle) is no object anyone could point
-    at: its class counts as absent from that image and its few pixels go to ``Sample.ignore`` (neither
-    right nor wrong, as a COCO crowd region).
+    ``MIN_VISIBLE`` of its pixels (from a star's two pixels beside a circle to a thin crescent of a
+    few hundred) is no object anyone would mark: its class counts as absent from that image and those
+    pixels go to ``Sample.ignore`` (neither right nor wrong, as a COCO crowd region).
     """
     rng = np.random.default_rng(seed)
     samples = []
@@ -81,7 +81,7 @@ def make_demo_dataset(n_images: int = 8, height: int = 240, width: int = 320, se
                 masks[name] &= ~drawn
             masks[kind] |= drawn
             drawn_area[kind] = drawn.sum()
-        hidden = {k: masks[k].copy() for k, area in drawn_area.items() if 0 < masks[k].sum() < MIN_VISIBLE * area}
+        hidden = {str(k): masks[k].copy() for k, area in drawn_area.items() if 0 < masks[k].sum() < MIN_VISIBLE * area}
         for kind in hidden:
             masks[kind][:] = False
         # each kind is drawn at most once per image, so a class's visible mask is one object
