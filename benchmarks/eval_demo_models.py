@@ -48,7 +48,7 @@ from helpers.demo.train import evaluate_clip, truth_overlaps  # noqa: E402
 from helpers.demo.train_clip import BACKGROUND, ClipTrainSettings  # noqa: E402
 from helpers.evaluation import mosaic_top1_accuracy  # noqa: E402
 from helpers.masks import overlap_counts  # noqa: E402
-from helpers.metrics import iou  # noqa: E402
+from helpers.metrics import counts, iou  # noqa: E402
 from helpers.models.loading import LoadedSam, load_clip  # noqa: E402
 from helpers.models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small  # noqa: E402
 from helpers.pipeline import Pipeline, PipelineSettings  # noqa: E402
@@ -171,9 +171,8 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
                 prompts.append({"class": name, "iou": iou(prediction.mask, sample.masks[name])})
             for name in (name for name in DEMO_CLASSES if name not in present):
                 prediction = pipeline.predict(result, name, models.selection, DEMO_CLASSES)
-                hidden = sample.ignore_mask(name)  # a shape all but covered: its pixels count for nothing
-                answered = prediction.mask & ~hidden if hidden is not None else prediction.mask
-                absent.append({"class": name, "answered": bool(answered.any())})
+                found = counts(prediction.mask, sample.masks[name], sample.ignore_mask(name)).predicted
+                absent.append({"class": name, "answered": found > 0})  # pixels on an all-but-hidden shape: none
             everything = generate_masks(models.sam, sample.image, open_gates) if rank else []
             if len(everything):
                 _, _, true = truth_overlaps(everything, truths)
