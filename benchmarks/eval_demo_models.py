@@ -112,9 +112,10 @@ def weights_architecture(path: Path) -> SamArchitecture:
     )
 
 
-def baseline_models(rev: str, scratch: Path) -> ModelSet:
+def baseline_models(rev: str, scratch: Path, mirror: bool = True) -> ModelSet:
     """The demo weights of commit ``rev`` (git show), with the settings they were run with: ``BASELINE``'s own, else
-    the demo profile's; the SAM built at the architecture its weights hold (``weights_architecture``)."""
+    the demo profile's (``mirror=False``: without its mirrored cut-outs); the SAM built at the architecture its
+    weights hold (``weights_architecture``)."""
     folder = scratch / rev
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("sam_demo.pth", "clip_demo.pt"):
@@ -123,6 +124,7 @@ def baseline_models(rev: str, scratch: Path) -> ModelSet:
         ).stdout
         (folder / name).write_bytes(blob)
     settings = BASELINE_SETTINGS if rev == BASELINE else DEMO_SETTINGS
+    settings = replace(settings, regions=replace(settings.regions, mirror=mirror and settings.regions.mirror))
     return _load(rev, folder, weights_architecture(folder / "sam_demo.pth"), settings, DEMO_SELECTION)
 
 
@@ -244,6 +246,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--points", type=int, default=None, help="SAM's points_per_side")
     parser.add_argument("--nms", type=float, default=None, help="SAM's box_nms_thresh (1.0: no box NMS)")
     parser.add_argument("--min-region-area", type=int, default=None, help="SAM's min_mask_region_area (islands, holes)")
+    parser.add_argument(
+        "--no-mirror",
+        action="store_true",
+        help="CLIP sees each cut-out once, not also mirrored (the profile before 5 Dec)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=None, help="keep SAM's masks here between runs")
     parser.add_argument("--no-rank", action="store_true", help="skip the open-gates pass (rank correlation)")
@@ -264,6 +271,9 @@ def main(argv=None) -> dict:
         sam_settings = replace(sam_settings, box_nms_thresh=args.nms)
     if args.min_region_area is not None:
         sam_settings = replace(sam_settings, min_mask_region_area=args.min_region_area)
+    settings = replace(DEMO_SETTINGS, sam=sam_settings)
+    if args.no_mirror:
+        settings = replace(settings, regions=replace(settings.regions, mirror=False))
     selection = DEMO_SELECTION if args.threshold is None else replace(DEMO_SELECTION, threshold=args.threshold)
     if args.mode is not None:
         selection = replace(selection, mode=args.mode)
@@ -274,12 +284,12 @@ def main(argv=None) -> dict:
                 "current",
                 args.weights or DEMO_WEIGHTS_DIR,
                 read_architecture(args.weights or DEMO_WEIGHTS_DIR),
-                replace(DEMO_SETTINGS, sam=sam_settings),
+                settings,
                 selection,
             )
         ]
         if args.baseline != "none":
-            sets.insert(0, baseline_models(args.baseline, scratch))
+            sets.insert(0, baseline_models(args.baseline, scratch, mirror=not args.no_mirror))
         cache = args.cache or scratch
         report = {s.name: evaluate(s, args.seeds, args.images, args.mosaics, cache, not args.no_rank) for s in sets}
     report["run"] = {
@@ -287,6 +297,7 @@ def main(argv=None) -> dict:
         "images_per_seed": args.images,
         "mosaics_per_seed": args.mosaics,
         "sam": str(sam_settings),
+        "regions": str(settings.regions),
         "selection": str(selection),
     }
     print(json.dumps(report, indent=1))

@@ -399,7 +399,8 @@ def report(result: dict) -> str:
         f"device {result['device']}, precision {pipeline.precision}; SAM ran on {result['sam_runs']} images "
         f"(the rest from the cache); {result['seconds']:.0f} s",
         f"SAM generator: {asdict(pipeline.sam)}",
-        f"filters: {asdict(pipeline.filters)}; cut-outs: {pipeline.regions.mode}, margin {pipeline.regions.margin}; "
+        f"filters: {asdict(pipeline.filters)}; cut-outs: {pipeline.regions.mode}, margin {pipeline.regions.margin}"
+        f"{', each also mirrored (embeddings averaged)' if pipeline.regions.mirror else ''}; "
         f"templates {list(pipeline.templates)}",
         f"selection (IoU row): {selection.mode}, threshold {selection.threshold}, "
         f"negatives {list(selection.negatives)}, kept masks united",

@@ -77,7 +77,7 @@ def truth_result(
     names = [n for n in classes if n in sample.masks and sample.masks[n].any()]
     shape = sample.image.shape[:2]
     masks = MaskSet.from_masks(np.stack([sample.masks[n] for n in names]) if names else np.zeros((0, *shape), bool))
-    embedded = encode_images(clip, extract_regions(sample.image, masks, regions), batch_size, precision)
+    embedded = encode_images(clip, extract_regions(sample.image, masks, regions), batch_size, precision, regions.mirror)
     return ImageResult(sample.image_id, masks, embedded), names
 
 

@@ -64,10 +64,24 @@ def default_batch_size(device: str) -> int:
 
 
 def encode_images(
-    model: LoadedClip, regions: Sequence[np.ndarray], batch_size: int | None = None, precision: str = "float32"
+    model: LoadedClip,
+    regions: Sequence[np.ndarray],
+    batch_size: int | None = None,
+    precision: str = "float32",
+    mirror: bool = False,
 ) -> np.ndarray:
     """Unit embeddings of all ``regions`` (RGB uint8 arrays), ``batch_size`` at a time
-    (default: ``default_batch_size`` of the model's device), the encoder run in ``precision``."""
+    (default: ``default_batch_size`` of the model's device), the encoder run in ``precision``.
+    ``mirror``: each region is also encoded mirrored left to right and its embedding is the
+    normalised mean of the two (``RegionSettings.mirror``)."""
+    if mirror:
+        both = encode_images(
+            model, [*regions, *(np.ascontiguousarray(r[:, ::-1]) for r in regions)], batch_size, precision
+        )
+        if len(regions) == 0:
+            return both
+        mean = torch.from_numpy(both[: len(regions)] + both[len(regions) :])
+        return _normalise(mean)
     width = model.model.visual.output_dim
     batch_size = batch_size or default_batch_size(model.device)
     if len(regions) == 0:

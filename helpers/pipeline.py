@@ -23,6 +23,7 @@ from .masks import FilterSettings, MaskSet, apply_filters
 from .models.loading import LoadedClip, LoadedSam, SamSource
 from .precision import check_precision
 from .regions import RegionSettings, extract_regions
+from .regions import cache_fields as region_cache_fields
 from .segmentation import SamSettings, generate_masks
 from .selection import ImageResult, Prediction, SelectionSettings, predict
 
@@ -81,7 +82,7 @@ class Pipeline:
             sam=self.sam_key,
             filters=asdict(settings.filters),
             clip=clip.identity,
-            regions=asdict(settings.regions),
+            regions=region_cache_fields(settings.regions),
             precision=settings.precision,
         )
 
@@ -113,7 +114,9 @@ class Pipeline:
                 return hit
         masks = apply_filters(self.segment(image, key), self.settings.filters)
         regions = extract_regions(image, masks, self.settings.regions)
-        embeddings = encode_images(self.clip, regions, self.settings.batch_size, self.settings.precision)
+        embeddings = encode_images(
+            self.clip, regions, self.settings.batch_size, self.settings.precision, self.settings.regions.mirror
+        )
         self.clip_image_runs += 1
         if self.cache:
             self.cache.save_embeddings(key, self.embedding_key, embeddings)

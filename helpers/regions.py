@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -16,15 +16,26 @@ REGION_MODES = ("masked_crop", "masked_full", "crop")
 class RegionSettings:
     """``masked_crop``: the mask's box, pixels outside the mask painted ``background``;
     ``masked_full``: the whole image with everything outside the mask black;
-    ``crop``: the mask's box as it is. ``margin`` widens the box by that share of its size."""
+    ``crop``: the mask's box as it is. ``margin`` widens the box by that share of its size.
+    ``mirror``: CLIP also sees each cut-out mirrored left to right and the region's embedding is the
+    normalised mean of the two (test-time augmentation: twice the CLIP passes; the demo profile's)."""
 
     mode: str = "masked_crop"
     margin: float = 0.1
     background: tuple[int, int, int] = NEUTRAL_GREY
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in REGION_MODES:
             raise ValueError(f"Unknown region mode {self.mode!r}; use one of {REGION_MODES}.")
+
+
+def cache_fields(settings: RegionSettings) -> dict:
+    """The fields that key cached embeddings: ``mirror`` only when on, so caches made before it existed stay valid."""
+    fields = asdict(settings)
+    if not settings.mirror:
+        del fields["mirror"]
+    return fields
 
 
 def padded_box(box: np.ndarray, margin: float, height: int, width: int) -> tuple[int, int, int, int]:

@@ -1,4 +1,4 @@
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ from conftest import LOOSE_SAM, load_benchmark
 
 from helpers import masks as masks_module
 from helpers import pipeline as pipeline_module
+from helpers.cache import settings_key
 from helpers.clip_scoring import (
     ENSEMBLE_TEMPLATES,
     TextEmbeddings,
@@ -131,6 +132,44 @@ def test_batched_scores_equal_the_naive_loop(tiny_models):
     naive = load_benchmark("bench_pipeline").naive_scores(clip_model, regions, "chair")
     np.testing.assert_allclose(batched, naive, atol=1e-5)
     assert batched.dtype == np.float32 and np.ptp(batched) > 0  # not a constant: the test can fail
+
+
+def test_mirrored_embeddings_average_a_cut_out_and_its_mirror(tiny_models):
+    _, clip_model = tiny_models
+    rng = np.random.default_rng(2)
+    regions = [rng.integers(0, 256, (20 + 7 * i, 31 - 3 * i, 3), dtype=np.uint8) for i in range(5)]
+    plain = encode_images(clip_model, regions, batch_size=3)
+    mirrored = encode_images(clip_model, [r[:, ::-1].copy() for r in regions])
+    both = encode_images(clip_model, regions, batch_size=3, mirror=True)
+    mean = (plain + mirrored) / np.linalg.norm(plain + mirrored, axis=1, keepdims=True)
+    np.testing.assert_allclose(both, mean, atol=1e-6)
+    assert np.abs(both - plain).max() > 1e-3  # the mirror changes what CLIP sees: the test can fail
+    symmetric = [np.concatenate([r, r[:, ::-1]], axis=1) for r in regions]  # its own mirror image
+    np.testing.assert_allclose(
+        encode_images(clip_model, symmetric, mirror=True), encode_images(clip_model, symmetric), atol=1e-6
+    )
+    assert encode_images(clip_model, [], mirror=True).shape == (0, plain.shape[1])
+
+
+def test_mirror_keys_its_own_cache_and_leaves_earlier_caches_valid(tiny_models, tmp_path):
+    sam, clip_model = tiny_models
+    image = make_demo_dataset(1, 64, 80)[0].image
+    plain = Pipeline(sam, clip_model, PipelineSettings(sam=LOOSE_SAM), tmp_path)
+    result = plain.process(image)
+    # the key a cache had before ``mirror`` existed: the region settings without it
+    before = settings_key(
+        sam=plain.sam_key,
+        filters=asdict(FilterSettings()),
+        clip=clip_model.identity,
+        regions={"mode": "masked_crop", "margin": 0.1, "background": NEUTRAL_GREY},
+        precision="float32",
+    )
+    assert plain.embedding_key == before
+    mirrored = Pipeline(sam, clip_model, PipelineSettings(sam=LOOSE_SAM, regions=RegionSettings(mirror=True)), tmp_path)
+    again = mirrored.process(image)
+    assert mirrored.embedding_key != before and (mirrored.sam_runs, mirrored.clip_image_runs) == (0, 1)
+    np.testing.assert_array_equal(again.masks.to_dense(), result.masks.to_dense())
+    assert len(result.masks) and not np.allclose(again.embeddings, result.embeddings)
 
 
 def test_default_batch_size_depends_on_the_device_not_the_result(tiny_models):

@@ -178,7 +178,8 @@ def oracle_prompt_iou(clip_model: LoadedClip, selection, seed: int = 505, images
     for sample in make_demo_dataset(images, seed=seed).samples:
         shapes = [mask for mask in sample.masks.values() if mask.any()]
         masks = MaskSet.from_masks(np.stack([*shapes, ~np.any(shapes, axis=0)]))
-        embeddings = encode_images(clip_model, extract_regions(sample.image, masks, DEMO_SETTINGS.regions))
+        cutouts = extract_regions(sample.image, masks, DEMO_SETTINGS.regions)
+        embeddings = encode_images(clip_model, cutouts, mirror=DEMO_SETTINGS.regions.mirror)
         result = ImageResult(sample.image_id, masks, embeddings)
         for name, truth in sample.masks.items():
             if truth.any():
