@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .clip_scoring import encode_images
+from .clip_scoring import encode_masks
 from .data import Dataset, Sample
 from .evaluation import image_rows, pairs
 from .masks import MaskSet
 from .models.loading import LoadedClip
-from .regions import RegionSettings, extract_regions
+from .regions import RegionSettings
 from .selection import ImageResult, SelectionSettings, TextEncoder, similarities
 
 
@@ -77,7 +77,7 @@ def truth_result(
     names = [n for n in classes if n in sample.masks and sample.masks[n].any()]
     shape = sample.image.shape[:2]
     masks = MaskSet.from_masks(np.stack([sample.masks[n] for n in names]) if names else np.zeros((0, *shape), bool))
-    embedded = encode_images(clip, extract_regions(sample.image, masks, regions), batch_size, precision, regions.mirror)
+    embedded = encode_masks(clip, sample.image, masks, regions, batch_size, precision)
     return ImageResult(sample.image_id, masks, embedded), names
 
 

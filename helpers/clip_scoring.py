@@ -9,8 +9,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .masks import MaskSet
 from .models.loading import LoadedClip
 from .precision import autocast
+from .regions import RegionSettings, extract_regions
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 # A small ensemble in the spirit of CLIP's ImageNet prompt engineering.
@@ -92,6 +94,19 @@ def encode_images(
         with torch.inference_mode(), autocast(model.device, precision):
             chunks.append(_normalise(model.model.encode_image(batch)))
     return np.concatenate(chunks)
+
+
+def encode_masks(
+    model: LoadedClip,
+    image: np.ndarray,
+    masks: MaskSet,
+    regions: RegionSettings = RegionSettings(),
+    batch_size: int | None = None,
+    precision: str = "float32",
+) -> np.ndarray:
+    """Steps 3 and 4 together: every mask of ``masks`` cut out of ``image`` as ``regions`` says and embedded by
+    ``encode_images`` (mirrored too when ``regions.mirror``), so each caller embeds masks as the pipeline does."""
+    return encode_images(model, extract_regions(image, masks, regions), batch_size, precision, regions.mirror)
 
 
 class TextEmbeddings:

@@ -16,13 +16,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .cache import ResultCache, image_key, settings_key
-from .clip_scoring import DEFAULT_TEMPLATES, TextEmbeddings, encode_images
+from .clip_scoring import DEFAULT_TEMPLATES, TextEmbeddings, encode_masks
 from .data import Dataset
 from .instances import Instance, from_result
 from .masks import FilterSettings, MaskSet, apply_filters
 from .models.loading import LoadedClip, LoadedSam, SamSource
 from .precision import check_precision
-from .regions import RegionSettings, extract_regions
+from .regions import RegionSettings
 from .regions import cache_fields as region_cache_fields
 from .segmentation import SamSettings, generate_masks
 from .selection import ImageResult, Prediction, SelectionSettings, predict
@@ -113,9 +113,8 @@ class Pipeline:
             if hit is not None:
                 return hit
         masks = apply_filters(self.segment(image, key), self.settings.filters)
-        regions = extract_regions(image, masks, self.settings.regions)
-        embeddings = encode_images(
-            self.clip, regions, self.settings.batch_size, self.settings.precision, self.settings.regions.mirror
+        embeddings = encode_masks(
+            self.clip, image, masks, self.settings.regions, self.settings.batch_size, self.settings.precision
         )
         self.clip_image_runs += 1
         if self.cache:

@@ -167,9 +167,8 @@ def evaluate_pipeline(
 def oracle_prompt_iou(clip_model: LoadedClip, selection, seed: int = 505, images: int = 12) -> float:
     """Mean IoU of prompting each present class by name when the masks are perfect (the ground-truth
     shapes plus the background): CLIP and the selection settings alone, whatever SAM does."""
-    from ..clip_scoring import TextEmbeddings
+    from ..clip_scoring import TextEmbeddings, encode_masks
     from ..metrics import iou
-    from ..regions import extract_regions
     from ..selection import ImageResult, predict
     from .models import DEMO_SETTINGS
 
@@ -178,8 +177,7 @@ def oracle_prompt_iou(clip_model: LoadedClip, selection, seed: int = 505, images
     for sample in make_demo_dataset(images, seed=seed).samples:
         shapes = [mask for mask in sample.masks.values() if mask.any()]
         masks = MaskSet.from_masks(np.stack([*shapes, ~np.any(shapes, axis=0)]))
-        cutouts = extract_regions(sample.image, masks, DEMO_SETTINGS.regions)
-        embeddings = encode_images(clip_model, cutouts, mirror=DEMO_SETTINGS.regions.mirror)
+        embeddings = encode_masks(clip_model, sample.image, masks, DEMO_SETTINGS.regions)
         result = ImageResult(sample.image_id, masks, embeddings)
         for name, truth in sample.masks.items():
             if truth.any():
