@@ -42,9 +42,10 @@ def demo_models():
 
 
 def test_the_committed_summary_is_the_recipes():
-    """``train_summary.json`` beside the weights was written by the default command as it stands: the settings of
-    its three SAM stages and of CLIP are today's recipe, and its sums are the registered ones (a recipe constant
-    changed without retraining, or weights replaced without their summary, fail here)."""
+    """``train_summary.json`` beside the weights was written by the default command as it stands (or by ``--only
+    clip`` beside the SAM that command trained, which keeps that SAM's record): the settings of its three SAM stages
+    and of CLIP are today's recipe, and its sums are the registered ones (a recipe constant changed without
+    retraining, or weights replaced without their summary, fail here)."""
     from dataclasses import asdict
 
     from helpers.demo.train_clip import ClipTrainSettings
@@ -104,8 +105,8 @@ def test_sam_ceiling_on_fresh_images(demo_models):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="target missed: on the report's 32 unseen images the stars' pipeline IoU is 0.72 (circle 0.88, square "
-    "0.94, triangle 0.94) and the mosaic top-1 0.79 (docs/demo-models.md, 'End to end, and the targets'); this test "
+    reason="target missed: on the report's 32 unseen images the stars' pipeline IoU is 0.76 (circle 0.92, square "
+    "0.92, triangle 0.94) and the mosaic top-1 0.65 (docs/demo-models.md, 'End to end, and the targets'); this test "
     "asserts the targets on seed 9090",
 )
 def test_pipeline_targets_on_fresh_images(demo_models):

@@ -365,3 +365,31 @@ def test_a_mosaic_scene_holds_tiles_of_larger_shapes():
     assert largest(mosaics) > 1.5 * largest(scenes)
     again = mosaic_scene(np.random.default_rng(0), tile=tile)
     assert np.array_equal(again.image, mosaics[0].image) and np.array_equal(again.masks, mosaics[0].masks)
+
+
+def test_only_clip_keeps_the_record_of_the_sam_it_learns_from(tmp_path):
+    """``--only clip`` keeps the SAM stages' settings and times of the summary beside the SAM, but only when that
+    summary describes this very file (its sha256), and none of the CLIP's or the evaluation's keys."""
+    import json
+
+    from helpers.checkpoints.ensure import sha256_of
+    from helpers.demo.train import sam_record
+
+    sam = tmp_path / "sam_demo.pth"
+    sam.write_bytes(b"weights")
+    summary = tmp_path / "train_summary.json"
+    assert sam_record(summary, sam) == {}  # no summary
+    previous = {
+        "sha256": {"sam_demo.pth": sha256_of(sam)},
+        "sam_settings": {"steps": 8500},
+        "sam_train_wall_s": 1.0,
+        "sam_zoomed_wall_s": 2.0,
+        "sam_cutouts_wall_s": 3.0,
+        "sam_ceiling": 0.9,
+        "clip_settings": {"steps": 1},
+    }
+    summary.write_text(json.dumps(previous))
+    kept = {"sam_settings": {"steps": 8500}, "sam_train_wall_s": 1.0, "sam_zoomed_wall_s": 2.0}
+    assert sam_record(summary, sam) == kept
+    sam.write_bytes(b"other weights")
+    assert sam_record(summary, sam) == {}  # the summary is another SAM's

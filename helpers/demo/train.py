@@ -4,9 +4,9 @@
 type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
 count trains other weights): SAM first, in three stages (about 30 + 16 + 4.5 min wall on 2 cores; the second adds
 SAM 2's high-res path, the third zooms some scenes in), then SAM's own masks on 1,000 further scenes (two processes,
-about 2 min) and CLIP on those cut-outs and exact ones (about 2.5 min), then about half a minute of evaluation: about
-58 min in all (docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured
-results: docs/demo-models.md.
+about 2 min) and CLIP (CLIP's ModifiedResNet image tower) on those cut-outs and exact ones (about 3 min), then
+about half a minute of evaluation: about 59 min in all (docs/performance.md); ``--quick`` is a seconds-long
+end-to-end run into a scratch folder. Measured results: docs/demo-models.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
 per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
@@ -187,7 +187,8 @@ def oracle_prompt_iou(clip_model: LoadedClip, selection, seed: int = 505, images
 
 def save_clip_state(model: CLIP, path: Path) -> None:
     """A float16 state dict (half the size; ``load_clip`` returns float32 either way)."""
-    torch.save({key: value.half() for key, value in model.state_dict().items()}, path)
+    state = model.state_dict()
+    torch.save({key: value.half() if value.is_floating_point() else value for key, value in state.items()}, path)
 
 
 def _clock() -> tuple[float, float]:
@@ -200,6 +201,21 @@ def _since(clock: tuple[float, float], name: str) -> dict:
     """``{name}_wall_s`` and ``{name}_cpu_s`` since ``clock`` (a ``_clock()``)."""
     wall, cpu = _clock()
     return {f"{name}_wall_s": wall - clock[0], f"{name}_cpu_s": cpu - clock[1]}
+
+
+SAM_RECORD_PREFIXES = ("sam_train_", "sam_final_", "sam_settings", "sam_high_res_", "sam_zoomed_")
+
+
+def sam_record(summary_path: Path, sam_path: Path) -> dict:
+    """How the SAM at ``sam_path`` was trained (its stages' settings, times and final training IoU), read from the
+    summary at ``summary_path`` when that summary's sha256 of ``sam_demo.pth`` is this file's; {} otherwise (no
+    summary, another SAM). ``--only clip`` keeps it, so that its summary still says how its SAM was made."""
+    if not (summary_path.is_file() and sam_path.is_file()):
+        return {}
+    previous = json.loads(summary_path.read_text())
+    if previous.get("sha256", {}).get(sam_path.name) != sha256_of(sam_path):
+        return {}
+    return {key: value for key, value in previous.items() if key.startswith(SAM_RECORD_PREFIXES)}
 
 
 def _train_sam_into(
@@ -487,6 +503,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary.update({"cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count()})
     summary["demo_sam_settings"] = asdict(DEMO_SAM_SETTINGS)  # what the evaluation below runs
     summary["cutout_sam_settings"] = asdict(CUTOUT_SAM_SETTINGS)  # what CLIP's SAM cut-outs were made with
+    if args.only == "clip":  # the record of the SAM it learns from, when the summary beside it describes that SAM
+        summary.update(sam_record(out / "train_summary.json", sam_path))
     clock = time.perf_counter()
     if args.only == "clip" and clip_settings.sam_scenes and not sam_path.is_file():
         parser.error(f"--only clip trains on the demo SAM's masks: {sam_path} is missing (train SAM first).")

@@ -49,7 +49,7 @@ def colour_name(rgb) -> str:
 
 @dataclass(frozen=True)
 class ClipTrainSettings:
-    steps: int = 2000
+    steps: int = 1500
     batch: int = 64
     scenes: int = 1500  # generated once: about 3 cut-outs each
     lr: float = 1e-3

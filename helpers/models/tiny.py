@@ -163,15 +163,17 @@ def build_clip_tiny() -> CLIP:
 
 
 def build_clip_demo() -> CLIP:
-    """The demo CLIP: a 2-block, 128-wide ViT at 48 px (patch 8) and a 2-block, 64-wide text
-    transformer over CLIP's own 49408-token vocabulary, 64-d embeddings; trained on shape
-    cut-outs by ``helpers.demo.train``. Saved as a float16 state dict (``load_clip`` reads it)."""
+    """The demo CLIP: CLIP's ModifiedResNet (the RN50 family's image tower) 16 wide with one bottleneck per stage
+    at 64 px (its attention pool over 2 x 2 cells, 512 wide, 8 heads), and a 2-block, 64-wide text transformer over
+    CLIP's own 49408-token vocabulary, 64-d embeddings; trained on shape cut-outs by ``helpers.demo.train``. Saved as a
+    float16 state dict (``load_clip`` reads it). Convolutions read a shape's outline from fewer examples than the
+    2-block ViT it replaced (5 Dec 2026: a 48 px ViT with 8 px patches; docs/demo-models.md)."""
     return CLIP(
         embed_dim=64,
-        image_resolution=48,
-        vision_layers=2,
-        vision_width=128,
-        vision_patch_size=8,
+        image_resolution=64,
+        vision_layers=(1, 1, 1, 1),
+        vision_width=16,
+        vision_patch_size=None,
         context_length=77,
         vocab_size=49408,
         transformer_width=64,
