@@ -121,7 +121,8 @@ def test_pipeline_targets_on_fresh_images(demo_models):
 
 def test_clip_recognises_ground_truth_cutouts(demo_models):
     """The target's own measure on the report's images (77 cut-outs; the committed CLIP: 75 right, 0.974): the 20
-    cut-outs of seed 9090 this test used are too few for a 0.95 bound (one miss is 0.05; this CLIP names 18)."""
+    cut-outs of seed 9090 this test used are too few for a 0.95 bound (one miss is 0.05; the ViT CLIP before this one
+    named 18, this one 20)."""
     _, clip_model = demo_models
     scores = evaluate_clip(clip_model, seeds=REPORT_SEEDS, images=8)
     assert scores["cutouts"] == 77, scores
