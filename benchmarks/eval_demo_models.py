@@ -112,6 +112,11 @@ def weights_architecture(path: Path) -> SamArchitecture:
     )
 
 
+def without_mirror(settings: PipelineSettings) -> PipelineSettings:
+    """``settings`` with CLIP seeing each cut-out once (``--no-mirror``: the demo profile before 5 Dec)."""
+    return replace(settings, regions=replace(settings.regions, mirror=False))
+
+
 def baseline_models(rev: str, scratch: Path, mirror: bool = True) -> ModelSet:
     """The demo weights of commit ``rev`` (git show), with the settings they were run with: ``BASELINE``'s own, else
     the demo profile's (``mirror=False``: without its mirrored cut-outs); the SAM built at the architecture its
@@ -124,7 +129,7 @@ def baseline_models(rev: str, scratch: Path, mirror: bool = True) -> ModelSet:
         ).stdout
         (folder / name).write_bytes(blob)
     settings = BASELINE_SETTINGS if rev == BASELINE else DEMO_SETTINGS
-    settings = replace(settings, regions=replace(settings.regions, mirror=mirror and settings.regions.mirror))
+    settings = settings if mirror else without_mirror(settings)
     return _load(rev, folder, weights_architecture(folder / "sam_demo.pth"), settings, DEMO_SELECTION)
 
 
@@ -273,7 +278,7 @@ def main(argv=None) -> dict:
         sam_settings = replace(sam_settings, min_mask_region_area=args.min_region_area)
     settings = replace(DEMO_SETTINGS, sam=sam_settings)
     if args.no_mirror:
-        settings = replace(settings, regions=replace(settings.regions, mirror=False))
+        settings = without_mirror(settings)
     selection = DEMO_SELECTION if args.threshold is None else replace(DEMO_SELECTION, threshold=args.threshold)
     if args.mode is not None:
         selection = replace(selection, mode=args.mode)
