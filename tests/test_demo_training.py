@@ -393,3 +393,62 @@ def test_only_clip_keeps_the_record_of_the_sam_it_learns_from(tmp_path):
     assert sam_record(summary, sam) == kept
     sam.write_bytes(b"other weights")
     assert sam_record(summary, sam) == {}  # the summary is another SAM's
+
+
+def _reference_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """The backgrounds as first written: every pattern over the whole pixel grid."""
+    kind = rng.integers(4)
+    base = rng.integers(60, 200, 3)
+    yy, xx = np.mgrid[0:height, 0:width]
+    if kind == 0:
+        image = base + (xx / width)[..., None] * rng.integers(-60, 60, 3)
+    elif kind == 1:
+        image = base + ((yy // rng.integers(6, 20)) % 2)[..., None] * 40
+    elif kind == 2:
+        step = rng.integers(10, 30)
+        image = base + (((yy // step) + (xx // step)) % 2)[..., None] * 35
+    else:
+        image = base + rng.normal(0, 18, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_the_fast_scene_data_is_the_reference_data():
+    """The training scenes' fast paths against the slow reference, pixel for pixel and draw for draw: backgrounds
+    broadcast from a row or column, one pixel list per prompted target, SAM's normalisation by a 256-entry table."""
+    from helpers.data.demo import _background
+    from helpers.demo.scenes import make_scene
+    from helpers.demo.train_sam import _normalise, _prompts
+
+    kinds = set()
+    for seed in range(24):
+        fast, slow = np.random.default_rng(seed), np.random.default_rng(seed)
+        kinds.add(int(np.random.default_rng(seed).integers(4)))
+        image = _background(fast, 48, 64)
+        assert image.flags.writeable and image.flags.c_contiguous
+        np.testing.assert_array_equal(image, _reference_background(slow, 48, 64))
+        assert fast.bytes(8) == slow.bytes(8)  # the same draws taken
+    assert kinds == {0, 1, 2, 3}
+
+    sam = build_sam_small(SMALL)
+    settings = SamTrainSettings(points_per_image=16)
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        scene = make_scene(rng)
+        state = rng.bit_generator.state
+        points, owners, targets, _ = _prompts(scene, rng, settings.points_per_image, settings)
+        rng.bit_generator.state = state
+        for (x, y), owner in zip(points, owners):  # the reference's draws: owner, pixel, then x and y offsets
+            if len(targets) > 1 and owner == len(targets) - 1:
+                rng.random()  # the background draw (every scene here has a background)
+            else:
+                rng.random(), rng.integers(len(targets) - 1)
+            ys, xs = np.nonzero(targets[owner])
+            pick = rng.integers(len(xs))
+            assert (x, y) == (xs[pick] + rng.random(), ys[pick] + rng.random())
+        small = scene.image[:37, :50]
+        out = np.zeros((3, 64, 64), np.float32)
+        _normalise(sam, small, out)
+        reference = ((torch.from_numpy(small).permute(2, 0, 1).float() - sam.pixel_mean[:, 0, 0, None, None]) /
+                     sam.pixel_std[:, 0, 0, None, None]).numpy()  # fmt: skip
+        np.testing.assert_array_equal(out[:, :37, :50], reference)
+        assert not out[:, 37:].any() and not out[:, :, 50:].any()

@@ -284,7 +284,7 @@ def train_clip(
         with torch.no_grad():
             hit = truth[torch.arange(len(truth)), logits.argmax(1)].float().mean().item()
         history.append({"step": step, "loss": loss.item(), "batch_top1": hit})
-        if step % 10 == 0:
+        if progress and step % 10 == 0:  # the bar's figures only
             recent = pd.DataFrame(history[-50:]).mean()
             bar.set_postfix(loss=f"{recent['loss']:.3f}", top1=f"{recent['batch_top1']:.3f}")
     return model.eval(), pd.DataFrame(history)

@@ -106,24 +106,29 @@ def _prompts(scene: Scene, rng: np.random.Generator, count: int, settings: SamTr
     has_background = background.sum() >= settings.min_area
     if has_background:
         targets.append(background)
-    points, owners = [], []
+    points, owners, pixels = [], [], {}
     for _ in range(count):
         if has_background and (rng.random() < settings.background_share or len(targets) == 1):
             owner = len(targets) - 1
         else:
             owner = int(rng.integers(len(targets) - has_background))
-        ys, xs = np.nonzero(targets[owner])
-        pick = rng.integers(len(xs))
-        points.append((xs[pick] + rng.random(), ys[pick] + rng.random()))
+        if owner not in pixels:  # once per target, not per point; flat indices (row-major, as np.nonzero's)
+            pixels[owner] = np.flatnonzero(targets[owner])
+        y, x = divmod(pixels[owner][rng.integers(len(pixels[owner]))], targets[owner].shape[1])
+        points.append((x + rng.random(), y + rng.random()))
         owners.append(owner)
     return np.asarray(points, np.float64), owners, targets, (len(targets) - 1 if has_background else -1)
 
 
 def _normalise(sam: Sam, small: np.ndarray, out: np.ndarray) -> None:
-    """``Sam.preprocess`` in numpy into ``out`` (3 x S x S zeros; much faster on small CPU tensors)."""
+    """``Sam.preprocess`` in numpy into ``out`` (3 x S x S zeros; much faster on small CPU tensors): each uint8
+    value's ``(value - mean) / std`` looked up in a 256-entry float32 table, the same arithmetic as on every pixel."""
     mean = sam.pixel_mean.reshape(3).numpy()
     std = sam.pixel_std.reshape(3).numpy()
-    out[:, : small.shape[0], : small.shape[1]] = ((small.astype(np.float32) - mean) / std).transpose(2, 0, 1)
+    table = (np.arange(256, dtype=np.float32)[:, None] - mean) / std  # 256 x 3
+    h, w = small.shape[:2]
+    for channel in range(3):
+        out[channel, :h, :w] = table[small[..., channel], channel]
 
 
 def _batch(rng: np.random.Generator, sam: Sam, settings: SamTrainSettings, max_shapes: int = 6):
@@ -142,9 +147,10 @@ def _batch(rng: np.random.Generator, sam: Sam, settings: SamTrainSettings, max_s
         small = transform.apply_image(scene.image)
         h, w = small.shape[:2]
         lh, lw = h // settings.loss_scale, w // settings.loss_scale
-        soft = np.stack(
-            [cv2.resize(targets[o].astype(np.float32), (lw, lh), interpolation=cv2.INTER_AREA) for o in owners]
-        )
+        resized = {
+            o: cv2.resize(targets[o].astype(np.float32), (lw, lh), interpolation=cv2.INTER_AREA) for o in set(owners)
+        }
+        soft = np.stack([resized[o] for o in owners])
         _normalise(sam, small, images[index])
         coords = torch.as_tensor(transform.apply_coords(points, scene.image.shape[:2]), dtype=torch.float32)
         foreground = torch.as_tensor([not settings.background_iou_only or o != background for o in owners])
@@ -409,7 +415,7 @@ def train_sam_rank(
             history.append({"step": step, "loss": loss.item(), **parts})
             if snapshot is not None and (step + 1) % 200 == 0:
                 torch.save(sam.state_dict(), snapshot.with_name(f"{snapshot.stem}_{step + 1}.pth"))
-            if step % 10 == 0:
+            if progress and step % 10 == 0:  # the bar's figures only
                 recent = pd.DataFrame(history[-50:]).mean()
                 mse = f"{recent['iou_mse']:.4f}"
                 bar.set_postfix(loss=f"{recent['loss']:.3f}", iou=f"{recent['iou']:.3f}", mse=mse)
