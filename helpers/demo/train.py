@@ -1,12 +1,13 @@
 """Train the demo models (a small SAM and a small CLIP) on generated shape images, offline.
 
-``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same
-type (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread
-count trains other weights): SAM first, in three stages (about 30 + 16 + 4.5 min wall on 2 cores; the second adds
-SAM 2's high-res path, the third zooms some scenes in), then SAM's own masks on 1,000 further scenes (two processes,
-about 2 min) and CLIP (CLIP's ModifiedResNet image tower) on those cut-outs and exact ones (about 3 min), then
-about half a minute of evaluation: about 59 min in all (docs/performance.md); ``--quick`` is a seconds-long
-end-to-end run into a scratch folder. Measured results: docs/demo-models.md.
+``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same type
+(seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread count trains
+other weights): SAM first, in three stages (32-40 + 16-22 + 5-6 min wall on the 2-core build machine; the second
+adds SAM 2's high-res path, the third zooms some scenes in), then SAM's own masks on 1,000 further scenes (two
+processes, about 2.5 min) and CLIP (CLIP's ModifiedResNet image tower) on those cut-outs and exact ones (about 3.5
+min), then about half a minute of evaluation: 59-74 min in all, as fast or slow as that machine runs
+(docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured results:
+docs/demo-models.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
 per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
