@@ -7,13 +7,16 @@ draw the same data.
 
 Each tree's code runs in its own process of one thread (as each of the training's two processes), on the scenes of the
 three training stages (the stage-3 scenes include mosaics and zoomed scenes), A B A B, the faster of each tree's
-two runs kept. The baseline is checked out with ``git worktree`` into a scratch folder and removed after.
+two runs kept (torch on one thread; OpenCV with its own pool, as in training). The baseline is checked out with
+``git worktree`` into a scratch folder and removed after; it needs the three stages' settings functions
+(``demo_sam_zoomed_settings``: 5 Dec 2026 or later).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +30,7 @@ TIMER = """
 import hashlib, json, sys, time
 from dataclasses import replace
 import numpy as np, torch
+import helpers
 torch.set_num_threads(1)
 from helpers.demo.train import demo_sam_high_res_settings, demo_sam_settings, demo_sam_zoomed_settings
 from helpers.demo.train_sam import _batch
@@ -47,20 +51,22 @@ for stage, settings in ((1, first), (2, second), (3, demo_sam_zoomed_settings(se
             for tensor in prompt:
                 digest.update(tensor.numpy().tobytes())
     out[stage] = {"s": (time.perf_counter() - clock) / batches, "digest": digest.hexdigest()}
-print(json.dumps(out))
+print(json.dumps({"helpers": helpers.__file__, "stages": out}))
 """
 
 
 def time_tree(tree: Path, batches: int) -> dict:
-    run = subprocess.run(
-        [sys.executable, "-c", TIMER, str(batches)],
-        cwd=tree,
-        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    """Per stage {"s": seconds per step's data, "digest": of everything drawn}, timed with ``tree``'s own code."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", TIMER, str(batches)], cwd=tree, env=env, capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(
+            f"Timing the data path of {tree} failed (is it a revision of 5 Dec 2026 or later?):\n{run.stderr}"
+        )
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    if not Path(report["helpers"]).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"The timer imported {report['helpers']}, not {tree}'s helpers: check PYTHONPATH.")
+    return report["stages"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -68,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline", default=BASELINE, help="a git revision to time against")
     parser.add_argument("--batches", type=int, default=100, help="steps' data per stage and run")
     args = parser.parse_args(argv)
+    if args.batches < 1:
+        parser.error("--batches must be 1 or more.")
     with tempfile.TemporaryDirectory(prefix="bench_scenes_") as scratch:
         base = Path(scratch) / "baseline"
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.baseline], cwd=ROOT, check=True)
@@ -76,8 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
             for _ in range(2):
                 runs["baseline"].append(time_tree(base, args.batches))
                 runs["this tree"].append(time_tree(ROOT, args.batches))
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=True)
+        finally:  # without masking an error of the timing; prune drops the record of a folder already gone
+            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
+            subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
     report = {"baseline": args.baseline, "batches": args.batches, "stages": {}}
     for stage in ("1", "2", "3"):
         before = min(run[stage]["s"] for run in runs["baseline"])

@@ -412,43 +412,90 @@ def _reference_background(rng: np.random.Generator, height: int, width: int) -> 
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def _reference_prompts(scene, rng, count, settings):
+    """``_prompts`` as first written: the target's pixels listed again for every point."""
+    areas = scene.masks.reshape(len(scene.masks), -1).sum(1)
+    targets = [m for m, a in zip(scene.masks, areas) if a >= settings.min_area]
+    background = ~scene.masks.any(0)
+    has_background = background.sum() >= settings.min_area
+    if has_background:
+        targets.append(background)
+    points, owners = [], []
+    for _ in range(count):
+        if has_background and (rng.random() < settings.background_share or len(targets) == 1):
+            owner = len(targets) - 1
+        else:
+            owner = int(rng.integers(len(targets) - has_background))
+        ys, xs = np.nonzero(targets[owner])
+        pick = rng.integers(len(xs))
+        points.append((xs[pick] + rng.random(), ys[pick] + rng.random()))
+        owners.append(owner)
+    return np.asarray(points, np.float64), owners, targets, (len(targets) - 1 if has_background else -1)
+
+
+def _reference_batch(rng, sam, settings):
+    """``_batch`` as first written: per-point resized targets, the normalisation computed on every pixel."""
+    import cv2
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from helpers.demo.scenes import make_scene, mosaic_scene, zoom_scene
+
+    transform = ResizeLongestSide(sam.image_encoder.img_size)
+    size = sam.image_encoder.img_size
+    images, prompts = np.zeros((settings.images_per_step, 3, size, size), np.float32), []
+    mean, std = sam.pixel_mean.reshape(3).numpy(), sam.pixel_std.reshape(3).numpy()
+    for index in range(settings.images_per_step):
+        if settings.mosaic_share and rng.random() < settings.mosaic_share:
+            scene = mosaic_scene(rng)
+        else:
+            scene = make_scene(rng)
+            if settings.zoom_share and rng.random() < settings.zoom_share:
+                scene = zoom_scene(scene, rng, rng.uniform(1, settings.max_zoom))
+        points, owners, targets, background = _reference_prompts(scene, rng, settings.points_per_image, settings)
+        small = transform.apply_image(scene.image)
+        h, w = small.shape[:2]
+        lh, lw = h // settings.loss_scale, w // settings.loss_scale
+        soft = np.stack(
+            [cv2.resize(targets[o].astype(np.float32), (lw, lh), interpolation=cv2.INTER_AREA) for o in owners]
+        )
+        images[index][:, :h, :w] = ((small.astype(np.float32) - mean) / std).transpose(2, 0, 1)
+        coords = torch.as_tensor(transform.apply_coords(points, scene.image.shape[:2]), dtype=torch.float32)
+        foreground = torch.as_tensor([not settings.background_iou_only or o != background for o in owners])
+        prompts.append(
+            (coords[:, None, :], torch.ones(len(points), 1, dtype=torch.int), torch.as_tensor(soft), foreground)
+        )
+    return torch.from_numpy(images), prompts
+
+
 def test_the_fast_scene_data_is_the_reference_data():
     """The training scenes' fast paths against the slow reference, pixel for pixel and draw for draw: backgrounds
-    broadcast from a row or column, one pixel list per prompted target, SAM's normalisation by a 256-entry table."""
+    broadcast from a row or column, one pixel list and one resized target per prompted shape, SAM's normalisation by a
+    256-entry table; the whole step's data of all three stages (mosaic and zoomed scenes in the third), and the random
+    stream left in the same state."""
     from helpers.data.demo import _background
-    from helpers.demo.scenes import make_scene
-    from helpers.demo.train_sam import _normalise, _prompts
 
     kinds = set()
     for seed in range(24):
         fast, slow = np.random.default_rng(seed), np.random.default_rng(seed)
         kinds.add(int(np.random.default_rng(seed).integers(4)))
-        image = _background(fast, 48, 64)
-        assert image.flags.writeable and image.flags.c_contiguous
-        np.testing.assert_array_equal(image, _reference_background(slow, 48, 64))
+        for height, width in ((48, 64), (1, 7), (9, 1)):
+            image = _background(fast, height, width)
+            assert image.flags.writeable and image.flags.c_contiguous and image.shape == (height, width, 3)
+            np.testing.assert_array_equal(image, _reference_background(slow, height, width))
         assert fast.bytes(8) == slow.bytes(8)  # the same draws taken
     assert kinds == {0, 1, 2, 3}
 
-    sam = build_sam_small(SMALL)
-    settings = SamTrainSettings(points_per_image=16)
-    rng = np.random.default_rng(5)
-    for _ in range(6):
-        scene = make_scene(rng)
-        state = rng.bit_generator.state
-        points, owners, targets, _ = _prompts(scene, rng, settings.points_per_image, settings)
-        rng.bit_generator.state = state
-        for (x, y), owner in zip(points, owners):  # the reference's draws: owner, pixel, then x and y offsets
-            if len(targets) > 1 and owner == len(targets) - 1:
-                rng.random()  # the background draw (every scene here has a background)
-            else:
-                rng.random(), rng.integers(len(targets) - 1)
-            ys, xs = np.nonzero(targets[owner])
-            pick = rng.integers(len(xs))
-            assert (x, y) == (xs[pick] + rng.random(), ys[pick] + rng.random())
-        small = scene.image[:37, :50]
-        out = np.zeros((3, 64, 64), np.float32)
-        _normalise(sam, small, out)
-        reference = ((torch.from_numpy(small).permute(2, 0, 1).float() - sam.pixel_mean[:, 0, 0, None, None]) /
-                     sam.pixel_std[:, 0, 0, None, None]).numpy()  # fmt: skip
-        np.testing.assert_array_equal(out[:, :37, :50], reference)
-        assert not out[:, 37:].any() and not out[:, :, 50:].any()
+    first = replace(demo_sam_settings(), images_per_step=3, processes=1)
+    second = demo_sam_high_res_settings(first)
+    for settings in (first, second, replace(demo_sam_zoomed_settings(second), mosaic_share=0.5, zoom_share=0.5)):
+        sam = build_sam_small(settings.architecture)
+        fast, slow = np.random.default_rng(7), np.random.default_rng(7)
+        for _ in range(3):
+            images, prompts = _batch(fast, sam, settings)
+            reference_images, reference_prompts = _reference_batch(slow, sam, settings)
+            np.testing.assert_array_equal(images.numpy(), reference_images.numpy())
+            for prompt, reference in zip(prompts, reference_prompts, strict=True):
+                for tensor, expected in zip(prompt, reference, strict=True):
+                    assert tensor.dtype == expected.dtype
+                    np.testing.assert_array_equal(tensor.numpy(), expected.numpy())
+        assert fast.bit_generator.state == slow.bit_generator.state

@@ -15,7 +15,7 @@ MIN_VISIBLE = 0.1  # a shape covered but for less than this share of its pixels 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A plain-coloured background with a gradient, stripes, a checker or noise. Each pattern is computed at the
     size it varies over (a row for the gradient, a column for the stripes) and broadcast: the same pixels as over
-    the whole grid, several times faster (a share of the demo SAM's training steps; tests/test_demo_training.py)."""
+    the whole grid, faster (a share of the demo SAM's training steps; tests/test_demo_training.py)."""
     kind = rng.integers(4)
     base = rng.integers(60, 200, 3)
     yy, xx = np.arange(height)[:, None, None], np.arange(width)[None, :, None]

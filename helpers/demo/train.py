@@ -2,12 +2,12 @@
 
 ``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same type
 (seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread count trains
-other weights): SAM first, in three stages (32-40 + 16-22 + 5-6 min wall on the 2-core build machine; the second
+other weights): SAM first, in three stages (32-40 + 16-22 + 4.5-6 min wall on the 2-core build machine; the second
 adds SAM 2's high-res path, the third zooms some scenes in), then SAM's own masks on 1,000 further scenes (two
 processes, about 2.5 min) and CLIP (CLIP's ModifiedResNet image tower) on those cut-outs and exact ones (about 3.5
-min), then about half a minute of evaluation: 59-74 min in all, as fast or slow as that machine runs
-(docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured results:
-docs/demo-models.md.
+min), then about half a minute of evaluation: 74 min in one run on 6 Dec 2026, about 60 (a sum of parts) at that
+machine's speed of 5 Dec (docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder.
+Measured results: docs/demo-models.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
 per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
@@ -320,10 +320,10 @@ def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sa
 
 
 # The committed demo weights' recipe (docs/demo-models.md): SAM without its high-res path, 8500 compiled steps in two
-# data-parallel processes at lr 1e-3 (~30-35 min on 2 cores; the 4 Dec SAM), then with the high-res path added (starting
-# at zero), 4000 further steps at lr 3e-4 on fresh scenes (~16 min; 2000 until 5 Dec), then 1000 steps at lr 1e-4 on
+# data-parallel processes at lr 1e-3 (32-40 min on 2 cores; the 4 Dec SAM), then with the high-res path added (starting
+# at zero), 4000 further steps at lr 3e-4 on fresh scenes (16-22 min; 2000 until 5 Dec), then 1000 steps at lr 1e-4 on
 # fresh scenes of which 30 % are mosaics of up-scaled shapes' boxes and 30 % of the others zoomed in up to 2.5x, as
-# mosaic tiles and the crop layer show shapes (~4.5 min; since 5 Dec, the mosaics since 07:00); then CLIP; seed 1.
+# mosaic tiles and the crop layer show shapes (4.5-6 min; since 5 Dec, the mosaics since 07:00); then CLIP; seed 1.
 DEMO_SAM_STEPS, DEMO_SAM_LR, DEMO_SAM_PROCESSES, DEMO_SEED = 8500, 1e-3, 2, 1
 DEMO_SAM_HIGH_RES_STEPS, DEMO_SAM_HIGH_RES_LR = 4000, 3e-4
 DEMO_SAM_ZOOMED_STEPS, DEMO_SAM_ZOOMED_LR, DEMO_SAM_ZOOMED_WARMUP = 1000, 1e-4, 20

@@ -123,6 +123,8 @@ def _prompts(scene: Scene, rng: np.random.Generator, count: int, settings: SamTr
 def _normalise(sam: Sam, small: np.ndarray, out: np.ndarray) -> None:
     """``Sam.preprocess`` in numpy into ``out`` (3 x S x S zeros; much faster on small CPU tensors): each uint8
     value's ``(value - mean) / std`` looked up in a 256-entry float32 table, the same arithmetic as on every pixel."""
+    if small.dtype != np.uint8:
+        raise TypeError(f"_normalise takes a uint8 image (a 256-entry table), not {small.dtype}.")
     mean = sam.pixel_mean.reshape(3).numpy()
     std = sam.pixel_std.reshape(3).numpy()
     table = (np.arange(256, dtype=np.float32)[:, None] - mean) / std  # 256 x 3
