@@ -18,6 +18,7 @@ from helpers.demo.train_sam import (
     init_pointer_attention,
     load_start,
     point_embeddings,
+    prompt_targets,
     sam_step_loss,
     scene_stream,
     step_loss_tensors,
@@ -414,12 +415,7 @@ def _reference_background(rng: np.random.Generator, height: int, width: int) -> 
 
 def _reference_prompts(scene, rng, count, settings):
     """``_prompts`` as first written: the target's pixels listed again for every point."""
-    areas = scene.masks.reshape(len(scene.masks), -1).sum(1)
-    targets = [m for m, a in zip(scene.masks, areas) if a >= settings.min_area]
-    background = ~scene.masks.any(0)
-    has_background = background.sum() >= settings.min_area
-    if has_background:
-        targets.append(background)
+    targets, has_background = prompt_targets(scene, settings.min_area)
     points, owners = [], []
     for _ in range(count):
         if has_background and (rng.random() < settings.background_share or len(targets) == 1):

@@ -97,15 +97,22 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
 
 
-def _prompts(scene: Scene, rng: np.random.Generator, count: int, settings: SamTrainSettings):
-    """``count`` (x, y) points in original pixels and the index of their target mask in
-    ``targets`` (the visible instances, then the background)."""
+def prompt_targets(scene: Scene, min_area: int) -> tuple[list[np.ndarray], bool]:
+    """The masks a prompt may aim at: the visible instances of at least ``min_area`` pixels, then the background
+    when it has that many; and whether it has."""
     areas = scene.masks.reshape(len(scene.masks), -1).sum(1)
-    targets = [m for m, a in zip(scene.masks, areas) if a >= settings.min_area]
+    targets = [m for m, a in zip(scene.masks, areas) if a >= min_area]
     background = ~scene.masks.any(0)
-    has_background = background.sum() >= settings.min_area
+    has_background = background.sum() >= min_area
     if has_background:
         targets.append(background)
+    return targets, bool(has_background)
+
+
+def _prompts(scene: Scene, rng: np.random.Generator, count: int, settings: SamTrainSettings):
+    """``count`` (x, y) points in original pixels and the index of their target mask in
+    ``targets`` (``prompt_targets``: the visible instances, then the background)."""
+    targets, has_background = prompt_targets(scene, settings.min_area)
     points, owners, pixels = [], [], {}
     for _ in range(count):
         if has_background and (rng.random() < settings.background_share or len(targets) == 1):
