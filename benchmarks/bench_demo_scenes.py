@@ -19,10 +19,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from worktree import ROOT, baseline_tree
+
 BASELINE = "a6046a2"  # the commit before the fast data path (6 Dec 2026)
 
 # Run in the tree being timed (its own ``helpers``): per stage, seconds per batch and a digest of everything drawn.
@@ -76,17 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.batches < 1:
         parser.error("--batches must be 1 or more.")
-    with tempfile.TemporaryDirectory(prefix="bench_scenes_") as scratch:
-        base = Path(scratch) / "baseline"
-        subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base), args.baseline], cwd=ROOT, check=True)
-        try:
-            runs = {"baseline": [], "this tree": []}
-            for _ in range(2):
-                runs["baseline"].append(time_tree(base, args.batches))
-                runs["this tree"].append(time_tree(ROOT, args.batches))
-        finally:  # without masking an error of the timing; prune drops the record of a folder already gone
-            subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
-            subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
+    with baseline_tree(args.baseline) as base:
+        runs = {"baseline": [], "this tree": []}
+        for _ in range(2):
+            runs["baseline"].append(time_tree(base, args.batches))
+            runs["this tree"].append(time_tree(ROOT, args.batches))
     report = {"baseline": args.baseline, "batches": args.batches, "stages": {}}
     for stage in ("1", "2", "3"):
         before = min(run[stage]["s"] for run in runs["baseline"])

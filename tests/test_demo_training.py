@@ -4,16 +4,20 @@ the same step as the eager one."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from helpers.demo.scenes import TRAIN_STREAM, Scene
 from helpers.demo.train import demo_sam_high_res_settings, demo_sam_settings, demo_sam_zoomed_settings, main
 from helpers.demo.train_sam import (
     SamTrainSettings,
+    SharedGradients,
     _batch,
+    average_gradients,
     cosine_schedule,
     init_pointer_attention,
     load_start,
@@ -81,6 +85,56 @@ def test_data_parallel_steps_average_the_processes_gradients():
     start = build_sam_small(SETTINGS.architecture)
     init_pointer_attention(start)
     assert any(not torch.equal(start.state_dict()[n], trained[n]) for n in trained)
+
+
+SHAPES = [(3, 5), (7,), (2, 2), (4,)]
+
+
+def _gradients(rank: int, step: int) -> list[torch.Tensor | None]:
+    """Step ``step``'s gradients of process ``rank``: magnitudes from 1e-6 to 1e3, so that the sums round; rank 0 has
+    none for parameter 1, and no process has one for parameter 2."""
+    generator = torch.Generator().manual_seed(100 * step + rank)
+    grads = [torch.randn(shape, generator=generator) * 10.0 ** torch.randint(-6, 4, shape, generator=generator)
+             for shape in SHAPES]  # fmt: skip
+    return [None if i == 2 or (i == 1 and rank == 0) else g for i, g in enumerate(grads)]
+
+
+def _exchange_worker(rank: int, rendezvous: Path, exchange: SharedGradients) -> None:
+    """Each step's gradients averaged by gloo's all-reduce (``average_gradients``, what trained the committed SAM)
+    and by ``exchange``: the same tensors bit for bit, the same missing gradients."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        parameters = [torch.nn.Parameter(torch.zeros(shape)) for shape in SHAPES]
+        for step in range(5):  # both buffers, each used again
+            results = []
+            for average in (lambda: average_gradients(parameters, 2), lambda: exchange.average(parameters, rank, step)):
+                for p, g in zip(parameters, _gradients(rank, step)):
+                    p.grad = None if g is None else g.clone()
+                average()
+                results.append([None if p.grad is None else p.grad.clone() for p in parameters])
+            gloo, shared = results
+            assert [g is None for g in gloo] == [g is None for g in shared] == [False, False, True, False]
+            for a, b in zip(gloo, shared):
+                assert a is None or torch.equal(a, b), (step, a, b)
+            # and the mean is the mean: of the two ranks' gradients, a missing one counting as zero
+            other = _gradients(1 - rank, step)
+            for i, g in enumerate(_gradients(rank, step)):
+                if i != 2:
+                    expected = sum(x for x in (g, other[i]) if x is not None) / 2
+                    torch.testing.assert_close(shared[i], expected, rtol=1e-6, atol=0)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_shared_memory_gradients_are_gloos_average_bit_for_bit(tmp_path):
+    """Two processes: ``SharedGradients`` gives the gradients gloo's all-reduce gives, bit for bit (so the default
+    command still trains the committed SAM), over more steps than its two alternating buffers; a parameter list of
+    other sizes is refused."""
+    parameters = [torch.nn.Parameter(torch.zeros(shape)) for shape in SHAPES]
+    exchange = SharedGradients(parameters, 2)
+    torch.multiprocessing.spawn(_exchange_worker, args=(tmp_path / "rendezvous", exchange), nprocs=2)
+    with pytest.raises(ValueError, match="not the ones"):
+        exchange.average(parameters[:2], 0, 0)
 
 
 def test_data_parallel_streams_are_their_own():

@@ -331,11 +331,13 @@ def train_sam(
     if start is not None:  # weights that do not fit are refused here, before the processes start
         with torch.random.fork_rng():
             load_start(build_sam_small(settings.architecture), start)
+    with torch.random.fork_rng():
+        exchange = SharedGradients(list(build_sam_small(settings.architecture).parameters()), settings.processes)
     with tempfile.TemporaryDirectory(prefix="sam_dp_") as scratch:
         result = Path(scratch) / "rank0.pt"
         torch.multiprocessing.spawn(
             _data_parallel_worker,
-            args=(settings, progress, snapshot, Path(scratch) / "rendezvous", result, start),
+            args=(settings, progress, snapshot, Path(scratch) / "rendezvous", result, start, exchange),
             nprocs=settings.processes,
         )
         state, history = torch.load(result, weights_only=False)
@@ -345,10 +347,14 @@ def train_sam(
     return sam.eval(), history
 
 
-def _data_parallel_worker(rank: int, settings, progress, snapshot, rendezvous: Path, result: Path, start) -> None:
+def _data_parallel_worker(
+    rank: int, settings, progress, snapshot, rendezvous: Path, result: Path, start, exchange: SharedGradients
+) -> None:
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=settings.processes)
     try:
-        sam, history = train_sam_rank(settings, progress and rank == 0, snapshot if rank == 0 else None, rank, start)
+        sam, history = train_sam_rank(
+            settings, progress and rank == 0, snapshot if rank == 0 else None, rank, start, exchange
+        )
         if rank == 0:
             torch.save((sam.state_dict(), history), result)
     finally:
@@ -365,9 +371,42 @@ def scene_stream(seed: int, rank: int = 0, processes: int = 1, stage: int = 1) -
     return [TRAIN_STREAM, 3, seed, rank + 1] if processes > 1 else [TRAIN_STREAM, seed]
 
 
+class SharedGradients:
+    """The data-parallel processes' gradients averaged through shared memory, ``average_gradients`` at a fraction of
+    its cost (one step's exchange of this SAM's 1.4 M gradients took 17 ms through gloo, about half of it the
+    all-reduce itself). Each process writes its flat gradients, and whether it has each, into its row of a buffer,
+    all wait at one barrier, and each adds the rows up in rank order; for two processes that is gloo's sum bit for
+    bit (a + b = b + a exactly in floating point), so the weights trained are the same. Two buffers alternate by
+    step: a process writes one only after the next step's barrier, which the others pass only once they have read
+    it. Made before the processes start (``share_memory_``) and handed to each."""
+
+    def __init__(self, parameters: list[torch.nn.Parameter], processes: int):
+        self.sizes = [p.numel() for p in parameters]
+        self.buffers = torch.zeros(2, processes, sum(self.sizes) + len(self.sizes)).share_memory_()
+
+    def average(self, parameters: list[torch.nn.Parameter], rank: int, step: int) -> None:
+        """Every process's gradients replaced by their mean, as ``average_gradients`` does."""
+        if [p.numel() for p in parameters] != self.sizes:
+            raise ValueError("These parameters are not the ones the shared buffers were made for.")
+        rows = self.buffers[step % 2]
+        mine, has = rows[rank].split([sum(self.sizes), len(self.sizes)])
+        for p, part, flag in zip(parameters, mine.split(self.sizes), has):
+            flag.fill_(p.grad is not None)
+            part.copy_(p.grad.reshape(-1)) if p.grad is not None else part.zero_()
+        dist.barrier()
+        total = rows[0].clone()
+        for row in rows[1:]:
+            total += row
+        total /= len(rows)
+        parts = total.split([*self.sizes, len(self.sizes)])
+        for p, g, anyone in zip(parameters, parts[:-1], parts[-1]):
+            p.grad = g.view_as(p) if anyone > 0 else None
+
+
 def average_gradients(parameters: list[torch.nn.Parameter], processes: int) -> None:
     """Every process's gradients replaced by their mean over the processes (one all-reduce). A parameter
-    that no process has a gradient for keeps none (so the optimiser skips it, as in one process)."""
+    that no process has a gradient for keeps none (so the optimiser skips it, as in one process). The
+    reference for ``SharedGradients``, and the exchange of a ``train_sam_rank`` given none."""
     has = torch.tensor([float(p.grad is not None) for p in parameters])
     grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters]
     flat = torch.cat([*grads, has])
@@ -384,10 +423,11 @@ def train_sam_rank(
     snapshot: Path | None = None,
     rank: int = 0,
     start: dict[str, torch.Tensor] | None = None,
+    exchange: SharedGradients | None = None,
 ) -> tuple[Sam, pd.DataFrame]:
     """The training loop of one process: all of it with ``settings.processes == 1``, else process ``rank``'s
-    share (its own scenes, gradients averaged with the others; every process starts from the same weights
-    and so keeps the same weights)."""
+    share (its own scenes, gradients averaged with the others through ``exchange``, or gloo's all-reduce
+    without one; every process starts from the same weights and so keeps the same weights)."""
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
     parallel = settings.processes > 1
@@ -399,7 +439,8 @@ def train_sam_rank(
     elif settings.pointer_init:
         init_pointer_attention(sam)
     parameters = list(sam.parameters())
-    optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    # foreach: the same updates bit for bit as the per-tensor loop (the same operations), 1.2x faster for these 200
+    optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_schedule(settings.steps, settings.warmup))
     compiled = torch.compile(step_loss_tensors, dynamic=False) if settings.compile else None
     history = []
@@ -416,7 +457,9 @@ def train_sam_rank(
                 parts = dict(zip(("mask", "iou_mse", "iou"), (part.item() for part in tensors)))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            if parallel:
+            if parallel and exchange is not None:
+                exchange.average(parameters, rank, step)
+            elif parallel:
                 average_gradients(parameters, settings.processes)
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimiser.step()

@@ -1,0 +1,112 @@
+"""The demo SAM's training steps as the default command runs them (two one-thread data-parallel processes, compiled) in
+this tree against another commit's, in one run: seconds per step of each stage, and whether the two trees train the
+same weights.
+
+    python benchmarks/bench_demo_sam_steps.py                  # against f35f0ea (gloo's all-reduce), 100 steps
+    python benchmarks/bench_demo_sam_steps.py --baseline REV --steps 200 --stages 1 2 3
+
+Each tree's code runs in its own process (``train_sam`` starts the two training processes), stage by stage as the
+recipe chains them (stage 2 from stage 1's weights, stage 3 from stage 2's): per stage a 1-step run (start-up:
+processes, model, the compiled code) and a 1 + ``--steps`` run, whose difference is ``--steps`` steps without
+start-up. Trees alternate (A B A B, ``--repeats`` rounds), the faster of each tree's rounds kept. A tree's first
+round also compiles (its code's path is new to torch's cache): give ``--repeats 2`` or more. ``same_weights``
+compares the sha256 of every stage's trained weights between the trees. The baseline is checked out with ``git
+worktree`` into a scratch folder and removed after; it needs the three stages' settings functions (5 Dec 2026 or
+later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from worktree import ROOT, baseline_tree
+
+BASELINE = "f35f0ea"  # the last commit whose processes averaged gradients through gloo's all-reduce (6 Dec 2026)
+
+# Run in the tree being timed (its own ``helpers``): per stage, seconds of the 1-step and the 1 + N-step runs and the
+# sha256 of the weights the latter trained (each stage starts from the previous stage's weights).
+TIMER = """
+import hashlib, io, json, sys, time
+from dataclasses import replace
+import torch
+import helpers
+from helpers.demo.train import demo_sam_high_res_settings, demo_sam_settings, demo_sam_zoomed_settings
+from helpers.demo.train_sam import train_sam
+
+def timed(settings, start):
+    clock = time.perf_counter()
+    sam, _ = train_sam(settings, progress=False, start=start)
+    return time.perf_counter() - clock, sam.state_dict()
+
+if __name__ == "__main__":
+    steps, stages = int(sys.argv[1]), [int(s) for s in sys.argv[2].split(",")]
+    first = demo_sam_settings()
+    second = demo_sam_high_res_settings(first)
+    chain = {1: first, 2: second, 3: demo_sam_zoomed_settings(second)}
+    out, start = {}, None
+    for stage in range(1, max(stages) + 1):
+        settings = replace(chain[stage], steps=1 + steps)
+        if stage in stages:
+            one, _ = timed(replace(settings, steps=1), start)
+        whole, state = timed(settings, start)
+        if stage in stages:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            out[stage] = {"one_s": one, "whole_s": whole, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
+        start = state
+    print(json.dumps({"helpers": helpers.__file__, "stages": out}))
+"""
+
+
+def time_tree(tree: Path, steps: int, stages: list[int]) -> dict:
+    """Per stage {"one_s", "whole_s", "sha256"}, timed with ``tree``'s own code."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    command = [sys.executable, "-c", TIMER, str(steps), ",".join(map(str, stages))]
+    run = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"Timing the SAM steps of {tree} failed (a revision of 5 Dec 2026 or later?):\n{run.stderr}")
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    if not Path(report["helpers"]).resolve().is_relative_to(tree.resolve()):
+        raise RuntimeError(f"The timer imported {report['helpers']}, not {tree}'s helpers: check PYTHONPATH.")
+    return report["stages"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default=BASELINE, help="a git revision to time against")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per stage and run")
+    parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of both trees (the first also compiles)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be 1 or more.")
+    stages = sorted(set(args.stages))
+    with baseline_tree(args.baseline) as base:
+        runs = {"baseline": [], "this tree": []}
+        for _ in range(args.repeats):
+            runs["baseline"].append(time_tree(base, args.steps, stages))
+            runs["this tree"].append(time_tree(ROOT, args.steps, stages))
+    report = {"baseline": args.baseline, "steps": args.steps, "repeats": args.repeats, "stages": {}}
+    for stage in map(str, stages):
+        per_step = {
+            tree: min((run[stage]["whole_s"] - run[stage]["one_s"]) / args.steps for run in tree_runs)
+            for tree, tree_runs in runs.items()
+        }
+        report["stages"][stage] = {
+            "baseline_s_per_step": round(per_step["baseline"], 4),
+            "this_tree_s_per_step": round(per_step["this tree"], 4),
+            "speed_up": round(per_step["baseline"] / per_step["this tree"], 3),
+            "start_up_s": {tree: round(min(run[stage]["one_s"] for run in r), 1) for tree, r in runs.items()},
+            "same_weights": len({run[stage]["sha256"] for tree_runs in runs.values() for run in tree_runs}) == 1,
+        }
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    main()
