@@ -7,10 +7,11 @@ same weights.
 
 Each tree's code runs in its own process (``train_sam`` starts the two training processes), stage by stage as the
 recipe chains them (stage 2 from stage 1's weights, stage 3 from stage 2's): per stage a 1-step run (start-up:
-processes, model, the compiled code) and a 1 + ``--steps`` run, whose difference is ``--steps`` steps without
-start-up. Trees alternate (A B A B, ``--repeats`` rounds), the faster of each tree's rounds kept. A tree's first
-round also compiles (its code's path is new to torch's cache): give ``--repeats 2`` or more. ``same_weights``
-compares the sha256 of every stage's trained weights between the trees. The baseline is checked out with ``git
+processes, model, the compiled code) and a 1 + ``--steps`` run. Trees alternate (A B A B, ``--repeats`` rounds); a
+stage's time per step is (the fastest 1 + ``--steps`` run - the fastest 1-step run) / ``--steps``, so that a
+1-step run that also compiled (torch's cache cold for that code) does not count: give ``--repeats 2`` or more. The
+rounds' own times are printed too. ``same_weights`` compares the sha256 of every stage's trained weights between the
+trees and rounds. The baseline is checked out with ``git
 worktree`` into a scratch folder and removed after; it needs the three stages' settings functions (5 Dec 2026 or
 later).
 """
@@ -93,16 +94,21 @@ def main(argv: list[str] | None = None) -> dict:
             runs["this tree"].append(time_tree(ROOT, args.steps, stages))
     report = {"baseline": args.baseline, "steps": args.steps, "repeats": args.repeats, "stages": {}}
     for stage in map(str, stages):
-        per_step = {
-            tree: min((run[stage]["whole_s"] - run[stage]["one_s"]) / args.steps for run in tree_runs)
+        fastest = {
+            tree: {part: min(run[stage][part] for run in tree_runs) for part in ("one_s", "whole_s")}
             for tree, tree_runs in runs.items()
         }
+        per_step = {tree: (times["whole_s"] - times["one_s"]) / args.steps for tree, times in fastest.items()}
         report["stages"][stage] = {
             "baseline_s_per_step": round(per_step["baseline"], 4),
             "this_tree_s_per_step": round(per_step["this tree"], 4),
             "speed_up": round(per_step["baseline"] / per_step["this tree"], 3),
-            "start_up_s": {tree: round(min(run[stage]["one_s"] for run in r), 1) for tree, r in runs.items()},
+            "start_up_s": {tree: round(times["one_s"], 1) for tree, times in fastest.items()},
             "same_weights": len({run[stage]["sha256"] for tree_runs in runs.values() for run in tree_runs}) == 1,
+            "rounds_s": {  # (1-step run, 1 + steps run) per round
+                tree: [(round(run[stage]["one_s"], 1), round(run[stage]["whole_s"], 1)) for run in tree_runs]
+                for tree, tree_runs in runs.items()
+            },
         }
     print(json.dumps(report, indent=1))
     return report

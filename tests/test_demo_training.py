@@ -3,6 +3,7 @@ the same step as the eager one."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,22 +101,27 @@ def _gradients(rank: int, step: int) -> list[torch.Tensor | None]:
 
 
 def _exchange_worker(rank: int, rendezvous: Path, exchange: SharedGradients) -> None:
-    """Each step's gradients averaged by gloo's all-reduce (``average_gradients``, what trained the committed SAM)
-    and by ``exchange``: the same tensors bit for bit, the same missing gradients."""
+    """Each step's gradients averaged by gloo's all-reduce (``average_gradients``, what trained the committed SAM),
+    then, in a loop of its own, by ``exchange``: the same bits, the same missing gradients. In that loop rank 1 reads
+    late after each barrier, so that rank 0 writes the next step's gradients meanwhile (one buffer would fail)."""
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     try:
         parameters = [torch.nn.Parameter(torch.zeros(shape)) for shape in SHAPES]
-        for step in range(5):  # both buffers, each used again
-            results = []
-            for average in (lambda: average_gradients(parameters, 2), lambda: exchange.average(parameters, rank, step)):
+        steps = range(8)  # each of the two buffers used four times
+        results: dict[str, list] = {"gloo": [], "shared": []}
+        for name in results:
+            if name == "shared" and rank == 1:
+                barrier = dist.barrier
+                dist.barrier = lambda *args, **kwargs: (barrier(*args, **kwargs), time.sleep(0.05))[0]
+            for step in steps:
                 for p, g in zip(parameters, _gradients(rank, step)):
                     p.grad = None if g is None else g.clone()
-                average()
-                results.append([None if p.grad is None else p.grad.clone() for p in parameters])
-            gloo, shared = results
+                average_gradients(parameters, 2) if name == "gloo" else exchange.average(parameters, rank, step)
+                results[name].append([None if p.grad is None else p.grad.clone() for p in parameters])
+        for step, gloo, shared in zip(steps, results["gloo"], results["shared"]):
             assert [g is None for g in gloo] == [g is None for g in shared] == [False, False, True, False]
             for a, b in zip(gloo, shared):
-                assert a is None or torch.equal(a, b), (step, a, b)
+                assert a is None or torch.equal(a.view(torch.int32), b.view(torch.int32)), (step, a, b)
             # and the mean is the mean: of the two ranks' gradients, a missing one counting as zero
             other = _gradients(1 - rank, step)
             for i, g in enumerate(_gradients(rank, step)):
@@ -128,13 +134,15 @@ def _exchange_worker(rank: int, rendezvous: Path, exchange: SharedGradients) -> 
 
 def test_shared_memory_gradients_are_gloos_average_bit_for_bit(tmp_path):
     """Two processes: ``SharedGradients`` gives the gradients gloo's all-reduce gives, bit for bit (so the default
-    command still trains the committed SAM), over more steps than its two alternating buffers; a parameter list of
-    other sizes is refused."""
+    command still trains the committed SAM), over more steps than its two alternating buffers, one process reading
+    late; a parameter list of other sizes or dtype is refused."""
     parameters = [torch.nn.Parameter(torch.zeros(shape)) for shape in SHAPES]
     exchange = SharedGradients(parameters, 2)
     torch.multiprocessing.spawn(_exchange_worker, args=(tmp_path / "rendezvous", exchange), nprocs=2)
     with pytest.raises(ValueError, match="not the ones"):
         exchange.average(parameters[:2], 0, 0)
+    with pytest.raises(ValueError, match="not the ones"):
+        exchange.average([p.double() for p in parameters], 0, 0)
 
 
 def test_data_parallel_streams_are_their_own():

@@ -5,7 +5,7 @@
 other weights): SAM first, in three stages (32-40 + 16-22 + 4.5-6 min wall on the 2-core build machine; the second
 adds SAM 2's high-res path, the third zooms some scenes in), then SAM's own masks on 1,000 further scenes (two
 processes, about 2.5 min) and CLIP (CLIP's ModifiedResNet image tower) on those cut-outs and exact ones (about 3.5
-min), then about half a minute of evaluation: 74 min in one run on 6 Dec 2026, about 60 (a sum of parts) at that
+min), then about half a minute of evaluation: 71 min in one run on 6 Dec 2026, about 58 (a sum of parts) at that
 machine's speed of 5 Dec (docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder.
 Measured results: docs/demo-models.md.
 

@@ -381,13 +381,14 @@ class SharedGradients:
     it. Made before the processes start (``share_memory_``) and handed to each."""
 
     def __init__(self, parameters: list[torch.nn.Parameter], processes: int):
-        self.sizes = [p.numel() for p in parameters]
-        self.buffers = torch.zeros(2, processes, sum(self.sizes) + len(self.sizes)).share_memory_()
+        self.sizes, self.dtype = [p.numel() for p in parameters], parameters[0].dtype
+        rows = sum(self.sizes) + len(self.sizes)
+        self.buffers = torch.zeros(2, processes, rows, dtype=self.dtype).share_memory_()
 
     def average(self, parameters: list[torch.nn.Parameter], rank: int, step: int) -> None:
         """Every process's gradients replaced by their mean, as ``average_gradients`` does."""
-        if [p.numel() for p in parameters] != self.sizes:
-            raise ValueError("These parameters are not the ones the shared buffers were made for.")
+        if [p.numel() for p in parameters] != self.sizes or any(p.dtype != self.dtype for p in parameters):
+            raise ValueError("These parameters are not the ones the shared buffers were made for (sizes, dtype).")
         rows = self.buffers[step % 2]
         mine, has = rows[rank].split([sum(self.sizes), len(self.sizes)])
         for p, part, flag in zip(parameters, mine.split(self.sizes), has):
