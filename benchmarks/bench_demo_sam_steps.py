@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from worktree import ROOT, baseline_tree
+from worktree import ROOT, baseline_tree, run_in_tree
 
 BASELINE = "f35f0ea"  # the last commit whose processes averaged gradients through gloo's all-reduce (6 Dec 2026)
 
@@ -66,15 +63,7 @@ if __name__ == "__main__":
 
 def time_tree(tree: Path, steps: int, stages: list[int]) -> dict:
     """Per stage {"one_s", "whole_s", "sha256"}, timed with ``tree``'s own code."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    command = [sys.executable, "-c", TIMER, str(steps), ",".join(map(str, stages))]
-    run = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
-    if run.returncode:
-        raise RuntimeError(f"Timing the SAM steps of {tree} failed (a revision of 5 Dec 2026 or later?):\n{run.stderr}")
-    report = json.loads(run.stdout.strip().splitlines()[-1])
-    if not Path(report["helpers"]).resolve().is_relative_to(tree.resolve()):
-        raise RuntimeError(f"The timer imported {report['helpers']}, not {tree}'s helpers: check PYTHONPATH.")
-    return report["stages"]
+    return run_in_tree(tree, TIMER, [str(steps), ",".join(map(str, stages))], "the SAM steps")["stages"]
 
 
 def main(argv: list[str] | None = None) -> dict:

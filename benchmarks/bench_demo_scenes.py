@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from worktree import ROOT, baseline_tree
+from worktree import ROOT, baseline_tree, run_in_tree
 
 BASELINE = "a6046a2"  # the commit before the fast data path (6 Dec 2026)
 
@@ -57,16 +54,7 @@ print(json.dumps({"helpers": helpers.__file__, "stages": out}))
 
 def time_tree(tree: Path, batches: int) -> dict:
     """Per stage {"s": seconds per step's data, "digest": of everything drawn}, timed with ``tree``'s own code."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", TIMER, str(batches)], cwd=tree, env=env, capture_output=True, text=True)
-    if run.returncode:
-        raise RuntimeError(
-            f"Timing the data path of {tree} failed (is it a revision of 5 Dec 2026 or later?):\n{run.stderr}"
-        )
-    report = json.loads(run.stdout.strip().splitlines()[-1])
-    if not Path(report["helpers"]).resolve().is_relative_to(tree.resolve()):
-        raise RuntimeError(f"The timer imported {report['helpers']}, not {tree}'s helpers: check PYTHONPATH.")
-    return report["stages"]
+    return run_in_tree(tree, TIMER, [str(batches)], "the data path", {"OMP_NUM_THREADS": "1"})["stages"]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -328,11 +328,11 @@ def train_sam(
     processes (``train_sam_rank``)."""
     if settings.processes == 1:
         return train_sam_rank(settings, progress, snapshot, start=start)
+    with torch.random.fork_rng():  # the caller's random state untouched by this model
+        model = build_sam_small(settings.architecture)
     if start is not None:  # weights that do not fit are refused here, before the processes start
-        with torch.random.fork_rng():
-            load_start(build_sam_small(settings.architecture), start)
-    with torch.random.fork_rng():
-        exchange = SharedGradients(list(build_sam_small(settings.architecture).parameters()), settings.processes)
+        load_start(model, start)
+    exchange = SharedGradients(list(model.parameters()), settings.processes)
     with tempfile.TemporaryDirectory(prefix="sam_dp_") as scratch:
         result = Path(scratch) / "rank0.pt"
         torch.multiprocessing.spawn(
