@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+import helpers.demo.train_sam as train_sam_module
 from helpers.demo.scenes import TRAIN_STREAM, Scene
 from helpers.demo.train import demo_sam_high_res_settings, demo_sam_settings, demo_sam_zoomed_settings, main
 from helpers.demo.train_sam import (
@@ -73,17 +74,19 @@ def _reference_steps(settings: SamTrainSettings) -> dict:
     return sam.state_dict()
 
 
-def test_data_parallel_steps_average_the_processes_gradients():
-    sam, history = train_sam(SETTINGS, progress=False)
-    assert len(history) == SETTINGS.steps
-    reference = _averaged_in_one_process(SETTINGS)
+@pytest.mark.parametrize("fast_decoder", [False, True])
+def test_data_parallel_steps_average_the_processes_gradients(fast_decoder):
+    settings = replace(SETTINGS, fast_decoder=fast_decoder)
+    sam, history = train_sam(settings, progress=False)
+    assert len(history) == settings.steps
+    reference = _averaged_in_one_process(settings)
     trained = sam.state_dict()
     assert trained.keys() == reference.keys()
     for name in reference:
         torch.testing.assert_close(trained[name], reference[name], msg=name)
     # and training moved the weights (the comparison is not between two untrained models)
-    torch.manual_seed(SETTINGS.seed)
-    start = build_sam_small(SETTINGS.architecture)
+    torch.manual_seed(settings.seed)
+    start = build_sam_small(settings.architecture)
     init_pointer_attention(start)
     assert any(not torch.equal(start.state_dict()[n], trained[n]) for n in trained)
 
@@ -207,6 +210,7 @@ def test_training_one_model_refuses_the_other_models_flags(capsys, tmp_path):
             "--only clip trains no SAM: leave out ['--sam-steps', ",
         ),
         (["--only", "clip", "--no-sam-compile"], "leave out ['--no-sam-compile']"),
+        (["--only", "clip", "--sam-fast-decoder"], "leave out ['--sam-fast-decoder']"),
         (["--only", "sam", "--clip-steps", "5"], "--only sam trains no CLIP: leave out ['--clip-steps']"),
         # the defaults, given or not, pass: the next check stops it (no SAM in the folder to train CLIP on)
         (["--only", "clip", "--sam-compile", "--out-dir", str(tmp_path)], "sam_demo.pth is missing"),
@@ -303,6 +307,50 @@ def test_the_compiled_step_is_the_eager_step(background_only):
             torch.testing.assert_close(
                 got_grads[name], want, rtol=1e-4, atol=1e-3 * scale + 1e-6, msg=lambda m: f"{label} {name}: {m}"
             )
+
+
+@pytest.mark.parametrize("high_res", [False, True])
+def test_the_fast_decoder_step_is_the_reference_step(high_res, monkeypatch):
+    """With ``fast_decoder`` the step decodes through ``PromptBatchDecoder`` (the image's keys projected once, prompt
+    tokens projected instead of image tokens): the reference step's loss and gradients to float rounding, with and
+    without the high-res path (its stem made non-zero, so that it counts), eager and (with it) compiled."""
+    architecture = replace(SMALL, high_res=high_res)
+    settings = replace(SETTINGS, processes=1, architecture=architecture)
+    torch.manual_seed(0)
+    sam = build_sam_small(architecture).train()
+    init_pointer_attention(sam)
+    if high_res:
+        for parameter in sam.image_encoder.high_res.parameters():
+            torch.nn.init.normal_(parameter, std=0.05)
+    images, prompts = _batch(np.random.default_rng(5), sam, settings)
+    loss, grads = _loss_and_grads(sam_step_loss, sam, images, prompts, settings)
+    fast = replace(settings, fast_decoder=True)
+    steps = [("eager", sam_step_loss, ()), ("tensors", step_loss_tensors, (True,))]
+    if high_res:  # compiled once, on the path with the most of the decoder (compiling takes most of the test's time)
+        steps.append(("compiled", torch.compile(step_loss_tensors, dynamic=False), (True,)))
+    for label, fn, args in steps:
+        got_loss, got_grads = _loss_and_grads(fn, sam, images, prompts, fast, *args)
+        torch.testing.assert_close(got_loss, loss, rtol=1e-5, atol=1e-6)
+        # the fast decoder leaves out what cannot change the loss (the single-mask output's hypernetwork, the key
+        # biases of later layers, constant along the softmax): no gradient, where the reference's is zero or ~1e-9
+        assert got_grads.keys() <= grads.keys()
+        unused = {name: grads[name].abs().max().item() for name in grads.keys() - got_grads.keys()}
+        assert unused and max(unused.values()) < 1e-6, unused
+        for name, want in ((name, grads[name]) for name in got_grads):
+            scale = want.abs().max().item()  # rearranged sums: float rounding; wrong maths: the gradients' own size
+            torch.testing.assert_close(
+                got_grads[name], want, rtol=1e-4, atol=1e-3 * scale + 1e-6, msg=lambda m: f"{label} {name}: {m}"
+            )
+    made = []  # the fast step does decode through PromptBatchDecoder, once per image
+
+    class Counted(train_sam_module.PromptBatchDecoder):
+        def __init__(self, *args):
+            made.append(1)
+            super().__init__(*args)
+
+    monkeypatch.setattr(train_sam_module, "PromptBatchDecoder", Counted)
+    _loss_and_grads(sam_step_loss, sam, images, prompts, fast)
+    assert len(made) == len(images)
 
 
 def test_a_sam_variant_is_evaluated_with_its_own_architecture(tmp_path, capsys):

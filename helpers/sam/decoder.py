@@ -13,7 +13,10 @@ rearranged for a grid of single-point prompts:
 * transposed convolutions (kernel 2, stride 2) are matrix products in channels-last layout with
   one pixel shuffle at the end, on the 3 output masks instead of the 32-channel features.
 
-Results equal the original's to float32 rounding (the benchmark and tests state by how much).
+Results equal the original's to float32 rounding (the benchmark and tests state by how much). The demo SAM's
+training step decodes through it too (``helpers.demo.train_sam``, ``SamTrainSettings.fast_decoder``): autograd gives
+the original's gradients to float rounding, and none for what cannot change the multimask outputs (the single-mask
+hypernetwork, later layers' key biases), where the original's are 0 or ~1e-9.
 """
 
 from __future__ import annotations
