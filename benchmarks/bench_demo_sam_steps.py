@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
         "fast_decoder": args.fast_decoder,
         "steps": args.steps,
         "repeats": args.repeats,
+        "stages": {},
     }
-    report["stages"] = {}
     for stage in map(str, stages):
         fastest = {
             tree: {part: min(run[stage][part] for run in tree_runs) for part in ("one_s", "whole_s")}

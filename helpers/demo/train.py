@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--sam-fast-decoder",
         action="store_true",
         help="train SAM's steps through the rearranged PromptBatchDecoder and matrix-product up-sampling (the same "
-        "maths, 1.1-1.4x faster per step; another trajectory: other weights than the committed ones)",
+        "maths, 1.1-1.3x faster per step; another trajectory: other weights than the committed ones)",
     )
     parser.add_argument(
         "--seed",
