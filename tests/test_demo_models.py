@@ -107,24 +107,37 @@ def test_sam_ceiling_on_fresh_images(demo_models):
     assert best.mean() >= 0.90, f"SAM ceiling {best.mean():.4f} < 0.90 (committed: 0.9322 on the build machine)"
 
 
+def test_pipeline_iou_per_class_on_the_report_images(demo_models):
+    """The target's own measure on the report's 32 images: each shape an image holds prompted by name through the
+    demo profile's settings, mean IoU per class >= 0.80 (committed models: circle 0.93, square 0.92, star 0.82,
+    triangle 0.87 by benchmarks/eval_demo_models.py; ~25 s)."""
+    sam, clip_model = demo_models
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for seed in REPORT_SEEDS:
+        scores = evaluate_pipeline(sam, clip_model, seed=seed, images=8, mosaics=0)
+        for name, mean in scores["prompt_iou_per_class"].items():
+            totals[name] = totals.get(name, 0.0) + mean * scores["prompts_per_class"][name]
+            counts[name] = counts.get(name, 0) + scores["prompts_per_class"][name]
+    assert set(counts) == set(DEMO_CLASSES) and sum(counts.values()) == 77, counts
+    per_class = {name: totals[name] / counts[name] for name in counts}
+    assert min(per_class.values()) >= 0.80, per_class
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="target missed: on the report's 32 unseen images the stars' pipeline IoU is 0.76 (circle 0.92, square "
-    "0.92, triangle 0.94) and the mosaic top-1 0.65 (docs/demo-models.md, 'End to end, and the targets'); this test "
-    "asserts the targets on seed 9090",
+    reason="target missed: on the report's 12 mosaics the top-1 is 0.77 (docs/demo-models.md, 'End to end, and the "
+    "targets'); this test asserts the target on seed 9090",
 )
-def test_pipeline_targets_on_fresh_images(demo_models):
-    """The whole chain with the demo profile's settings: each shape class prompted by name on fresh
-    images (mean IoU per class >= 0.80) and SLIP's mosaic top-1 (>= 0.90)."""
+def test_mosaic_target_on_fresh_images(demo_models):
+    """SLIP's mosaic top-1 through SAM + CLIP with the demo profile's settings (>= 0.90)."""
     sam, clip_model = demo_models
-    scores = evaluate_pipeline(sam, clip_model, seed=FRESH_SEED, images=6, mosaics=4)
-    assert set(scores["prompt_iou_per_class"]) == set(DEMO_CLASSES), scores
-    assert min(scores["prompt_iou_per_class"].values()) >= 0.80, scores
+    scores = evaluate_pipeline(sam, clip_model, seed=FRESH_SEED, images=0, mosaics=4)
     assert scores["mosaic_top1"] >= 0.90, scores
 
 
 def test_clip_recognises_ground_truth_cutouts(demo_models):
-    """The target's own measure on the report's images (77 cut-outs; the committed CLIP: 75 right, 0.974): the 20
+    """The target's own measure on the report's images (77 cut-outs; the committed CLIP: all 77 right): the 20
     cut-outs of seed 9090 this test used are too few for a 0.95 bound (one miss is 0.05; the ViT CLIP before this one
     named 18, this one 20)."""
     _, clip_model = demo_models
@@ -162,6 +175,10 @@ def test_quick_training_runs_end_to_end(tmp_path, capsys):
     assert summary["sam_settings"]["seed"] == summary["clip_settings"]["seed"] == 3  # and --seed
     assert summary["cutout_sam_settings"]["stability_score_thresh"] == 0.0  # CLIP's cut-outs ungated, as committed
     assert summary["sam_zoomed_settings"]["steps"] == 2 and summary["sam_zoomed_wall_s"] > 0  # the third stage ran
+    # CLIP trained with SigLIP's loss: its scale and bias were learnt (moved from where they start)
+    assert summary["clip_settings"]["loss"] == "sigmoid"
+    assert summary["clip_final_bias"] != summary["clip_settings"]["sigmoid_bias"]
+    assert summary["clip_final_scale"] != pytest.approx(summary["clip_settings"]["sigmoid_scale"], abs=1e-6)
     assert "sam_ceiling" in capsys.readouterr().out
 
 

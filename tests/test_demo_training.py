@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 import helpers.demo.train_sam as train_sam_module
 from helpers.demo.scenes import TRAIN_STREAM, Scene
@@ -212,6 +213,7 @@ def test_training_one_model_refuses_the_other_models_flags(capsys, tmp_path):
         (["--only", "clip", "--no-sam-compile"], "leave out ['--no-sam-compile']"),
         (["--only", "clip", "--sam-fast-decoder"], "leave out ['--sam-fast-decoder']"),
         (["--only", "sam", "--clip-steps", "5"], "--only sam trains no CLIP: leave out ['--clip-steps']"),
+        (["--only", "sam", "--clip-loss", "contrastive"], "leave out ['--clip-loss']"),
         # the defaults, given or not, pass: the next check stops it (no SAM in the folder to train CLIP on)
         (["--only", "clip", "--sam-compile", "--out-dir", str(tmp_path)], "sam_demo.pth is missing"),
     ):
@@ -260,6 +262,26 @@ def test_a_part_threshold_over_the_naming_iou_is_refused(capsys):
     with pytest.raises(ValueError, match="sam_part_max_iou=0.8"):
         ClipTrainSettings(sam_part_max_iou=0.8)
     assert ClipTrainSettings(sam_part_max_iou=0.7).sam_part_max_iou == 0.7
+
+
+def test_the_sigmoid_loss_is_siglips():
+    """``sigmoid_loss`` is SigLIP's: binary cross-entropy of every image-caption pair (positive when the caption is
+    true of the image, several per image allowed), summed and divided by the images; written here as the library's
+    BCE-with-logits. Settings outside its range are refused."""
+    from helpers.demo.train_clip import ClipTrainSettings, sigmoid_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 9) * 5 - 2
+    truth = torch.rand(6, 9) < 0.3
+    reference = F.binary_cross_entropy_with_logits(logits, truth.float(), reduction="sum") / 6
+    torch.testing.assert_close(sigmoid_loss(logits, truth), reference)
+    logits.requires_grad_(True)
+    sigmoid_loss(logits, truth).backward()  # gradient: (sigmoid(logit) - truth) / images, pair by pair
+    torch.testing.assert_close(logits.grad, (torch.sigmoid(logits.detach()) - truth.float()) / 6)
+    with pytest.raises(ValueError, match="choose 'sigmoid'"):
+        ClipTrainSettings(loss="softmax")
+    with pytest.raises(ValueError, match="sigmoid_scale=0"):
+        ClipTrainSettings(sigmoid_scale=0)
 
 
 def test_point_embeddings_are_the_prompt_encoders():

@@ -49,6 +49,7 @@ from .train_clip import (  # noqa: F401
     encode_text_prefix,
     multi_positive_loss,
     sam_mask_cutouts,
+    sigmoid_loss,
     train_clip,
 )
 from .train_sam import SamTrainSettings, init_pointer_attention, load_start, train_sam  # noqa: F401
@@ -140,7 +141,8 @@ def evaluate_pipeline(
     sam: LoadedSam, clip_model: LoadedClip, seed: int = 404, images: int = 6, mosaics: int = 6
 ) -> dict:
     """End to end with the demo settings: mosaic top-1 (SLIP's measure; tiles cut from 12 fresh
-    demo images) and the mean IoU of prompting each class by name on ``images`` fresh images."""
+    demo images) and the mean IoU of prompting each class by name on ``images`` fresh images (per class over
+    ``prompts_per_class`` prompts)."""
     from ..evaluation import mosaic_top1_accuracy
     from ..metrics import iou
     from ..pipeline import Pipeline
@@ -157,10 +159,12 @@ def evaluate_pipeline(
             if truth.any():
                 prediction = pipeline.predict(result, name, DEMO_SELECTION, DEMO_CLASSES)
                 ious.setdefault(name, []).append(iou(prediction.mask, truth))
+    every = [v for values in ious.values() for v in values]
     return {
         "mosaic_top1": mosaic_top1_accuracy(tiles, results, pipeline.text),
-        "prompt_mean_iou": float(np.mean([v for values in ious.values() for v in values])),
+        "prompt_mean_iou": float(np.mean(every)) if every else float("nan"),
         "prompt_iou_per_class": {name: float(np.mean(values)) for name, values in sorted(ious.items())},
+        "prompts_per_class": {name: len(values) for name, values in sorted(ious.items())},
         "prompts": sum(len(values) for values in ious.values()),
     }
 
@@ -315,8 +319,10 @@ def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sa
         "clip_train_wall_s": time.perf_counter() - clock[0],
         "clip_train_cpu_s": time.process_time() - clock[1],
         "clip_final_batch_top1": float(history["batch_top1"].tail(50).mean()),
+        **({"clip_final_scale": float(history["scale"].iloc[-1]), "clip_final_bias": float(history["bias"].iloc[-1])}
+           if "bias" in history else {}),
         "clip_settings": asdict(settings),
-    }
+    }  # fmt: skip
 
 
 # The committed demo weights' recipe (docs/demo-models.md): SAM without its high-res path, 8500 compiled steps in two
@@ -377,7 +383,8 @@ SAM_FLAGS = tuple(
     for name in ("sam_steps", "sam_lr", "sam_high_res_steps", "sam_zoomed_steps", "sam_processes", "snapshots")
 ) + (("--no-sam-compile", "sam_compile"), ("--sam-fast-decoder", "sam_fast_decoder"))
 CLIP_FLAGS = tuple(
-    (f"--{name.replace('_', '-')}", name) for name in ("clip_steps", "clip_sam_scenes", "clip_part_max_iou")
+    (f"--{name.replace('_', '-')}", name)
+    for name in ("clip_steps", "clip_sam_scenes", "clip_part_max_iou", "clip_loss")
 )
 
 
@@ -416,6 +423,13 @@ def main(argv: list[str] | None = None) -> dict:
         default=ClipTrainSettings.sam_part_max_iou,
         help="SAM's masks inside one shape matching it below this IoU (at most 0.7) train CLIP as its parts (no shape "
         "name; 0, the committed recipe: none)",
+    )
+    parser.add_argument(
+        "--clip-loss",
+        choices=("sigmoid", "contrastive"),
+        default=ClipTrainSettings.loss,
+        help="sigmoid: SigLIP's pairwise loss (the committed CLIP); contrastive: CLIP's softmax over the batch (the "
+        "recipe until 6 Dec 2026)",
     )
     parser.add_argument(
         "--threads",
@@ -498,6 +512,7 @@ def main(argv: list[str] | None = None) -> dict:
         steps=args.clip_steps,
         sam_scenes=args.clip_sam_scenes,
         sam_part_max_iou=args.clip_part_max_iou,
+        loss=args.clip_loss,
         threads=args.threads,
         seed=args.seed,
     )

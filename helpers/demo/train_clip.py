@@ -74,10 +74,22 @@ class ClipTrainSettings:
     # negatives for the shapes' names (captioned by their colour alone), so that CLIP does not name a star's arm
     # "star" (issue 25's mosaics: the top region was such a fragment). 0 leaves them out.
     sam_part_max_iou: float = 0.0
+    # The loss: "sigmoid", SigLIP's (Zhai et al. 2023: every image-caption pair a yes / no question, logits
+    # t . cos + b with t and b learnt, from ``sigmoid_scale`` and ``sigmoid_bias``), or "contrastive", CLIP's
+    # (softmax over the batch's captions and images; the recipe until 6 Dec 2026). The sigmoid loss scores each
+    # pair on its own, so a region's score means the same whatever the other regions are: the pipeline compares
+    # scores across regions (the threshold, the mosaics' top-1), where the softmax only ranks captions per image.
+    loss: str = "sigmoid"
+    sigmoid_scale: float = 10.0  # t at the start (SigLIP's); the model's logit_scale holds log t
+    sigmoid_bias: float = -5.0  # b at the start (SigLIP's -10 is for one positive among 32k; here ~1 in 6)
     seed: int = 0
     threads: int = 2  # as SamTrainSettings.threads
 
     def __post_init__(self) -> None:
+        if self.loss not in ("sigmoid", "contrastive"):
+            raise ValueError(f"loss={self.loss!r}: choose 'sigmoid' (SigLIP's) or 'contrastive' (CLIP's).")
+        if not self.sigmoid_scale > 0:
+            raise ValueError(f"sigmoid_scale={self.sigmoid_scale} must be above 0 (it is a temperature).")
         if not 0 <= self.sam_part_max_iou <= self.sam_min_iou:
             raise ValueError(
                 f"sam_part_max_iou={self.sam_part_max_iou} must lie in [0, sam_min_iou={self.sam_min_iou}]: a mask "
@@ -237,6 +249,14 @@ def encode_text_prefix(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(len(x)), tokens.argmax(dim=-1)] @ model.text_projection
 
 
+def sigmoid_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss, summed over the batch's image-caption pairs and divided by the images:
+    each pair a binary question, "is this caption true of this image?", every caption true of an image a
+    positive. ``logits`` already hold the scale and the bias (t . cos + b)."""
+    signs = truth.float() * 2 - 1
+    return -F.logsigmoid(signs * logits).sum() / len(truth)
+
+
 def multi_positive_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """CLIP's symmetric contrastive loss where every caption true of an image counts as its
     positive ("circle", "red circle" and "red" all describe a red circle)."""
@@ -266,6 +286,12 @@ def train_clip(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": other, "weight_decay": 0.0}],
         lr=settings.lr,
     )
+    bias = None
+    if settings.loss == "sigmoid":  # SigLIP's start: t (as CLIP's log t) and a bias, learnt without weight decay
+        with torch.no_grad():
+            model.logit_scale.fill_(float(np.log(settings.sigmoid_scale)))
+        bias = torch.nn.Parameter(torch.tensor(settings.sigmoid_bias))
+        optimiser.add_param_group({"params": [bias], "weight_decay": 0.0})
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine_schedule(settings.steps, settings.warmup))
     pool, cutouts = cutout_pool(rng, preprocess, settings, sam_cutouts)
     history = []
@@ -275,7 +301,7 @@ def train_clip(
         image_features = F.normalize(model.encode_image(images), dim=-1)
         text_features = F.normalize(encode_text_prefix(model, tokens), dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * image_features @ text_features.T
-        loss = multi_positive_loss(logits, truth)
+        loss = multi_positive_loss(logits, truth) if bias is None else sigmoid_loss(logits + bias, truth)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -284,6 +310,8 @@ def train_clip(
         with torch.no_grad():
             hit = truth[torch.arange(len(truth)), logits.argmax(1)].float().mean().item()
         history.append({"step": step, "loss": loss.item(), "batch_top1": hit})
+        if bias is not None:  # SigLIP's learnt scale and bias (the summary states where they end)
+            history[-1].update(scale=model.logit_scale.exp().item(), bias=bias.item())
         if progress and step % 10 == 0:  # the bar's figures only
             recent = pd.DataFrame(history[-50:]).mean()
             bar.set_postfix(loss=f"{recent['loss']:.3f}", top1=f"{recent['batch_top1']:.3f}")
