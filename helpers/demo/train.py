@@ -141,8 +141,8 @@ def evaluate_pipeline(
     sam: LoadedSam, clip_model: LoadedClip, seed: int = 404, images: int = 6, mosaics: int = 6
 ) -> dict:
     """End to end with the demo settings: mosaic top-1 (SLIP's measure; tiles cut from 12 fresh
-    demo images) and the mean IoU of prompting each class by name on ``images`` fresh images (per class over
-    ``prompts_per_class`` prompts)."""
+    demo images; ``mosaics`` 0: none, NaN) and the mean IoU of prompting each class by name on ``images`` fresh
+    images (per class over ``prompts_per_class`` prompts)."""
     from ..evaluation import mosaic_top1_accuracy
     from ..metrics import iou
     from ..pipeline import Pipeline
@@ -150,8 +150,8 @@ def evaluate_pipeline(
 
     pipeline = Pipeline(sam, clip_model, DEMO_SETTINGS)
     dataset = make_demo_dataset(max(images, 12), seed=seed)
-    tiles = make_mosaics(object_crops(dataset, min_area=200), count=mosaics, seed=seed)
-    results = [pipeline.process(sample.image) for sample in tiles.samples]
+    tiles = make_mosaics(object_crops(dataset, min_area=200), count=mosaics, seed=seed) if mosaics else None
+    results = [pipeline.process(sample.image) for sample in tiles.samples] if tiles else []
     ious: dict[str, list[float]] = {}
     for sample in dataset.samples[:images]:
         result = pipeline.process(sample.image)
@@ -161,7 +161,7 @@ def evaluate_pipeline(
                 ious.setdefault(name, []).append(iou(prediction.mask, truth))
     every = [v for values in ious.values() for v in values]
     return {
-        "mosaic_top1": mosaic_top1_accuracy(tiles, results, pipeline.text),
+        "mosaic_top1": mosaic_top1_accuracy(tiles, results, pipeline.text) if tiles else float("nan"),
         "prompt_mean_iou": float(np.mean(every)) if every else float("nan"),
         "prompt_iou_per_class": {name: float(np.mean(values)) for name, values in sorted(ious.items())},
         "prompts_per_class": {name: len(values) for name, values in sorted(ious.items())},

@@ -304,7 +304,7 @@ def train_clip(
         loss = multi_positive_loss(logits, truth) if bias is None else sigmoid_loss(logits + bias, truth)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the model's (SigLIP's bias is not in the norm)
         optimiser.step()
         scheduler.step()
         with torch.no_grad():
