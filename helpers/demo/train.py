@@ -315,14 +315,15 @@ def _train_clip_into(path: Path, settings: ClipTrainSettings, progress: bool, sa
     clock = time.perf_counter(), time.process_time()
     clip_model, history = train_clip(settings, progress, sam_cutouts=sam_cutouts)
     save_clip_state(clip_model, path)
-    return {
+    record = {
         "clip_train_wall_s": time.perf_counter() - clock[0],
         "clip_train_cpu_s": time.process_time() - clock[1],
         "clip_final_batch_top1": float(history["batch_top1"].tail(50).mean()),
-        **({"clip_final_scale": float(history["scale"].iloc[-1]), "clip_final_bias": float(history["bias"].iloc[-1])}
-           if "bias" in history else {}),
-        "clip_settings": asdict(settings),
-    }  # fmt: skip
+    }
+    if "bias" in history:  # SigLIP's loss: where its learnt scale and bias ended
+        record["clip_final_scale"] = float(history["scale"].iloc[-1])
+        record["clip_final_bias"] = float(history["bias"].iloc[-1])
+    return {**record, "clip_settings": asdict(settings)}
 
 
 # The committed demo weights' recipe (docs/demo-models.md): SAM without its high-res path, 8500 compiled steps in two
