@@ -165,7 +165,7 @@ def evaluate_pipeline(
         "prompt_mean_iou": float(np.mean(every)) if every else float("nan"),
         "prompt_iou_per_class": {name: float(np.mean(values)) for name, values in sorted(ious.items())},
         "prompts_per_class": {name: len(values) for name, values in sorted(ious.items())},
-        "prompts": sum(len(values) for values in ious.values()),
+        "prompts": len(every),
     }
 
 
