@@ -191,11 +191,14 @@ def test_the_zoomed_stage_settings_and_their_refusals(capsys):
     assert 0 < third.mosaic_share < 1 and second.mosaic_share == first.mosaic_share == 0
     assert third.lr < second.lr and not third.pointer_init
     assert demo_sam_zoomed_settings(second, steps=5).warmup == 5  # a short stage still reaches its peak rate
+    fewer = demo_sam_settings(points_per_image=4)  # --sam-points: every stage
+    assert demo_sam_zoomed_settings(demo_sam_high_res_settings(fewer)).points_per_image == 4 == fewer.points_per_image
     with pytest.raises(ValueError, match="stage=4"):
         replace(third, stage=4)
     for argv, message in (
         (["--sam-zoomed-steps", "-1"], "--sam-zoomed-steps must be 0 or more"),
         (["--sam-high-res-steps", "0", "--sam-zoomed-steps", "5"], "it needs --sam-high-res-steps above 0"),
+        (["--sam-points", "0"], "--sam-points must be 1 or more"),
     ):
         with pytest.raises(SystemExit):
             main(["--quick", *argv])
@@ -212,6 +215,7 @@ def test_training_one_model_refuses_the_other_models_flags(capsys, tmp_path):
         ),
         (["--only", "clip", "--no-sam-compile"], "leave out ['--no-sam-compile']"),
         (["--only", "clip", "--sam-fast-decoder"], "leave out ['--sam-fast-decoder']"),
+        (["--only", "clip", "--sam-points", "4"], "leave out ['--sam-points']"),
         (["--only", "sam", "--clip-steps", "5"], "--only sam trains no CLIP: leave out ['--clip-steps']"),
         (["--only", "sam", "--clip-loss", "contrastive"], "leave out ['--clip-loss']"),
         # the defaults, given or not, pass: the next check stops it (no SAM in the folder to train CLIP on)

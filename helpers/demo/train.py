@@ -346,15 +346,16 @@ def demo_sam_settings(
     seed: int = DEMO_SEED,
     architecture: SamArchitecture = replace(DEMO_SAM_ARCHITECTURE, high_res=False),
     fast_decoder: bool = False,
+    points_per_image: int = SamTrainSettings.points_per_image,
 ) -> SamTrainSettings:
     """The demo SAM's training settings, first stage (the committed recipe by default: ``DEMO_SAM_ARCHITECTURE``
     without the high-res path); ``threads`` are shared by the processes. A ValueError when ``processes`` does not
     divide a step's scenes. ``fast_decoder``: ``SamTrainSettings.fast_decoder`` (the committed weights: SAM's own
-    decoder)."""
+    decoder). ``points_per_image``: the point prompts per scene and step (the committed weights: 8)."""
     per_process = max(1, threads // max(1, processes))
     return SamTrainSettings(
         steps=steps, lr=lr, threads=per_process, processes=processes, compile=compile, seed=seed,
-        architecture=architecture, fast_decoder=fast_decoder,
+        architecture=architecture, fast_decoder=fast_decoder, points_per_image=points_per_image,
     )  # fmt: skip
 
 
@@ -381,7 +382,15 @@ def demo_sam_zoomed_settings(
 # The flags of one model's training, refused with ``--only`` the other (they would change nothing): (flag, dest)
 SAM_FLAGS = tuple(
     (f"--{name.replace('_', '-')}", name)
-    for name in ("sam_steps", "sam_lr", "sam_high_res_steps", "sam_zoomed_steps", "sam_processes", "snapshots")
+    for name in (
+        "sam_steps",
+        "sam_lr",
+        "sam_points",
+        "sam_high_res_steps",
+        "sam_zoomed_steps",
+        "sam_processes",
+        "snapshots",
+    )
 ) + (("--no-sam-compile", "sam_compile"), ("--sam-fast-decoder", "sam_fast_decoder"))
 CLIP_FLAGS = tuple(
     (f"--{name.replace('_', '-')}", name)
@@ -401,6 +410,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", choices=("sam", "clip"), help="train this one; evaluate with the other from out-dir")
     parser.add_argument("--sam-steps", type=int, default=DEMO_SAM_STEPS)
     parser.add_argument("--sam-lr", type=float, default=DEMO_SAM_LR, help="SAM's peak learning rate")
+    parser.add_argument(
+        "--sam-points",
+        type=int,
+        default=SamTrainSettings.points_per_image,
+        help="point prompts per scene in each of SAM's steps, every stage (the committed weights: "
+        f"{SamTrainSettings.points_per_image}; fewer: cheaper steps, other weights)",
+    )
     parser.add_argument(
         "--sam-high-res-steps",
         type=int,
@@ -476,6 +492,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--seed must be 0 or more (the committed weights: {DEMO_SEED}).")
     if not args.sam_lr > 0:
         parser.error("--sam-lr must be above 0.")
+    if args.sam_points < 1:
+        parser.error("--sam-points must be 1 or more.")
     if not 0 <= args.clip_part_max_iou <= ClipTrainSettings.sam_min_iou:
         parser.error(
             f"--clip-part-max-iou must lie between 0 and {ClipTrainSettings.sam_min_iou} (a mask matching its shape "
@@ -504,6 +522,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.sam_compile,
             args.seed,
             fast_decoder=args.sam_fast_decoder,
+            points_per_image=args.sam_points,
         )
     except ValueError as error:
         parser.error(f"--sam-processes must divide the {SamTrainSettings.images_per_step} scenes of a step ({error})")
