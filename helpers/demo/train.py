@@ -363,8 +363,10 @@ def demo_sam_high_res_settings(
     first: SamTrainSettings, steps: int = DEMO_SAM_HIGH_RES_STEPS, lr: float = DEMO_SAM_HIGH_RES_LR
 ) -> SamTrainSettings:
     """The second stage after ``first``: the same, with the high-res path, ``steps`` at ``lr`` on fresh scenes (from
-    the first stage's weights, so without ``init_pointer_attention``)."""
-    architecture = replace(first.architecture, high_res=True)
+    the first stage's weights, so without ``init_pointer_attention``), at the demo SAM's input size
+    (``DEMO_SAM_ARCHITECTURE.image_size``) whatever the first stage's (``--sam-first-size``: its position tensors
+    resized, ``load_start``)."""
+    architecture = replace(first.architecture, high_res=True, image_size=DEMO_SAM_ARCHITECTURE.image_size)
     return replace(first, steps=steps, lr=lr, stage=2, architecture=architecture, pointer_init=False)
 
 
@@ -386,6 +388,7 @@ SAM_FLAGS = tuple(
         "sam_steps",
         "sam_lr",
         "sam_points",
+        "sam_first_size",
         "sam_high_res_steps",
         "sam_zoomed_steps",
         "sam_processes",
@@ -416,6 +419,14 @@ def main(argv: list[str] | None = None) -> dict:
         default=SamTrainSettings.points_per_image,
         help="point prompts per scene in each of SAM's steps, every stage (the committed weights: "
         f"{SamTrainSettings.points_per_image}; fewer: cheaper steps, other weights)",
+    )
+    parser.add_argument(
+        "--sam-first-size",
+        type=int,
+        default=DEMO_SAM_ARCHITECTURE.image_size,
+        help="SAM's input size in pixels in its first stage (the committed weights: "
+        f"{DEMO_SAM_ARCHITECTURE.image_size}; smaller: cheaper steps, coarser tokens, other weights); the later stages "
+        f"train at {DEMO_SAM_ARCHITECTURE.image_size}, the position embeddings resized",
     )
     parser.add_argument(
         "--sam-high-res-steps",
@@ -499,6 +510,14 @@ def main(argv: list[str] | None = None) -> dict:
             f"--clip-part-max-iou must lie between 0 and {ClipTrainSettings.sam_min_iou} (a mask matching its shape "
             "that well is named after it, not a part of it)."
         )
+    patch = DEMO_SAM_ARCHITECTURE.patch
+    if args.sam_first_size < 4 * patch or args.sam_first_size % patch:
+        parser.error(f"--sam-first-size must be a multiple of the {patch}-px patch, at least {4 * patch}.")
+    if args.sam_first_size != DEMO_SAM_ARCHITECTURE.image_size and not args.sam_high_res_steps:
+        parser.error(
+            "--sam-first-size trains the first stage at another size; the second (--sam-high-res-steps) brings SAM "
+            f"back to {DEMO_SAM_ARCHITECTURE.image_size} px: give it steps."
+        )
     if args.sam_high_res_steps < 0:
         parser.error("--sam-high-res-steps must be 0 or more.")
     if (args.sam_zoomed_steps or 0) < 0:
@@ -521,6 +540,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.sam_processes,
             args.sam_compile,
             args.seed,
+            architecture=replace(DEMO_SAM_ARCHITECTURE, high_res=False, image_size=args.sam_first_size),
             fast_decoder=args.sam_fast_decoder,
             points_per_image=args.sam_points,
         )

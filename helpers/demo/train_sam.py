@@ -338,9 +338,32 @@ def init_pointer_attention(sam: Sam, gain: float = 2.5) -> None:
         sam.image_encoder.neck[-1].weight.mul_(0.1)
 
 
+def resize_start(sam: Sam, start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``start``, the weights of a SAM trained at another input size, with its image encoder's position tensors
+    resized to ``sam``'s token grid: the absolute position embedding (bicubic, as timm resamples a ViT's) and the
+    global-attention blocks' relative positions (linear, as segment_anything's ``get_rel_pos`` resizes them at run
+    time); windowed blocks' relative positions depend on the window only. Every other tensor as it was."""
+    own = sam.state_dict()
+    resized = dict(start)
+    for name, tensor in start.items():
+        if name not in own or own[name].shape == tensor.shape:
+            continue
+        if name == "image_encoder.pos_embed":  # 1 x H x W x C
+            grid = own[name].shape[1:3]
+            moved = F.interpolate(tensor.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False)
+            resized[name] = moved.permute(0, 2, 3, 1).contiguous()
+        elif name.startswith("image_encoder.blocks.") and name.endswith((".rel_pos_h", ".rel_pos_w")):  # L x C
+            length = own[name].shape[0]
+            moved = F.interpolate(tensor.T[None], size=length, mode="linear", align_corners=False)
+            resized[name] = moved[0].T.contiguous()
+    return resized
+
+
 def load_start(sam: Sam, start: dict[str, torch.Tensor]) -> None:
     """Load ``start`` into ``sam``: every tensor of a SAM of the same sizes; a high-res SAM may start from a plain
-    one's weights (its stem, absent from them, keeps its zero start: the model then computes what they did)."""
+    one's weights (its stem, absent from them, keeps its zero start: the model then computes what they did), and a SAM
+    from one trained at another input size (its position tensors resized, ``resize_start``)."""
+    start = resize_start(sam, start)
     try:
         missing, unexpected = sam.load_state_dict(start, strict=False)
     except RuntimeError as error:  # tensors of other shapes
