@@ -26,6 +26,7 @@ from helpers.demo.train_sam import (
     load_start,
     point_embeddings,
     prompt_targets,
+    resize_start,
     sam_step_loss,
     scene_stream,
     step_loss_tensors,
@@ -199,6 +200,9 @@ def test_the_zoomed_stage_settings_and_their_refusals(capsys):
         (["--sam-zoomed-steps", "-1"], "--sam-zoomed-steps must be 0 or more"),
         (["--sam-high-res-steps", "0", "--sam-zoomed-steps", "5"], "it needs --sam-high-res-steps above 0"),
         (["--sam-points", "0"], "--sam-points must be 1 or more"),
+        (["--sam-first-size", "150"], "--sam-first-size must be a multiple of the 16-px patch"),
+        (["--sam-first-size", "32"], "at least 64"),
+        (["--sam-first-size", "160", "--sam-high-res-steps", "0"], "brings SAM back to 256 px: give it steps"),
     ):
         with pytest.raises(SystemExit):
             main(["--quick", *argv])
@@ -216,6 +220,7 @@ def test_training_one_model_refuses_the_other_models_flags(capsys, tmp_path):
         (["--only", "clip", "--no-sam-compile"], "leave out ['--no-sam-compile']"),
         (["--only", "clip", "--sam-fast-decoder"], "leave out ['--sam-fast-decoder']"),
         (["--only", "clip", "--sam-points", "4"], "leave out ['--sam-points']"),
+        (["--only", "clip", "--sam-first-size", "160"], "leave out ['--sam-first-size']"),
         (["--only", "sam", "--clip-steps", "5"], "--only sam trains no CLIP: leave out ['--clip-steps']"),
         (["--only", "sam", "--clip-loss", "contrastive"], "leave out ['--clip-loss']"),
         # the defaults, given or not, pass: the next check stops it (no SAM in the folder to train CLIP on)
@@ -429,6 +434,38 @@ def test_the_high_res_stage_continues_the_first_stages_sam():
     for model, weights in ((build_sam_small(replace(plain, decoder_dim=128)), sam), (build_sam_small(plain), trained)):
         with pytest.raises(ValueError, match="do not fit this SAM"):  # other sizes; a high-res SAM into a plain one
             load_start(model, weights.state_dict())
+
+
+def test_a_smaller_first_stage_hands_the_demo_size_on():
+    """``--sam-first-size``: the first stage at a smaller input, the second at the demo SAM's 256 px from its weights,
+    the position embedding and the global blocks' relative positions resized to the finer token grid (a flat field
+    stays flat, a ramp stays a ramp over the same range), the windowed blocks' and every other tensor as they were."""
+    first = replace(SETTINGS, processes=1, architecture=replace(SMALL, image_size=128))
+    sam, _ = train_sam(first, progress=False)
+    second = demo_sam_high_res_settings(first, steps=2, lr=1e-3)
+    assert (second.architecture.image_size, second.architecture.high_res) == (256, True)
+    target = build_sam_small(second.architecture)
+    start = sam.state_dict()
+    resized = resize_start(target, start)
+    assert resized["image_encoder.pos_embed"].shape == target.image_encoder.pos_embed.shape == (1, 16, 16, SMALL.dim)
+    global_block, window_block = f"image_encoder.blocks.{SMALL.global_attn[0]}", "image_encoder.blocks.0"
+    for axis in ("h", "w"):
+        assert resized[f"{global_block}.attn.rel_pos_{axis}"].shape[0] == 31 == 2 * 16 - 1
+        assert start[f"{global_block}.attn.rel_pos_{axis}"].shape[0] == 15 == 2 * 8 - 1
+    changed = {"image_encoder.pos_embed", f"{global_block}.attn.rel_pos_h", f"{global_block}.attn.rel_pos_w"}
+    for name, tensor in start.items():
+        if name not in changed:
+            assert torch.equal(resized[name], tensor), name
+    assert torch.equal(resized[f"{window_block}.attn.rel_pos_h"], start[f"{window_block}.attn.rel_pos_h"])
+    level = torch.full_like(start["image_encoder.pos_embed"], 0.5)
+    flat = resize_start(target, {**start, "image_encoder.pos_embed": level})
+    torch.testing.assert_close(flat["image_encoder.pos_embed"], torch.full((1, 16, 16, SMALL.dim), 0.5))
+    ramp = torch.arange(15.0)[:, None].expand(15, SMALL.dim // SMALL.heads).contiguous()
+    moved = resize_start(target, {**start, f"{global_block}.attn.rel_pos_h": ramp})[f"{global_block}.attn.rel_pos_h"]
+    assert (moved.diff(dim=0) >= 0).all() and (moved[0] == 0).all() and (moved[-1] == 14).all()
+    torch.testing.assert_close(moved[:, 0], moved[:, -1])  # every channel resized along the positions alone
+    trained, history = train_sam(second, progress=False, start=start)
+    assert trained.image_encoder.img_size == 256 and len(history) == 2
 
 
 def test_a_zoomed_scene_is_a_window_of_it_scaled_up():
