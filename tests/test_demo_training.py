@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from segment_anything.modeling.image_encoder import get_rel_pos
 
 import helpers.demo.train_sam as train_sam_module
 from helpers.demo.scenes import TRAIN_STREAM, Scene
@@ -200,8 +201,9 @@ def test_the_zoomed_stage_settings_and_their_refusals(capsys):
         (["--sam-zoomed-steps", "-1"], "--sam-zoomed-steps must be 0 or more"),
         (["--sam-high-res-steps", "0", "--sam-zoomed-steps", "5"], "it needs --sam-high-res-steps above 0"),
         (["--sam-points", "0"], "--sam-points must be 1 or more"),
-        (["--sam-first-size", "150"], "--sam-first-size must be a multiple of the 16-px patch"),
-        (["--sam-first-size", "32"], "at least 64"),
+        (["--sam-first-size", "150"], "--sam-first-size must be a multiple of the 16-px patch from 64 to 256"),
+        (["--sam-first-size", "32"], "from 64 to 256"),
+        (["--sam-first-size", "320"], "from 64 to 256"),
         (["--sam-first-size", "160", "--sam-high-res-steps", "0"], "brings SAM back to 256 px: give it steps"),
     ):
         with pytest.raises(SystemExit):
@@ -440,7 +442,7 @@ def test_a_smaller_first_stage_hands_the_demo_size_on():
     """``--sam-first-size``: the first stage at a smaller input, the second at the demo SAM's 256 px from its weights,
     the position embedding and the global blocks' relative positions resized to the finer token grid (a flat field
     stays flat, a ramp stays a ramp over the same range), the windowed blocks' and every other tensor as they were."""
-    first = replace(SETTINGS, processes=1, architecture=replace(SMALL, image_size=128))
+    first = replace(SETTINGS, processes=1, architecture=replace(SMALL, image_size=160))
     sam, _ = train_sam(first, progress=False)
     second = demo_sam_high_res_settings(first, steps=2, lr=1e-3)
     assert (second.architecture.image_size, second.architecture.high_res) == (256, True)
@@ -451,7 +453,7 @@ def test_a_smaller_first_stage_hands_the_demo_size_on():
     global_block, window_block = f"image_encoder.blocks.{SMALL.global_attn[0]}", "image_encoder.blocks.0"
     for axis in ("h", "w"):
         assert resized[f"{global_block}.attn.rel_pos_{axis}"].shape[0] == 31 == 2 * 16 - 1
-        assert start[f"{global_block}.attn.rel_pos_{axis}"].shape[0] == 15 == 2 * 8 - 1
+        assert start[f"{global_block}.attn.rel_pos_{axis}"].shape[0] == 19 == 2 * 10 - 1
     changed = {"image_encoder.pos_embed", f"{global_block}.attn.rel_pos_h", f"{global_block}.attn.rel_pos_w"}
     for name, tensor in start.items():
         if name not in changed:
@@ -460,12 +462,38 @@ def test_a_smaller_first_stage_hands_the_demo_size_on():
     level = torch.full_like(start["image_encoder.pos_embed"], 0.5)
     flat = resize_start(target, {**start, "image_encoder.pos_embed": level})
     torch.testing.assert_close(flat["image_encoder.pos_embed"], torch.full((1, 16, 16, SMALL.dim), 0.5))
-    ramp = torch.arange(15.0)[:, None].expand(15, SMALL.dim // SMALL.heads).contiguous()
+    rows = torch.arange(10.0)[None, :, None, None].expand(1, 10, 10, SMALL.dim).contiguous()  # down the rows only
+    down = resize_start(target, {**start, "image_encoder.pos_embed": rows})["image_encoder.pos_embed"]
+    torch.testing.assert_close(down, down[:, :, :1].expand_as(down))  # still flat along each row
+    assert (down[0, :, 0, 0].diff() >= 0).all() and down[0, 0, 0, 0] < 0.5 and down[0, -1, 0, 0] > 8.5
+    ramp = torch.randn(19, SMALL.dim // SMALL.heads)
     moved = resize_start(target, {**start, f"{global_block}.attn.rel_pos_h": ramp})[f"{global_block}.attn.rel_pos_h"]
-    assert (moved.diff(dim=0) >= 0).all() and (moved[0] == 0).all() and (moved[-1] == 14).all()
-    torch.testing.assert_close(moved[:, 0], moved[:, -1])  # every channel resized along the positions alone
+    torch.testing.assert_close(get_rel_pos(16, 16, moved), get_rel_pos(16, 16, ramp))  # as segment_anything resizes
+    other = replace(second.architecture, global_attn=(0,))  # another window layout still fails to load
+    with pytest.raises(ValueError, match="do not fit this SAM"):
+        load_start(build_sam_small(other), start)
     trained, history = train_sam(second, progress=False, start=start)
     assert trained.image_encoder.img_size == 256 and len(history) == 2
+
+
+def test_the_first_size_reaches_the_first_stage_alone(monkeypatch, tmp_path):
+    """``--sam-first-size 160``: the first stage's settings at 160 px, the second and third at 256."""
+    import helpers.demo.train as train_module
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(path, first, second, third, progress, snapshots=False):
+        seen.update(first=first, second=second, third=third)
+        raise Stop  # before any training
+
+    monkeypatch.setattr(train_module, "_train_sam_into", capture)
+    with pytest.raises(Stop):
+        main(["--sam-first-size", "160", "--only", "sam", "--out-dir", str(tmp_path), "--no-progress"])
+    sizes = [seen[stage].architecture.image_size for stage in ("first", "second", "third")]
+    assert sizes == [160, 256, 256] and seen["second"].architecture.high_res
 
 
 def test_a_zoomed_scene_is_a_window_of_it_scaled_up():

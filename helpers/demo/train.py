@@ -511,8 +511,9 @@ def main(argv: list[str] | None = None) -> dict:
             "that well is named after it, not a part of it)."
         )
     patch = DEMO_SAM_ARCHITECTURE.patch
-    if args.sam_first_size < 4 * patch or args.sam_first_size % patch:
-        parser.error(f"--sam-first-size must be a multiple of the {patch}-px patch, at least {4 * patch}.")
+    size = DEMO_SAM_ARCHITECTURE.image_size
+    if not 4 * patch <= args.sam_first_size <= size or args.sam_first_size % patch:
+        parser.error(f"--sam-first-size must be a multiple of the {patch}-px patch from {4 * patch} to {size}.")
     if args.sam_first_size != DEMO_SAM_ARCHITECTURE.image_size and not args.sam_high_res_steps:
         parser.error(
             "--sam-first-size trains the first stage at another size; the second (--sam-high-res-steps) brings SAM "

@@ -342,20 +342,22 @@ def resize_start(sam: Sam, start: dict[str, torch.Tensor]) -> dict[str, torch.Te
     """``start``, the weights of a SAM trained at another input size, with its image encoder's position tensors
     resized to ``sam``'s token grid: the absolute position embedding (bicubic, as timm resamples a ViT's) and the
     global-attention blocks' relative positions (linear, as segment_anything's ``get_rel_pos`` resizes them at run
-    time); windowed blocks' relative positions depend on the window only. Every other tensor as it was."""
-    own = sam.state_dict()
-    resized = dict(start)
-    for name, tensor in start.items():
-        if name not in own or own[name].shape == tensor.shape:
+    time); windowed blocks' relative positions depend on the window only. Every other tensor as it was, so that
+    weights of other sizes (another window layout, another width) still fail to load."""
+    own, key = sam.state_dict(), "image_encoder.pos_embed"
+    if key not in start or start[key].shape == own[key].shape:
+        return start  # the same token grid: nothing to resize (other mismatches are load_start's to refuse)
+    resized = dict(start)  # 1 x H x W x C
+    moved = F.interpolate(start[key].permute(0, 3, 1, 2), size=own[key].shape[1:3], mode="bicubic", align_corners=False)
+    resized[key] = moved.permute(0, 2, 3, 1).contiguous()
+    for index, block in enumerate(sam.image_encoder.blocks):
+        if block.window_size:  # windowed: its tables span the window, at any input size
             continue
-        if name == "image_encoder.pos_embed":  # 1 x H x W x C
-            grid = own[name].shape[1:3]
-            moved = F.interpolate(tensor.permute(0, 3, 1, 2), size=grid, mode="bicubic", align_corners=False)
-            resized[name] = moved.permute(0, 2, 3, 1).contiguous()
-        elif name.startswith("image_encoder.blocks.") and name.endswith((".rel_pos_h", ".rel_pos_w")):  # L x C
-            length = own[name].shape[0]
-            moved = F.interpolate(tensor.T[None], size=length, mode="linear", align_corners=False)
-            resized[name] = moved[0].T.contiguous()
+        for axis in ("h", "w"):  # L x C
+            name = f"image_encoder.blocks.{index}.attn.rel_pos_{axis}"
+            if name in start and start[name].shape != own[name].shape:
+                moved = F.interpolate(start[name].T[None], size=own[name].shape[0], mode="linear", align_corners=False)
+                resized[name] = moved[0].T.contiguous()
     return resized
 
 
