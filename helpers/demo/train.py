@@ -510,14 +510,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"--clip-part-max-iou must lie between 0 and {ClipTrainSettings.sam_min_iou} (a mask matching its shape "
             "that well is named after it, not a part of it)."
         )
-    patch = DEMO_SAM_ARCHITECTURE.patch
-    size = DEMO_SAM_ARCHITECTURE.image_size
+    patch, size = DEMO_SAM_ARCHITECTURE.patch, DEMO_SAM_ARCHITECTURE.image_size
     if not 4 * patch <= args.sam_first_size <= size or args.sam_first_size % patch:
         parser.error(f"--sam-first-size must be a multiple of the {patch}-px patch from {4 * patch} to {size}.")
-    if args.sam_first_size != DEMO_SAM_ARCHITECTURE.image_size and not args.sam_high_res_steps:
+    if args.sam_first_size != size and not args.sam_high_res_steps:
         parser.error(
             "--sam-first-size trains the first stage at another size; the second (--sam-high-res-steps) brings SAM "
-            f"back to {DEMO_SAM_ARCHITECTURE.image_size} px: give it steps."
+            f"back to {size} px: give it steps."
         )
     if args.sam_high_res_steps < 0:
         parser.error("--sam-high-res-steps must be 0 or more.")
