@@ -15,7 +15,9 @@ Per model set, on ``--images`` fresh ``make_demo_dataset`` images of each seed (
   holding the class, and how often a prompt for a class absent from the image is answered with a mask (a false
   alarm; notebook 03's table scores these prompts in its precision);
 - SLIP's mosaic top-1 (4 ground-truth cut-outs of other images per mosaic, through SAM + CLIP), on the issue's
-  mosaics (any cut-out) and on mosaics of one class per tile (cut-outs in which no other class covers > 5 %);
+  mosaics (any cut-out) and on mosaics of one class per tile (cut-outs in which no other class covers > 5 %); and
+  on the issue's mosaics SAM's side of it: the best kept mask per tile's own shape (the tile's class pixels, scaled
+  into the tile as its cut-out is), and how many tiles, and how many missed pairs, have no kept mask of IoU >= 0.7;
 - recognition of masked ground-truth cut-outs by CLIP alone (4 classes);
 - recognition of SAM's own good masks: of the masks the pipeline keeps before selection, those matching a shape at
   IoU >= 0.7, the share CLIP names after that shape among the 4 classes and "background" (where selection loses);
@@ -43,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.checkpoints import sha256_of  # noqa: E402
 from helpers.config import DEMO_SELECTION, DEMO_SETTINGS, SelectionSettings  # noqa: E402
-from helpers.data import DEMO_CLASSES, make_demo_dataset, make_mosaics, object_crops  # noqa: E402
+from helpers.data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops  # noqa: E402
 from helpers.demo.train import evaluate_clip, truth_overlaps  # noqa: E402
 from helpers.demo.train_clip import BACKGROUND, ClipTrainSettings  # noqa: E402
 from helpers.evaluation import mosaic_top1_accuracy  # noqa: E402
@@ -148,11 +150,50 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
+def tile_shapes(cutouts: Dataset, mosaics: int, seed: int, max_other: float | None = None) -> tuple[Dataset, list]:
+    """``make_mosaics(object_crops(cutouts, min_area=200, max_other=max_other), count=mosaics, seed=seed)`` and, per
+    mosaic, {class: its tile's own class pixels}: each cut-out's class mask cut and scaled into the tile as the cut-out
+    is (the same draws: ``make_mosaics`` of the class masks as images, bicubic, kept above half)."""
+    items = object_crops(cutouts, min_area=200, max_other=max_other)
+    by_path = {}
+    for name in cutouts.classes:  # each class's own mask, cut by object_crops as that class's cut-out
+        painted = [
+            replace(s, image=np.repeat(s.masks[name][..., None].astype(np.uint8) * 255, 3, axis=2))
+            for s in cutouts.samples
+        ]
+        for item in object_crops(Dataset(cutouts.name, painted, cutouts.classes), 200, max_other=max_other):
+            if item.label == name:
+                by_path[item.path] = item
+    tiles = make_mosaics(items, count=mosaics, seed=seed)
+    painted = make_mosaics([by_path[item.path] for item in items], count=mosaics, seed=seed)
+    shapes = []
+    for sample, other in zip(tiles.samples, painted.samples):
+        assert list(sample.masks) == list(other.masks)  # the same draws, or the pixels would not be the tiles'
+        shapes.append({name: (other.image[..., 0] > 127) & tile for name, tile in sample.masks.items()})
+    return tiles, shapes
+
+
+def mosaic_tiles(tiles: Dataset, shapes: list, results, text) -> list[dict]:
+    """Per (mosaic, class) pair: whether the top-1 region lies in the tile (``mosaic_top1_accuracy``'s rule) and the
+    best IoU of a kept mask with the tile's own class pixels (``tile_shapes``)."""
+    from helpers.selection import predict
+
+    rows = []
+    for sample, pixels, result in zip(tiles.samples, shapes, results):
+        dense = result.masks.to_dense() if len(result.masks) else np.zeros((0, *sample.image.shape[:2]), bool)
+        for name, tile in sample.masks.items():
+            mask = predict(result, text, name, SelectionSettings("top1")).mask
+            hit = bool(mask.sum()) and (mask & tile).sum() > 0.5 * mask.sum()
+            ious = (dense & pixels[name]).sum((1, 2)) / np.maximum((dense | pixels[name]).sum((1, 2)), 1)
+            rows.append({"class": name, "hit": hit, "best_kept": float(ious.max()) if len(ious) else 0.0})
+    return rows
+
+
 def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, rank: bool = True) -> dict:
     pipeline = Pipeline(models.sam, models.clip, models.settings, cache_dir=cache / models.name)
     open_gates = replace(models.settings.sam, pred_iou_thresh=0.0, stability_score_thresh=0.0)
     ceiling, prompts, gates, absent = [], [], [], []
-    mosaic_hits, single_class_hits, clock = [], [], time.perf_counter()
+    mosaic_rows, single_class_hits, clock = [], [], time.perf_counter()
     names = [*DEMO_CLASSES, BACKGROUND]
     text, named = pipeline.text(names), []
     for seed in seeds:
@@ -186,12 +227,17 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
                 for p, s, t in zip(everything.predicted_iou, everything.stability, true.max(1)):
                     gates.append({"predicted": float(p), "stability": float(s), "true": float(t)})
         cutouts = make_demo_dataset(12, seed=seed + 50)
-        for hits, max_other in ((mosaic_hits, None), (single_class_hits, MOSAIC_MAX_OTHER)):
-            tiles = make_mosaics(object_crops(cutouts, min_area=200, max_other=max_other), count=mosaics, seed=seed)
-            results = [pipeline.process(sample.image) for sample in tiles.samples]
-            trials = sum(len(sample.masks) for sample in tiles.samples)
-            hits.append((mosaic_top1_accuracy(tiles, results, pipeline.text) * trials, trials))
-    ceiling, prompts = pd.DataFrame(ceiling), pd.DataFrame(prompts)
+        tiles, shapes = tile_shapes(cutouts, mosaics, seed)
+        results = [pipeline.process(sample.image) for sample in tiles.samples]
+        rows = mosaic_tiles(tiles, shapes, results, pipeline.text)
+        assert np.isclose(np.mean([r["hit"] for r in rows]), mosaic_top1_accuracy(tiles, results, pipeline.text))
+        mosaic_rows += rows
+        tiles = make_mosaics(object_crops(cutouts, min_area=200, max_other=MOSAIC_MAX_OTHER), count=mosaics, seed=seed)
+        results = [pipeline.process(sample.image) for sample in tiles.samples]
+        trials = sum(len(sample.masks) for sample in tiles.samples)
+        single_class_hits.append((mosaic_top1_accuracy(tiles, results, pipeline.text) * trials, trials))
+    ceiling, prompts, mosaic = pd.DataFrame(ceiling), pd.DataFrame(prompts), pd.DataFrame(mosaic_rows)
+    without = mosaic.best_kept < SAM_MASK_MIN_IOU
     named = pd.DataFrame(named, columns=["class", "right"])
     gates = pd.DataFrame(gates, columns=["predicted", "stability", "true"])
     kept = gates[
@@ -213,8 +259,13 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
         "pipeline_mean_iou": float(prompts.iou.mean()),
         "absent_class_answered": float(pd.DataFrame(absent).answered.mean()) if absent else float("nan"),
         "absent_class_prompts": len(absent),
-        "mosaic_top1": float(sum(h for h, _ in mosaic_hits) / sum(t for _, t in mosaic_hits)),
-        "mosaic_pairs": int(sum(t for _, t in mosaic_hits)),
+        "mosaic_top1": float(mosaic.hit.mean()),
+        "mosaic_pairs": len(mosaic),
+        "mosaic_sam_ceiling": float(mosaic.best_kept.mean()),
+        "mosaic_sam_ceiling_per_class": mosaic.groupby("class").best_kept.mean().round(3).to_dict(),
+        "mosaic_tiles_without_good_mask": int(without.sum()),
+        "mosaic_misses": int((~mosaic.hit).sum()),
+        "mosaic_misses_without_good_mask": int((~mosaic.hit & without).sum()),
         "mosaic_top1_single_class": float(
             sum(h for h, _ in single_class_hits) / max(1, sum(t for _, t in single_class_hits))
         ),

@@ -271,3 +271,37 @@ def test_eval_script_tells_touching_shapes_from_lone_ones():
     assert touches_another(diagonal).tolist() == [False, False]
     diagonal[1, 7, 7] = True  # 2 px
     assert touches_another(diagonal).tolist() == [True, True]
+
+
+def test_eval_script_finds_each_mosaic_tiles_own_shape():
+    """``tile_shapes`` gives the mosaics ``make_mosaics`` builds and, per tile, the pixels of the tile's own class as
+    the tile shows them (here: where the tile has that class's colour), inside the tile."""
+    from conftest import load_benchmark
+
+    from helpers.data import Dataset, Sample
+
+    tile_shapes = load_benchmark("eval_demo_models").tile_shapes
+    colours = {"circle": (250, 0, 0), "square": (0, 250, 0), "star": (0, 0, 250), "triangle": (250, 250, 0)}
+    places = {
+        "circle": np.s_[5:55, 5:20],
+        "square": np.s_[5:15, 10:75],
+        "star": np.s_[30:55, 40:75],
+        "triangle": np.s_[5:55, 5:75],
+    }
+    samples = []
+    for i, (name, colour) in enumerate(colours.items()):  # each class a box of its own shape, the crops' boxes differ
+        image = np.full((60, 80, 3), 127, np.uint8)
+        masks = {other: np.zeros((60, 80), bool) for other in colours}
+        masks[name][places[name]] = True
+        masks[name][places[name][0].start + 2 : places[name][0].start + 4, places[name][1]] = False  # not its box
+        image[masks[name]] = colour
+        samples.append(Sample(f"s{i}", image, masks))
+    dataset = Dataset("shapes", samples, sorted(colours))
+    tiles, shapes = tile_shapes(dataset, mosaics=2, seed=3)
+    assert len(tiles.samples) == len(shapes) == 2
+    for sample, pixels in zip(tiles.samples, shapes):
+        assert pixels.keys() == sample.masks.keys()
+        for name, tile in sample.masks.items():
+            coloured = np.abs(sample.image.astype(int) - colours[name]).sum(2) < 60
+            assert pixels[name].any() and not (pixels[name] & ~tile).any()
+            assert (pixels[name] & coloured).sum() / (pixels[name] | coloured).sum() > 0.9
