@@ -149,7 +149,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
-@torch.no_grad()
 def tile_shapes(cutouts: Dataset, mosaics: int, seed: int, max_other: float | None = None) -> tuple[Dataset, list]:
     """``make_mosaics(object_crops(cutouts, min_area=200, max_other=max_other), count=mosaics, seed=seed)`` and, per
     mosaic, {class: its tile's own class pixels}: each cut-out's class mask cut and scaled into the tile as the cut-out
@@ -164,11 +163,17 @@ def tile_shapes(cutouts: Dataset, mosaics: int, seed: int, max_other: float | No
         for item in object_crops(Dataset(cutouts.name, painted, cutouts.classes), 200, max_other=max_other):
             if item.label == name:
                 by_path[item.path] = item
+    if len({item.path for item in items}) < len(items):
+        raise ValueError(f"{cutouts.name}: two cut-outs share an image id and class; tile_shapes needs unique ids.")
+    masks = [by_path[item.path] for item in items]
+    if any(m.image.shape != item.image.shape for m, item in zip(masks, items)):
+        raise RuntimeError("A class mask was cut by another box than its cut-out.")
     tiles = make_mosaics(items, count=mosaics, seed=seed)
-    painted = make_mosaics([by_path[item.path] for item in items], count=mosaics, seed=seed)
+    painted = make_mosaics(masks, count=mosaics, seed=seed)
     shapes = []
     for sample, other in zip(tiles.samples, painted.samples):
-        assert list(sample.masks) == list(other.masks)  # the same draws, or the pixels would not be the tiles'
+        if list(sample.masks) != list(other.masks):  # other draws: the pixels would not be the tiles'
+            raise RuntimeError("The class masks' mosaics drew other tiles than the cut-outs' mosaics.")
         shapes.append({name: (other.image[..., 0] > 127) & tile for name, tile in sample.masks.items()})
     return tiles, shapes
 
@@ -189,6 +194,7 @@ def mosaic_tiles(tiles: Dataset, shapes: list, results, text) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
 def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, rank: bool = True) -> dict:
     pipeline = Pipeline(models.sam, models.clip, models.settings, cache_dir=cache / models.name)
     open_gates = replace(models.settings.sam, pred_iou_thresh=0.0, stability_score_thresh=0.0)

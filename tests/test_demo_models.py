@@ -274,34 +274,34 @@ def test_eval_script_tells_touching_shapes_from_lone_ones():
 
 
 def test_eval_script_finds_each_mosaic_tiles_own_shape():
-    """``tile_shapes`` gives the mosaics ``make_mosaics`` builds and, per tile, the pixels of the tile's own class as
-    the tile shows them (here: where the tile has that class's colour), inside the tile."""
+    """``tile_shapes`` gives the mosaics ``make_mosaics(object_crops(...))`` builds and, per tile, the pixels of the
+    tile's own class as the tile shows them (here: nearer that class's colour than the grey), inside the tile; with
+    two cut-outs of each class of other sizes, so that a cut-out's mask taken from another cut-out shows."""
     from conftest import load_benchmark
 
-    from helpers.data import Dataset, Sample
+    from helpers.data import Dataset, Sample, make_mosaics, object_crops
 
     tile_shapes = load_benchmark("eval_demo_models").tile_shapes
     colours = {"circle": (250, 0, 0), "square": (0, 250, 0), "star": (0, 0, 250), "triangle": (250, 250, 0)}
-    places = {
-        "circle": np.s_[5:55, 5:20],
-        "square": np.s_[5:15, 10:75],
-        "star": np.s_[30:55, 40:75],
-        "triangle": np.s_[5:55, 5:75],
-    }
+    places = [np.s_[5:55, 5:20], np.s_[5:15, 10:75], np.s_[30:55, 40:75], np.s_[5:55, 5:75]]
     samples = []
-    for i, (name, colour) in enumerate(colours.items()):  # each class a box of its own shape, the crops' boxes differ
-        image = np.full((60, 80, 3), 127, np.uint8)
-        masks = {other: np.zeros((60, 80), bool) for other in colours}
-        masks[name][places[name]] = True
-        masks[name][places[name][0].start + 2 : places[name][0].start + 4, places[name][1]] = False  # not its box
-        image[masks[name]] = colour
-        samples.append(Sample(f"s{i}", image, masks))
+    for i, (name, colour) in enumerate(colours.items()):
+        for copy in range(2):  # each class twice, in two of the boxes, with a notch: the crops differ
+            rows, cols = places[(i + copy) % 4]
+            image = np.full((60, 80, 3), 127, np.uint8)
+            masks = {other: np.zeros((60, 80), bool) for other in colours}
+            masks[name][rows, cols] = True
+            masks[name][rows.start + 2 : rows.start + 4 + 3 * copy, cols] = False
+            image[masks[name]] = colour
+            samples.append(Sample(f"s{i}{copy}", image, masks))
     dataset = Dataset("shapes", samples, sorted(colours))
-    tiles, shapes = tile_shapes(dataset, mosaics=2, seed=3)
-    assert len(tiles.samples) == len(shapes) == 2
-    for sample, pixels in zip(tiles.samples, shapes):
-        assert pixels.keys() == sample.masks.keys()
+    tiles, shapes = tile_shapes(dataset, mosaics=4, seed=3)
+    expected = make_mosaics(object_crops(dataset, min_area=200), count=4, seed=3)
+    assert len(tiles.samples) == len(shapes) == 4
+    for sample, pixels, same in zip(tiles.samples, shapes, expected.samples):
+        assert np.array_equal(sample.image, same.image) and list(pixels) == list(sample.masks)
         for name, tile in sample.masks.items():
-            coloured = np.abs(sample.image.astype(int) - colours[name]).sum(2) < 60
+            image = sample.image.astype(int)
+            coloured = tile & (np.abs(image - colours[name]).sum(2) < np.abs(image - 127).sum(2))
             assert pixels[name].any() and not (pixels[name] & ~tile).any()
-            assert (pixels[name] & coloured).sum() / (pixels[name] | coloured).sum() > 0.9
+            assert (pixels[name] & coloured).sum() / (pixels[name] | coloured).sum() >= 0.99
