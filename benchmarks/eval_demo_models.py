@@ -48,7 +48,7 @@ from helpers.config import DEMO_SELECTION, DEMO_SETTINGS, SelectionSettings  # n
 from helpers.data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops  # noqa: E402
 from helpers.demo.train import evaluate_clip, truth_overlaps  # noqa: E402
 from helpers.demo.train_clip import BACKGROUND, ClipTrainSettings  # noqa: E402
-from helpers.evaluation import mosaic_top1_accuracy  # noqa: E402
+from helpers.evaluation import mosaic_top1_accuracy, mosaic_top1_hits  # noqa: E402
 from helpers.masks import overlap_counts  # noqa: E402
 from helpers.metrics import counts, iou  # noqa: E402
 from helpers.models.loading import LoadedSam, load_clip  # noqa: E402
@@ -151,8 +151,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def tile_shapes(cutouts: Dataset, mosaics: int, seed: int, max_other: float | None = None) -> tuple[Dataset, list]:
     """``make_mosaics(object_crops(cutouts, min_area=200, max_other=max_other), count=mosaics, seed=seed)`` and, per
-    mosaic, {class: its tile's own class pixels}: each cut-out's class mask cut and scaled into the tile as the cut-out
-    is (the same draws: ``make_mosaics`` of the class masks as images, bicubic, kept above half)."""
+    mosaic (in its order), {class: its tile's own class pixels}: each cut-out's class mask cut and scaled into the tile
+    as the cut-out is (the same draws: ``make_mosaics`` of the class masks as images, bicubic, kept above half)."""
     items = object_crops(cutouts, min_area=200, max_other=max_other)
     by_path = {}
     for name in cutouts.classes:  # each class's own mask, cut by object_crops as that class's cut-out
@@ -179,19 +179,15 @@ def tile_shapes(cutouts: Dataset, mosaics: int, seed: int, max_other: float | No
 
 
 def mosaic_tiles(tiles: Dataset, shapes: list, results, text) -> list[dict]:
-    """Per (mosaic, class) pair: whether the top-1 region lies in the tile (``mosaic_top1_accuracy``'s rule) and the
-    best IoU of a kept mask with the tile's own class pixels (``tile_shapes``)."""
-    from helpers.selection import predict
-
-    rows = []
+    """Per (mosaic, class) pair: whether the top-1 region lies in the tile (``mosaic_top1_hits``) and the best IoU of a
+    kept mask with the tile's own class pixels (``tile_shapes``)."""
+    best = {}
     for sample, pixels, result in zip(tiles.samples, shapes, results):
-        dense = result.masks.to_dense() if len(result.masks) else np.zeros((0, *sample.image.shape[:2]), bool)
-        for name, tile in sample.masks.items():
-            mask = predict(result, text, name, SelectionSettings("top1")).mask
-            hit = bool(mask.sum()) and (mask & tile).sum() > 0.5 * mask.sum()
-            ious = (dense & pixels[name]).sum((1, 2)) / np.maximum((dense | pixels[name]).sum((1, 2)), 1)
-            rows.append({"class": name, "hit": hit, "best_kept": float(ious.max()) if len(ious) else 0.0})
-    return rows
+        _, _, ious = truth_overlaps(result.masks, np.stack(list(pixels.values())))
+        for j, name in enumerate(pixels):
+            best[sample.image_id, name] = float(ious[:, j].max()) if len(ious) else 0.0
+    hits = mosaic_top1_hits(tiles, results, text)
+    return [{"class": name, "hit": hit, "best_kept": best[image_id, name]} for image_id, name, hit in hits]
 
 
 @torch.no_grad()
@@ -235,9 +231,7 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
         cutouts = make_demo_dataset(12, seed=seed + 50)
         tiles, shapes = tile_shapes(cutouts, mosaics, seed)
         results = [pipeline.process(sample.image) for sample in tiles.samples]
-        rows = mosaic_tiles(tiles, shapes, results, pipeline.text)
-        assert np.isclose(np.mean([r["hit"] for r in rows]), mosaic_top1_accuracy(tiles, results, pipeline.text))
-        mosaic_rows += rows
+        mosaic_rows += mosaic_tiles(tiles, shapes, results, pipeline.text)
         tiles = make_mosaics(object_crops(cutouts, min_area=200, max_other=MOSAIC_MAX_OTHER), count=mosaics, seed=seed)
         results = [pipeline.process(sample.image) for sample in tiles.samples]
         trials = sum(len(sample.masks) for sample in tiles.samples)

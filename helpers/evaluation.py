@@ -162,16 +162,25 @@ def recognition_accuracy(
     }
 
 
-def mosaic_top1_accuracy(dataset: Dataset, results: Sequence[ImageResult], text: TextEncoder) -> float:
-    """Share of (mosaic, class) pairs whose top-1 region lies mostly (> 50 %) in the class's tile."""
-    hits = trials = 0
+def mosaic_top1_hits(
+    dataset: Dataset, results: Sequence[ImageResult], text: TextEncoder
+) -> list[tuple[str, str, bool]]:
+    """Per (mosaic, class) pair, in the dataset's order: (image id, class, whether the top-1 region for the class
+    lies mostly (> 50 %) in the class's tile)."""
+    hits = []
     for sample, result in pairs(dataset, results):
         for name, tile in sample.masks.items():
-            prediction = predict(result, text, name, SelectionSettings("top1"))
-            trials += 1
-            area = prediction.mask.sum()
-            hits += bool(area) and (prediction.mask & tile).sum() > 0.5 * area
-    return hits / trials if trials else float("nan")
+            mask = predict(result, text, name, SelectionSettings("top1")).mask
+            area = mask.sum()
+            hits.append((sample.image_id, name, bool(area) and bool((mask & tile).sum() > 0.5 * area)))
+    return hits
+
+
+def mosaic_top1_accuracy(dataset: Dataset, results: Sequence[ImageResult], text: TextEncoder) -> float:
+    """Share of (mosaic, class) pairs whose top-1 region lies mostly (> 50 %) in the class's tile
+    (``mosaic_top1_hits``); NaN without pairs."""
+    hits = [hit for _, _, hit in mosaic_top1_hits(dataset, results, text)]
+    return sum(hits) / len(hits) if hits else float("nan")
 
 
 def recognition_sets(dataset: Dataset, count: int = 8, mosaics: int = 2) -> tuple[list[LabelledImage], Dataset | None]:

@@ -155,6 +155,7 @@ def test_recognition_and_mosaic_accuracy(tiny_models, scene):
     assert acc == 1.0
     swapped = Dataset("m", [Sample("m0", dataset[0].image, {"cat": tiles["dog"], "dog": tiles["cat"]})], ["cat", "dog"])
     assert evaluation.mosaic_top1_accuracy(swapped, results[:1], pipe.text) == 0.0
+    assert evaluation.mosaic_top1_hits(swapped, results[:1], pipe.text) == [("m0", "cat", False), ("m0", "dog", False)]
     # recognition: whole images embedded as cat, dog, dog (CLIP alone: 2 of 3 right); SAM + CLIP:
     # image 0's best region is dog-like (wrong), image 1's is dog (right), image 2 has no region
     # and falls back to the whole image (dog: right)
