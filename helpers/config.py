@@ -54,21 +54,21 @@ DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent / "demo" / "weights"
 # 16 x 16 points suffice for shapes of radius >= 29 px on 320 x 240 images (every shape holds several
 # grid points) and take a quarter of 32 x 32's time. One crop layer (SAM's own: the image again as 2 x 2
 # overlapping crops, each at the model's full input size) shows the shapes 1.6x larger: best mask per shape
-# 0.82 -> 0.89 on the tuning seeds for 4x the generator's time. IoU gate 0.5 and stability gate 0.7 were
-# chosen on tuning seeds 6101 + 6102 (docs/demo-models.md, "Settings for the demo profile"); SAM's own gates
-# (0.88 / 0.95) keep no mask of this SAM. (The CLIP's SAM cut-outs are made with other, fixed settings:
-# helpers.demo.train.CUTOUT_SAM_SETTINGS.)
+# 0.872 -> 0.918 on the tuning seeds (5 Dec models) for 4x the generator's time. IoU gate 0.5 and stability
+# gate 0.7 were chosen on tuning seeds 6101 + 6102 (docs/demo-models.md, "Settings for the demo profile");
+# SAM's own gates (0.88 / 0.95) keep no mask of this SAM. (The CLIP's SAM cut-outs are made with other, fixed
+# settings: helpers.demo.train.CUTOUT_SAM_SETTINGS.)
 DEMO_SAM_SETTINGS = SamSettings(points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.7, crop_n_layers=1)
 # Each cut-out is also shown to CLIP mirrored and the two embeddings averaged: on the tuning seeds, with four ViT CLIPs,
 # prompts for absent shapes answered 0.13-0.15 -> 0.08-0.12, one-class mosaics +0.01-0.12, pipeline IoU within 0.03;
-# with the ModifiedResNet CLIP that replaced them (6 Dec) about even, kept (docs/demo-models.md).
+# with the committed CLIP (6 Dec) the pipeline 0.875 -> 0.888 and the mosaics 0.79 -> 0.83 (docs/demo-models.md).
 DEMO_SETTINGS = PipelineSettings(
     sam=DEMO_SAM_SETTINGS, filters=FilterSettings(min_area=100), regions=RegionSettings(mirror=True)
 )
 # This CLIP's cosine similarities run higher than OpenAI's (a wrong shape often scores 0.3-0.6), so the
 # threshold is 0.4 rather than the pipeline's 0.25 (the best of 0.4-0.8 on demo seed 404; re-checked with the
-# stability gate: 0.3-0.45 within 0.03 of each other on four seeds; with the ModifiedResNet CLIP 0.35-0.45 within
-# 0.005 on the tuning seeds, 0.4 answering half the absent-class prompts 0.35 does: docs/demo-models.md).
+# stability gate: 0.3-0.45 within 0.03 of each other on four seeds; with the committed CLIP 0.35-0.45 within 0.009
+# on the tuning seeds, 0.4 answering half the absent-class prompts 0.35 does: docs/demo-models.md).
 DEMO_SELECTION = SelectionSettings(mode="threshold", threshold=0.4, negatives=("background",))
 
 
