@@ -48,7 +48,7 @@ from helpers.config import DEMO_SELECTION, DEMO_SETTINGS, SelectionSettings  # n
 from helpers.data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops  # noqa: E402
 from helpers.demo.train import evaluate_clip, truth_overlaps  # noqa: E402
 from helpers.demo.train_clip import BACKGROUND, ClipTrainSettings  # noqa: E402
-from helpers.evaluation import mosaic_top1_accuracy, mosaic_top1_hits  # noqa: E402
+from helpers.evaluation import mosaic_top1_hits  # noqa: E402
 from helpers.masks import overlap_counts  # noqa: E402
 from helpers.metrics import counts, iou  # noqa: E402
 from helpers.models.loading import LoadedSam, load_clip  # noqa: E402
@@ -234,8 +234,7 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
         mosaic_rows += mosaic_tiles(tiles, shapes, results, pipeline.text)
         tiles = make_mosaics(object_crops(cutouts, min_area=200, max_other=MOSAIC_MAX_OTHER), count=mosaics, seed=seed)
         results = [pipeline.process(sample.image) for sample in tiles.samples]
-        trials = sum(len(sample.masks) for sample in tiles.samples)
-        single_class_hits.append((mosaic_top1_accuracy(tiles, results, pipeline.text) * trials, trials))
+        single_class_hits += [hit for _, _, hit in mosaic_top1_hits(tiles, results, pipeline.text)]
     ceiling, prompts, mosaic = pd.DataFrame(ceiling), pd.DataFrame(prompts), pd.DataFrame(mosaic_rows)
     without = mosaic.best_kept < SAM_MASK_MIN_IOU
     named = pd.DataFrame(named, columns=["class", "right"])
@@ -266,9 +265,7 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
         "mosaic_tiles_without_good_mask": int(without.sum()),
         "mosaic_misses": int((~mosaic.hit).sum()),
         "mosaic_misses_without_good_mask": int((~mosaic.hit & without).sum()),
-        "mosaic_top1_single_class": float(
-            sum(h for h, _ in single_class_hits) / max(1, sum(t for _, t in single_class_hits))
-        ),
+        "mosaic_top1_single_class": sum(single_class_hits) / max(1, len(single_class_hits)),
         "gt_cutout_recognition": recognition["recognition_masked"],
         "cutouts": recognition["cutouts"],
         "sam_mask_recognition": float(named.right.mean()) if len(named) else float("nan"),
