@@ -175,6 +175,7 @@ def test_quick_training_runs_end_to_end(tmp_path, capsys):
     assert summary["sam_settings"]["seed"] == summary["clip_settings"]["seed"] == 3  # and --seed
     assert summary["cutout_sam_settings"]["stability_score_thresh"] == 0.0  # CLIP's cut-outs ungated, as committed
     assert summary["sam_zoomed_settings"]["steps"] == 2 and summary["sam_zoomed_wall_s"] > 0  # the third stage ran
+    assert summary["cpu"]["kernels"] == torch.backends.cpu.get_cpu_capability() and summary["cpu"]["model"]
     # CLIP trained with SigLIP's loss: its scale and bias were learnt (moved from where they start)
     assert summary["clip_settings"]["loss"] == "sigmoid"
     assert summary["clip_final_bias"] != summary["clip_settings"]["sigmoid_bias"]

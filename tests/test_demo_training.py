@@ -233,10 +233,10 @@ def test_training_one_model_refuses_the_other_models_flags(capsys, tmp_path):
         assert message in capsys.readouterr().err
 
 
-def test_the_saved_sam_is_the_third_stages(tmp_path):
+def test_the_saved_sam_is_the_third_stages(tmp_path, capsys):
     """``_train_sam_into`` saves the SAM of its last stage: with a third stage, stage 3 trained from stage 2's weights
     (the same tensors as training it from the file stage 2 alone saves); with ``steps`` 0, stage 2's, as before
-    the third stage existed, and the summary says the third stage had no steps."""
+    the third stage existed, and the summary says the third stage had no steps. Each stage says when it ends."""
     from helpers.demo.train import _train_sam_into
 
     plain = SMALL
@@ -248,8 +248,12 @@ def test_the_saved_sam_is_the_third_stages(tmp_path):
     try:
         summary = _train_sam_into(two, first, second, replace(third, steps=0), progress=False)
         assert summary["sam_zoomed_settings"]["steps"] == 0 and "sam_zoomed_wall_s" not in summary
+        said = capsys.readouterr().out
+        assert "SAM stage 1 of 2: 2 steps in" in said and "SAM stage 2 of 2: 1 steps in" in said
+        assert f"training IoU {summary['sam_high_res_final_train_iou']:.4f}" in said and "of 3" not in said
         summary = _train_sam_into(three, first, second, third, progress=False)
         assert summary["sam_zoomed_settings"]["stage"] == 3 and summary["sam_zoomed_wall_s"] > 0
+        assert "SAM stage 3 of 3: 2 steps in" in capsys.readouterr().out
         reference, _ = train_sam(third, progress=False, start=torch.load(two, weights_only=True))
     finally:
         torch.set_num_threads(threads)

@@ -1,13 +1,13 @@
 """Train the demo models (a small SAM and a small CLIP) on generated shape images, offline.
 
-``python -m helpers.demo.train`` reproduces ``helpers/demo/weights/`` byte for byte on a CPU of the same type
-(seeded; SAM and CLIP on ``--threads`` 2, the SAM cut-outs in two one-thread processes; another thread count trains
-other weights): SAM first, in three stages (32-40 + 16-22 + 4.5-6 min wall on the 2-core build machine; the second
-adds SAM 2's high-res path, the third zooms some scenes in), then SAM's own masks on 1,000 further scenes (two
-processes, about 2.5 min) and CLIP (CLIP's ModifiedResNet image tower) on those cut-outs and exact ones (about 3.5
-min), then about half a minute of evaluation: 71 min in one run on 6 Dec 2026, about 58 (a sum of parts) at that
-machine's speed of 5 Dec (docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder.
-Measured results: docs/demo-models.md.
+``python -m helpers.demo.train`` trains ``helpers/demo/weights/`` seeded, byte for byte on a CPU of the type that
+trained them (the AMD EPYC build machine; SAM and CLIP on ``--threads`` 2, SAM's cut-outs in two one-thread
+processes; another thread count or CPU type sums floats in another order and trains other weights). SAM first, in
+three stages (the second adds SAM 2's high-res path, the third zooms some scenes in), then SAM's own masks on 1,000
+further scenes and CLIP (CLIP's ModifiedResNet image tower) on those cut-outs and exact ones, then a short
+evaluation: 71 min in one run on the AMD EPYC build machine (6 Dec 2026), 2 h 11 min on the Intel Xeon one
+(docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured results:
+docs/demo-models.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
 per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
@@ -21,6 +21,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import platform
 import resource
 import tempfile
 import time
@@ -208,6 +209,21 @@ def _since(clock: tuple[float, float], name: str) -> dict:
     return {f"{name}_wall_s": wall - clock[0], f"{name}_cpu_s": cpu - clock[1]}
 
 
+def _cpu() -> dict:
+    """The CPU that trains, for the summary: the same command trains the same bytes on a CPU of the same type only (its
+    kernels sum floats in their own order; pinning AVX2 kernels on an Intel Xeon did not give the AMD EPYC's bytes)."""
+    model = ""
+    if Path("/proc/cpuinfo").is_file():
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    return {"model": model or platform.processor(), "kernels": torch.backends.cpu.get_cpu_capability()}
+
+
+def _say_stage(stage: int, stages: int, steps: int, wall_s: float, iou: float) -> None:
+    """One line per finished SAM stage (a run takes one to two hours): its time and its last steps' training IoU."""
+    print(f"SAM stage {stage} of {stages}: {steps} steps in {wall_s / 60:.1f} min, training IoU {iou:.4f}", flush=True)
+
+
 SAM_RECORD_PREFIXES = ("sam_train_", "sam_final_", "sam_settings", "sam_high_res_", "sam_zoomed_")
 
 
@@ -246,6 +262,8 @@ def _train_sam_into(
         "sam_final_train_iou": float(history["iou"].tail(50).mean()),  # data parallel: on the first process's scenes
         "sam_settings": asdict(settings),
     }
+    stages = 1 + bool(high_res.steps) + bool(zoomed.steps)
+    _say_stage(1, stages, settings.steps, summary["sam_train_wall_s"], summary["sam_final_train_iou"])
     clock = _clock()
     if high_res.steps:
         snapshot = path.with_name(f"{path.stem}_high_res.pth") if snapshots else None
@@ -257,6 +275,8 @@ def _train_sam_into(
             plain, sam = sam, build_sam_small(high_res.architecture)
         load_start(sam, plain.state_dict())
     summary.update(_since(clock, "sam_high_res"))
+    if high_res.steps:
+        _say_stage(2, stages, high_res.steps, summary["sam_high_res_wall_s"], summary["sam_high_res_final_train_iou"])
     summary["sam_high_res_settings"] = asdict(high_res)
     if zoomed.steps:
         clock = _clock()
@@ -264,6 +284,7 @@ def _train_sam_into(
         sam, history = train_sam(zoomed, progress, snapshot=snapshot, start=sam.state_dict())
         summary["sam_zoomed_final_train_iou"] = float(history["iou"].tail(50).mean())
         summary.update(_since(clock, "sam_zoomed"))
+        _say_stage(3, stages, zoomed.steps, summary["sam_zoomed_wall_s"], summary["sam_zoomed_final_train_iou"])
     summary["sam_zoomed_settings"] = asdict(zoomed)  # steps 0: no third stage
     torch.save(sam.state_dict(), path)
     return summary
@@ -569,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE
     progress = not args.no_progress
-    summary: dict = {"threads": args.threads, "sam_processes": sam_settings.processes}
+    summary: dict = {"threads": args.threads, "sam_processes": sam_settings.processes, "cpu": _cpu()}
     summary.update({"cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count()})
     summary["demo_sam_settings"] = asdict(DEMO_SAM_SETTINGS)  # what the evaluation below runs
     summary["cutout_sam_settings"] = asdict(CUTOUT_SAM_SETTINGS)  # what CLIP's SAM cut-outs were made with
