@@ -590,8 +590,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE
     progress = not args.no_progress
-    summary: dict = {"threads": args.threads, "sam_processes": sam_settings.processes, "cpu": _cpu()}
-    summary.update({"cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count()})
+    summary: dict = {"threads": args.threads, "sam_processes": sam_settings.processes}
+    summary.update({"cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count(), "cpu": _cpu()})
     summary["demo_sam_settings"] = asdict(DEMO_SAM_SETTINGS)  # what the evaluation below runs
     summary["cutout_sam_settings"] = asdict(CUTOUT_SAM_SETTINGS)  # what CLIP's SAM cut-outs were made with
     if args.only == "clip":  # the record of the SAM it learns from, when the summary beside it describes that SAM
