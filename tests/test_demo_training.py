@@ -331,7 +331,7 @@ def test_the_compiled_step_is_the_eager_step(background_only):
         prompts[1] = (*prompts[1][:3], torch.ones_like(prompts[1][3]))
         assert not prompts[0][3].any()
     loss, grads = _loss_and_grads(sam_step_loss, sam, images, prompts, settings)
-    compiled = torch.compile(step_loss_tensors, dynamic=False, fullgraph=True)  # as training compiles it, in one graph
+    compiled = torch.compile(step_loss_tensors, dynamic=False, fullgraph=True)  # fullgraph: a graph break fails
     steps = (("eager", step_loss_tensors, False), ("fixed", step_loss_tensors, True), ("compiled", compiled, True))
     for label, fn, fixed in steps:
         got_loss, got_grads = _loss_and_grads(fn, sam, images, prompts, settings, fixed)
@@ -344,6 +344,27 @@ def test_the_compiled_step_is_the_eager_step(background_only):
             torch.testing.assert_close(
                 got_grads[name], want, rtol=1e-4, atol=1e-3 * scale + 1e-6, msg=lambda m: f"{label} {name}: {m}"
             )
+
+
+def test_the_high_res_step_traces_as_one_graph():
+    """The committed SAM's second and third stages (the high-res path, SAM's own decoder; its stem made non-zero, so
+    that it counts): ``step_loss_tensors`` traced as one graph by torch.compile's front end gives the eager step's loss
+    and gradients (inductor's code is tested on the first stage's step above)."""
+    settings = replace(SETTINGS, processes=1, architecture=replace(SMALL, high_res=True))
+    torch.manual_seed(0)
+    sam = build_sam_small(settings.architecture).train()
+    init_pointer_attention(sam)
+    for parameter in sam.image_encoder.high_res.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    images, prompts = _batch(np.random.default_rng(5), sam, settings)
+    loss, grads = _loss_and_grads(sam_step_loss, sam, images, prompts, settings)
+    traced = torch.compile(step_loss_tensors, dynamic=False, fullgraph=True, backend="aot_eager")
+    got_loss, got_grads = _loss_and_grads(traced, sam, images, prompts, settings, True)
+    torch.testing.assert_close(got_loss, loss)
+    assert got_grads.keys() == grads.keys() and any(name.startswith("image_encoder.high_res") for name in grads)
+    for name, want in grads.items():
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got_grads[name], want, rtol=1e-4, atol=1e-3 * scale + 1e-6, msg=name)
 
 
 @pytest.mark.parametrize("high_res", [False, True])
