@@ -318,6 +318,28 @@ def _loss_and_grads(loss_fn, sam, images, prompts, settings, *args):
     return loss.detach(), {name: p.grad.clone() for name, p in sam.named_parameters() if p.grad is not None}
 
 
+def _assert_grads_close(got: dict, want: dict, label: str) -> None:
+    """``got``'s gradients equal ``want``'s to float rounding: rearranged sums differ by ~1e-6 of a gradient's
+    largest entry (the keys' biases: ~1e-8 on gradients that are 0 in exact arithmetic); wrong maths by its own size."""
+    for name, grad in got.items():
+        scale = want[name].abs().max().item()
+        torch.testing.assert_close(
+            grad, want[name], rtol=1e-4, atol=1e-3 * scale + 1e-6, msg=lambda m: f"{label} {name}: {m}"
+        )
+
+
+def _with_high_res_stem(sam) -> None:
+    """Draws ``sam``'s high-res stem non-zero (it starts at zero), so that its part of the loss and gradients count."""
+    for parameter in sam.image_encoder.high_res.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+
+
+# torch.compile's front end alone: dynamo's trace as one graph (a graph break fails) and AOTAutograd's joint forward and
+# backward with inductor's decompositions and partitioner, run eagerly: inductor's code generation, the part that takes
+# one to three minutes per graph on two cores (about 100-170 s, cold), is tested once, on the first stage's step.
+TRACED = {"dynamic": False, "fullgraph": True, "backend": "aot_eager_decomp_partition"}
+
+
 @pytest.mark.parametrize("background_only", [False, True])
 def test_the_compiled_step_is_the_eager_step(background_only):
     """``step_loss_tensors`` (no data-dependent branch) under ``torch.compile`` gives the eager step's loss and
@@ -337,59 +359,48 @@ def test_the_compiled_step_is_the_eager_step(background_only):
         got_loss, got_grads = _loss_and_grads(fn, sam, images, prompts, settings, fixed)
         torch.testing.assert_close(got_loss, loss)
         assert got_grads.keys() == grads.keys()
-        for name, want in grads.items():
-            # compiled kernels sum in another order: differences of ~1e-6 (the keys' biases: ~1e-8 on gradients
-            # that are 0 in exact arithmetic); wrong maths would differ by the gradients' own size
-            scale = want.abs().max().item()
-            torch.testing.assert_close(
-                got_grads[name], want, rtol=1e-4, atol=1e-3 * scale + 1e-6, msg=lambda m: f"{label} {name}: {m}"
-            )
+        _assert_grads_close(got_grads, grads, label)  # compiled kernels sum in another order
 
 
 def test_the_high_res_step_traces_as_one_graph():
-    """The committed SAM's second and third stages (the high-res path, SAM's own decoder; its stem made non-zero, so
-    that it counts): ``step_loss_tensors`` traced as one graph by torch.compile's front end gives the eager step's loss
-    and gradients (inductor's code is tested on the first stage's step above)."""
+    """The committed SAM's second and third stages (the high-res path, SAM's own decoder): ``step_loss_tensors`` traced
+    by torch.compile's front end (``TRACED``) gives the eager step's loss and gradients, the stem's included."""
     settings = replace(SETTINGS, processes=1, architecture=replace(SMALL, high_res=True))
     torch.manual_seed(0)
     sam = build_sam_small(settings.architecture).train()
     init_pointer_attention(sam)
-    for parameter in sam.image_encoder.high_res.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
+    _with_high_res_stem(sam)
     images, prompts = _batch(np.random.default_rng(5), sam, settings)
     loss, grads = _loss_and_grads(sam_step_loss, sam, images, prompts, settings)
-    traced = torch.compile(step_loss_tensors, dynamic=False, fullgraph=True, backend="aot_eager")
-    got_loss, got_grads = _loss_and_grads(traced, sam, images, prompts, settings, True)
+    stem = [name for name in grads if name.startswith("image_encoder.high_res")]
+    assert stem and all(grads[name].abs().max() > 0 for name in stem)
+    got_loss, got_grads = _loss_and_grads(
+        torch.compile(step_loss_tensors, **TRACED), sam, images, prompts, settings, True
+    )
     torch.testing.assert_close(got_loss, loss)
-    assert got_grads.keys() == grads.keys() and any(name.startswith("image_encoder.high_res") for name in grads)
-    for name, want in grads.items():
-        scale = want.abs().max().item()
-        torch.testing.assert_close(got_grads[name], want, rtol=1e-4, atol=1e-3 * scale + 1e-6, msg=name)
+    assert got_grads.keys() == grads.keys()
+    _assert_grads_close(got_grads, grads, "traced")
 
 
 @pytest.mark.parametrize("high_res", [False, True])
 def test_the_fast_decoder_step_is_the_reference_step(high_res, monkeypatch):
     """With ``fast_decoder`` the step decodes through ``PromptBatchDecoder`` (the image's keys projected once, prompt
     tokens projected instead of image tokens): the reference step's loss and gradients to float rounding, with and
-    without the high-res path (its stem made non-zero, so that it counts), eager and (with it) traced as one graph by
-    torch.compile's front end (dynamo and AOTAutograd, the backward included). Inductor's code generation is left to
-    ``test_the_compiled_step_is_the_eager_step`` (the path that trained the committed SAM): it is what takes the time,
-    about two minutes per graph on two cores."""
+    without the high-res path (its stem made non-zero, so that it counts), eager and (with it) traced by torch.compile's
+    front end (``TRACED``)."""
     architecture = replace(SMALL, high_res=high_res)
     settings = replace(SETTINGS, processes=1, architecture=architecture)
     torch.manual_seed(0)
     sam = build_sam_small(architecture).train()
     init_pointer_attention(sam)
     if high_res:
-        for parameter in sam.image_encoder.high_res.parameters():
-            torch.nn.init.normal_(parameter, std=0.05)
+        _with_high_res_stem(sam)
     images, prompts = _batch(np.random.default_rng(5), sam, settings)
     loss, grads = _loss_and_grads(sam_step_loss, sam, images, prompts, settings)
     fast = replace(settings, fast_decoder=True)
     steps = [("eager", sam_step_loss, ()), ("tensors", step_loss_tensors, (True,))]
     if high_res:  # traced once, on the path with the most of the decoder
-        traced = torch.compile(step_loss_tensors, dynamic=False, fullgraph=True, backend="aot_eager")
-        steps.append(("traced", traced, (True,)))
+        steps.append(("traced", torch.compile(step_loss_tensors, **TRACED), (True,)))
     for label, fn, args in steps:
         got_loss, got_grads = _loss_and_grads(fn, sam, images, prompts, fast, *args)
         torch.testing.assert_close(got_loss, loss, rtol=1e-5, atol=1e-6)
@@ -398,11 +409,7 @@ def test_the_fast_decoder_step_is_the_reference_step(high_res, monkeypatch):
         assert got_grads.keys() <= grads.keys()
         unused = {name: grads[name].abs().max().item() for name in grads.keys() - got_grads.keys()}
         assert unused and max(unused.values()) < 1e-6, unused
-        for name, want in ((name, grads[name]) for name in got_grads):
-            scale = want.abs().max().item()  # rearranged sums: float rounding; wrong maths: the gradients' own size
-            torch.testing.assert_close(
-                got_grads[name], want, rtol=1e-4, atol=1e-3 * scale + 1e-6, msg=lambda m: f"{label} {name}: {m}"
-            )
+        _assert_grads_close(got_grads, grads, label)
     made = []  # the fast step does decode through PromptBatchDecoder, once per image
 
     class Counted(train_sam_module.PromptBatchDecoder):
