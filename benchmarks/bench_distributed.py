@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from helpers.masks import FilterSettings
 from helpers.models.loading import load_clip, load_sam
 from helpers.models.tiny import TINY_SAM, write_tiny_checkpoints
 from helpers.pipeline import Pipeline, PipelineSettings
+from helpers.runs import cpu_record
 from helpers.segmentation import SamSettings
 
 STARTUP_ESTIMATE_S = 60  # Ray, actors, loading the 2.4 GB vit_h checkpoint: once per run (assumed)
@@ -129,7 +129,7 @@ def main() -> None:
 
     print(
         f"# {args.images} demo images, tiny SAM + CLIP, SAM gates open, points_per_side={args.points_per_side}; "
-        f"{os.cpu_count()} CPUs ({platform.machine()}), load average {load_before:.1f} before / "
+        f"{os.cpu_count()} CPUs ({cpu_record()['model']}), load average {load_before:.1f} before / "
         f"{load_average():.1f} after (other jobs share the machine); ray {ray.__version__}, torch {torch.__version__}"
     )
     print(f"# Ray start-up: import ray {import_s:.1f} s + ray.init(num_cpus=2) {init_s:.1f} s (once per driver)")

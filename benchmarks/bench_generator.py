@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from segment_anything import SamAutomaticMaskGenerator
 from helpers.masks import MaskSet, best_match_iou
 from helpers.models.loading import SAM_BUILDERS
 from helpers.models.tiny import steepen_random_sam
+from helpers.runs import cpu_record
 from helpers.sam.decoder import PromptBatchDecoder
 from helpers.sam.generator import GateCounts, generate_mask_set_with_counts
 
@@ -180,7 +180,7 @@ def main() -> None:
         if value is not None
     }
     crops = {"crop_n_layers": args.crop_n_layers} if args.crop_n_layers else {}
-    cpu = platform.processor() or platform.machine()
+    cpu = "{model}, {kernels} kernels".format(**cpu_record())
     print(f"SAM {args.model} ({'checkpoint' if args.checkpoint else 'random, steepened'}), {args.device}, ", end="")
     print(f"{torch.get_num_threads()} threads, {cpu}, torch {torch.__version__}, ", end="")
     gates_text = default or "SAM's"

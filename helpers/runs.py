@@ -32,6 +32,21 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_record() -> dict[str, str]:
+    """The CPU's model (``/proc/cpuinfo``'s, else ``platform``'s) and the kernels torch runs on it (AVX2, AVX512, ...):
+    what a timing or a trained file's bytes depend on (float sums come out in another order on another CPU type)."""
+    model = ""
+    if Path("/proc/cpuinfo").is_file():
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    import torch
+
+    return {
+        "model": model or platform.processor() or platform.machine(),
+        "kernels": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def _plain(value):
     if is_dataclass(value) and not isinstance(value, type):
         return asdict(value)

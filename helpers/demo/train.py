@@ -21,7 +21,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -41,6 +40,7 @@ from ..data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, objec
 from ..masks import MaskSet, iou_from_counts, overlap_counts
 from ..models.loading import LoadedClip, LoadedSam, load_clip, load_sam
 from ..models.tiny import DEMO_SAM, DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small
+from ..runs import cpu_record
 from ..segmentation import SamSettings, generate_masks
 from .models import DEMO_SAM_SETTINGS
 from .scenes import TRAIN_STREAM, Scene, make_scene  # noqa: F401 (public through this module)
@@ -207,16 +207,6 @@ def _since(clock: tuple[float, float], name: str) -> dict:
     """``{name}_wall_s`` and ``{name}_cpu_s`` since ``clock`` (a ``_clock()``)."""
     wall, cpu = _clock()
     return {f"{name}_wall_s": wall - clock[0], f"{name}_cpu_s": cpu - clock[1]}
-
-
-def _cpu() -> dict:
-    """The CPU that trains, for the summary: the same command trains the same bytes on a CPU of the same type only (its
-    kernels sum floats in their own order; pinning AVX2 kernels on an Intel Xeon did not give the AMD EPYC's bytes)."""
-    model = ""
-    if Path("/proc/cpuinfo").is_file():
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
-    return {"model": model or platform.processor(), "kernels": torch.backends.cpu.get_cpu_capability()}
 
 
 def _say_stage(stage: int, stages: int, steps: int, wall_s: float, iou: float) -> None:
@@ -591,7 +581,9 @@ def main(argv: list[str] | None = None) -> dict:
     sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE
     progress = not args.no_progress
     summary: dict = {"threads": args.threads, "sam_processes": sam_settings.processes}
-    summary.update({"cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count(), "cpu": _cpu()})
+    # the CPU too: the same command trains the same bytes on a CPU of the same type only (pinning AVX2 kernels on an
+    # Intel Xeon did not give the AMD EPYC's bytes)
+    summary.update({"cutout_threads": CUTOUT_THREADS, "cpus": os.cpu_count(), "cpu": cpu_record()})
     summary["demo_sam_settings"] = asdict(DEMO_SAM_SETTINGS)  # what the evaluation below runs
     summary["cutout_sam_settings"] = asdict(CUTOUT_SAM_SETTINGS)  # what CLIP's SAM cut-outs were made with
     if args.only == "clip":  # the record of the SAM it learns from, when the summary beside it describes that SAM
