@@ -328,10 +328,16 @@ def _assert_grads_close(got: dict, want: dict, label: str) -> None:
         )
 
 
-def _with_high_res_stem(sam) -> None:
-    """Draws ``sam``'s high-res stem non-zero (it starts at zero), so that its part of the loss and gradients count."""
-    for parameter in sam.image_encoder.high_res.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
+def _step_case(settings: SamTrainSettings):
+    """A seeded SAM of ``settings.architecture`` as training starts it (a high-res stem drawn non-zero instead of
+    zero, so that its part of the loss and gradients counts) and one batch of its scenes."""
+    torch.manual_seed(0)
+    sam = build_sam_small(settings.architecture).train()
+    init_pointer_attention(sam)
+    if settings.architecture.high_res:
+        for parameter in sam.image_encoder.high_res.parameters():
+            torch.nn.init.normal_(parameter, std=0.05)
+    return sam, *_batch(np.random.default_rng(5), sam, settings)
 
 
 # torch.compile's front end alone: dynamo's trace as one graph (a graph break fails) and AOTAutograd's joint forward and
@@ -345,10 +351,7 @@ def test_the_compiled_step_is_the_eager_step(background_only):
     """``step_loss_tensors`` (no data-dependent branch) under ``torch.compile`` gives the eager step's loss and
     gradients, also when an image has only background prompts (no mask loss from it)."""
     settings = replace(SETTINGS, processes=1, background_share=1.0 if background_only else 0.25)
-    torch.manual_seed(0)
-    sam = build_sam_small(settings.architecture).train()
-    init_pointer_attention(sam)
-    images, prompts = _batch(np.random.default_rng(5), sam, settings)
+    sam, images, prompts = _step_case(settings)
     if background_only:  # the first image: background prompts only; the second: shapes again
         prompts[1] = (*prompts[1][:3], torch.ones_like(prompts[1][3]))
         assert not prompts[0][3].any()
@@ -366,11 +369,7 @@ def test_the_high_res_step_traces_as_one_graph():
     """The committed SAM's second and third stages (the high-res path, SAM's own decoder): ``step_loss_tensors`` traced
     by torch.compile's front end (``TRACED``) gives the eager step's loss and gradients, the stem's included."""
     settings = replace(SETTINGS, processes=1, architecture=replace(SMALL, high_res=True))
-    torch.manual_seed(0)
-    sam = build_sam_small(settings.architecture).train()
-    init_pointer_attention(sam)
-    _with_high_res_stem(sam)
-    images, prompts = _batch(np.random.default_rng(5), sam, settings)
+    sam, images, prompts = _step_case(settings)
     loss, grads = _loss_and_grads(sam_step_loss, sam, images, prompts, settings)
     stem = [name for name in grads if name.startswith("image_encoder.high_res")]
     assert stem and all(grads[name].abs().max() > 0 for name in stem)
@@ -388,14 +387,8 @@ def test_the_fast_decoder_step_is_the_reference_step(high_res, monkeypatch):
     tokens projected instead of image tokens): the reference step's loss and gradients to float rounding, with and
     without the high-res path (its stem made non-zero, so that it counts), eager and (with it) traced by torch.compile's
     front end (``TRACED``)."""
-    architecture = replace(SMALL, high_res=high_res)
-    settings = replace(SETTINGS, processes=1, architecture=architecture)
-    torch.manual_seed(0)
-    sam = build_sam_small(architecture).train()
-    init_pointer_attention(sam)
-    if high_res:
-        _with_high_res_stem(sam)
-    images, prompts = _batch(np.random.default_rng(5), sam, settings)
+    settings = replace(SETTINGS, processes=1, architecture=replace(SMALL, high_res=high_res))
+    sam, images, prompts = _step_case(settings)
     loss, grads = _loss_and_grads(sam_step_loss, sam, images, prompts, settings)
     fast = replace(settings, fast_decoder=True)
     steps = [("eager", sam_step_loss, ()), ("tensors", step_loss_tensors, (True,))]
