@@ -24,6 +24,7 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -64,12 +65,19 @@ def truth_overlaps(masks: MaskSet, truths: np.ndarray) -> tuple[np.ndarray, np.n
     return dense, inter, iou_from_counts(inter, dense.sum((1, 2)), truths.sum((1, 2)))
 
 
-def ceiling_table(sam: LoadedSam, dataset: Dataset, settings: SamSettings = DEMO_SAM_SETTINGS) -> pd.DataFrame:
+def ceiling_table(
+    sam: LoadedSam,
+    dataset: Dataset,
+    settings: SamSettings = DEMO_SAM_SETTINGS,
+    segment: Callable[[np.ndarray], MaskSet] | None = None,
+) -> pd.DataFrame:
     """Per ground-truth shape: the best single SAM mask's IoU and the best union's IoU (the union
-    of the masks lying more than half inside the shape), i.e. what a perfect selector could reach."""
+    of the masks lying more than half inside the shape), i.e. what a perfect selector could reach.
+    ``segment``: where an image's masks come from instead of ``generate_masks(sam, image, settings)``, e.g. a
+    ``Pipeline``'s ``segment`` with those settings, which reads and fills its cache."""
     rows = []
     for sample in dataset.samples:
-        masks = generate_masks(sam, sample.image, settings)
+        masks = segment(sample.image) if segment else generate_masks(sam, sample.image, settings)
         present = [name for name, truth in sample.masks.items() if truth.any()]
         if not present:
             continue
@@ -139,17 +147,23 @@ def evaluate_clip(clip_model: LoadedClip, seeds=(303,), images: int = 12) -> dic
 
 
 def evaluate_pipeline(
-    sam: LoadedSam, clip_model: LoadedClip, seed: int = 404, images: int = 6, mosaics: int = 6
+    sam: LoadedSam,
+    clip_model: LoadedClip,
+    seed: int = 404,
+    images: int = 6,
+    mosaics: int = 6,
+    cache_dir: Path | None = None,
 ) -> dict:
     """End to end with the demo settings: mosaic top-1 (SLIP's measure; tiles cut from 12 fresh
     demo images; ``mosaics`` 0: none, NaN) and the mean IoU of prompting each class by name on ``images`` fresh
-    images (per class over ``prompts_per_class`` prompts)."""
+    images (per class over ``prompts_per_class`` prompts). ``cache_dir``: the pipeline's cache (SAM's masks and
+    CLIP's embeddings are read from it when there, and written to it)."""
     from ..evaluation import mosaic_top1_accuracy
     from ..metrics import iou
     from ..pipeline import Pipeline
     from .models import DEMO_SELECTION, DEMO_SETTINGS
 
-    pipeline = Pipeline(sam, clip_model, DEMO_SETTINGS)
+    pipeline = Pipeline(sam, clip_model, DEMO_SETTINGS, cache_dir=cache_dir)
     dataset = make_demo_dataset(max(images, 12), seed=seed)
     tiles = make_mosaics(object_crops(dataset, min_area=200), count=mosaics, seed=seed) if mosaics else None
     results = [pipeline.process(sample.image) for sample in tiles.samples] if tiles else []
