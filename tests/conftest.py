@@ -235,7 +235,7 @@ def registry_restored():
 
 
 # Started first under pytest-xdist, so that no long test is left for the end while the other worker idles
-# (the two groups below go first by themselves: xdist orders work by the number of tests in it).
+# (the work units of several tests below go first by themselves: xdist orders work by the number of tests in it).
 SLOW_FIRST = ("tests/test_notebook_flow.py", "tests/test_package_layout.py::test_wheel", "tests/test_demo_models.py")
 
 
@@ -258,11 +258,12 @@ def work_unit(nodeid: str) -> str:
         return "notebooks"
     if nodeid.startswith("tests/test_distributed.py"):
         return "ray"
-    if nodeid.startswith(REPORT_TESTS):
+    if nodeid in REPORT_TESTS:
         return "demo report"
     return nodeid
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist: no such hook to check it against
 def pytest_xdist_make_scheduler(config, log):
     """``pytest -n N`` schedules by ``work_unit`` (xdist's ``xdist_group`` marks do not reach the node ids
     of pytest 9 in pytest-xdist 3.8, so grouping is done here)."""

@@ -23,6 +23,7 @@ from helpers.demo.models import (
 )
 from helpers.demo.train import (
     DEMO_SEED,
+    ceiling_from_masks,
     ceiling_table,
     demo_sam_high_res_settings,
     demo_sam_settings,
@@ -100,7 +101,15 @@ REPORT_SEEDS = (7301, 7302, 7303, 7304)  # issue 25's report images (benchmarks/
 def report_cache(tmp_path_factory):
     """One pipeline cache for the two report tests (tests/conftest.py runs them on one worker): SAM's masks of the
     32 report images are made once (~45 s on one thread) and read by whichever test comes second."""
-    return tmp_path_factory.mktemp("report_cache")
+    return tmp_path_factory.mktemp("report_cache"), {}
+
+
+def _count_sam_runs(report_cache, test: str, runs: int) -> None:
+    """The images SAM ran on in each report test: with both run, 32 in all (the second read the first's masks)."""
+    counts = report_cache[1]
+    counts[test] = runs
+    if len(counts) == 2:
+        assert sum(counts.values()) == 32, f"the report tests did not share SAM's masks: {counts}"
 
 
 def test_sam_ceiling_on_fresh_images(demo_models, report_cache):
@@ -109,11 +118,12 @@ def test_sam_ceiling_on_fresh_images(demo_models, report_cache):
     two stars hidden but for 2 pixels each counted as shapes to find, before ``MIN_VISIBLE``). The masks come
     through the demo pipeline's ``segment``, i.e. ``generate_masks`` with ``DEMO_SETTINGS.sam``, cached."""
     sam, clip_model = demo_models
-    pipeline = Pipeline(sam, clip_model, DEMO_SETTINGS, cache_dir=report_cache)
-    tables = [
-        ceiling_table(sam, make_demo_dataset(8, seed=seed), DEMO_SETTINGS.sam, segment=pipeline.segment)
-        for seed in REPORT_SEEDS
-    ]
+    pipeline = Pipeline(sam, clip_model, DEMO_SETTINGS, cache_dir=report_cache[0])
+    tables = []
+    for seed in REPORT_SEEDS:
+        dataset = make_demo_dataset(8, seed=seed)
+        tables.append(ceiling_from_masks(dataset, (pipeline.segment(sample.image) for sample in dataset.samples)))
+    _count_sam_runs(report_cache, "ceiling", pipeline.sam_runs)
     assert sum(len(table) for table in tables) == 77
     best = np.concatenate([table["best_mask_iou"].to_numpy() for table in tables])
     union = np.concatenate([table["best_union_iou"].to_numpy() for table in tables])
@@ -128,8 +138,8 @@ def test_the_ceiling_through_a_cached_pipeline_is_generate_masks_own(demo_models
     dataset = make_demo_dataset(1, seed=FRESH_SEED)
     direct = ceiling_table(sam, dataset, DEMO_SETTINGS.sam)
     pipeline = Pipeline(sam, clip_model, DEMO_SETTINGS, cache_dir=tmp_path)
-    made = ceiling_table(sam, dataset, DEMO_SETTINGS.sam, segment=pipeline.segment)
-    read = ceiling_table(sam, dataset, DEMO_SETTINGS.sam, segment=pipeline.segment)
+    made = ceiling_from_masks(dataset, [pipeline.segment(dataset.samples[0].image)])
+    read = ceiling_from_masks(dataset, [pipeline.segment(dataset.samples[0].image)])
     assert pipeline.sam_runs == 1 and len(direct) > 0
     pd.testing.assert_frame_equal(made, direct)
     pd.testing.assert_frame_equal(read, direct)
@@ -142,14 +152,17 @@ def test_pipeline_iou_per_class_on_the_report_images(demo_models, report_cache):
     sam, clip_model = demo_models
     totals: dict[str, float] = {}
     counts: dict[str, int] = {}
+    runs = 0
     for seed in REPORT_SEEDS:
-        scores = evaluate_pipeline(sam, clip_model, seed=seed, images=8, mosaics=0, cache_dir=report_cache)
+        scores = evaluate_pipeline(sam, clip_model, seed=seed, images=8, mosaics=0, cache_dir=report_cache[0])
+        runs += scores["sam_runs"]
         for name, mean in scores["prompt_iou_per_class"].items():
             totals[name] = totals.get(name, 0.0) + mean * scores["prompts_per_class"][name]
             counts[name] = counts.get(name, 0) + scores["prompts_per_class"][name]
     assert set(counts) == set(DEMO_CLASSES) and sum(counts.values()) == 77, counts
     per_class = {name: totals[name] / counts[name] for name in counts}
     assert min(per_class.values()) >= 0.80, per_class
+    _count_sam_runs(report_cache, "pipeline", runs)
 
 
 @pytest.mark.xfail(

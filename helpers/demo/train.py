@@ -24,7 +24,7 @@ import os
 import resource
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -65,24 +65,22 @@ def truth_overlaps(masks: MaskSet, truths: np.ndarray) -> tuple[np.ndarray, np.n
     return dense, inter, iou_from_counts(inter, dense.sum((1, 2)), truths.sum((1, 2)))
 
 
-def ceiling_table(
-    sam: LoadedSam,
-    dataset: Dataset,
-    settings: SamSettings = DEMO_SAM_SETTINGS,
-    segment: Callable[[np.ndarray], MaskSet] | None = None,
-) -> pd.DataFrame:
+def ceiling_table(sam: LoadedSam, dataset: Dataset, settings: SamSettings = DEMO_SAM_SETTINGS) -> pd.DataFrame:
     """Per ground-truth shape: the best single SAM mask's IoU and the best union's IoU (the union
-    of the masks lying more than half inside the shape), i.e. what a perfect selector could reach.
-    ``segment``: where an image's masks come from instead of ``generate_masks(sam, image, settings)``, e.g. a
-    ``Pipeline``'s ``segment`` with those settings, which reads and fills its cache."""
+    of the masks lying more than half inside the shape), i.e. what a perfect selector could reach."""
+    return ceiling_from_masks(dataset, (generate_masks(sam, sample.image, settings) for sample in dataset.samples))
+
+
+def ceiling_from_masks(dataset: Dataset, masks: Iterable[MaskSet]) -> pd.DataFrame:
+    """``ceiling_table`` of SAM's masks of ``dataset``'s samples, given in their order (e.g. from a ``Pipeline``'s
+    ``segment``, which reads and fills its cache)."""
     rows = []
-    for sample in dataset.samples:
-        masks = segment(sample.image) if segment else generate_masks(sam, sample.image, settings)
+    for sample, image_masks in zip(dataset.samples, masks, strict=True):
         present = [name for name, truth in sample.masks.items() if truth.any()]
         if not present:
             continue
         truths = np.stack([sample.masks[name] for name in present])
-        dense, inter, ious = truth_overlaps(masks, truths)
+        dense, inter, ious = truth_overlaps(image_masks, truths)
         areas = dense.sum((1, 2))
         for j, (name, truth) in enumerate(zip(present, truths)):
             single = float(ious[:, j].max()) if len(dense) else 0.0
@@ -96,7 +94,7 @@ def ceiling_table(
                     "area": int(truth.sum()),
                     "best_mask_iou": single,
                     "best_union_iou": max(single, union_iou),
-                    "masks": len(masks),
+                    "masks": len(image_masks),
                 }
             )
     return pd.DataFrame(rows)
@@ -152,12 +150,12 @@ def evaluate_pipeline(
     seed: int = 404,
     images: int = 6,
     mosaics: int = 6,
-    cache_dir: Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict:
     """End to end with the demo settings: mosaic top-1 (SLIP's measure; tiles cut from 12 fresh
     demo images; ``mosaics`` 0: none, NaN) and the mean IoU of prompting each class by name on ``images`` fresh
     images (per class over ``prompts_per_class`` prompts). ``cache_dir``: the pipeline's cache (SAM's masks and
-    CLIP's embeddings are read from it when there, and written to it)."""
+    CLIP's embeddings are read from it when there, and written to it; ``sam_runs``: the images SAM ran on)."""
     from ..evaluation import mosaic_top1_accuracy
     from ..metrics import iou
     from ..pipeline import Pipeline
@@ -181,6 +179,7 @@ def evaluate_pipeline(
         "prompt_iou_per_class": {name: float(np.mean(values)) for name, values in sorted(ious.items())},
         "prompts_per_class": {name: len(values) for name, values in sorted(ious.items())},
         "prompts": len(every),
+        "sam_runs": pipeline.sam_runs,
     }
 
 
