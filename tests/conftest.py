@@ -235,7 +235,7 @@ def registry_restored():
 
 
 # Started first under pytest-xdist, so that no long test is left for the end while the other worker idles
-# (the work units of several tests below go first by themselves: xdist orders work by the number of tests in it).
+# (the two groups below go first by themselves: xdist orders work by the number of tests in it).
 SLOW_FIRST = ("tests/test_notebook_flow.py", "tests/test_package_layout.py::test_wheel", "tests/test_demo_models.py")
 
 
@@ -243,23 +243,14 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=lambda item: not item.nodeid.startswith(SLOW_FIRST))  # stable: the order is kept otherwise
 
 
-# The demo models' report tests share one pipeline cache (SAM's masks of the report images, made once).
-REPORT_TESTS = tuple(
-    f"tests/test_demo_models.py::{name}"
-    for name in ("test_sam_ceiling_on_fresh_images", "test_pipeline_iou_per_class_on_the_report_images")
-)
-
-
 def work_unit(nodeid: str) -> str:
     """What one pytest-xdist worker runs in a row: the notebooks in order (each reads what the one before
-    wrote: checkpoints, the prepared dataset, the cache), Ray's tests together (one Ray instance), the demo
-    models' two report tests together (one cache), any other test alone."""
+    wrote: checkpoints, the prepared dataset, the cache), Ray's tests together (one Ray instance), any
+    other test alone."""
     if nodeid.startswith("notebooks/"):
         return "notebooks"
     if nodeid.startswith("tests/test_distributed.py"):
         return "ray"
-    if nodeid in REPORT_TESTS:
-        return "demo report"
     return nodeid
 
 
