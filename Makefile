@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh Linux machine (see README):
-#   make run    executes every notebook (00-05) headless into outputs/<profile>/
+#   make run    executes every notebook (00-06) headless into outputs/<profile>/
 #   make test   runs pytest on helpers/ and executes every notebook with nbmake (smoke profile)
 #   make demo   notebooks 00-04 offline with the small SAM + CLIP trained on the shapes (outputs/demo/)
 VENV   ?= .venv
