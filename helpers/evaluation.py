@@ -18,7 +18,16 @@ from . import metrics
 from .data import Dataset, LabelledImage, Sample, make_mosaics, object_crops
 from .export import Predictions, category_table, coco_dataset, scored_entries
 from .masks import MaskSet
-from .selection import ImageResult, SelectionSettings, TextEncoder, predict, score, similarities
+from .selection import (
+    ImageResult,
+    SelectionSettings,
+    TextEncoder,
+    cosine_span,
+    predict,
+    score,
+    similarities,
+    threshold_bounds,
+)
 
 
 def classes_to_evaluate(dataset: Dataset, requested: Sequence[str] = ()) -> tuple[list[str], list[str]]:
@@ -124,6 +133,20 @@ def _sweeps(
 
     tables = metrics.atom_tables(scored(), list(prompts))
     return {name: metrics.sweep(tables[name], scores[name], thresholds) for name in prompts}
+
+
+def threshold_grid(
+    results: Sequence[ImageResult],
+    text: TextEncoder,
+    classes: Sequence[str],
+    step: float = 0.01,
+    images: int | None = 200,
+) -> np.ndarray:
+    """Cosine thresholds for a sweep, every ``step``: from the lowest similarity of this run's regions to a class
+    to just above the highest (``selection.threshold_bounds``; over up to ``images`` images spread over the run),
+    so the sweep spans every threshold that keeps some masks but not all; 0-0.5 when no image has a region."""
+    low, high = threshold_bounds(cosine_span(results, text, classes, images)) or (0.0, 0.5)
+    return np.round(np.linspace(low, high, int(round((high - low) / step)) + 1), 3)
 
 
 def best_thresholds(

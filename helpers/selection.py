@@ -8,6 +8,7 @@ when its score >= ``threshold``. That makes a threshold sweep one sort (``helper
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -76,6 +77,32 @@ def prompt_columns(prompt: str, classes=None, negatives=()) -> list[str]:
 def similarities(region_embeddings: np.ndarray, text_embeddings: np.ndarray) -> np.ndarray:
     """Cosine similarities, N regions x K prompts, float32."""
     return (np.asarray(region_embeddings, np.float32) @ np.asarray(text_embeddings, np.float32).T).astype(np.float32)
+
+
+def cosine_span(
+    results: Sequence[ImageResult], text: TextEncoder, classes: Sequence[str], images: int | None = 32
+) -> np.ndarray:
+    """The lowest and highest cosine similarity of a cached region to one of ``classes``, over up to ``images``
+    images spread evenly over ``results`` (all with None; a lazy sequence reads only those), or [] without regions."""
+    count = len(results) if images is None else min(images, len(results))
+    picks = np.unique(np.linspace(0, len(results) - 1, count).round().astype(int)) if count else []
+    embeddings = [e for e in (results[int(i)].embeddings for i in picks) if len(e)]
+    if not embeddings:
+        return np.zeros(0)
+    sims = similarities(np.concatenate(embeddings), text(list(classes)))
+    return np.array([sims.min(), sims.max()])
+
+
+def threshold_bounds(values: Sequence[float], step: float = 0.05) -> tuple[float, float] | None:
+    """Cosine thresholds from ``values``' lowest, rounded down to a multiple of ``step``, to strictly above their
+    highest (so the top threshold keeps no mask), within [-1, 1.05]; None without a finite value."""
+    finite = np.asarray(values, np.float64).ravel()
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return None
+    low = math.floor(round(finite.min() / step, 6)) * step
+    high = (math.floor(round(finite.max() / step, 6)) + 1) * step
+    return round(max(-1.0, low), 2), round(min(1.05, high), 2)
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

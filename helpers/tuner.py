@@ -11,7 +11,6 @@ was made with, so a step that keeps the same masks still visibly happened.
 from __future__ import annotations
 
 import io
-import math
 from typing import Mapping, Sequence
 
 import ipywidgets as widgets
@@ -27,8 +26,9 @@ from .selection import (
     ImageResult,
     SelectionSettings,
     TextEncoder,
+    cosine_span,
     predict,
-    similarities,
+    threshold_bounds,
 )
 from .viz import four_panel
 
@@ -50,13 +50,9 @@ def slider_range(
         raise ValueError(f"Unknown selection mode {mode!r}; use one of {SELECTION_MODES}.")
     if mode != "threshold":
         return 0.0, 1.0, 0.01
-    values = np.asarray(scores if scores is not None else [], np.float64).ravel()
-    values = np.concatenate([values[np.isfinite(values)], [v for v in include if math.isfinite(v)]])
-    if values.size == 0:
-        return (*COSINE_FALLBACK, 0.001)
-    low = math.floor(round(values.min() / 0.05, 6)) * 0.05
-    high = (math.floor(round(values.max() / 0.05, 6)) + 1) * 0.05
-    return round(max(-1.0, low), 2), round(min(1.05, high), 2), 0.001
+    given = np.ravel(np.asarray(scores if scores is not None else [], np.float64))
+    bounds = threshold_bounds(np.concatenate([given, np.asarray(list(include), np.float64)]))
+    return (*(bounds or COSINE_FALLBACK), 0.001)
 
 
 def selection_text(selection: SelectionSettings) -> str:
@@ -99,7 +95,7 @@ class ThresholdTuner:
         first = self.classes[0]
         start_mode = selection.mode if selection else "threshold"
         start = self.thresholds.get(first, selection.threshold if selection else DEFAULT_THRESHOLD)
-        self.cosine_scores = self._cosine_span()
+        self.cosine_scores = cosine_span(self.results, self.text, self.classes)
         self.last = {"threshold": start, "softmax": SOFTMAX_START, "top1": 0.0}
         if start_mode != "threshold" and selection is not None:
             self.last[start_mode] = selection.threshold
@@ -132,16 +128,6 @@ class ThresholdTuner:
         for control in (self.image, self.prompt, self.threshold):
             control.observe(lambda _: self.update(), "value")
         self.update()
-
-    def _cosine_span(self, images: int = 32) -> np.ndarray:
-        """The lowest and highest cosine similarity of a cached region to a class, over up to ``images``
-        images spread over the run (a lazy sequence reads only those), or []."""
-        picks = np.unique(np.linspace(0, len(self.results) - 1, min(images, len(self.results))).round().astype(int))
-        embeddings = [e for e in (self.results[int(i)].embeddings for i in picks) if len(e)]
-        if not embeddings:
-            return np.zeros(0)
-        sims = similarities(np.concatenate(embeddings), self.text(self.classes))
-        return np.array([sims.min(), sims.max()])
 
     def range(self, mode: str) -> tuple[float, float, float]:
         """The slider's (min, max, step) for ``mode`` on this run's scores (``slider_range``)."""

@@ -12,7 +12,7 @@ from helpers import evaluation, metrics, runs, viz  # noqa: E402
 from helpers.data import Dataset, LabelledImage, Sample  # noqa: E402
 from helpers.masks import MaskSet  # noqa: E402
 from helpers.pipeline import ImageResult, Pipeline  # noqa: E402
-from helpers.selection import SelectionSettings  # noqa: E402
+from helpers.selection import SelectionSettings, cosine_span, threshold_bounds  # noqa: E402
 from helpers.tuner import ThresholdTuner, selection_text, slider_range  # noqa: E402
 
 
@@ -320,6 +320,21 @@ def test_slider_range_fits_the_mode(scene):
     assert selection_text(SelectionSettings("softmax", 0.8)) == "softmax: p ≥ 0.800"
     assert selection_text(SelectionSettings("top1", 0.8, ("dog",))) == "top1: the best region only"
     plt.close("all")
+
+
+def test_the_sweep_grid_spans_the_runs_scores(scene):
+    assert threshold_bounds([0.12, 0.38]) == (0.1, 0.4) and threshold_bounds([0.12, 0.40]) == (0.1, 0.45)
+    assert threshold_bounds([]) is None and threshold_bounds([np.nan]) is None
+    assert threshold_bounds([-3.0, 7.0]) == (-1.0, 1.05)
+    dataset, results, pipe = scene
+    grid = evaluation.threshold_grid(results, pipe.text, ["cat", "dog"])
+    sims = np.concatenate([r.embeddings for r in results]) @ pipe.text(["cat", "dog"]).T
+    assert grid[0] <= sims.min() and sims.max() < grid[-1] and np.allclose(np.diff(grid), 0.01)
+    assert np.array_equal(cosine_span(results, pipe.text, ["cat", "dog"]), [sims.min(), sims.max()])
+    _, sweeps = evaluation.best_thresholds(dataset, results, pipe.text, ["cat", "dog"], [-1.0, grid[0], grid[-1]])
+    for table in sweeps.values():  # the first threshold keeps every mask, the last none
+        assert table.recall[1] == table.recall[0] > 0 and table.recall[2] == 0
+    assert np.array_equal(evaluation.threshold_grid([], pipe.text, ["cat"]), np.round(np.linspace(0, 0.5, 51), 3))
 
 
 def test_worst_gallery_rows_have_no_gaps(scene):
