@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -143,10 +144,16 @@ def threshold_grid(
     images: int | None = 200,
 ) -> np.ndarray:
     """Cosine thresholds for a sweep, every ``step``: from the lowest similarity of this run's regions to a class
-    to just above the highest (``selection.threshold_bounds``; over up to ``images`` images spread over the run),
-    so the sweep spans every threshold that keeps some masks but not all; 0-0.5 when no image has a region."""
+    to just above the highest (``selection.threshold_bounds``; over up to ``images`` images spread over the run, all
+    with None), so the sweep spans every threshold that keeps some masks but not all; 0-0.5 when no image has a
+    region."""
+    if not 0 < step <= 0.05:
+        raise ValueError(f"step={step}: the grid's step must lie in (0, 0.05], e.g. 0.01.")
+    if images is not None and images < 1:
+        raise ValueError(f"images={images}: read at least one image for the span, or None for all.")
     low, high = threshold_bounds(cosine_span(results, text, classes, images)) or (0.0, 0.5)
-    return np.round(np.linspace(low, high, int(round((high - low) / step)) + 1), 3)
+    count = math.ceil((high - low) / step - 1e-9)  # the last threshold reaches high
+    return np.round(low + step * np.arange(count + 1), 6)
 
 
 def best_thresholds(

@@ -93,16 +93,18 @@ def cosine_span(
     return np.array([sims.min(), sims.max()])
 
 
-def threshold_bounds(values: Sequence[float], step: float = 0.05) -> tuple[float, float] | None:
-    """Cosine thresholds from ``values``' lowest, rounded down to a multiple of ``step``, to strictly above their
-    highest (so the top threshold keeps no mask), within [-1, 1.05]; None without a finite value."""
+def threshold_bounds(values: Sequence[float]) -> tuple[float, float] | None:
+    """Cosine thresholds from ``values``' lowest, rounded down to a multiple of 0.05 (so the first keeps every mask),
+    to strictly above their highest (so the top one keeps none), within [-1, 1.05]; None without a finite value."""
     finite = np.asarray(values, np.float64).ravel()
     finite = finite[np.isfinite(finite)]
     if finite.size == 0:
         return None
-    low = math.floor(round(finite.min() / step, 6)) * step
-    high = (math.floor(round(finite.max() / step, 6)) + 1) * step
-    return round(max(-1.0, low), 2), round(min(1.05, high), 2)
+    low, high = finite.min(), finite.max()
+    start = round(math.floor(round(low / 0.05, 6)) * 0.05, 2)
+    if start > low:  # a float32 0.39999998 rounds up to 8 steps: one step lower
+        start = round(start - 0.05, 2)
+    return max(-1.0, start), min(1.05, round((math.floor(round(high / 0.05, 6)) + 1) * 0.05, 2))
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

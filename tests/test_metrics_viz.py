@@ -325,7 +325,10 @@ def test_slider_range_fits_the_mode(scene):
 def test_the_sweep_grid_spans_the_runs_scores(scene):
     assert threshold_bounds([0.12, 0.38]) == (0.1, 0.4) and threshold_bounds([0.12, 0.40]) == (0.1, 0.45)
     assert threshold_bounds([]) is None and threshold_bounds([np.nan]) is None
-    assert threshold_bounds([-3.0, 7.0]) == (-1.0, 1.05)
+    assert threshold_bounds([-3.0, 7.0]) == (-1.0, 1.05) and threshold_bounds([0.15, 0.15]) == (0.15, 0.2)
+    for lowest in (np.float32(0.39999998), np.float32(-0.3), np.float32(0.35)):  # a hair below a multiple of 0.05
+        low, high = threshold_bounds([lowest])
+        assert low <= lowest < high
     dataset, results, pipe = scene
     grid = evaluation.threshold_grid(results, pipe.text, ["cat", "dog"])
     sims = np.concatenate([r.embeddings for r in results]) @ pipe.text(["cat", "dog"]).T
@@ -335,6 +338,9 @@ def test_the_sweep_grid_spans_the_runs_scores(scene):
     for table in sweeps.values():  # the first threshold keeps every mask, the last none
         assert table.recall[1] == table.recall[0] > 0 and table.recall[2] == 0
     assert np.array_equal(evaluation.threshold_grid([], pipe.text, ["cat"]), np.round(np.linspace(0, 0.5, 51), 3))
+    for wrong in ({"step": 0}, {"step": 0.1}, {"images": 0}):
+        with pytest.raises(ValueError, match="step|images"):
+            evaluation.threshold_grid(results, pipe.text, ["cat"], **wrong)
 
 
 def test_worst_gallery_rows_have_no_gaps(scene):
