@@ -45,10 +45,9 @@ class AutolabelReport:
 
     def summary(self) -> str:
         found = ", ".join(f"{name} {count}" for name, count in self.objects.items())
-        lines = [
-            f"{self.images} images labelled in {self.seconds:.1f} s (SAM ran {self.sam_runs} times, the rest "
-            f"came from the cache): {found or 'no objects'}"
-        ]
+        cached = self.images - self.sam_runs
+        sam = f"SAM ran on {self.sam_runs}" + (f", {cached} from the cache" if cached > 0 else "")
+        lines = [f"{self.images} images labelled in {self.seconds:.1f} s ({sam}): {found or 'no objects'}"]
         lines += [f"  {fmt}: {path}" for fmt, path in self.outputs.items()]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} image(s):")

@@ -31,7 +31,7 @@ def smoke(tmp_path, monkeypatch):
 def test_a_folder_is_labelled_exported_read_back_and_resumed(folder, smoke, tmp_path):
     out = tmp_path / "labels"
     report = autolabel(folder, "circle, square", out, "coco,yolo", smoke, progress=False)
-    assert report.images == 3 and report.sam_runs == 3
+    assert report.images == 3 and report.sam_runs == 3 and "(SAM ran on 3)" in report.summary()
     assert [item for item, _ in report.skipped] == ["broken.jpg"]  # listed and skipped, not fatal
     assert set(report.outputs) == {"coco", "yolo"}
     coco = load_coco(out / "coco" / "annotations.json", out / "coco" / "images")
@@ -45,6 +45,7 @@ def test_a_folder_is_labelled_exported_read_back_and_resumed(folder, smoke, tmp_
         autolabel(folder, "circle", out, "coco", smoke, progress=False)
     again = autolabel(folder, "circle, square", out, "yolo", smoke, overwrite=True, progress=False)
     assert again.sam_runs == 0 and again.objects == report.objects  # resumed from the cache
+    assert "(SAM ran on 0, 3 from the cache)" in again.summary()
 
 
 def test_bad_requests_are_clear_errors(folder, smoke, tmp_path, capsys):
