@@ -42,11 +42,15 @@ class AutolabelReport:
     sam_runs: int = 0
     dataset: Dataset | None = None  # the images, read on touch
     predictions: InstancePredictions | None = None  # their instances, with scores, computed on touch
+    ray: bool = False  # the cache was filled by Ray's workers first (``sam_runs`` counts this process only)
 
     def summary(self) -> str:
         found = ", ".join(f"{name} {count}" for name, count in self.objects.items())
         cached = self.images - self.sam_runs
-        sam = f"SAM ran on {self.sam_runs}" + (f", {cached} from the cache" if cached > 0 else "")
+        if self.ray:
+            sam = f"SAM + CLIP on Ray's workers, SAM on {self.sam_runs} more here"
+        else:
+            sam = f"SAM ran on {self.sam_runs}" + (f", {cached} from the cache" if cached > 0 else "")
         lines = [f"{self.images} images labelled in {self.seconds:.1f} s ({sam}): {found or 'no objects'}"]
         lines += [f"  {fmt}: {path}" for fmt, path in self.outputs.items()]
         if self.skipped:
@@ -133,7 +137,15 @@ def autolabel(
             objects[instance.label] += 1
     seconds = time.perf_counter() - started
     return AutolabelReport(
-        len(labelled), objects, list(dataset.skipped), outputs, seconds, pipeline.sam_runs, labelled, predictions
+        len(labelled),
+        objects,
+        list(dataset.skipped),
+        outputs,
+        seconds,
+        pipeline.sam_runs,
+        labelled,
+        predictions,
+        use_ray,
     )
 
 

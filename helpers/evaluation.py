@@ -144,9 +144,9 @@ def threshold_grid(
     images: int | None = 200,
 ) -> np.ndarray:
     """Cosine thresholds for a sweep, every ``step``: from the lowest similarity of this run's regions to a class
-    to just above the highest (``selection.threshold_bounds``; over up to ``images`` images spread over the run, all
-    with None), so the sweep spans every threshold that keeps some masks but not all; 0-0.5 when no image has a
-    region."""
+    to just above the highest (``selection.threshold_bounds``) over up to ``images`` images spread over the run (all
+    with None), so on those images the sweep spans every threshold that keeps some masks but not all; 0-0.5 when no
+    image has a region or no class is given."""
     if not 0 < step <= 0.05:
         raise ValueError(f"step={step}: the grid's step must lie in (0, 0.05], e.g. 0.01.")
     if images is not None and images < 1:

@@ -83,10 +83,11 @@ def cosine_span(
     results: Sequence[ImageResult], text: TextEncoder, classes: Sequence[str], images: int | None = 32
 ) -> np.ndarray:
     """The lowest and highest cosine similarity of a cached region to one of ``classes``, over up to ``images``
-    images spread evenly over ``results`` (all with None; a lazy sequence reads only those), or [] without regions."""
+    images spread evenly over ``results`` (all with None; a lazy sequence reads only those), or [] without regions or
+    classes."""
     count = len(results) if images is None else min(images, len(results))
     picks = np.unique(np.linspace(0, len(results) - 1, count).round().astype(int)) if count else []
-    embeddings = [e for e in (results[int(i)].embeddings for i in picks) if len(e)]
+    embeddings = [e for e in (results[int(i)].embeddings for i in picks) if len(e)] if len(classes) else []
     if not embeddings:
         return np.zeros(0)
     sims = similarities(np.concatenate(embeddings), text(list(classes)))

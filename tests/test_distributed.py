@@ -245,4 +245,5 @@ def test_autolabel_with_ray_fills_the_cache_and_labels_from_it(ray_instance, tmp
         folder, "circle,square", tmp_path / "out", "coco", config, use_ray=True, workers=1, progress=False
     )
     assert report.images == 2 and report.sam_runs == 0  # Ray's worker made every result; read from the cache
+    assert "(SAM + CLIP on Ray's workers, SAM on 0 more here)" in report.summary()
     assert (tmp_path / "out" / "coco" / "annotations.json").is_file()

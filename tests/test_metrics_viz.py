@@ -338,6 +338,15 @@ def test_the_sweep_grid_spans_the_runs_scores(scene):
     for table in sweeps.values():  # the first threshold keeps every mask, the last none
         assert table.recall[1] == table.recall[0] > 0 and table.recall[2] == 0
     assert np.array_equal(evaluation.threshold_grid([], pipe.text, ["cat"]), np.round(np.linspace(0, 0.5, 51), 3))
+    assert np.array_equal(evaluation.threshold_grid(results, pipe.text, []), np.round(np.linspace(0, 0.5, 51), 3))
+    cat = np.concatenate([r.embeddings for r in results]) @ pipe.text(["cat"]).T
+    every = evaluation.threshold_grid(results, pipe.text, ["cat"], images=None)
+    assert every[0] <= cat.min() and cat.max() < every[-1]
+    for images, picked in ((1, [0]), (2, [0, 2])):  # spread over the run: the first image, then the first and last
+        sims = np.concatenate([results[k].embeddings for k in picked]) @ pipe.text(["cat", "dog"]).T
+        assert np.array_equal(cosine_span(results, pipe.text, ["cat", "dog"], images), [sims.min(), sims.max()])
+    empty = ImageResult("none", MaskSet.from_masks(np.zeros((0, 20, 30), bool)), np.zeros((0, 8), np.float32))
+    assert len(cosine_span([empty, empty], pipe.text, ["cat"])) == 0  # no regions: the 0-0.5 grid
     for wrong in ({"step": 0}, {"step": 0.1}, {"images": 0}):
         with pytest.raises(ValueError, match="step|images"):
             evaluation.threshold_grid(results, pipe.text, ["cat"], **wrong)
