@@ -46,10 +46,10 @@ class AutolabelReport:
 
     def summary(self) -> str:
         found = ", ".join(f"{name} {count}" for name, count in self.objects.items())
-        cached = self.images - self.sam_runs
         if self.ray:
             sam = f"SAM + CLIP on Ray's workers, SAM on {self.sam_runs} more here"
         else:
+            cached = self.images - self.sam_runs
             sam = f"SAM ran on {self.sam_runs}" + (f", {cached} from the cache" if cached > 0 else "")
         lines = [f"{self.images} images labelled in {self.seconds:.1f} s ({sam}): {found or 'no objects'}"]
         lines += [f"  {fmt}: {path}" for fmt, path in self.outputs.items()]

@@ -86,8 +86,10 @@ def cosine_span(
     images spread evenly over ``results`` (all with None; a lazy sequence reads only those), or [] without regions or
     classes."""
     count = len(results) if images is None else min(images, len(results))
-    picks = np.unique(np.linspace(0, len(results) - 1, count).round().astype(int)) if count else []
-    embeddings = [e for e in (results[int(i)].embeddings for i in picks) if len(e)] if len(classes) else []
+    if count == 0 or len(classes) == 0:
+        return np.zeros(0)
+    picks = np.unique(np.linspace(0, len(results) - 1, count).round().astype(int))
+    embeddings = [e for e in (results[int(i)].embeddings for i in picks) if len(e)]
     if not embeddings:
         return np.zeros(0)
     sims = similarities(np.concatenate(embeddings), text(list(classes)))
