@@ -10,6 +10,7 @@ run instead of waiting for ever. Kernels talk over local sockets (IPC), not TCP.
 from __future__ import annotations
 
 import argparse
+import html
 import os
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import nbformat
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from tqdm.std import Bar
 
 from .config import banner, load_config, remember_start_dir
 
@@ -37,6 +39,45 @@ def _run_client(client: NotebookClient, timeout: int) -> str | None:
         return f"{type(exc).__name__}: {exc} (cell time limit {timeout} s)"
 
 
+def progress_bars_as_text(notebook: nbformat.NotebookNode) -> int:
+    """Give each tqdm widget in an executed notebook the text of its last state; returns how many.
+
+    A widget's saved ``text/plain`` (what viewers without widgets show: GitHub, nbviewer, an editor's
+    preview) is its first frame, ``0%|          | 0/12``; the widget state nbclient saves holds the
+    last one, written back here as ``100%|██████████| 12/12 [00:13<00:00, ...]``."""
+    widgets = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    state = widgets.get("state", {})
+
+    def model(ref: str) -> dict:
+        return state.get(str(ref).removeprefix("IPY_MODEL_"), {})
+
+    def text(part: dict) -> str:
+        return html.unescape(part["state"].get("value", "")).replace(
+            "\u2007", " "
+        )  # tqdm writes spaces as U+2007 in its HTML
+
+    count = 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            box = model(view.get("model_id", "")) if view else {}
+            parts = [model(c) for c in box.get("state", {}).get("children", [])]
+            if box.get("model_name") != "HBoxModel" or [p.get("model_name") for p in parts] != [
+                "HTMLModel",
+                "FloatProgressModel",
+                "HTMLModel",
+            ]:
+                continue  # not tqdm's bar: its description, the bar, the count
+            left, bar, right = parts
+            if text(left):  # a known total: "desc: 42%|bar| 5/12 [...]"
+                done = bar["state"].get("value", 0) / (bar["state"].get("max") or 1)
+                output["data"]["text/plain"] = f"{text(left)}|{Bar(min(max(done, 0.0), 1.0), 10)}|{text(right)}"
+            else:  # no total: tqdm writes the whole line in the count
+                output["data"]["text/plain"] = text(right)
+            count += 1
+    return count
+
+
 def execute(path: Path, out_dir: Path, timeout: int) -> str | None:
     """Run one notebook in a kernel of its own into ``out_dir``; returns None or the error to report."""
     notebook = nbformat.read(path, as_version=4)
@@ -50,6 +91,7 @@ def execute(path: Path, out_dir: Path, timeout: int) -> str | None:
         finally:
             if manager.has_kernel:  # the client does not own a kernel manager it was given: stop it here
                 manager.shutdown_kernel(now=False)
+    progress_bars_as_text(notebook)
     nbformat.write(notebook, out_dir / path.name)
     return error
 
@@ -102,6 +144,7 @@ class SharedKernel:
         finally:
             client.kc.stop_channels()
         notebook.cells.pop(0)
+        progress_bars_as_text(notebook)
         nbformat.write(notebook, out_dir / path.name)
         return error
 
