@@ -19,9 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from .checkpoints import CheckpointError, DownloadError
 from .config import RunConfig, load_config
 from .data import Dataset, DatasetError, load_images
-from .export import write_coco_dataset, write_yolo
+from .export import check_export_folder, write_coco_dataset, write_yolo
 from .instances import InstancePredictions
 from .pipeline import Pipeline
 from .session import checkpoint_paths, load_clip_for, sam_source
@@ -43,6 +44,7 @@ class AutolabelReport:
     dataset: Dataset | None = None  # the images, read on touch
     predictions: InstancePredictions | None = None  # their instances, with scores, computed on touch
     ray: bool = False  # the cache was filled by Ray's workers first (``sam_runs`` counts this process only)
+    untouched: list[Path] = field(default_factory=list)  # exports in ``out`` of formats this run did not write
 
     def summary(self) -> str:
         found = ", ".join(f"{name} {count}" for name, count in self.objects.items())
@@ -53,6 +55,7 @@ class AutolabelReport:
             sam = f"SAM ran on {self.sam_runs}" + (f", {cached} from the cache" if cached > 0 else "")
         lines = [f"{self.images} images labelled in {self.seconds:.1f} s ({sam}): {found or 'no objects'}"]
         lines += [f"  {fmt}: {path}" for fmt, path in self.outputs.items()]
+        lines += [f"  left as it was: {path} (an earlier export; this run did not write it)" for path in self.untouched]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} image(s):")
             lines += [f"  {item}: {reason}" for item, reason in self.skipped]
@@ -65,9 +68,10 @@ def parse_classes(text: str | Sequence[str]) -> list[str]:
     names = [n for n in names if n]
     if not names:
         raise ValueError('The class list is empty: pass the names to look for, e.g. --classes "cat,dog".')
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    folded = [n.casefold() for n in names]
+    repeated = sorted({n for n, f in zip(names, folded) if folded.count(f) > 1})
     if repeated:
-        raise ValueError(f"Classes {repeated} are listed twice; name each class once.")
+        raise ValueError(f"Classes {repeated} are listed twice (CLIP reads text in lower case); name each class once.")
     return names
 
 
@@ -75,8 +79,10 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
     """``"coco,yolo"`` -> ``["coco", "yolo"]``; ValueError naming the known formats otherwise."""
     formats = [f.strip().lower() for f in (text.split(",") if isinstance(text, str) else text) if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ValueError(f"Unknown export format {unknown or formats}: use one or more of {', '.join(FORMATS)}.")
+    if not formats:
+        raise ValueError(f"No export format given: use one or more of {', '.join(FORMATS)}, e.g. --format coco,yolo.")
+    if unknown:
+        raise ValueError(f"Unknown export format {unknown}: use one or more of {', '.join(FORMATS)}.")
     return list(dict.fromkeys(formats))
 
 
@@ -112,6 +118,8 @@ def autolabel(
     out = Path(out).expanduser()
     check_output(out, overwrite)
     dataset = images if isinstance(images, Dataset) else load_images(images, classes=names, progress=progress)
+    for fmt in chosen:  # refused now, not after SAM has run on every image
+        check_export_folder(dataset, out / fmt, overwrite)
     config = config or load_config()
     if pipeline is None:
         paths = checkpoint_paths(config, progress=progress)
@@ -146,6 +154,7 @@ def autolabel(
         labelled,
         predictions,
         use_ray,
+        [out / fmt for fmt in FORMATS if fmt not in chosen and (out / fmt).exists()],
     )
 
 
@@ -154,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.autolabel",
         description="Label a folder of images with SAM + CLIP and export COCO / YOLO-seg datasets. Models and "
-        "settings follow the SAMCLIP_* variables (SAMCLIP_PROFILE=demo: the small offline models).",
+        "settings follow the SAMCLIP_* variables (SAMCLIP_PROFILE=demo: the small offline models); every image "
+        "directly in --images is labelled (SAMCLIP_MAX_IMAGES is for the notebooks' datasets).",
     )
     parser.add_argument("--images", type=Path, required=True, help="folder of images to label")
     parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,dog"')
@@ -165,16 +175,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--ray", action="store_true", help="fill the cache on Ray (RAY_ADDRESS, else a local one)")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (with --ray)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the exports in a non-empty --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out, replacing the exports of the chosen formats (others are left as they are)",
+    )
     args = parser.parse_args(argv)
     negatives = [n.strip() for n in args.negatives.split(",") if n.strip()]
     try:
         report = autolabel(
             args.images, args.classes, args.out, args.format, None, negatives, args.ray, args.workers, args.overwrite
         )
-    except (ValueError, FileExistsError, DatasetError) as exc:
+    except (ValueError, FileExistsError, DatasetError, CheckpointError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: nothing was exported; SAM's masks of the images done so far are in the cache, "
+            "so the same command again goes on from there.",
+            file=sys.stderr,
+        )
+        return 130
     print(report.summary())
     return 0
 

@@ -46,6 +46,7 @@ def test_a_folder_is_labelled_exported_read_back_and_resumed(folder, smoke, tmp_
     again = autolabel(folder, "circle, square", out, "yolo", smoke, overwrite=True, progress=False)
     assert again.sam_runs == 0 and again.objects == report.objects  # resumed from the cache
     assert "(SAM ran on 0, 3 from the cache)" in again.summary()
+    assert f"left as it was: {out / 'coco'} (an earlier export" in again.summary()  # not replaced by a yolo run
 
 
 def test_bad_requests_are_clear_errors(folder, smoke, tmp_path, capsys):
@@ -54,8 +55,12 @@ def test_bad_requests_are_clear_errors(folder, smoke, tmp_path, capsys):
         parse_classes(" , ")
     with pytest.raises(ValueError, match="twice"):
         parse_classes("cat,cat")
+    with pytest.raises(ValueError, match="twice .CLIP reads text in lower case"):
+        parse_classes("Circle, circle")  # one prompt to CLIP: one class could never win
     with pytest.raises(ValueError, match="use one or more of coco, yolo"):
         parse_formats("coco,voc")
+    with pytest.raises(ValueError, match="No export format given"):
+        parse_formats(" , ")
     assert main(["--images", str(folder), "--classes", "", "--out", str(tmp_path / "o")]) == 2
     assert "class list is empty" in capsys.readouterr().err
     assert main(["--images", str(folder), "--classes", "cat", "--out", str(tmp_path / "o"), "--format", "voc"]) == 2
@@ -66,6 +71,41 @@ def test_bad_requests_are_clear_errors(folder, smoke, tmp_path, capsys):
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert main(["--images", str(folder), "--classes", "cat", "--out", str(tmp_path / "full")]) == 2
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    assert main(["--images", str(folder.parent), "--classes", "cat", "--out", str(tmp_path / "o")]) == 2
+    assert "its sub-folders hold 4 (e.g. photos/broken.jpg): pass the folder" in capsys.readouterr().err
+
+
+def test_an_export_that_would_be_refused_is_refused_before_any_work(folder, smoke, tmp_path, monkeypatch, capsys):
+    """Images inside --out/yolo: replacing that folder would delete them. Refused before SAM runs and
+    before the COCO export is written, not after."""
+    out = tmp_path / "shared"
+    (out / "yolo").mkdir(parents=True)
+    for path in folder.glob("demo_*.jpg"):
+        (out / "yolo" / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setattr(autolabel_module, "checkpoint_paths", lambda *a, **k: pytest.fail("models were loaded"))
+    args = ["--images", str(out / "yolo"), "--classes", "circle", "--out", str(out), "--overwrite"]
+    assert main(args) == 2
+    assert "holds the dataset's own file" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["yolo"] and len(list((out / "yolo").iterdir())) == 3
+
+
+def test_missing_weights_and_ctrl_c_end_with_a_message_not_a_traceback(folder, smoke, tmp_path, monkeypatch, capsys):
+    from helpers.checkpoints import DownloadError
+
+    def offline(*args, **kwargs):
+        raise DownloadError("Could not download sam_vit_b_01ec64.pth ... set SAMCLIP_MIRROR")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    args = ["--images", str(folder), "--classes", "circle", "--out", str(tmp_path / "o")]
+    monkeypatch.setattr(autolabel_module, "checkpoint_paths", offline)
+    assert main(args) == 2
+    assert "\nerror: Could not download sam_vit_b_01ec64.pth" in capsys.readouterr().err
+    monkeypatch.setattr(autolabel_module, "checkpoint_paths", interrupted)
+    assert main(args) == 130
+    assert "the same command again goes on from there" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_the_command_line_labels_a_folder(folder, smoke, tmp_path, capsys):

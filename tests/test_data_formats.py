@@ -4,6 +4,7 @@ whose ground truth is exact, plus one check on the shared real COCO images."""
 import json
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 from conftest import shared_data
@@ -220,6 +221,25 @@ def test_colour_masks_compare_all_channels_or_need_a_palette(tmp_path):
     grey = np.repeat((colours[..., 2:] > 0).astype(np.uint8), 3, axis=2)  # R = G = B: still a class-id map
     _png(tmp_path / "msk" / "a.png", grey)
     assert data.load_semantic_folder(tmp_path / "img", tmp_path / "msk", ["bg", "fg"])[0].masks["fg"][:, 20:].all()
+
+
+def test_16_bit_grey_images_keep_their_top_8_bits_and_32_bit_ones_are_skipped(tmp_path):
+    """A 16-bit grey PNG or TIFF reads as cv2.imread reads it (PIL's own conversion clips it to white);
+    32-bit values beyond 0-255 have no fixed range: the image is skipped with why."""
+    deep = (np.arange(H * W, dtype=np.uint16).reshape(H, W) * 31).astype(np.uint16)  # 0 to 63457
+    _png(tmp_path / "img" / "a16.png", deep)
+    _png(tmp_path / "img" / "b16.tif", deep)
+    _png(tmp_path / "img" / "c32.tif", deep.astype(np.int32))
+    _png(tmp_path / "img" / "d32.tif", deep.astype(np.float32))
+    _png(tmp_path / "img" / "e32.tif", (deep >> 8).astype(np.int32))  # 32-bit, but 0-255: read as it is
+    ds = data.load_images(tmp_path / "img")
+    assert [s.image_id for s in ds] == ["a16", "b16", "e32"]
+    for sample, name in zip(ds, ("a16.png", "b16.tif")):
+        assert np.array_equal(sample.image, cv2.imread(str(tmp_path / "img" / name))[..., ::-1])
+    assert all(np.array_equal(sample.image, np.dstack([deep >> 8] * 3)) for sample in ds)
+    skipped = dict(ds.skipped)
+    assert "32-bit integers from 0 to 63457" in skipped["c32.tif"] and "8- or 16-bit" in skipped["c32.tif"]
+    assert "32-bit floats" in skipped["d32.tif"]
 
 
 def test_images_over_the_decompression_bomb_limit_are_skipped_with_the_fix(tmp_path, monkeypatch):

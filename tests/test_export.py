@@ -7,6 +7,8 @@ import filecmp
 import io
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -339,6 +341,28 @@ def test_existing_outputs_are_refused_unless_overwrite(demo, tmp_path):
     with pytest.raises(FileExistsError, match="images"):  # the image folder beside the json counts too
         write_coco_dataset(demo, tmp_path / "taken" / "new.json")
     assert not (tmp_path / "taken" / "new.json").exists()
+
+
+def test_exports_get_the_umasks_permissions(demo, tmp_path):
+    """Written through temporary names, an export still gets the permissions any new file or folder gets
+    (readable by others under umask 022, private under 077), not tempfile's private 0700 / 0600."""
+    predictions = [sample.instances for sample in demo]
+    for umask, folder_mode, file_mode in ((0o022, 0o755, 0o644), (0o077, 0o700, 0o600)):
+        out = tmp_path / f"umask{umask:03o}"
+        before = os.umask(umask)
+        try:
+            written = [
+                write_coco_dataset(demo, out / "coco"),  # a folder: the json and images/ inside
+                write_coco_dataset(demo, out / "flat" / "d.json"),  # a json with images/ beside it
+                write_coco_results(demo, predictions, out / "r.json"),
+                write_yolo(demo, out / "yolo"),
+            ]
+        finally:
+            os.umask(before)
+        paths = [p for path in written for p in (path, *path.parent.rglob("*"))]
+        for path in paths:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (folder_mode if path.is_dir() else file_mode), f"{path}: {mode:o} under umask {umask:03o}"
 
 
 def test_an_export_never_replaces_the_dataset_it_reads(demo, tmp_path):

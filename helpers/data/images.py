@@ -26,7 +26,14 @@ def load_images(
     pattern = "**/*" if recursive else "*"
     paths = sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        raise DatasetError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder.absolute()}.")
+        deeper = [] if recursive else sorted(p for p in folder.glob("*/**/*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        hint = (
+            f"; its sub-folders hold {len(deeper)} (e.g. {deeper[0].relative_to(folder)}): pass the folder "
+            "that holds them (sub-folders are not searched)"
+            if deeper
+            else ""
+        )
+        raise DatasetError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder.absolute()}{hint}.")
     dataset = Dataset(folder.name, LazySamples([]), list(classes or []))
     seen: dict[str, Path] = {}
     for path in paths[:limit] if limit else paths:

@@ -199,9 +199,26 @@ def load_image(path: Path, apply_orientation: bool = False) -> tuple[np.ndarray,
     """``read_image`` and the file's EXIF orientation."""
     image, orientation = open_image(Path(path), apply_orientation)
     try:
-        return np.asarray(image.convert("RGB")), orientation
+        return _rgb8(image), orientation
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read image {path}: {exc}") from exc
+
+
+def _rgb8(image: Image.Image) -> np.ndarray:
+    """H x W x 3 uint8. A 16-bit grey image (PNG, TIFF) keeps its top 8 bits, as ``cv2.imread`` reads it
+    (PIL's ``convert("RGB")`` clips it at 255: white); 32-bit values beyond 0-255 have no fixed range: refused."""
+    if image.mode.startswith("I;16"):
+        grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode in ("I", "F"):
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 255):
+            kind = "integers" if image.mode == "I" else "floats"
+            raise ValueError(
+                f"it holds 32-bit {kind} from {values.min()} to {values.max()}, which have no fixed range; "
+                "save it as an 8- or 16-bit image"
+            )
+    return np.asarray(image.convert("RGB"))
 
 
 @dataclass

@@ -13,7 +13,7 @@ Conventions (docs/export.md): image ids are ``coco_image_ids(dataset.ids)`` (all
 their integer, otherwise 1..N in dataset order); category ids are 1..K in ``dataset.classes`` order
 unless ``category_ids`` names them. Every writer reads the dataset one image at a time, writes to a
 temporary name and renames it into place, and refuses to replace an existing output unless
-``overwrite=True``.
+``overwrite=True`` (``check_export_folder`` says so before any work).
 """
 
 from .coco import (
@@ -25,7 +25,7 @@ from .coco import (
     write_coco_dataset,
     write_coco_results,
 )
-from .common import ExportError, ImageFiles, Predictions, category_table, coco_image_ids
+from .common import ExportError, ImageFiles, Predictions, category_table, check_export_folder, coco_image_ids
 from .yolo import DIGITS, MIN_PART_AREA, mask_polygons, write_yolo, yolo_lines
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "ImageFiles",
     "Predictions",
     "category_table",
+    "check_export_folder",
     "coco_dataset",
     "coco_image_ids",
     "coco_results",

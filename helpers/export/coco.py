@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -17,6 +16,7 @@ from .common import (
     ExportError,
     ImageFiles,
     Predictions,
+    _new_folder_beside,
     _predictions_by_id,
     _refuse_existing,
     _refuse_sources,
@@ -216,7 +216,7 @@ def write_coco_dataset(
         _refuse_existing([path], overwrite)
         _refuse_sources(dataset, path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+        tmp = _new_folder_beside(path)
         try:
             _write_coco(dataset, tmp / COCO_JSON, tmp / "images" if copy_images else None, predictions, category_ids)
             _replace_folder(tmp, path)
@@ -233,7 +233,7 @@ def write_coco_dataset(
         _write_coco(dataset, path, None, predictions, category_ids)
         return path
     image_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_images = Path(tempfile.mkdtemp(prefix=f".{image_dir.name}.", suffix=".part", dir=image_dir.parent))
+    tmp_images = _new_folder_beside(image_dir)
     try:
         _write_coco(dataset, path, tmp_images, predictions, category_ids, replace_images=image_dir)
     finally:

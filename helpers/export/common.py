@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -134,6 +134,14 @@ class ImageFiles:
 # atomic outputs
 
 
+def check_export_folder(dataset: Dataset, folder: str | Path, overwrite: bool = False) -> None:
+    """Raise now what writing ``dataset`` to ``folder`` (``write_coco_dataset`` / ``write_yolo``) would raise
+    there, before any work: FileExistsError for a non-empty ``folder`` without ``overwrite``, ExportError for
+    a folder that holds the dataset's own files."""
+    _refuse_existing([Path(folder)], overwrite)
+    _refuse_sources(dataset, Path(folder))
+
+
 def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:
     existing = [str(p) for p in paths if p.exists() and not (p.is_dir() and not any(p.iterdir()))]
     if existing and not overwrite:
@@ -154,11 +162,26 @@ def _refuse_sources(dataset: Dataset, folder: Path) -> None:
                 )
 
 
+def _part_name(path: Path) -> Path:
+    """A hidden name beside ``path`` that no other process or thread uses, to build ``path`` in."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
+def _new_folder_beside(path: Path) -> Path:
+    """An empty folder beside ``path`` that becomes ``path`` once written (``_replace_folder``). Made as
+    ``mkdir`` makes folders, with the umask's permissions: ``tempfile.mkdtemp``'s are private (0700),
+    and an export others cannot read is not an export."""
+    tmp = _part_name(path)
+    tmp.mkdir()
+    return tmp
+
+
 def _write_json(content: object, path: Path) -> None:
-    """``content`` as JSON at ``path``, written to a temporary file first and renamed into place."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    """``content`` as JSON at ``path``, written to a temporary file first (the umask's permissions, as
+    ``open`` gives) and renamed into place."""
+    tmp = _part_name(path)
     try:
-        with os.fdopen(handle, "w") as out:
+        with open(tmp, "x") as out:
             json.dump(content, out, separators=(",", ":"))
         os.replace(tmp, path)
     except BaseException:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +16,7 @@ from .common import (
     ExportError,
     ImageFiles,
     Predictions,
+    _new_folder_beside,
     _predictions_by_id,
     _refuse_existing,
     _refuse_sources,
@@ -69,7 +69,7 @@ def write_yolo(
     lookup = _predictions_by_id(dataset, predictions) if predictions is not None else None
     classes = {name: number for number, name in enumerate(dataset.classes)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    tmp = _new_folder_beside(path)
     try:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
