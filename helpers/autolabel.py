@@ -131,14 +131,18 @@ def autolabel(
             dataset, ModelSpec.from_config(config), config.pipeline, config.cache_dir, workers, progress=progress
         )  # fills the shared cache; the results are read back below without running SAM
     results = pipeline.process_dataset(dataset, progress=progress)
-    selection = replace(config.selection, negatives=tuple(n for n in negatives if n not in names))
+    folded = {name.casefold() for name in names}
+    selection = replace(config.selection, negatives=tuple(n for n in negatives if n.casefold() not in folded))
     predictions = InstancePredictions(results, pipeline.text, names, selection)
     labelled = Dataset(dataset.name, dataset.samples, names, dataset.skipped, dataset.notes)
     outputs = {}
-    if "coco" in chosen:
-        outputs["coco"] = write_coco_dataset(labelled, out / "coco", predictions=predictions, overwrite=overwrite)
-    if "yolo" in chosen:
-        outputs["yolo"] = write_yolo(labelled, out / "yolo", predictions=predictions, overwrite=overwrite)
+    try:
+        if "coco" in chosen:
+            outputs["coco"] = write_coco_dataset(labelled, out / "coco", predictions=predictions, overwrite=overwrite)
+        if "yolo" in chosen:
+            outputs["yolo"] = write_yolo(labelled, out / "yolo", predictions=predictions, overwrite=overwrite)
+    except KeyboardInterrupt as exc:  # each export is whole or not there; say which are new
+        raise KeyboardInterrupt(", ".join(map(str, outputs.values()))) from exc
     objects = dict.fromkeys(names, 0)
     for found in predictions:
         for instance in found:
@@ -189,9 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileExistsError, DatasetError, CheckpointError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        written = f"only {exc} was written" if str(exc) else "nothing was exported"
         print(
-            "\ninterrupted: nothing was exported; SAM's masks of the images done so far are in the cache, "
+            f"\ninterrupted: {written}; SAM's masks of the images done so far are in the cache, "
             "so the same command again goes on from there.",
             file=sys.stderr,
         )

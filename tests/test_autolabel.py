@@ -47,6 +47,8 @@ def test_a_folder_is_labelled_exported_read_back_and_resumed(folder, smoke, tmp_
     assert again.sam_runs == 0 and again.objects == report.objects  # resumed from the cache
     assert "(SAM ran on 0, 3 from the cache)" in again.summary()
     assert f"left as it was: {out / 'coco'} (an earlier export" in again.summary()  # not replaced by a yolo run
+    upper = autolabel(folder, "Background, circle", tmp_path / "upper", "yolo", smoke, progress=False)
+    assert upper.predictions.selection.negatives == ()  # "background" is a class here, in any case: not a negative
 
 
 def test_bad_requests_are_clear_errors(folder, smoke, tmp_path, capsys):
@@ -72,7 +74,7 @@ def test_bad_requests_are_clear_errors(folder, smoke, tmp_path, capsys):
     assert main(["--images", str(folder), "--classes", "cat", "--out", str(tmp_path / "full")]) == 2
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert main(["--images", str(folder.parent), "--classes", "cat", "--out", str(tmp_path / "o")]) == 2
-    assert "its sub-folders hold 4 (e.g. photos/broken.jpg): pass the folder" in capsys.readouterr().err
+    assert "its sub-folders hold images (e.g. photos/" in capsys.readouterr().err
 
 
 def test_an_export_that_would_be_refused_is_refused_before_any_work(folder, smoke, tmp_path, monkeypatch, capsys):
@@ -104,8 +106,16 @@ def test_missing_weights_and_ctrl_c_end_with_a_message_not_a_traceback(folder, s
     assert "\nerror: Could not download sam_vit_b_01ec64.pth" in capsys.readouterr().err
     monkeypatch.setattr(autolabel_module, "checkpoint_paths", interrupted)
     assert main(args) == 130
-    assert "the same command again goes on from there" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nothing was exported; SAM's masks" in err and "the same command again goes on from there" in err
     assert not (tmp_path / "o").exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    monkeypatch.setenv("SAMCLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(autolabel_module, "write_yolo", interrupted)  # Ctrl-C while the second export is written
+    assert main(args) == 130
+    assert f"interrupted: only {tmp_path / 'o' / 'coco'} was written; SAM's masks" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["coco"]
 
 
 def test_the_command_line_labels_a_folder(folder, smoke, tmp_path, capsys):

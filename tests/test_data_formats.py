@@ -12,6 +12,7 @@ from PIL import Image
 
 from helpers import data
 from helpers.data import DatasetError
+from helpers.data.types import _rgb8
 
 W, H = 64, 32  # powers of two: k / 64 and k / 32 are exact in decimal text and in binary
 
@@ -237,6 +238,9 @@ def test_16_bit_grey_images_keep_their_top_8_bits_and_32_bit_ones_are_skipped(tm
     for sample, name in zip(ds, ("a16.png", "b16.tif")):
         assert np.array_equal(sample.image, cv2.imread(str(tmp_path / "img" / name))[..., ::-1])
     assert all(np.array_equal(sample.image, np.dstack([deep >> 8] * 3)) for sample in ds)
+    older = Image.fromarray(deep.astype(np.int32))  # how Pillow < 10.3 opens a 16-bit grey PNG: mode "I"
+    older.format = "PNG"
+    assert np.array_equal(_rgb8(older), ds[0].image)
     skipped = dict(ds.skipped)
     assert "32-bit integers from 0 to 63457" in skipped["c32.tif"] and "8- or 16-bit" in skipped["c32.tif"]
     assert "32-bit floats" in skipped["d32.tif"]

@@ -365,6 +365,30 @@ def test_exports_get_the_umasks_permissions(demo, tmp_path):
             assert mode == (folder_mode if path.is_dir() else file_mode), f"{path}: {mode:o} under umask {umask:03o}"
 
 
+def test_an_interrupted_replacement_keeps_the_old_export(demo, tmp_path, monkeypatch):
+    """With overwrite, the old folder is moved aside before the new one moves in and deleted after: a Ctrl-C
+    between the two renames leaves it under a hidden .old name, not deleted."""
+    from helpers.export import common
+
+    folder = write_yolo(demo, tmp_path / "yolo")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    moves, real_replace = [], os.replace
+
+    def replace(src, dst):
+        moves.append((Path(src).name, Path(dst).name))
+        if len(moves) == 2:  # the new folder moving in
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(common.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_yolo(demo, folder, overwrite=True)
+    monkeypatch.undo()
+    (kept,) = tmp_path.glob(".yolo.*.old")
+    assert moves[0] == ("yolo", kept.name) and sorted(p.relative_to(kept) for p in kept.rglob("*")) == before
+    assert not folder.exists() and not list(tmp_path.glob(".yolo.*.part"))  # the unfinished new one removed
+
+
 def test_an_export_never_replaces_the_dataset_it_reads(demo, tmp_path):
     folder = write_yolo(demo, tmp_path / "yolo")
     dataset = load_yolo(folder)

@@ -26,10 +26,12 @@ def load_images(
     pattern = "**/*" if recursive else "*"
     paths = sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        deeper = [] if recursive else sorted(p for p in folder.glob("*/**/*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        deeper = (
+            None if recursive else next((p for p in folder.glob("*/**/*") if p.suffix.lower() in IMAGE_SUFFIXES), None)
+        )
         hint = (
-            f"; its sub-folders hold {len(deeper)} (e.g. {deeper[0].relative_to(folder)}): pass the folder "
-            "that holds them (sub-folders are not searched)"
+            f"; its sub-folders hold images (e.g. {deeper.relative_to(folder)}): pass the folder that holds them "
+            "(sub-folders are not searched)"
             if deeper
             else ""
         )

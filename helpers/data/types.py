@@ -207,7 +207,7 @@ def load_image(path: Path, apply_orientation: bool = False) -> tuple[np.ndarray,
 def _rgb8(image: Image.Image) -> np.ndarray:
     """H x W x 3 uint8. A 16-bit grey image (PNG, TIFF) keeps its top 8 bits, as ``cv2.imread`` reads it
     (PIL's ``convert("RGB")`` clips it at 255: white); 32-bit values beyond 0-255 have no fixed range: refused."""
-    if image.mode.startswith("I;16"):
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):  # Pillow < 10.3: "I"
         grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if image.mode in ("I", "F"):

@@ -162,9 +162,9 @@ def _refuse_sources(dataset: Dataset, folder: Path) -> None:
                 )
 
 
-def _part_name(path: Path) -> Path:
+def _part_name(path: Path, suffix: str = ".part") -> Path:
     """A hidden name beside ``path`` that no other process or thread uses, to build ``path`` in."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
 def _new_folder_beside(path: Path) -> Path:
@@ -190,6 +190,11 @@ def _write_json(content: object, path: Path) -> None:
 
 
 def _replace_folder(tmp: Path, folder: Path) -> None:
-    if folder.exists():
-        shutil.rmtree(folder) if folder.is_dir() else folder.unlink()
+    """``tmp`` becomes ``folder``. What was there is moved aside first and deleted only once the new one is in
+    place: an interruption between the two renames leaves it under a hidden ``.old`` name, never deleted."""
+    old = _part_name(folder, ".old") if folder.exists() else None
+    if old is not None:
+        os.replace(folder, old)
     os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
