@@ -273,17 +273,20 @@ def banner(config: RunConfig) -> str:
         f"dataset={config.dataset}  precision={config.pipeline.precision}"
     ]
     if config.data_path:
-        lines.append(f"data={config.data_path}")
+        unread = " (not read: SAMCLIP_DATASET=demo generates its images; set it to coco, camvid or yolo)"
+        lines.append(f"data={config.data_path}" + (unread if config.dataset == "demo" else ""))
     if config.is_smoke:
         rule = "!" * 78
         lines = [rule, f"!! {SMOKE_TAG}", "!! (set SAMCLIP_PROFILE=full or unset it for real runs)", rule, *lines]
     if config.is_demo:
-        rule = "=" * 78
+        rule, shapes = "=" * 78, config.demo_seed and config.dataset == "demo"
         lines = [
             rule,
             f"== {DEMO_TAG}",
             f"== weights: {config.checkpoint_dir} (sha256-checked, no download)",
-            *([f"== images: demo shapes of seed {config.demo_seed}, unseen in training"] if config.demo_seed else []),
+            f"== images: demo shapes of seed {config.demo_seed}, unseen in training"
+            if shapes
+            else f"== images: the dataset's first {config.max_images} (SAMCLIP_MAX_IMAGES=N for another number)",
             "== (set SAMCLIP_PROFILE=full or unset it for the real SAM and CLIP)",
             rule,
             *lines,

@@ -193,9 +193,12 @@ def sweep(table: AtomTable, scores: Sequence[np.ndarray], thresholds: Sequence[f
 
 
 def best_threshold(sweep_table: pd.DataFrame, metric: str = "mean_iou") -> tuple[float, float]:
-    """(threshold, value) where ``metric`` peaks; (NaN, NaN) when no threshold scored anything."""
+    """(threshold, value) where ``metric`` peaks; (NaN, NaN) when no threshold scored anything, or when the class
+    has no ground-truth pixel in any image (recall NaN throughout: each threshold's IoU is 0 or undefined, and
+    the lowest would "win" with 0)."""
     values = sweep_table[metric]
-    if values.isna().all():
+    no_truth = "recall" in sweep_table and sweep_table["recall"].isna().all()
+    if values.isna().all() or no_truth:
         return float("nan"), float("nan")
     index = values.idxmax()
     return float(sweep_table.loc[index, "threshold"]), float(sweep_table.loc[index, metric])

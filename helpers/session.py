@@ -103,7 +103,7 @@ def run_record(run: Run, started: str, **measures) -> dict:
             "classes_evaluated": run.classes,
             "classes_absent": run.absent,
             "skipped": len(run.dataset.skipped),
-            **({"seed": config.demo_seed} if config.demo_seed else {}),  # generated demo images (demo profile)
+            **({"seed": config.demo_seed} if config.demo_seed and config.dataset == "demo" else {}),  # generated images
         },
         "models": {
             "sam": {"name": config.sam_model, "weights": pipe.sam.identity},

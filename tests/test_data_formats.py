@@ -246,6 +246,28 @@ def test_16_bit_grey_images_keep_their_top_8_bits_and_32_bit_ones_are_skipped(tm
     assert "32-bit floats" in skipped["d32.tif"]
 
 
+def test_labels_edited_after_indexing_are_not_read_stale(tmp_path):
+    """A YOLO label file or a COCO json edited after the dataset was indexed (notebook 01) is reported at the next
+    read, as a changed image is, instead of its old shapes being used without a word."""
+    _png(tmp_path / "yolo" / "images" / "val" / "a.png", _image())
+    _png(tmp_path / "yolo" / "images" / "val" / "b.png", _image(seed=1))
+    label = tmp_path / "yolo" / "labels" / "val" / "a.txt"
+    label.parent.mkdir(parents=True)
+    label.write_text("0 0.1 0.1 0.5 0.1 0.5 0.5\n1 0.6 0.6 0.9 0.6 0.9 0.9\n")
+    (tmp_path / "yolo" / "data.yaml").write_text("names: [circle, square]\n")
+    data.save_dataset(data.load_yolo(tmp_path / "yolo"), tmp_path / "prepared")
+    label.write_text("0 0.1 0.1 0.5 0.1 0.5 0.5\n")  # the square's line deleted
+    with pytest.warns(UserWarning, match="gone or changed since notebook 01, first: label"):
+        prepared = data.load_prepared(tmp_path / "prepared")
+    assert prepared.ids == ["b"]  # b has no label file: nothing to check
+    assert "label" in dict(prepared.skipped)["images/val/a.png"] and "changed since" in str(prepared.skipped)
+    coco, images = _coco(tmp_path / "c", [{"image_id": 1, "category_id": 1, "segmentation": BOX}])
+    dataset = data.load_coco(coco, images)
+    coco.write_text(coco.read_text().replace('"cat"', '"cats"'))
+    with pytest.raises(DatasetError, match="annotations .*c.json changed since the dataset was indexed"):
+        dataset[0]
+
+
 def test_images_over_the_decompression_bomb_limit_are_skipped_with_the_fix(tmp_path, monkeypatch):
     for stem, side in (("small", 16), ("huge", 100)):
         _png(tmp_path / "img" / f"{stem}.png", np.zeros((side, side, 3), np.uint8))

@@ -47,6 +47,12 @@ def test_demo_profile_resolves_to_the_demo_models_and_their_settings():
     smoke = cfg.load_config({"SAMCLIP_PROFILE": "smoke"})
     assert "seed" not in dataset_request(smoke) and dataset_request(config)["seed"] == cfg.DEMO_SEED
     assert smoke.demo_seed == 0 and smoke.selection == cfg.SelectionSettings() and smoke.pipeline.sam == cfg.SMOKE_SAM
+    # the demo models on a dataset of one's own: no demo seed claimed, the image limit said
+    own = cfg.load_config({"SAMCLIP_PROFILE": "demo", "SAMCLIP_DATASET": "yolo", "SAMCLIP_DATA_PATH": "/data/yolo"})
+    assert "seed" not in dataset_request(own) and "demo shapes" not in cfg.banner(own)
+    assert "the dataset's first 12 (SAMCLIP_MAX_IMAGES" in cfg.banner(own) and "not read" not in cfg.banner(own)
+    forgot = cfg.load_config({"SAMCLIP_PROFILE": "demo", "SAMCLIP_DATA_PATH": "/data/yolo"})  # SAMCLIP_DATASET unset
+    assert "data=/data/yolo (not read: SAMCLIP_DATASET=demo generates its images" in cfg.banner(forgot)
 
 
 def test_demo_weights_are_checked_not_downloaded(tmp_path):

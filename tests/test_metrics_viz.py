@@ -408,6 +408,8 @@ def test_a_class_absent_from_every_image_is_left_out_and_tolerated(scene):
     best, sweeps = evaluation.best_thresholds(with_horse, results, pipe.text, ["cat", "horse"], [1.5, 2.0])
     horse = best.set_index("class").loc["horse"]  # nothing predicted, nothing to find: all NaN
     assert np.isnan(horse["best_threshold"]) and np.isnan(horse["mean_iou"])
+    low, _ = evaluation.best_thresholds(with_horse, results, pipe.text, ["horse"], [-1.0, 1.5, 2.0])
+    assert np.isnan(low.loc[0, "best_threshold"])  # -1 predicts every pixel, IoU 0: still no best for no truth
     assert not np.isnan(best.set_index("class").loc["cat", "best_threshold"])
     summary = metrics.summarize(evaluation.evaluate(with_horse, results, pipe.text, ["horse"], SelectionSettings()))
     assert summary.loc[0, "images_scored"] <= 3  # empty truth and prediction: NaN, not an error

@@ -73,8 +73,9 @@ def load_coco(
             "width": info["width"],
             "shapes": pack(shapes),
             "classes": classes,
+            "annotations": path_text(annotation_file),  # read now; its size checked at each read, as the image's
         }
-        source["fingerprint"] = fingerprints(source, "image")
+        source["fingerprint"] = fingerprints(source, "image", "annotations")
         dataset.samples.refs.append(SampleRef(str(image_id), "coco", f"{info['file_name']} (image {image_id})", source))
     oriented = dataset.samples.scan(progress) if check else []
     return finish(dataset, strict, oriented)

@@ -69,11 +69,12 @@ def load_yolo(
         shapes = [[table[i], coords.tolist()] for i, coords in instances if table[i] in dataset.classes]
         source = {
             "image": path_text(image_path),
+            "label": path_text(label_path),  # read now; its size checked at each read (an edit means: prepare again)
             "name": image_path.name,
             "shapes": pack(shapes),
             "classes": classes,
         }
-        source["fingerprint"] = fingerprints(source, "image")
+        source["fingerprint"] = fingerprints(source, "image", "label")
         dataset.samples.refs.append(SampleRef(image_path.stem, "yolo", item, source))
     if unlabelled:
         dataset.notes.append(
