@@ -96,6 +96,16 @@ def test_yolo_split_layout_dict_names_and_external_yaml(tmp_path):
     with pytest.raises(DatasetError, match="names"):
         data.load_yolo(root, split="val")
     assert data.load_yolo(root, split="val", names=["p", "c"])[0].masks["c"].sum() == 81
+    with pytest.raises(DatasetError, match="data.yaml is one folder up: pass"):  # pointed at images/
+        (root / "data.yaml").write_text("names: [person, car]\n")
+        data.load_yolo(root / "images")
+    # a train-only set (the notebooks have no split setting): its train split is read, and the notes say so
+    only = tmp_path / "train-only"
+    _png(only / "images" / "train" / "t1.jpg", _image())
+    _label_file(only / "labels" / "train" / "t1.txt", [(0, _rect(1, 1, 9, 9))])
+    (only / "data.yaml").write_text("train: images/train\nnames: [person]\n")
+    dataset = data.load_yolo(only)
+    assert dataset.ids == ["t1"] and any("No 'val' split" in n and "'train' split" in n for n in dataset.notes)
 
 
 def test_yolo_bad_label_files_skip_their_image(tmp_path):
@@ -402,6 +412,23 @@ def test_prepared_dataset_records_its_request_and_refuses_another(tmp_path, monk
     missing = _config(tmp_path, dataset="camvid", data_path=tmp_path / "nowhere")
     with pytest.raises(DatasetError, match=str(tmp_path / "nowhere")):
         data.prepare_dataset(missing)
+
+
+def test_coco_settings_take_the_json_itself_or_an_exported_folder(tmp_path):
+    """SAMCLIP_DATA_PATH for coco: COCO's own layout, a folder as write_coco_dataset (or CVAT) writes, or the json."""
+    from helpers.export import write_coco_dataset
+
+    demo = data.make_demo_dataset(3, seed=5)
+    folder = write_coco_dataset(demo, tmp_path / "export")  # annotations.json and images/
+    for where in (folder, folder / "annotations.json"):
+        dataset = data.prepare_dataset(_config(tmp_path, dataset="coco", data_path=where, max_images=None))
+        assert len(dataset) == 3 and all(np.array_equal(a.image, b.image) for a, b in zip(dataset, demo))
+    (folder / "other.json").write_text("{}")
+    with pytest.raises(DatasetError, match="annotations.json, other.json: which one"):
+        data.coco_files(folder)
+    (folder / "images").rename(folder / "pictures")
+    with pytest.raises(DatasetError, match="No image folder for .*annotations.json: looked for"):
+        data.coco_files(folder / "annotations.json")
 
 
 # --- real data --------------------------------------------------------------------------------------

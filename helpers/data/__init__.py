@@ -29,7 +29,7 @@ from .label_maps import (
     snap_to_ids,
 )
 from .lazy import LazySamples, SampleRef
-from .prepare import dataset_request, prepare_dataset
+from .prepare import coco_files, dataset_request, prepare_dataset
 from .storage import load_prepared, save_dataset
 from .types import IMAGE_SUFFIXES, Dataset, DatasetError, LabelledImage, Sample, UnknownClassError, read_image
 from .yolo import load_yolo
@@ -49,6 +49,7 @@ __all__ = [
     "Sample",
     "SampleRef",
     "UnknownClassError",
+    "coco_files",
     "fetch_coco_subset",
     "load_camvid",
     "load_class_folders",

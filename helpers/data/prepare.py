@@ -43,6 +43,33 @@ def _demo_seed(config) -> int:
     return int(getattr(config, "demo_seed", 0) or 0) if config.dataset == "demo" else 0
 
 
+def coco_files(path: Path) -> tuple[Path, Path]:
+    """(annotation json, image folder) of the COCO set at ``path``: COCO's own layout
+    (``annotations/instances_val2017*.json``, ``val2017/``), a folder holding one json and ``images/`` (what
+    ``write_coco_dataset`` and CVAT write), or the json itself with ``images/`` or ``val2017/`` beside it or
+    one folder up."""
+    path = Path(path)
+    if path.is_file():
+        found, roots = [path], [path.parent, path.parent.parent]
+    else:
+        found = sorted((path / "annotations").glob("instances_val2017*.json"))[:1]
+        found = found or sorted(path.glob("*.json")) or sorted((path / "annotations").glob("*.json"))
+        roots = [path]
+    if len(found) != 1:
+        listed = f" ({', '.join(p.name for p in found[:5])}: which one?)" if found else ""
+        raise DatasetError(
+            f"No single COCO json under {path}{listed}: set SAMCLIP_DATA_PATH to the json itself, or to a folder "
+            "holding annotations/instances_val2017*.json and val2017/ (fetch_coco_subset in notebook 01 makes one)."
+        )
+    folders = [root / name for root in roots for name in ("val2017", "images")]
+    images = next((folder for folder in folders if folder.is_dir()), None)
+    if images is None:
+        raise DatasetError(
+            f"No image folder for {found[0]}: looked for {', '.join(str(f) for f in folders)}; put the images there."
+        )
+    return found[0], images
+
+
 def prepare_dataset(config) -> Dataset:
     """The run's dataset (``config.dataset``: demo, coco, camvid or yolo, read from ``config.data_path``),
     saved with its request to ``config.dataset_dir`` for the next notebooks."""
@@ -57,13 +84,8 @@ def prepare_dataset(config) -> Dataset:
     if kind == "demo":
         dataset = make_demo_dataset(limit or 12, seed=_demo_seed(config))
     elif kind == "coco":
-        annotations = sorted((path / "annotations").glob("instances_val2017*.json"))
-        if not annotations:
-            raise DatasetError(
-                f"No annotations/instances_val2017*.json under {path}. Set SAMCLIP_DATA_PATH or "
-                "fetch a subset with helpers.data.fetch_coco_subset (notebook 01)."
-            )
-        dataset = load_coco(annotations[0], path / "val2017", classes=classes, limit=limit, progress=True)
+        annotations, images = coco_files(path)
+        dataset = load_coco(annotations, images, classes=classes, limit=limit, progress=True)
     elif kind == "camvid":
         dataset = load_camvid(path, limit=limit, classes=classes)
     else:

@@ -31,7 +31,8 @@ def load_yolo(
     """A YOLO segmentation dataset: ``root`` is its folder (holding ``data.yaml``) or the yaml file.
 
     ``split`` picks the yaml's ``train:``/``val:``/``test:`` entry (folders such as ``images/val``,
-    or .txt lists of image paths); without it, ``root/images`` when it holds images, else ``val``.
+    or .txt lists of image paths); without it, ``root/images`` when it holds images, else ``val`` (a set
+    without one: ``test``, else ``train``, said in ``Dataset.notes``).
     Polygons are rasterised as ultralytics does (``cv2.fillPoly`` at the image's size, coordinates
     scaled by width and height); a class's mask is the union of its instances. An image without a
     label file is background (as in ultralytics). Images are turned upright by their EXIF
@@ -49,7 +50,8 @@ def load_yolo(
     )
     dataset.check_classes(classes or [])
     dataset.classes = classes or all_classes
-    images = _split_images(base, spec, split)
+    images, split_note = _split_images(base, spec, split)
+    dataset.notes += [split_note] if split_note else []
     unlabelled: list[str] = []
     seen: dict[str, Path] = {}
     for image_path in images[:limit] if limit else images:
@@ -152,8 +154,10 @@ def _names(names: object, where: Path) -> dict[int, str]:
         except (TypeError, ValueError) as exc:
             raise DatasetError(f"{where.absolute()}: names keys must be class ids (0, 1, ...): {exc}") from exc
     else:
+        above = where.parent / "data.yaml"
+        hint = f" ({above.absolute()} is one folder up: pass {where.parent.absolute()})" if above.is_file() else ""
         raise DatasetError(
-            f"No class names for the YOLO dataset at {where.absolute()}: add a data.yaml with "
+            f"No class names for the YOLO dataset at {where.absolute()}{hint}: add a data.yaml with "
             "`names: [cat, dog]` (or `names: {0: cat, 1: dog}`), or pass names=[...]."
         )
     if not table or not all(isinstance(v, str) for v in table.values()):
@@ -161,12 +165,20 @@ def _names(names: object, where: Path) -> dict[int, str]:
     return table
 
 
-def _split_images(base: Path, spec: dict, split: str | None) -> list[Path]:
+def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[Path], str | None]:
+    """The split's image paths, and a note when no split was asked for and ``val`` is missing (the first of
+    test / train that the dataset has is read then: the notebooks have no split setting)."""
     flat = base / "images"
+    note = None
     if split is None:
         if flat.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in flat.iterdir()):
-            return _images_in(flat)
-        split = "val"
+            return _images_in(flat), None
+        present = [s for s in SPLITS if spec.get(s) is not None or (flat / s).is_dir()]
+        split = "val" if "val" in present or not present else next(s for s in ("test", "train") if s in present)
+        if split != "val":
+            note = (
+                f"No 'val' split in {base.absolute()}: read its {split!r} split (load_yolo(split=...) picks another)."
+            )
     entry = spec.get(split)
     if entry is None and (flat / split).is_dir():
         entry = f"images/{split}"
@@ -187,7 +199,7 @@ def _split_images(base: Path, spec: dict, split: str | None) -> list[Path]:
             paths += [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
         else:
             raise DatasetError(f"The {split!r} entry {part!r} is not a folder or .txt list: {path.absolute()}")
-    return paths
+    return paths, note
 
 
 def _images_in(folder: Path) -> list[Path]:
