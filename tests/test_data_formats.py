@@ -99,6 +99,10 @@ def test_yolo_split_layout_dict_names_and_external_yaml(tmp_path):
     with pytest.raises(DatasetError, match="data.yaml is one folder up: pass"):  # pointed at images/
         (root / "data.yaml").write_text("names: [person, car]\n")
         data.load_yolo(root / "images")
+    (root / "data.yaml").write_text("val: images/val\n")  # a yaml without names: no "one folder up" hint
+    with pytest.raises(DatasetError, match="No class names") as error:
+        data.load_yolo(root)
+    assert "one folder up" not in str(error.value)
     # a train-only set (the notebooks have no split setting): its train split is read, and the notes say so
     only = tmp_path / "train-only"
     _png(only / "images" / "train" / "t1.jpg", _image())
@@ -273,9 +277,12 @@ def test_labels_edited_after_indexing_are_not_read_stale(tmp_path):
     assert "label" in dict(prepared.skipped)["images/val/a.png"] and "changed since" in str(prepared.skipped)
     coco, images = _coco(tmp_path / "c", [{"image_id": 1, "category_id": 1, "segmentation": BOX}])
     dataset = data.load_coco(coco, images)
+    data.save_dataset(dataset, tmp_path / "prepared-coco")
     coco.write_text(coco.read_text().replace('"cat"', '"cats"'))
     with pytest.raises(DatasetError, match="annotations .*c.json changed since the dataset was indexed"):
         dataset[0]
+    with pytest.raises(DatasetError, match="changed since notebook 01 .*run notebooks/01_prepare_dataset.ipynb again"):
+        data.load_prepared(tmp_path / "prepared-coco")  # every sample shares the json: prepare again, not "moved"
 
 
 def test_images_over_the_decompression_bomb_limit_are_skipped_with_the_fix(tmp_path, monkeypatch):
@@ -429,6 +436,18 @@ def test_coco_settings_take_the_json_itself_or_an_exported_folder(tmp_path):
     (folder / "images").rename(folder / "pictures")
     with pytest.raises(DatasetError, match="No image folder for .*annotations.json: looked for"):
         data.coco_files(folder / "annotations.json")
+    roboflow = tmp_path / "roboflow" / "valid"  # its json beside the images
+    roboflow.mkdir(parents=True)
+    (folder / "annotations.json").rename(roboflow / "_annotations.coco.json")
+    for image in (folder / "pictures").iterdir():
+        image.rename(roboflow / image.name)
+    assert data.coco_files(roboflow) == (roboflow / "_annotations.coco.json", roboflow)
+    train = tmp_path / "train-only" / "annotations"  # COCO's train annotations: instances_*.json is the one
+    train.mkdir(parents=True)
+    for name in ("captions_train2017.json", "instances_train2017.json", "person_keypoints_train2017.json"):
+        (train / name).write_text("{}")
+    (train.parent / "images").mkdir()
+    assert data.coco_files(train.parent)[0].name == "instances_train2017.json"
 
 
 # --- real data --------------------------------------------------------------------------------------

@@ -90,6 +90,20 @@ def test_a_demo_session_opens_and_segments_a_demo_image(tmp_path):
     # A floor far below the targets: the committed SAM is weak; a better one only raises it.
     assert max(ious.values()) > 0.2, ious
     assert run_record(run, "")["dataset"]["seed"] == cfg.DEMO_SEED
+    # the demo models on a dataset of one's own (a COCO export of demo images): no demo seed in its record
+    from helpers.export import write_coco_dataset
+
+    export = write_coco_dataset(make_demo_dataset(1, seed=5), tmp_path / "own")
+    own = cfg.load_config(
+        {
+            "SAMCLIP_PROFILE": "demo",
+            "SAMCLIP_HOME": str(tmp_path),
+            "SAMCLIP_DATASET": "coco",
+            "SAMCLIP_DATA_PATH": str(export),
+        }
+    )
+    prepare_dataset(own)
+    assert "seed" not in run_record(open_run(own), "")["dataset"]
 
 
 def test_reproduce_seeds_demo_mode_prints_both_columns(tmp_path, capsys):

@@ -8,7 +8,7 @@ from .coco import load_coco
 from .demo import make_demo_dataset
 from .label_maps import load_camvid
 from .storage import save_dataset
-from .types import Dataset, DatasetError
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError
 from .yolo import load_yolo
 
 DATASETS = ("demo", "coco", "camvid", "yolo")
@@ -46,14 +46,15 @@ def _demo_seed(config) -> int:
 def coco_files(path: Path) -> tuple[Path, Path]:
     """(annotation json, image folder) of the COCO set at ``path``: COCO's own layout
     (``annotations/instances_val2017*.json``, ``val2017/``), a folder holding one json and ``images/`` (what
-    ``write_coco_dataset`` and CVAT write), or the json itself with ``images/`` or ``val2017/`` beside it or
-    one folder up."""
+    ``write_coco_dataset`` and CVAT write) or the images themselves (Roboflow's ``_annotations.coco.json``), or
+    the json itself with ``images/`` or ``val2017/`` beside it or one folder up, or images beside it."""
     path = Path(path)
     if path.is_file():
         found, roots = [path], [path.parent, path.parent.parent]
     else:
         found = sorted((path / "annotations").glob("instances_val2017*.json"))[:1]
-        found = found or sorted(path.glob("*.json")) or sorted((path / "annotations").glob("*.json"))
+        for pattern in ("*.json", "annotations/instances_*.json", "annotations/*.json"):
+            found = found or sorted(path.glob(pattern))
         roots = [path]
     if len(found) != 1:
         listed = f" ({', '.join(p.name for p in found[:5])}: which one?)" if found else ""
@@ -63,11 +64,18 @@ def coco_files(path: Path) -> tuple[Path, Path]:
         )
     folders = [root / name for root in roots for name in ("val2017", "images")]
     images = next((folder for folder in folders if folder.is_dir()), None)
+    if images is None and _holds_images(found[0].parent):  # images beside the json (Roboflow)
+        images = found[0].parent
     if images is None:
         raise DatasetError(
-            f"No image folder for {found[0]}: looked for {', '.join(str(f) for f in folders)}; put the images there."
+            f"No image folder for {found[0]}: looked for {', '.join(str(f) for f in folders)} and images beside the "
+            "json; put the images there."
         )
     return found[0], images
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
 
 
 def prepare_dataset(config) -> Dataset:

@@ -95,6 +95,11 @@ def load_prepared(folder: str | Path, expected: dict | None = None) -> Dataset:
             ref.source = {kind: str(folder / name) for kind, name in ref.source.items()}
     skipped = [tuple(s) for s in manifest.get("skipped", [])]
     gone = missing_sources(refs)  # one stat per source file: a moved or deleted data folder shows here
+    if gone and len(gone) == len(refs) and all("changed since" in reason for _, reason in gone):
+        raise DatasetError(  # e.g. the COCO json that every sample shares, edited
+            f"The source files of the prepared dataset in {folder} changed since notebook 01 (first: {gone[0][1]}); "
+            f"{RERUN} to read them as they are now."
+        )
     if gone and len(gone) == len(refs):
         raise DatasetError(
             f"None of the {len(refs)} source files of the prepared dataset in {folder} is where notebook 01 found "

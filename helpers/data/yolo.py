@@ -155,7 +155,8 @@ def _names(names: object, where: Path) -> dict[int, str]:
             raise DatasetError(f"{where.absolute()}: names keys must be class ids (0, 1, ...): {exc}") from exc
     else:
         above = where.parent / "data.yaml"
-        hint = f" ({above.absolute()} is one folder up: pass {where.parent.absolute()})" if above.is_file() else ""
+        up = where.is_dir() and above.is_file()  # pointed at images/ (no yaml found there)
+        hint = f" ({above.absolute()} is one folder up: pass {where.parent.absolute()})" if up else ""
         raise DatasetError(
             f"No class names for the YOLO dataset at {where.absolute()}{hint}: add a data.yaml with "
             "`names: [cat, dog]` (or `names: {0: cat, 1: dog}`), or pass names=[...]."
@@ -169,7 +170,7 @@ def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[Path]
     """The split's image paths, and a note when no split was asked for and ``val`` is missing (the first of
     test / train that the dataset has is read then: the notebooks have no split setting)."""
     flat = base / "images"
-    note = None
+    note, fallback = None, ""
     if split is None:
         if flat.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in flat.iterdir()):
             return _images_in(flat), None
@@ -179,6 +180,7 @@ def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[Path]
             note = (
                 f"No 'val' split in {base.absolute()}: read its {split!r} split (load_yolo(split=...) picks another)."
             )
+            fallback = f" (picked as the set has no 'val' split; it names {', '.join(present)})"
     entry = spec.get(split)
     if entry is None and (flat / split).is_dir():
         entry = f"images/{split}"
@@ -198,7 +200,9 @@ def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[Path]
             lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
             paths += [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
         else:
-            raise DatasetError(f"The {split!r} entry {part!r} is not a folder or .txt list: {path.absolute()}")
+            raise DatasetError(
+                f"The {split!r} entry {part!r}{fallback} is not a folder or .txt list: {path.absolute()}"
+            )
     return paths, note
 
 
