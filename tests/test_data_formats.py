@@ -421,6 +421,22 @@ def test_prepared_dataset_records_its_request_and_refuses_another(tmp_path, monk
         data.prepare_dataset(missing)
 
 
+def test_a_coco_limit_counts_the_images_that_are_there(tmp_path):
+    """The full json beside a few of its images (a common download): limit=N gives N images, the missing
+    files listed, not N minus the missing ones."""
+    coco, images = _coco(tmp_path, [{"image_id": i, "category_id": 1, "segmentation": BOX} for i in range(1, 10)])
+    for i in (1, 2, 4, 5):
+        (images / f"{i}.png").unlink()
+    dataset = data.load_coco(coco, images, limit=3)
+    assert dataset.ids == ["3", "6", "7"]
+    assert [item for item, _ in dataset.skipped] == [
+        "1.png (image 1)",
+        "2.png (image 2)",
+        "4.png (image 4)",
+        "5.png (image 5)",
+    ]
+
+
 def test_coco_settings_take_the_json_itself_or_an_exported_folder(tmp_path):
     """SAMCLIP_DATA_PATH for coco: COCO's own layout, a folder as write_coco_dataset (or CVAT) writes, or the json."""
     from helpers.export import write_coco_dataset

@@ -39,7 +39,8 @@ def load_coco(
     disk when touched (``lazy.LazySamples``; the json's annotations for each image are kept).
     ``check`` reads each image once now, one at a time: an unreadable image, a size that
     differs from the json or a malformed annotation (bad polygon, RLE of another size, empty
-    segmentation) is skipped and listed here; without it, at first touch.
+    segmentation) is skipped and listed here; without it, at first touch. ``limit``: the first that many
+    images whose files are there (one missing is listed and not counted).
     """
     annotation_file = Path(annotation_file)
     content = _read_json(annotation_file)
@@ -55,12 +56,17 @@ def load_coco(
         ids = sorted(images) if image_ids is None else list(image_ids)
     except TypeError:  # mixed id types
         ids = sorted(images, key=str)
-    for image_id in ids[:limit] if limit else ids:
+    for image_id in ids:
+        if limit and len(dataset.samples.refs) >= limit:
+            break
         if image_id not in images:
             dataset.skipped.append((str(image_id), "image id not in the annotation file (or its entry is invalid)"))
             continue
         info = images[image_id]
         path = Path(image_dir) / info["file_name"]
+        if limit and not path.is_file():  # e.g. the full val2017 json beside some of its images: `limit` found ones
+            dataset.skipped.append((f"{info['file_name']} (image {image_id})", f"no file {path}"))
+            continue
         shapes = [
             [names[a["category_id"]], int(bool(a.get("iscrowd", 0))), a.get("segmentation"), a.get("id")]
             for a in by_image.get(image_id, [])
