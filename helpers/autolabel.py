@@ -149,16 +149,16 @@ def autolabel(
             objects[instance.label] += 1
     seconds = time.perf_counter() - started
     return AutolabelReport(
-        len(labelled),
-        objects,
-        list(dataset.skipped),
-        outputs,
-        seconds,
-        pipeline.sam_runs,
-        labelled,
-        predictions,
-        use_ray,
-        [out / fmt for fmt in FORMATS if fmt not in chosen and (out / fmt).exists()],
+        images=len(labelled),
+        objects=objects,
+        skipped=list(dataset.skipped),
+        outputs=outputs,
+        seconds=seconds,
+        sam_runs=pipeline.sam_runs,
+        dataset=labelled,
+        predictions=predictions,
+        ray=use_ray,
+        untouched=[out / fmt for fmt in FORMATS if fmt not in chosen and (out / fmt).exists()],
     )
 
 

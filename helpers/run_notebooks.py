@@ -51,10 +51,8 @@ def progress_bars_as_text(notebook: nbformat.NotebookNode) -> int:
     def model(ref: str) -> dict:
         return state.get(str(ref).removeprefix("IPY_MODEL_"), {})
 
-    def text(part: dict) -> str:
-        return html.unescape(part["state"].get("value", "")).replace(
-            "\u2007", " "
-        )  # tqdm writes spaces as U+2007 in its HTML
+    def text(part: dict) -> str:  # tqdm's HTML, its spaces written as U+2007
+        return html.unescape(part["state"].get("value", "")).replace("\u2007", " ")
 
     count = 0
     for cell in notebook.cells:

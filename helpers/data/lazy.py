@@ -72,6 +72,11 @@ class SampleRef:
         return cls(str(entry["id"]), entry["reader"], entry["label"], entry["source"], entry.get("stats"))
 
 
+CHANGED = (
+    "changed since the dataset was indexed"  # ``check_sources``' word for a resized file (``load_prepared`` reads it)
+)
+
+
 def fingerprints(source: dict, *keys: str) -> dict[str, list[int] | None]:
     """{key: [size, mtime_ns]} of the files ``source[key]`` names (None for a file not there now: its read
     fails with the reader's own message), recorded when indexing and checked by ``check_sources``."""
@@ -98,7 +103,7 @@ def check_sources(source: dict) -> None:
             raise DatasetError(f"{key} {path} is gone since the dataset was indexed ({exc})") from exc
         if size != recorded[0]:
             raise DatasetError(
-                f"{key} {path} changed since the dataset was indexed ({recorded[0]} -> {size} bytes); "
+                f"{key} {path} {CHANGED} ({recorded[0]} -> {size} bytes); "
                 "prepare the dataset again (notebook 01) to use the new file"
             )
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..instances import Instance
-from .lazy import LazySamples, SampleRef, missing_sources, register_reader
+from .lazy import CHANGED, LazySamples, SampleRef, missing_sources, register_reader
 from .types import Dataset, DatasetError, Sample, read_image, sample_stats
 
 RERUN = "run notebooks/01_prepare_dataset.ipynb again (or `make run`)"
@@ -95,12 +95,12 @@ def load_prepared(folder: str | Path, expected: dict | None = None) -> Dataset:
             ref.source = {kind: str(folder / name) for kind, name in ref.source.items()}
     skipped = [tuple(s) for s in manifest.get("skipped", [])]
     gone = missing_sources(refs)  # one stat per source file: a moved or deleted data folder shows here
-    if gone and len(gone) == len(refs) and all("changed since" in reason for _, reason in gone):
-        raise DatasetError(  # e.g. the COCO json that every sample shares, edited
-            f"The source files of the prepared dataset in {folder} changed since notebook 01 (first: {gone[0][1]}); "
-            f"{RERUN} to read them as they are now."
-        )
     if gone and len(gone) == len(refs):
+        if all(CHANGED in reason for _, reason in gone):  # e.g. the COCO json that every sample shares, edited
+            raise DatasetError(
+                f"The source files of the prepared dataset in {folder} changed since notebook 01 (first: "
+                f"{gone[0][1]}); {RERUN} to read them as they are now."
+            )
         raise DatasetError(
             f"None of the {len(refs)} source files of the prepared dataset in {folder} is where notebook 01 found "
             f"it (first: {gone[0][1]}). Put the data back, or point SAMCLIP_DATA_PATH at its new place and {RERUN}."

@@ -23,6 +23,7 @@ from .common import (
     _replace_folder,
     _write_json,
     category_table,
+    check_export_folder,
     coco_image_ids,
 )
 
@@ -213,8 +214,7 @@ def write_coco_dataset(
     if path.suffix.lower() != ".json":
         if image_dir is not None:
             raise ExportError(f"image_dir goes with a json path; {path} is a folder, which gets images/ inside.")
-        _refuse_existing([path], overwrite)
-        _refuse_sources(dataset, path)
+        check_export_folder(dataset, path, overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _new_folder_beside(path)
         try:

@@ -18,9 +18,8 @@ from .common import (
     Predictions,
     _new_folder_beside,
     _predictions_by_id,
-    _refuse_existing,
-    _refuse_sources,
     _replace_folder,
+    check_export_folder,
 )
 
 MIN_PART_AREA = 1.0  # a polygon part enclosing less (in pixels², through boundary pixel centres) is dropped
@@ -64,8 +63,7 @@ def write_yolo(
     ``dataset.classes`` order). Crowd / ignore regions have no YOLO form and are left out.
     ``load_yolo(path)`` reads it back (sample ids kept). Returns ``path``."""
     path = Path(path)
-    _refuse_existing([path], overwrite)
-    _refuse_sources(dataset, path)
+    check_export_folder(dataset, path, overwrite)
     lookup = _predictions_by_id(dataset, predictions) if predictions is not None else None
     classes = {name: number for number, name in enumerate(dataset.classes)}
     path.parent.mkdir(parents=True, exist_ok=True)
