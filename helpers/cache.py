@@ -15,14 +15,13 @@ import hashlib
 import io
 import json
 import os
-import secrets
-import threading
 import warnings
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
 
+from .files import write_bytes
 from .masks import MaskSet
 
 MAGIC = b"SAMCLIP-CACHE-1\n"  # then 32 bytes of sha256(payload), then the payload
@@ -39,17 +38,6 @@ def image_key(image: np.ndarray) -> str:
 def settings_key(**parts) -> str:
     """A short hash of every setting (and model identity) that changes a cached result."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` under ``path`` atomically, through a name no other process or thread uses."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}.part")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class ResultCache:
@@ -110,7 +98,7 @@ class ResultCache:
         payload = buffer.getvalue()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_file(path, MAGIC + hashlib.sha256(payload).digest() + payload)
+            write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload)
         except OSError as exc:
             self.writable = False
             self._warn_once(

@@ -274,3 +274,23 @@ def test_object_crops_can_leave_out_crops_that_hold_another_class():
     assert [item.label for item in kept] == ["square"] and kept[0].image.shape == (22, 22, 3)
     with pytest.raises(ValueError, match="share of the box"):
         data.object_crops(dataset, max_other=5)
+
+
+def test_image_files_lists_image_files_only(tmp_path):
+    """One test of "is an image" for every reader: a folder named like an image is not one (class folders read it)."""
+    from PIL import Image
+
+    for name in ("a.jpg", "b.PNG", "sub/e.png", "cls/x.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG")
+    (tmp_path / "c.txt").write_text("x")
+    (tmp_path / "d.jpg").mkdir()
+    (tmp_path / "cls" / "thumbs.png").mkdir()
+    assert [p.name for p in data.image_files(tmp_path)] == ["a.jpg", "b.PNG"]
+    found = [p.relative_to(tmp_path).as_posix() for p in data.image_files(tmp_path, recursive=True)]
+    assert found == ["a.jpg", "b.PNG", "cls/x.png", "sub/e.png"]
+    items, classes = data.load_class_folders(tmp_path)
+    assert classes == ["cls", "d.jpg", "sub"] and sorted(i.path for i in items) == [
+        str(tmp_path / "cls" / "x.png"),
+        str(tmp_path / "sub" / "e.png"),
+    ]

@@ -25,6 +25,7 @@ import requests
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from ..files import unused_name
 from .http_source import (
     CHUNK_BYTES,
     DISK_MARGIN_BYTES,
@@ -44,7 +45,6 @@ from .stamps import (
     file_sha256,
     is_verified,
     passed_check,
-    private_name,
     remember_sha256,
     set_aside,
     sha256_of,
@@ -61,7 +61,6 @@ __all__ = [
     "download_file",
     "file_sha256",
     "is_verified",
-    "private_name",
     "set_aside",
     "sha256_of",
 ]
@@ -195,7 +194,7 @@ def _exclusive(dest: Path) -> Iterator[Path]:
             lock.acquire()
     except (OSError, NotImplementedError) as exc:  # a file system without locks: a private, one-off part
         warnings.warn(f"Cannot lock {dest} ({exc}); downloading to a private temporary file.", stacklevel=3)
-        part = private_name(dest, ".part")
+        part = unused_name(dest)
         try:
             yield part
         finally:

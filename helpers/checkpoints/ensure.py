@@ -12,7 +12,6 @@ that passes is recorded and a later download that differs is reported. Downloads
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import warnings
@@ -22,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import requests
 
+from ..files import atomic_path, write_text
 from .download import (
     ChecksumMismatchError,
     DownloadError,
@@ -30,7 +30,6 @@ from .download import (
     file_sha256,
     is_local,
     is_verified,
-    private_name,
     sha256_of,
 )
 from .download import (
@@ -118,12 +117,10 @@ def note_first_sha256(folder: Path, path: Path) -> str | None:
     first = known.get(path.name) if isinstance(known, dict) else None
     if first is None:
         known = {**(known if isinstance(known, dict) else {}), path.name: digest}
-        tmp = private_name(record_file)
         try:
-            tmp.write_text(json.dumps(known, indent=1))
-            os.replace(tmp, record_file)
-        except OSError:
-            tmp.unlink(missing_ok=True)
+            write_text(record_file, json.dumps(known, indent=1))
+        except OSError:  # a read-only folder: nothing remembered
+            pass
         return None
     if first != digest:
         warnings.warn(
@@ -281,12 +278,8 @@ def _copy_to_drive(path: Path, drive: Path, sha256: str | None) -> None:
         if is_verified(target, sha256 or file_sha256(path), path.stat().st_size):
             return
         drive.mkdir(parents=True, exist_ok=True)
-        tmp = private_name(target, ".part")
-        try:
+        with atomic_path(target) as tmp:
             shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
     except OSError as exc:
         warnings.warn(
             f"Could not copy {path.name} to the Drive cache {drive} ({exc}). The checkpoint is verified "

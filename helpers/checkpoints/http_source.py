@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import re
 import shutil
 import time
@@ -22,6 +21,8 @@ from typing import Iterator
 import requests
 import urllib3
 from tqdm.auto import tqdm
+
+from ..files import write_text
 
 CHUNK_BYTES = 2**20
 DISK_MARGIN_BYTES = 200 * 2**20
@@ -73,9 +74,7 @@ def read_record(part: Path) -> dict | None:
 
 
 def write_record(part: Path, record: dict) -> None:
-    tmp = record_path(part).with_name(f"{record_path(part).name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, record_path(part))
+    write_text(record_path(part), json.dumps(record))
 
 
 def discard_part(part: Path) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from pathlib import Path
+
+from ..files import write_text
 
 HASH_BLOCK_BYTES = 8 * 2**20
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # helpers/: nothing is written here at run time
@@ -30,11 +31,6 @@ def sha256_of(path: Path) -> str:
 
 def _marker(path: Path) -> Path:
     return path.with_name(path.name + ".verified.json")
-
-
-def private_name(path: Path, suffix: str = ".tmp") -> Path:
-    """A temporary name beside ``path`` that no other process or thread uses."""
-    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
 def _in_package(path: Path) -> bool:
@@ -82,15 +78,10 @@ def remember_sha256(path: Path, digest: str, stat: os.stat_result | None = None,
     if _in_package(path):
         _IN_PROCESS[_memory_key(path, stat)] = stamp
         return
-    tmp = private_name(_marker(path))
     try:
-        tmp.write_text(json.dumps(stamp))
-        os.replace(tmp, _marker(path))
-    except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        write_text(_marker(path), json.dumps(stamp))
+    except OSError:  # a read-only folder: hashed again next time
+        pass
 
 
 def file_sha256(path: str | Path, full: bool = False) -> str:

@@ -31,7 +31,16 @@ from .label_maps import (
 from .lazy import LazySamples, SampleRef
 from .prepare import coco_files, dataset_request, prepare_dataset
 from .storage import load_prepared, save_dataset
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError, LabelledImage, Sample, UnknownClassError, read_image
+from .types import (
+    IMAGE_SUFFIXES,
+    Dataset,
+    DatasetError,
+    LabelledImage,
+    Sample,
+    UnknownClassError,
+    image_files,
+    read_image,
+)
 from .yolo import load_yolo
 
 __all__ = [
@@ -51,6 +60,7 @@ __all__ = [
     "UnknownClassError",
     "coco_files",
     "fetch_coco_subset",
+    "image_files",
     "load_camvid",
     "load_class_folders",
     "load_coco",

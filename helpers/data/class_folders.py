@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ..instances import from_masks
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError, LabelledImage, Sample, read_image
+from .types import Dataset, DatasetError, LabelledImage, Sample, image_files, read_image
 
 
 def load_class_folders(root: str | Path, per_class: int | None = None) -> tuple[list[LabelledImage], list[str]]:
@@ -19,7 +19,7 @@ def load_class_folders(root: str | Path, per_class: int | None = None) -> tuple[
         raise DatasetError(f"{root} holds no class sub-folders (expected {root}/<class name>/<images>).")
     items = []
     for folder in folders:
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = image_files(folder)
         items += [LabelledImage(read_image(p), folder.name, str(p)) for p in paths[:per_class]]
     return items, [f.name for f in folders]
 

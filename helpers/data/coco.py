@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..files import write_text
 from ..instances import Instance
 from .lazy import LazySamples, SampleRef, check_sources, fingerprints, pack, path_text, register_reader
 from .types import Dataset, DatasetError, Sample, finish, load_image
@@ -279,7 +279,5 @@ def fetch_coco_subset(
         download_file([images_url + info["file_name"]], image_dir / info["file_name"], progress=False)
     ann_path = dest / "annotations" / "instances_val2017_subset.json"
     ann_path.parent.mkdir(exist_ok=True)
-    tmp = ann_path.with_name(ann_path.name + ".part")
-    tmp.write_text(json.dumps(subset))
-    os.replace(tmp, ann_path)
+    write_text(ann_path, json.dumps(subset))
     return ann_path, image_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .lazy import LazySamples, SampleRef, check_sources, fingerprints, path_text, register_reader
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, image_files, is_image_file, load_image
 
 
 def load_images(
@@ -23,12 +23,9 @@ def load_images(
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DatasetError(f"{folder.absolute()} is not a folder of images; pass the folder that holds them.")
-    pattern = "**/*" if recursive else "*"
-    paths = sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = image_files(folder, recursive)
     if not paths:
-        deeper = (
-            None if recursive else next((p for p in folder.glob("*/**/*") if p.suffix.lower() in IMAGE_SUFFIXES), None)
-        )
+        deeper = None if recursive else next((p for p in folder.glob("*/**/*") if is_image_file(p)), None)
         hint = (
             f"; its sub-folders hold images (e.g. {deeper.relative_to(folder)}): pass the folder that holds them "
             "(sub-folders are not searched)"

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..instances import Instance
 from .lazy import LazySamples, SampleRef, check_sources, fingerprints, path_text, register_reader
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image, open_image
+from .types import Dataset, DatasetError, Sample, finish, image_files, load_image, open_image
 
 MASK_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")  # preference order; any case
 CAMVID_CLASSES = [
@@ -173,7 +173,7 @@ def load_semantic_folder(
     for path in sorted(mask_dir.iterdir(), key=lambda p: -rank.get(p.suffix.lower(), -1)):
         if path.suffix.lower() in rank:
             masks_by_stem[path.stem] = path
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = image_files(image_dir)
     shared = {  # one object for every ref: the manifest repeats it, memory does not
         "table": [[i, n] for i, n in table.items()],
         "ignore_ids": list(ignore_ids),

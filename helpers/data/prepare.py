@@ -8,7 +8,7 @@ from .coco import load_coco
 from .demo import make_demo_dataset
 from .label_maps import load_camvid
 from .storage import save_dataset
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError
+from .types import Dataset, DatasetError, is_image_file
 from .yolo import load_yolo
 
 DATASETS = ("demo", "coco", "camvid", "yolo")
@@ -64,7 +64,7 @@ def coco_files(path: Path) -> tuple[Path, Path]:
         )
     folders = [root / name for root in roots for name in ("val2017", "images")]
     images = next((folder for folder in folders if folder.is_dir()), None)
-    if images is None and _holds_images(found[0].parent):  # images beside the json (Roboflow)
+    if images is None and any(is_image_file(p) for p in found[0].parent.iterdir()):  # images beside the json (Roboflow)
         images = found[0].parent
     if images is None:
         raise DatasetError(
@@ -72,10 +72,6 @@ def coco_files(path: Path) -> tuple[Path, Path]:
             "json; put the images there."
         )
     return found[0], images
-
-
-def _holds_images(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
 
 
 def prepare_dataset(config) -> Dataset:

@@ -6,14 +6,13 @@ not a copy of every image; only in-memory samples (the generated demo set) are c
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..files import new_folder_beside, remove, replace_folder
 from ..instances import Instance
 from .lazy import CHANGED, LazySamples, SampleRef, missing_sources, register_reader
 from .types import Dataset, DatasetError, Sample, read_image, sample_stats
@@ -31,9 +30,17 @@ def save_dataset(dataset: Dataset, folder: str | Path, request: dict | None = No
     whether the prepared data is what the current run asks for.
     """
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = new_folder_beside(folder)
+    try:
+        _write_prepared(dataset, tmp, request)
+        replace_folder(tmp, folder)
+    except BaseException:
+        remove(tmp)
+        raise
+    return folder
+
+
+def _write_prepared(dataset: Dataset, tmp: Path, request: dict | None) -> None:
     refs = getattr(dataset.samples, "refs", None)
     entries = []
     if refs is not None and all(ref.reader != STORED for ref in refs):
@@ -58,9 +65,6 @@ def save_dataset(dataset: Dataset, folder: str | Path, request: dict | None = No
         "request": _plain(request),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, separators=(",", ":")))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
 
 
 def load_prepared(folder: str | Path, expected: dict | None = None) -> Dataset:

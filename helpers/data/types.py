@@ -15,6 +15,18 @@ from PIL import Image
 from ..instances import Instance
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # compared lower-cased
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` is a file with an image suffix (``IMAGE_SUFFIXES``, in any case)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files of ``folder`` (``is_image_file``), sorted; ``recursive``: of its sub-folders too."""
+    return sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if is_image_file(p))
+
+
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 = as stored; 2-8 = flip and/or rotate for display
 _ORIENT = {  # orientation -> the transpose that displays the stored pixels (as ImageOps.exif_transpose)
     2: Image.Transpose.FLIP_LEFT_RIGHT,

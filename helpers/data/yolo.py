@@ -13,7 +13,7 @@ import yaml
 
 from ..instances import Instance
 from .lazy import LazySamples, SampleRef, check_sources, fingerprints, pack, path_text, register_reader
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, load_image
+from .types import Dataset, DatasetError, Sample, finish, image_files, is_image_file, load_image
 
 SPLITS = ("train", "val", "test")
 
@@ -172,8 +172,8 @@ def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[Path]
     flat = base / "images"
     note, fallback = None, ""
     if split is None:
-        if flat.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in flat.iterdir()):
-            return _images_in(flat), None
+        if flat.is_dir() and any(is_image_file(p) for p in flat.iterdir()):
+            return image_files(flat, recursive=True), None
         present = [s for s in SPLITS if spec.get(s) is not None or (flat / s).is_dir()]
         split = "val" if "val" in present or not present else next(s for s in ("test", "train") if s in present)
         if split != "val":
@@ -195,7 +195,7 @@ def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[Path]
         path = Path(str(part)).expanduser()
         path = path if path.is_absolute() else base / path
         if path.is_dir():
-            paths += _images_in(path)
+            paths += image_files(path, recursive=True)
         elif path.is_file() and path.suffix == ".txt":  # a list of image paths, relative to its folder
             lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
             paths += [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
@@ -204,10 +204,6 @@ def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[Path]
                 f"The {split!r} entry {part!r}{fallback} is not a folder or .txt list: {path.absolute()}"
             )
     return paths, note
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _read_labels(path: Path, table: dict[int, str]) -> list[tuple[int, np.ndarray]]:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..cache import ResultCache, image_key
 from ..config import choose_device
-from ..data import IMAGE_SUFFIXES, Dataset, read_image
+from ..data import IMAGE_SUFFIXES, Dataset, image_files, read_image
 from ..masks import FilterSettings
 from ..models.loading import LoadedClip, LoadedSam, load_clip, load_sam
 from ..pipeline import CachedResults, ImageResult, Pipeline, PipelineSettings
@@ -187,7 +187,7 @@ def image_items(
         folder = Path(dataset_or_paths).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a folder of images")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(folder)
         if not files:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     else:

@@ -11,16 +11,15 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..data.types import Dataset, Sample
+from ..files import new_folder_beside, replace_folder
 from ..instances import Instance
 from .common import (
     ExportError,
     ImageFiles,
     Predictions,
-    _new_folder_beside,
     _predictions_by_id,
     _refuse_existing,
     _refuse_sources,
-    _replace_folder,
     _write_json,
     category_table,
     check_export_folder,
@@ -216,10 +215,10 @@ def write_coco_dataset(
             raise ExportError(f"image_dir goes with a json path; {path} is a folder, which gets images/ inside.")
         check_export_folder(dataset, path, overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _new_folder_beside(path)
+        tmp = new_folder_beside(path)
         try:
             _write_coco(dataset, tmp / COCO_JSON, tmp / "images" if copy_images else None, predictions, category_ids)
-            _replace_folder(tmp, path)
+            replace_folder(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -233,7 +232,7 @@ def write_coco_dataset(
         _write_coco(dataset, path, None, predictions, category_ids)
         return path
     image_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_images = _new_folder_beside(image_dir)
+    tmp_images = new_folder_beside(image_dir)
     try:
         _write_coco(dataset, path, tmp_images, predictions, category_ids, replace_images=image_dir)
     finally:
@@ -261,7 +260,7 @@ def _write_coco(
 
     content = coco_dataset(dataset, predictions, category_ids, on_sample)
     if images is not None and replace_images is not None:
-        _replace_folder(images, replace_images)
+        replace_folder(images, replace_images)
     _write_json(content, path)
 
 

@@ -4,9 +4,7 @@ the images, and writing atomically without replacing what exists unless asked.""
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -14,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 from PIL import Image
 
 from ..data.types import IMAGE_SUFFIXES, ORIENTATION_TAG, Dataset, Sample
+from ..files import atomic_path
 from ..instances import Instance
 
 Predictions = Sequence[Sequence[Instance]] | Mapping[str, Sequence[Instance]]
@@ -162,39 +161,7 @@ def _refuse_sources(dataset: Dataset, folder: Path) -> None:
                 )
 
 
-def _part_name(path: Path, suffix: str = ".part") -> Path:
-    """A hidden name beside ``path`` that no other process or thread uses, to build ``path`` in."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
-
-
-def _new_folder_beside(path: Path) -> Path:
-    """An empty folder beside ``path`` that becomes ``path`` once written (``_replace_folder``). Made as
-    ``mkdir`` makes folders, with the umask's permissions: ``tempfile.mkdtemp``'s are private (0700),
-    and an export others cannot read is not an export."""
-    tmp = _part_name(path)
-    tmp.mkdir()
-    return tmp
-
-
 def _write_json(content: object, path: Path) -> None:
-    """``content`` as JSON at ``path``, written to a temporary file first (the umask's permissions, as
-    ``open`` gives) and renamed into place."""
-    tmp = _part_name(path)
-    try:
-        with open(tmp, "x") as out:
-            json.dump(content, out, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _replace_folder(tmp: Path, folder: Path) -> None:
-    """``tmp`` becomes ``folder``. What was there is moved aside first and deleted only once the new one is in
-    place: an interruption between the two renames leaves it under a hidden ``.old`` name, never deleted."""
-    old = _part_name(folder, ".old") if folder.exists() else None
-    if old is not None:
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    """``content`` as JSON at ``path``, written under a hidden unused name first and renamed into place."""
+    with atomic_path(path, hidden=True) as tmp, open(tmp, "x") as out:
+        json.dump(content, out, separators=(",", ":"))

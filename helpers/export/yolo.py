@@ -11,14 +11,13 @@ import numpy as np
 import yaml
 
 from ..data.types import Dataset
+from ..files import new_folder_beside, replace_folder
 from ..instances import Instance
 from .common import (
     ExportError,
     ImageFiles,
     Predictions,
-    _new_folder_beside,
     _predictions_by_id,
-    _replace_folder,
     check_export_folder,
 )
 
@@ -67,7 +66,7 @@ def write_yolo(
     lookup = _predictions_by_id(dataset, predictions) if predictions is not None else None
     classes = {name: number for number, name in enumerate(dataset.classes)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_folder_beside(path)
+    tmp = new_folder_beside(path)
     try:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
@@ -85,7 +84,7 @@ def write_yolo(
             "names": {number: name for name, number in classes.items()},
         }
         (tmp / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-        _replace_folder(tmp, path)
+        replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import os
 import random
 import time
 import warnings
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints.ensure import sha256_of
 from ..data import LabelledImage
+from ..files import atomic_path
 from ..models.loading import LoadedClip
 from ..precision import native_bf16
 from .data import (
@@ -262,10 +262,6 @@ def save_finetuned(clip_model: LoadedClip, path: str | Path, model_name: str, me
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in clip_model.model.state_dict().items()}
     record = {"state_dict": state, "model_name": model_name, "metadata": dict(metadata or {})}
-    tmp = path.with_name(f"{path.name}.part{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(record, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return sha256_of(path)

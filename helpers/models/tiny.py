@@ -17,7 +17,7 @@ import torch
 from clip.model import CLIP
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from ..checkpoints.download import private_name
+from ..files import atomic_path
 from .high_res import HighResImageEncoder, HighResMaskDecoder
 
 TINY_SAM = "sam_tiny"
@@ -201,12 +201,10 @@ def write_tiny_checkpoints(folder: Path, seed: int = 0) -> dict[str, Path]:
     sam_path, clip_path = folder / TINY_SAM_FILE, folder / TINY_CLIP_FILE
     if not sam_path.is_file() or not clip_path.is_file():
         torch.manual_seed(seed)
-        tmp = private_name(sam_path, ".part")  # two runs building at once never share a temporary file
-        torch.save(build_sam_tiny().state_dict(), tmp)
-        tmp.replace(sam_path)
-        tmp = private_name(clip_path, ".part")
-        save_clip_archive(build_clip_tiny(), tmp)
-        tmp.replace(clip_path)
+        with atomic_path(sam_path) as tmp:  # two runs building at once never share a temporary file
+            torch.save(build_sam_tiny().state_dict(), tmp)
+        with atomic_path(clip_path) as tmp:
+            save_clip_archive(build_clip_tiny(), tmp)
     return {"sam": sam_path, "clip": clip_path}
 
 
