@@ -260,6 +260,20 @@ def test_16_bit_grey_images_keep_their_top_8_bits_and_32_bit_ones_are_skipped(tm
     assert "32-bit floats" in skipped["d32.tif"]
 
 
+def test_float_images_in_0_to_1_are_scaled(tmp_path):
+    """A float TIFF in 0-1 (scikit-image's convention) reads as its values x 255 (PIL alone reads it black);
+    one in 0-255 as it is; NaN is refused with why."""
+    ramp = np.linspace(0, 1, H * W, dtype=np.float32).reshape(H, W)
+    _png(tmp_path / "img" / "a.tif", ramp)
+    _png(tmp_path / "img" / "b.tif", ramp * 200)
+    _png(tmp_path / "img" / "c.tif", np.where(ramp > 0.5, np.nan, ramp).astype(np.float32))
+    ds = data.load_images(tmp_path / "img")
+    assert [s.image_id for s in ds] == ["a", "b"]
+    assert np.array_equal(ds[0].image, np.dstack([np.rint(ramp * 255).astype(np.uint8)] * 3))
+    assert np.abs(ds[1].image[..., 0].astype(int) - ramp * 200).max() <= 1
+    assert "NaN" in dict(ds.skipped)["c.tif"]
+
+
 def test_labels_edited_after_indexing_are_not_read_stale(tmp_path):
     """A YOLO label file or a COCO json edited after the dataset was indexed (notebook 01) is reported at the next
     read, as a changed image is, instead of its old shapes being used without a word."""

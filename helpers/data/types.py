@@ -218,10 +218,19 @@ def load_image(path: Path, apply_orientation: bool = False) -> tuple[np.ndarray,
 
 def _rgb8(image: Image.Image) -> np.ndarray:
     """H x W x 3 uint8. A 16-bit grey image (PNG, TIFF) keeps its top 8 bits, as ``cv2.imread`` reads it
-    (PIL's ``convert("RGB")`` clips it at 255: white); 32-bit values beyond 0-255 have no fixed range: refused."""
+    (PIL's ``convert("RGB")`` clips it at 255: white); a float image with every value in 0-1 (scikit-image's
+    convention) is scaled to 0-255 (PIL would read it black); other 32-bit values beyond 0-255 have no fixed
+    range, and NaN or infinite values no meaning: refused."""
     if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):  # Pillow < 10.3: "I"
         grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "F":
+        values = np.asarray(image)
+        if not np.isfinite(values).all():
+            raise ValueError("it holds NaN or infinite values; save it as an 8- or 16-bit image")
+        if values.size and values.min() >= 0 and values.max() <= 1:
+            grey = np.rint(values * 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=2)
     if image.mode in ("I", "F"):
         values = np.asarray(image)
         if values.size and (values.min() < 0 or values.max() > 255):
