@@ -208,7 +208,8 @@ def load_semantic_folder(
     if snapped_files:
         dataset.notes.append(
             f"{snapped_files} JPEG mask(s) carried compression noise: {snapped_pixels} pixels were "
-            f"snapped to the nearest valid {'palette colour' if palette else 'class id'}"
+            f"snapped to the nearest valid {'palette colour' if palette else 'class id'}; pixels the noise moved "
+            "onto another valid one cannot be told and keep its class (lossy masks: save them as PNG)"
         )
     return finish(dataset, strict, oriented)
 
