@@ -21,7 +21,7 @@ from typing import Sequence
 
 from .checkpoints import CheckpointError, DownloadError
 from .config import RunConfig, load_config
-from .data import Dataset, DatasetError, load_images
+from .data import Dataset, DatasetError, image_files, load_images
 from .export import check_export_folder, write_coco_dataset, write_yolo
 from .instances import InstancePredictions
 from .pipeline import Pipeline
@@ -45,6 +45,7 @@ class AutolabelReport:
     predictions: InstancePredictions | None = None  # their instances, with scores, computed on touch
     ray: bool = False  # the cache was filled by Ray's workers first (``sam_runs`` counts this process only)
     untouched: list[Path] = field(default_factory=list)  # exports in ``out`` of formats this run did not write
+    left_out: int = 0  # images beyond ``limit`` (``--max-images``), not labelled
 
     def summary(self) -> str:
         found = ", ".join(f"{name} {count}" for name, count in self.objects.items())
@@ -54,6 +55,8 @@ class AutolabelReport:
             cached = self.images - self.sam_runs
             sam = f"SAM ran on {self.sam_runs}" + (f", {cached} from the cache" if cached > 0 else "")
         lines = [f"{self.images} images labelled in {self.seconds:.1f} s ({sam}): {found or 'no objects'}"]
+        if self.left_out:
+            lines.append(f"  {self.left_out} further image(s) left out by --max-images (limit): not labelled")
         lines += [f"  {fmt}: {path}" for fmt, path in self.outputs.items()]
         lines += [f"  left as it was: {path} (an earlier export; this run did not write it)" for path in self.untouched]
         if self.skipped:
@@ -109,15 +112,28 @@ def autolabel(
     overwrite: bool = False,
     progress: bool = True,
     pipeline: Pipeline | None = None,
+    limit: int | None = None,
 ) -> AutolabelReport:
     """Label ``images`` (a folder, or a ``Dataset``) with ``classes`` and write ``formats`` under ``out``
     (``out/coco``, ``out/yolo``). ``config``: the run's settings (``load_config()``); ``pipeline``: one
-    already built (notebooks), else the run's models, SAM loaded only for images not in the cache."""
+    already built (notebooks), else the run's models, SAM loaded only for images not in the cache;
+    ``limit``: only the folder's first ``limit`` image files (by name)."""
     started = time.perf_counter()
     names, chosen = parse_classes(classes), parse_formats(formats)
     out = Path(out).expanduser()
     check_output(out, overwrite)
-    dataset = images if isinstance(images, Dataset) else load_images(images, classes=names, progress=progress)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r}: give a whole number of images, at least 1 (or None for all).")
+    if isinstance(images, Dataset):
+        dataset = (
+            images
+            if limit is None
+            else Dataset(images.name, images.samples[:limit], images.classes, images.skipped, images.notes)
+        )
+        left_out = len(images) - len(dataset)
+    else:
+        dataset = load_images(images, classes=names, limit=limit, progress=progress)
+        left_out = max(0, len(image_files(Path(images).expanduser())) - limit) if limit else 0
     for fmt in chosen:  # refused now, not after SAM has run on every image
         check_export_folder(dataset, out / fmt, overwrite)
     config = config or load_config()
@@ -159,7 +175,18 @@ def autolabel(
         predictions=predictions,
         ray=use_ray,
         untouched=[out / fmt for fmt in FORMATS if fmt not in chosen and (out / fmt).exists()],
+        left_out=left_out,
     )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of images (1 or more)")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m helpers.autolabel",
         description="Label a folder of images with SAM + CLIP and export COCO / YOLO-seg datasets. Models and "
         "settings follow the SAMCLIP_* variables (SAMCLIP_PROFILE=demo: the small offline models); every image "
-        "directly in --images is labelled (SAMCLIP_MAX_IMAGES is for the notebooks' datasets).",
+        "directly in --images is labelled, or the first N with --max-images (SAMCLIP_MAX_IMAGES is for the "
+        "notebooks' datasets).",
     )
     parser.add_argument("--images", type=Path, required=True, help="folder of images to label")
     parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,dog"')
@@ -176,6 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", default="coco,yolo", help="coco, yolo or both (default coco,yolo)")
     parser.add_argument(
         "--negatives", default=",".join(DEFAULT_NEGATIVES), help='prompts that drop a mask (default "background")'
+    )
+    parser.add_argument(
+        "--max-images",
+        type=_positive,
+        metavar="N",
+        help="label only the first N images (by file name): try classes and settings on a few first; their SAM "
+        "masks stay in the cache, so the whole folder afterwards does not compute them again",
     )
     parser.add_argument("--ray", action="store_true", help="fill the cache on Ray (RAY_ADDRESS, else a local one)")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (with --ray)")
@@ -188,7 +223,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     negatives = [n.strip() for n in args.negatives.split(",") if n.strip()]
     try:
         report = autolabel(
-            args.images, args.classes, args.out, args.format, None, negatives, args.ray, args.workers, args.overwrite
+            args.images,
+            args.classes,
+            args.out,
+            args.format,
+            None,
+            negatives,
+            args.ray,
+            args.workers,
+            args.overwrite,
+            limit=args.max_images,
         )
     except (ValueError, FileExistsError, DatasetError, CheckpointError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -126,6 +126,25 @@ def test_the_command_line_labels_a_folder(folder, smoke, tmp_path, capsys):
     assert not (out / "coco").exists()
 
 
+def test_max_images_labels_the_first_few_and_the_cache_keeps_them(folder, smoke, tmp_path, capsys):
+    """--max-images N: the folder's first N image files (by name; broken.jpg among them, skipped), the rest
+    said to be left out; the whole folder afterwards runs SAM only on the images not done yet."""
+    out = tmp_path / "few"
+    assert main(["--images", str(folder), "--classes", "circle", "--out", str(out), "--max-images", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 images labelled" in printed and "broken.jpg" in printed
+    assert "2 further image(s) left out by --max-images" in printed
+    assert [s.image_id for s in load_yolo(out / "yolo")] == ["demo_000"]
+    whole = autolabel(folder, "circle", tmp_path / "all", "yolo", smoke, progress=False)
+    assert whole.images == 3 and whole.sam_runs == 2 and whole.left_out == 0 and "left out" not in whole.summary()
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            main(["--images", str(folder), "--classes", "circle", "--out", str(out), "--max-images", bad])
+        assert "is not a number of images" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="whole number"):
+        autolabel(folder, "circle", tmp_path / "x", "yolo", smoke, progress=False, limit=0)
+
+
 def test_unlabelled_folders_read_on_touch(folder):
     dataset = load_images(folder)
     assert dataset.lazy and dataset.ids == ["demo_000", "demo_001", "demo_002"]
