@@ -3,6 +3,7 @@ the same step as the eager one."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -209,6 +210,28 @@ def test_the_zoomed_stage_settings_and_their_refusals(capsys):
         with pytest.raises(SystemExit):
             main(["--quick", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_training_never_writes_into_an_installed_package(capsys, tmp_path):
+    """The default output is outside the package; the shipped weights' folder is written only when named, from a
+    source checkout: inside an installed package (no pyproject.toml above helpers/) it is refused before training,
+    as is a folder that cannot be written."""
+    from helpers.config import DEMO_WEIGHTS_DIR
+    from helpers.demo.train import DEFAULT_OUT, out_dir_refusal
+
+    assert not DEFAULT_OUT.is_absolute() and DEFAULT_OUT.parts[0] == "outputs"
+    installed = tmp_path / "site-packages" / "helpers" / "demo" / "weights"
+    installed.mkdir(parents=True)
+    assert "installed package's demo weights" in out_dir_refusal(installed, installed)
+    assert os.listdir(installed) == []
+    (tmp_path / "pyproject.toml").write_text("")
+    checkout = tmp_path / "helpers" / "demo" / "weights"
+    assert out_dir_refusal(checkout, checkout) is None and os.listdir(checkout) == []  # nothing left by the check
+    (tmp_path / "a-file").write_text("")
+    assert "cannot be written" in out_dir_refusal(tmp_path / "a-file" / "out", DEMO_WEIGHTS_DIR)
+    with pytest.raises(SystemExit):
+        main(["--quick", "--only", "clip", "--out-dir", str(tmp_path / "a-file" / "out")])
+    assert "cannot be written" in capsys.readouterr().err
 
 
 def test_training_one_model_refuses_the_other_models_flags(capsys, tmp_path):

@@ -1,9 +1,9 @@
 """A small SAM and a small CLIP trained on the demo shapes, shipped with the package.
 
-The weights in ``helpers/demo/weights/`` come from ``python -m helpers.demo.train`` (seeded, CPU,
-offline); their sha256 sums are registered here and checked on every load. They segment and
-name the generated shapes of ``helpers.data.make_demo_dataset`` (circle, square, triangle,
-star, in any colour): a demo that works offline, without the 400 MB-2.5 GB real checkpoints.
+The weights in ``helpers/demo/weights/`` come from ``python -m helpers.demo.train --out-dir helpers/demo/weights``
+(seeded, CPU, offline, in a source checkout); their sha256 sums are registered here and checked on every load. They
+segment and name the generated shapes of ``helpers.data.make_demo_dataset`` (circle, square, triangle, star, in any
+colour): a demo that works offline, without the 400 MB-2.5 GB real checkpoints.
 The settings the demo profile runs them with (``DEMO_SETTINGS``, ``DEMO_SELECTION``) live with the
 other profiles in ``helpers.config``.
 """
@@ -32,13 +32,16 @@ def demo_weight_path(name: str, folder: Path = DEMO_WEIGHTS_DIR) -> Path:
         raise CheckpointError(f"{name} is not a demo weight file; known: {sorted(DEMO_SHA256)}.")
     if not path.is_file():
         raise CheckpointError(
-            f"Demo weights {path} are missing. Reinstall the package or run `python -m helpers.demo.train`."
+            f"Demo weights {path} are missing: restore them with `git checkout -- {Path(folder).name}` in a checkout's "
+            "helpers/demo/, or reinstall the package (`pip install --force-reinstall --no-deps <wheel or folder>`)."
         )
     digest = sha256_of(path)
     if digest != DEMO_SHA256[name]:
         raise CheckpointError(
             f"{path} has sha256 {digest}, expected {DEMO_SHA256[name]}: the file is damaged or from another "
-            "training run. Restore it with git, or register the new sum in helpers/demo/models.py."
+            "training run. Restore it with git in a checkout, or reinstall the package (`pip install "
+            "--force-reinstall --no-deps <wheel or folder>`); new weights of your own: register their sum in "
+            "DEMO_SHA256 (helpers/demo/models.py)."
         )
     remember_sha256(path, digest)  # the weights' identity in cache keys reuses this hash instead of hashing again
     return path

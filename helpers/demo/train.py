@@ -1,13 +1,14 @@
 """Train the demo models (a small SAM and a small CLIP) on generated shape images, offline.
 
-``python -m helpers.demo.train`` trains ``helpers/demo/weights/`` seeded, byte for byte on a CPU of the type that
-trained them (the AMD EPYC build machine; SAM and CLIP on ``--threads`` 2, SAM's cut-outs in two one-thread
-processes; another thread count or CPU type sums floats in another order and trains other weights). SAM first, in
-three stages (the second adds SAM 2's high-res path, the third zooms some scenes in), then SAM's own masks on 1,000
-further scenes and CLIP (CLIP's ModifiedResNet image tower) on those cut-outs and exact ones, then a short
-evaluation: 71 min in one run on the AMD EPYC build machine (6 Dec 2026), 2 h 11 min on the Intel Xeon one
-(docs/performance.md); ``--quick`` is a seconds-long end-to-end run into a scratch folder. Measured results:
-docs/demo-models.md.
+``python -m helpers.demo.train`` trains the demo weights, seeded, into ``outputs/demo_weights/`` (``--out-dir``; the
+shipped ones in ``helpers/demo/weights/`` are replaced only when named there, from a source checkout) and says
+whether they are the shipped files byte for byte: they are on a CPU of the type that trained them (the AMD EPYC
+build machine; SAM and CLIP on ``--threads`` 2, SAM's cut-outs in two one-thread processes; another thread count or
+CPU type sums floats in another order and trains other weights). SAM first, in three stages (the second adds SAM 2's
+high-res path, the third zooms some scenes in), then SAM's own masks on 1,000 further scenes and CLIP (CLIP's
+ModifiedResNet image tower) on those cut-outs and exact ones, then a short evaluation: 71 min in one run on the AMD
+EPYC build machine (6 Dec 2026), 2 h 11 min on the Intel Xeon one (docs/performance.md); ``--quick`` is a
+seconds-long end-to-end run into a scratch folder. Measured results: docs/demo-models.md.
 
 SAM is trained as in its paper, restricted to what the automatic mask generator uses: one point
 per prompt, three masks per point, the mask loss (focal : dice = 20 : 1) on the best of the three
@@ -38,6 +39,7 @@ from segment_anything.modeling import Sam
 from ..checkpoints.ensure import sha256_of
 from ..clip_scoring import encode_images, encode_text
 from ..data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops
+from ..files import atomic_path, write_text
 from ..masks import MaskSet, iou_from_counts, overlap_counts
 from ..models.loading import LoadedClip, LoadedSam, load_clip, load_sam
 from ..models.tiny import DEMO_SAM, DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small
@@ -207,7 +209,8 @@ def oracle_prompt_iou(clip_model: LoadedClip, selection, seed: int = 505, images
 def save_clip_state(model: CLIP, path: Path) -> None:
     """A float16 state dict (half the size; ``load_clip`` returns float32 either way)."""
     state = model.state_dict()
-    torch.save({key: value.half() if value.is_floating_point() else value for key, value in state.items()}, path)
+    with atomic_path(path) as tmp:  # never written in place: an installer's hard-linked copy stays whole
+        torch.save({key: value.half() if value.is_floating_point() else value for key, value in state.items()}, tmp)
 
 
 def _clock() -> tuple[float, float]:
@@ -289,7 +292,8 @@ def _train_sam_into(
         summary.update(_since(clock, "sam_zoomed"))
         _say_stage(3, stages, zoomed.steps, summary["sam_zoomed_wall_s"], summary["sam_zoomed_final_train_iou"])
     summary["sam_zoomed_settings"] = asdict(zoomed)  # steps 0: no third stage
-    torch.save(sam.state_dict(), path)
+    with atomic_path(path) as tmp:
+        torch.save(sam.state_dict(), tmp)
     return summary
 
 
@@ -425,13 +429,38 @@ CLIP_FLAGS = tuple(
 )
 
 
+DEFAULT_OUT = Path("outputs") / "demo_weights"
+
+
+def out_dir_refusal(out: Path, shipped: Path) -> str | None:
+    """Why weights may not be written to ``out`` (None when they may): the shipped weights' folder is written only
+    in a source checkout (``pyproject.toml`` above ``helpers/``), never inside an installed package, whose files
+    ``load_demo_models`` checks; a folder that cannot be made or written is found now, not after the training."""
+    if out.resolve() == shipped.resolve() and not (shipped.parents[2] / "pyproject.toml").is_file():
+        return (
+            f"--out-dir {out} is the installed package's demo weights, which load_demo_models checks by sha256: "
+            f"train into another folder (the default is {DEFAULT_OUT})."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / ".write-test", "")
+        (out / ".write-test").unlink()
+    except OSError as exc:
+        return f"--out-dir {out} cannot be written ({exc}); choose another folder."
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Train (or, with ``--only``, train one of) the demo models, save them, evaluate, summarise."""
     from .models import DEMO_CLIP_FILE, DEMO_SAM_FILE, DEMO_SELECTION, DEMO_SHA256, DEMO_WEIGHTS_DIR
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers.demo.train", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--out-dir", type=Path, default=None, help="default: helpers/demo/weights (a temp dir with --quick)"
+        "--out-dir",
+        type=Path,
+        default=None,
+        help=f"default: {DEFAULT_OUT} in the current folder (a temp dir with --quick); the shipped weights' folder, "
+        "helpers/demo/weights, only from a source checkout",
     )
     parser.add_argument("--quick", action="store_true", help="a few steps of each, seconds: checks the code path")
     parser.add_argument("--only", choices=("sam", "clip"), help="train this one; evaluate with the other from out-dir")
@@ -589,8 +618,10 @@ def main(argv: list[str] | None = None) -> dict:
         clip_settings = replace(
             clip_settings, steps=2, batch=8, scenes=4, warmup=1, sam_scenes=min(args.clip_sam_scenes, 2)
         )
-    out = args.out_dir or (Path(tempfile.mkdtemp(prefix="demo_weights_")) if args.quick else DEMO_WEIGHTS_DIR)
-    out.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir or (Path(tempfile.mkdtemp(prefix="demo_weights_")) if args.quick else DEFAULT_OUT)
+    refusal = out_dir_refusal(out, DEMO_WEIGHTS_DIR)
+    if refusal:
+        parser.error(refusal)
     sam_path, clip_path = out / DEMO_SAM_FILE, out / DEMO_CLIP_FILE
     progress = not args.no_progress
     summary: dict = {"threads": args.threads, "sam_processes": sam_settings.processes}
@@ -603,7 +634,10 @@ def main(argv: list[str] | None = None) -> dict:
         summary.update(sam_record(out / "train_summary.json", sam_path))
     clock = time.perf_counter()
     if args.only == "clip" and clip_settings.sam_scenes and not sam_path.is_file():
-        parser.error(f"--only clip trains on the demo SAM's masks: {sam_path} is missing (train SAM first).")
+        parser.error(
+            f"--only clip trains on the demo SAM's masks: {sam_path} is missing (train SAM first, or copy the shipped "
+            f"{DEMO_WEIGHTS_DIR / DEMO_SAM_FILE} and train_summary.json there to train CLIP beside it)."
+        )
     with ProcessPoolExecutor(SAM_CUTOUT_PARTS - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
         if args.only != "clip":  # SAM first: CLIP learns from its masks
             summary.update(
@@ -633,9 +667,15 @@ def main(argv: list[str] | None = None) -> dict:
         summary["pipeline"] = evaluate_pipeline(
             sam_loaded, clip_loaded, images=1 if args.quick else 6, mosaics=1 if args.quick else 6
         )
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_text(out / "train_summary.json", json.dumps(summary, indent=1, default=str))
     print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_settings")}, indent=1, default=str))
     print(f"weights in {out}")
+    same = ", ".join(f"{name} {'yes' if match else 'no'}" for name, match in summary["matches_registry"].items())
+    print(
+        f"the shipped files byte for byte: {same} (another CPU type, thread count or option trains other bytes: "
+        "docs/demo-models.md). To ship new ones: copy them into helpers/demo/weights/ and their sha256 into "
+        "DEMO_SHA256 (helpers/demo/models.py)."
+    )
     return summary
 
 
