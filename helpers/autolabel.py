@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .checkpoints import CheckpointError, DownloadError
-from .config import RunConfig, load_config
+from .config import RunConfig, load_config, remember_start_dir
 from .data import Dataset, DatasetError, image_files, load_images
 from .export import check_export_folder, write_coco_dataset, write_yolo
 from .instances import InstancePredictions
@@ -95,8 +95,8 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"--out {out} is a file; name a folder.")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"The output folder {out} is not empty; choose another --out, or pass --overwrite (overwrite=True) "
-            "to replace the exports in it."
+            f"The output folder {out} is not empty; choose another --out, or pass --overwrite (overwrite=True "
+            "from Python) to replace the exports in it."
         )
 
 
@@ -220,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write into a non-empty --out, replacing the exports of the chosen formats (others are left as they are)",
     )
     args = parser.parse_args(argv)
+    remember_start_dir()  # relative paths in SAMCLIP_* are read from the folder this command started in
     negatives = [n.strip() for n in args.negatives.split(",") if n.strip()]
     try:
         report = autolabel(
@@ -234,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overwrite,
             limit=args.max_images,
         )
-    except (ValueError, FileExistsError, DatasetError, CheckpointError, DownloadError) as exc:
+    except (ValueError, FileExistsError, ImportError, DatasetError, CheckpointError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

@@ -170,19 +170,30 @@ def run(notebooks: list[Path], out_dir: Path, timeout: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Execute the notebooks headless (settings: SAMCLIP_* variables).")
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.run_notebooks",
+        description="Execute the notebooks headless (settings: SAMCLIP_* variables).",
+    )
     parser.add_argument("--cell-timeout", type=int, default=None, help="seconds per cell (smoke, demo 300; full 3600)")
     parser.add_argument("names", nargs="*", help="notebook name prefixes to run (default: all), e.g. 03 04")
     args = parser.parse_args(argv)
     remember_start_dir()
     config = load_config()
-    print(banner(config), flush=True)
-    notebooks = sorted((config.root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    folder = config.root / "notebooks"
+    notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        print(
+            f"no notebooks in {folder}: they come with the project's checkout (an installed package has none); run "
+            "this in the checkout, or set SAMCLIP_HOME to it.",
+            file=sys.stderr,
+        )
+        return 1
     if args.names:
         notebooks = [p for p in notebooks if any(p.name.startswith(n) for n in args.names)]
     if not notebooks:
-        print(f"no notebooks found in {config.root / 'notebooks'}", file=sys.stderr)
+        print(f"no notebook in {folder} starts with {' or '.join(args.names)}", file=sys.stderr)
         return 1
+    print(banner(config), flush=True)
     timeout = args.cell_timeout or CELL_TIMEOUT[config.profile]
     return run(notebooks, config.output_dir / "notebooks", timeout)
 

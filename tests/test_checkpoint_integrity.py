@@ -204,6 +204,7 @@ def test_command_line_takes_its_defaults_from_the_run_settings(file_server, tmp_
         drive_cache=tmp_path / "drive",
         sam_model="t_cfg",
         clip_model="clip_tiny",  # not in the registry: nothing to fetch
+        is_demo=False,
     )
     monkeypatch.setattr("helpers.config.load_config", lambda: config)
     assert cli.main([]) == 0
@@ -216,3 +217,24 @@ def test_command_line_takes_its_defaults_from_the_run_settings(file_server, tmp_
     shutil.rmtree(tmp_path / "drive")
     assert cli.main(["t_cfg", "--dir", str(tmp_path / "none"), "--mirror", file_server.url + "/gone"]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_demo_profile_downloads_nothing_and_verifies_its_shipped_weights(tmp_path, monkeypatch, capsys):
+    """In the demo profile the command said "No known checkpoint in .../helpers/demo/weights": it now says the weights
+    ship with the package, and --verify checks their sha256 (a damaged copy is named, rc 1)."""
+    import shutil as sh
+
+    from helpers.config import DEMO_WEIGHTS_DIR
+
+    monkeypatch.setenv("SAMCLIP_PROFILE", "demo")
+    assert cli.main([]) == 0 and "downloads nothing" in capsys.readouterr().out
+    assert cli.main(["--verify"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("ok  ") == 2 and "sam_demo.pth" in printed and "clip_demo.pt" in printed
+    for name in ("sam_demo.pth", "clip_demo.pt"):
+        sh.copyfile(DEMO_WEIGHTS_DIR / name, tmp_path / name)
+    with open(tmp_path / "clip_demo.pt", "r+b") as f:
+        f.write(b"x")
+    assert cli.main(["--verify", "--dir", str(tmp_path)]) == 1
+    printed = capsys.readouterr().out
+    assert "ok  " in printed and "BAD " in printed and "clip_demo.pt" in printed.split("BAD ")[1]

@@ -155,3 +155,37 @@ def test_reproduce_seeds_takes_coco_from_the_official_zips(tmp_path, monkeypatch
     assert ids == [139, 11813] and sorted(p.name for p in images.iterdir()) == ["000000000139.jpg", "000000011813.jpg"]
     (data / "val2017.zip").unlink()
     assert script.coco_from_zips(data, "chair", 2, offline=True)[2] == ids  # all extracted: nothing to fetch
+
+
+def test_the_readmes_python_snippet_runs_offline_in_the_demo_profile(tmp_path):
+    """The front door's code, as printed in README.md, in a fresh process started outside the checkout: the demo
+    profile finds the circle of the README's figure (demo_000 of seed 11), a second prompt reads the cache."""
+    import re
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    readme = (cfg.project_root() / "README.md").read_text()
+    section = readme.split("## Use it from Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    assert 'read_image("kitchen.jpg")' in code and '"chair"' in code
+    sample = make_demo_dataset(1, seed=cfg.DEMO_SEED)[0]
+    Image.fromarray(sample.image).save(tmp_path / "kitchen.png")
+    np.save(tmp_path / "truth.npy", sample.masks["circle"])
+    code = code.replace("kitchen.jpg", "kitchen.png").replace('"chair"', '"circle"')
+    code += (
+        "import numpy as np\n"
+        "from helpers.metrics import iou\n"
+        "again = pipe.segment_by_text(image, 'square', config.selection)\n"
+        "print('IOU', iou(mask, np.load('truth.npy')), mask.shape, mask.dtype, pipe.sam_runs, config.cache_dir)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SAMCLIP_")}
+    env.update(SAMCLIP_PROFILE="demo", SAMCLIP_HOME=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    score = done.stdout.split("IOU", 1)[1].split()[0]
+    assert float(score) >= 0.9, done.stdout  # the README's figure says 0.96
+    assert "(240, 320) bool 1" in done.stdout and str(tmp_path / "outputs" / "demo" / "cache") in done.stdout

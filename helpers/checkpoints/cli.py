@@ -50,23 +50,33 @@ def main(argv: list[str] | None = None) -> int:
     """Download (or ``--verify``) checkpoints; defaults from the run's settings; errors without a traceback."""
     import argparse
 
-    from ..config import load_config
+    from ..config import load_config, remember_start_dir
 
+    remember_start_dir()  # relative paths in SAMCLIP_* are read from the folder this command started in
     try:
         config = load_config()
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     mirrors = list(config.mirrors)
-    parser = argparse.ArgumentParser(description="Download and verify SAM / CLIP checkpoints.")
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.checkpoints", description="Download and verify SAM / CLIP checkpoints."
+    )
     parser.add_argument("names", nargs="*", help=f"any of: {', '.join(REGISTRY)} (default: the run's models)")
     parser.add_argument("--dir", type=Path, default=config.checkpoint_dir, help="checkpoint folder (%(default)s)")
     parser.add_argument("--mirror", action="append", help=f"folder or URL holding the files, repeatable ({mirrors})")
-    parser.add_argument("--drive-cache", type=Path, default=config.drive_cache, help="(%(default)s)")
+    parser.add_argument(
+        "--drive-cache",
+        type=Path,
+        default=config.drive_cache,
+        help="a folder (e.g. on Google Drive) checked first and filled after a download (%(default)s)",
+    )
     parser.add_argument("--verify", action="store_true", help="re-hash every checkpoint present in --dir")
     args = parser.parse_args(argv)
     mirrors = args.mirror if args.mirror is not None else mirrors
     names = args.names or ([] if args.verify else [n for n in (config.sam_model, config.clip_model) if n in REGISTRY])
+    if config.is_demo and not args.names:
+        return _demo_weights(args.dir, args.verify)
     if not names and not args.verify:
         print(f"Nothing to download for this run's models ({config.sam_model}, {config.clip_model}); name some.")
     bad = 0
@@ -84,4 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DownloadError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 1 if bad else 0
+
+
+def _demo_weights(folder: Path, verify: bool) -> int:
+    """The demo profile downloads nothing: say so, and with ``verify`` check its shipped weights' sha256 now."""
+    from ..demo.models import DEMO_SHA256, demo_weight_path  # the entry point's arrow up, like config's
+
+    print(
+        f"The demo profile downloads nothing: its weights ship with the package in {folder} and are sha256-checked on "
+        "every load." + ("" if verify else " --verify checks them now.")
+    )
+    if not verify:
+        return 0
+    bad = 0
+    for name in DEMO_SHA256:
+        try:
+            print(f"ok  {demo_weight_path(name, folder)}")
+        except CheckpointError as exc:
+            print(f"BAD {Path(folder) / name}: {exc}")
+            bad += 1
     return 1 if bad else 0

@@ -164,8 +164,8 @@ def supply_hint(checkpoint: Checkpoint, dest_dir: Path) -> str:
             f"{dest_dir / copy.filename} (or in the mirror as {copy.filename}), or set {setting} to it."
         )
     hint += (
-        "\nNo internet at all? `make demo` (SAMCLIP_PROFILE=demo) runs the whole notebook suite offline with the "
-        "small SAM and CLIP trained on the demo shapes, shipped in the package."
+        "\nNo internet at all? SAMCLIP_PROFILE=demo (`make demo` in a checkout) runs the notebooks and autolabel "
+        "offline with the small SAM and CLIP trained on the demo shapes, shipped in the package."
     )
     return hint
 

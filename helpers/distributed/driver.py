@@ -238,8 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clip-checkpoint", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from ..config import load_config
+    from ..config import load_config, remember_start_dir
 
+    remember_start_dir()  # relative paths in SAMCLIP_* are read from the folder this command started in
     config = load_config()
     if args.gpus_per_worker and config.device == "cpu":
         print(

@@ -24,7 +24,10 @@ from ..masks import FilterSettings
 from ..models.loading import LoadedClip, LoadedSam, load_clip, load_sam
 from ..pipeline import CachedResults, ImageResult, Pipeline, PipelineSettings
 
-RAY_MISSING = "Ray is not installed; install the extra: pip install -e '.[ray]' (make install does)."
+RAY_MISSING = (
+    "Ray is not installed: pip install 'ray[data]>=2.9' (the package's [ray] extra: pip install -e '.[ray]' in a "
+    "checkout; make install includes it)."
+)
 OUTPUT_FIELDS = (
     "index",
     "path",
