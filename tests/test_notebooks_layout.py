@@ -1,6 +1,9 @@
 """The notebooks stay thin and teachable: Colab set-up first, markdown before every step,
 outputs stripped. (nbmake executes them; this checks their shape.)"""
 
+import os
+import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -25,3 +28,63 @@ def test_notebook_shape(path):
             assert before.cell_type == "markdown", f"{path.name}: a code cell without markdown before it"
     assert all(not c.outputs and c.execution_count is None for c in code), f"{path.name}: strip outputs (make strip)"
     assert all(len(c.source.splitlines()) <= 25 for c in code), "logic belongs in helpers/"
+
+
+class FakeColab:
+    """What the Colab set-up cell asks of IPython: shell commands and the %cd / %pip magics, with ``{name}``
+    expanded from the cell's variables; ``git clone`` makes the folder, nothing else runs."""
+
+    def __init__(self, namespace: dict):
+        self.namespace, self.calls = namespace, []
+
+    def system(self, command: str) -> None:
+        command = command.format_map(self.namespace)
+        self.calls.append(command)
+        if command.startswith("git clone") and "unreachable" not in command:
+            Path(command.split()[-1]).mkdir(parents=True)
+
+    def run_line_magic(self, name: str, line: str) -> None:
+        line = line.format_map(self.namespace)
+        self.calls.append(f"%{name} {line}")
+        if name == "cd":
+            os.chdir(line)
+
+
+def _run_colab_cell(source: str, content: Path, url: str | None, monkeypatch) -> list[str]:
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    code = TransformerManager().transform_cell(source).replace('"/content/"', repr(f"{content}/"))
+    if url is not None:
+        code = code.replace("https://github.com/your-org/sam-clip-segmentation.git", url)
+    namespace: dict = {}
+    shell = FakeColab(namespace)
+    namespace["get_ipython"] = lambda: shell
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    exec(compile(code, "colab-cell", "exec"), namespace)
+    return shell.calls
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_colab_cell_stops_without_a_repository_and_can_run_twice(path, tmp_path, monkeypatch):
+    """Run as shipped it says to set REPO_URL (it went on through three errors); a failed clone stops it; run twice
+    it stays in the one clone (it cloned a second copy inside the first, a relative path after %cd); in a new
+    runtime it first runs the notebooks whose outputs it reads (Colab gives each notebook a runtime of its own)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SAMCLIP_HOME", raising=False)
+    source = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code").source
+    content = tmp_path / "content"
+    content.mkdir()
+    with pytest.raises(RuntimeError, match="Set REPO_URL"):
+        _run_colab_cell(source, content, None, monkeypatch)
+    with pytest.raises(RuntimeError, match="Could not clone"):
+        _run_colab_cell(source, content, "https://example.invalid/unreachable.git", monkeypatch)
+    first = _run_colab_cell(source, content, "https://example.org/team/sam-clip.git", monkeypatch)
+    repo = content / "sam-clip"
+    assert first[0] == f"git clone -q https://example.org/team/sam-clip.git {repo}" and Path.cwd() == repo
+    assert os.environ["SAMCLIP_HOME"] == str(repo)
+    earlier = {"02": "01", "03": "01 02", "04": "01 02 03"}.get(path.name[:2])
+    assert [c for c in first if "run_notebooks" in c] == (
+        [f"python -m helpers.run_notebooks {earlier}"] if earlier else []
+    )
+    again = _run_colab_cell(source, content, "https://example.org/team/sam-clip.git", monkeypatch)
+    assert again == [f"%cd {repo}", "%pip install -q -e ."] and Path.cwd() == repo  # no clone, no second run
