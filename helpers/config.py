@@ -18,6 +18,7 @@ project root, never against ``notebooks/`` where the kernel runs.
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +37,26 @@ from .segmentation import SamSettings
 from .selection import SelectionSettings
 
 PROFILES = ("full", "smoke", "demo")
+# Every SAMCLIP_* variable there is (docs/settings.md); another one is a typo, refused by load_config.
+SETTINGS = (
+    "SAMCLIP_PROFILE",
+    "SAMCLIP_DEVICE",
+    "SAMCLIP_SAM_MODEL",
+    "SAMCLIP_CLIP_MODEL",
+    "SAMCLIP_DATASET",
+    "SAMCLIP_DATA_PATH",
+    "SAMCLIP_CLASSES",
+    "SAMCLIP_MAX_IMAGES",
+    "SAMCLIP_PRECISION",
+    "SAMCLIP_CHECKPOINT_DIR",
+    "SAMCLIP_MIRROR",
+    "SAMCLIP_SAM_CHECKPOINT",
+    "SAMCLIP_CLIP_CHECKPOINT",
+    "SAMCLIP_DRIVE_CACHE",
+    "SAMCLIP_FINETUNE_DATA",
+    "SAMCLIP_HOME",
+    "SAMCLIP_START_DIR",
+)
 SAM_MODELS = ("auto", "vit_h", "vit_l", "vit_b")
 SMOKE_TAG = "SMOKE TEST - random tiny models, results are meaningless"
 DEMO_TAG = "DEMO - small SAM + CLIP trained on synthetic shapes, not the real models"
@@ -193,6 +214,12 @@ def _choice(environ: Mapping[str, str], name: str, default: str, allowed: tuple[
 def load_config(environ: Mapping[str, str] | None = None) -> RunConfig:
     """Read and check the run's settings from ``SAMCLIP_*`` variables (``os.environ`` by default)."""
     env = os.environ if environ is None else environ
+    for name in sorted(k for k in env if k.upper().startswith("SAMCLIP_") and k not in SETTINGS):
+        near = difflib.get_close_matches(name.upper(), SETTINGS, n=1, cutoff=0.85)
+        raise ConfigError(
+            f"{name} is not a setting{f' (did you mean {near[0]}?)' if near else ''}; the settings are "
+            f"{', '.join(SETTINGS)} (docs/settings.md). Unset it: it would be ignored."
+        )
     root = Path(env["SAMCLIP_HOME"]).expanduser().resolve() if env.get("SAMCLIP_HOME") else project_root()
     base = Path(env["SAMCLIP_START_DIR"]).resolve() if env.get("SAMCLIP_START_DIR") else root
     profile = env.get("SAMCLIP_PROFILE", "").strip().lower() or "full"
@@ -272,6 +299,9 @@ def banner(config: RunConfig) -> str:
         f"profile={config.profile}  device={config.device}  SAM={config.sam_model}  CLIP={config.clip_model}  "
         f"dataset={config.dataset}  precision={config.pipeline.precision}"
     ]
+    for kind, path in (("SAM", config.sam_checkpoint), ("CLIP", config.clip_checkpoint)):
+        if path:  # a file of one's own (a fine-tuned CLIP) replaces the profile's weights: say which
+            lines.append(f"{kind} weights: {path} (SAMCLIP_{kind}_CHECKPOINT)")
     if config.data_path:
         unread = " (not read: SAMCLIP_DATASET=demo generates its images; set it to coco, camvid or yolo)"
         lines.append(f"data={config.data_path}" + (unread if config.dataset == "demo" else ""))
@@ -283,7 +313,8 @@ def banner(config: RunConfig) -> str:
         lines = [
             rule,
             f"== {DEMO_TAG}",
-            f"== weights: {config.checkpoint_dir} (sha256-checked, no download)",
+            f"== weights: {config.checkpoint_dir} (sha256-checked, no download)"
+            + (" but for the files below" if config.sam_checkpoint or config.clip_checkpoint else ""),
             f"== images: demo shapes of seed {config.demo_seed}, unseen in training"
             if shapes
             else f"== images: the dataset's first {config.max_images} (SAMCLIP_MAX_IMAGES=N for another number)",

@@ -100,3 +100,18 @@ def test_a_kernel_started_in_notebooks_finds_the_project(monkeypatch):
     """Kernels start in notebooks/ (the nbmake run of ``make test`` starts real ones there)."""
     monkeypatch.chdir(ROOT / "notebooks")
     assert cfg.load_config({}).root == ROOT
+
+
+def test_a_variable_that_is_no_setting_is_refused_with_the_nearest_name():
+    """SAMCLIP_DATAPATH=... was ignored without a word (the run read data/<dataset>): a typo now stops the run."""
+    with pytest.raises(
+        cfg.ConfigError, match=r"SAMCLIP_DATAPATH is not a setting \(did you mean SAMCLIP_DATA_PATH\?\)"
+    ):
+        cfg.load_config({"SAMCLIP_DATAPATH": "/data/coco"})
+    with pytest.raises(cfg.ConfigError, match=r"SAMCLIP_OUTPUT_DIR is not a setting; the settings are SAMCLIP_PROFILE"):
+        cfg.load_config({"SAMCLIP_OUTPUT_DIR": "/tmp/out"})
+    with pytest.raises(cfg.ConfigError, match="did you mean SAMCLIP_PROFILE"):
+        cfg.load_config({"samclip_profile": "demo"})
+    assert cfg.load_config({name: "" for name in cfg.SETTINGS}).profile == "full"  # every setting is one
+    documented = (ROOT / "docs" / "settings.md").read_text()
+    assert all(f"`{name}`" in documented or name == "SAMCLIP_SAM_CHECKPOINT" for name in cfg.SETTINGS)

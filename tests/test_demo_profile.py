@@ -53,6 +53,10 @@ def test_demo_profile_resolves_to_the_demo_models_and_their_settings():
     assert "the dataset's first 12 (SAMCLIP_MAX_IMAGES" in cfg.banner(own) and "not read" not in cfg.banner(own)
     forgot = cfg.load_config({"SAMCLIP_PROFILE": "demo", "SAMCLIP_DATA_PATH": "/data/yolo"})  # SAMCLIP_DATASET unset
     assert "data=/data/yolo (not read: SAMCLIP_DATASET=demo generates its images" in cfg.banner(forgot)
+    # a CLIP of one's own (notebook 05's) is named: the banner said CLIP=clip_demo and the shipped weights
+    tuned = cfg.load_config({"SAMCLIP_PROFILE": "demo", "SAMCLIP_CLIP_CHECKPOINT": "/ft/clip_finetuned.pt"})
+    assert "CLIP weights: /ft/clip_finetuned.pt (SAMCLIP_CLIP_CHECKPOINT)" in cfg.banner(tuned)
+    assert "but for the files below" in cfg.banner(tuned) and "but for" not in cfg.banner(config)
 
 
 def test_demo_weights_are_checked_not_downloaded(tmp_path):
