@@ -138,14 +138,19 @@ def error_breakdown(
     return pd.DataFrame(rows)
 
 
-def verdict(row: dict, good: float = 0.7) -> str:
-    """Which stage loses the most for a class, in words."""
+def verdict(row: dict, good: float = 0.7, gap: float = 0.1) -> str:
+    """Which stage loses the most for a class, in words; a good pipeline IoU more than ``gap`` under SAM's ceiling
+    (its best union of masks) says what the choosing of masks loses."""
     if np.isnan(row["sam_best_union"]):
         return "no object of this class in the images"
     if row["sam_best_union"] < good:
         return "SAM: no combination of its masks covers the object well"
     if row["pipeline_iou"] >= good:
-        return "fine"
+        lost = row["sam_best_union"] - row["pipeline_iou"]
+        if lost <= gap:
+            return "fine"
+        who = "the selection" if row["clip_recognition"] >= good else "CLIP (it misnames the object even cut out well)"
+        return f"good, but {lost:.2f} under SAM's ceiling: {who} keeps other masks or misses some"
     if not row["clip_recognition"] >= good:
         return "CLIP: does not recognise the object even when cut out perfectly"
     return "selection: the right masks exist and CLIP knows the object, but other masks are picked or these missed"

@@ -97,6 +97,11 @@ class Pipeline:
         masks = self.cache.load_masks(key, self.sam_key) if self.cache else None
         if masks is None:
             if not self.sam_loaded:
+                if self.cache is not None:  # say so up front: notebooks 03-04 expect notebook 02's cache
+                    tqdm.write(
+                        f"An image is not in the cache {self.cache.root} with these settings: loading SAM to compute "
+                        "its masks here (and those of any other image missing there)."
+                    )
                 self.sam = self.sam.load()
             masks = generate_masks(self.sam, image, self.settings.sam, self.settings.precision)
             self.sam_runs += 1

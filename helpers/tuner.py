@@ -32,7 +32,7 @@ from .selection import (
 )
 from .viz import four_panel
 
-SLIDER_WIDTH = "700px"  # a track of about 540 px: a 0.6-wide cosine range moves about 0.001 per pixel
+SLIDER_WIDTH = "700px"  # at most: a track of about 540 px, a 0.6-wide cosine range moves about 0.001 per pixel
 SOFTMAX_START = 0.5  # the softmax mode's first threshold (a probability), as in sam_clip_measures
 COSINE_FALLBACK = (0.0, 0.6)  # the threshold mode's range when no scores are at hand
 
@@ -115,7 +115,7 @@ class ThresholdTuner:
             description="threshold",
             continuous_update=True,
             disabled=start_mode == "top1",
-            layout=widgets.Layout(width=SLIDER_WIDTH),
+            layout=widgets.Layout(width="100%", max_width=SLIDER_WIDTH),  # narrower when the page is
         )
         self.iou_label = widgets.HTML()
         self.picture = widgets.Image(format="png")
@@ -192,20 +192,31 @@ class ThresholdTuner:
         self.iou = counts(prediction.mask, truth, sample.ignore_mask(name)).iou
         rule = selection_text(selection)
         kept = f"kept {int(prediction.keep.sum())} of {len(prediction.keep)} masks"
-        self.iou_label.value = f"<b>IoU {self.iou:.3f}</b> &nbsp; {kept}<br>{rule}"
-        title = self.title(
-            f"{sample.image_id} - class '{name}', prompt '{prompt}' - {rule} - IoU {self.iou:.3f} ({kept})"
-        )
+        score = f"IoU {self.iou:.3f}"
+        if not truth.any():  # the convention: a kept mask scores 0 (a false alarm), none is right (IoU undefined, NaN)
+            score = f"no {name} in this image: " + (
+                f"{score}, every kept mask a false alarm"
+                if prediction.mask.any()
+                else "none kept, right (IoU undefined)"
+            )
+        self.iou_label.value = f"<b>{score}</b> &nbsp; {kept}<br>{rule}"
+        title = self.title(f"{sample.image_id} - class '{name}', prompt '{prompt}' - {rule} - {score} ({kept})")
         four_panel(sample.image, truth, prediction.mask, title, figure=self.figure)
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", dpi=80)
         self.picture.value = buffer.getvalue()
 
     def widget(self) -> widgets.Widget:
+        # the two columns side by side while they fit, else one below the other; the left one keeps its natural
+        # width (its dropdowns were clipped under the right one in a 1400-px window), the slider takes what is left
         controls = widgets.HBox(
             [
-                widgets.VBox([self.image, self.truth_class, self.prompt]),
-                widgets.VBox([self.mode, self.threshold, self.iou_label]),
-            ]
+                widgets.VBox([self.image, self.truth_class, self.prompt], layout=widgets.Layout(flex="0 0 auto")),
+                widgets.VBox(
+                    [self.mode, self.threshold, self.iou_label],
+                    layout=widgets.Layout(flex="1 1 420px", min_width="420px", max_width=SLIDER_WIDTH),
+                ),
+            ],
+            layout=widgets.Layout(flex_flow="row wrap", width="100%"),
         )
         return widgets.VBox([controls, self.picture])

@@ -58,12 +58,16 @@ def four_panel(
     return figure
 
 
-def show_sample(image: np.ndarray, masks: dict[str, np.ndarray], title: str = "") -> plt.Figure:
-    """An image beside its ground-truth classes, one colour per class, with a legend."""
+def show_sample(
+    image: np.ndarray, masks: dict[str, np.ndarray], title: str = "", classes: Sequence[str] | None = None
+) -> plt.Figure:
+    """An image beside its ground-truth classes, one colour per class, with a legend. With ``classes`` (the
+    dataset's) a class keeps its colour from image to image (up to 20 classes), else colours follow this image's."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     present = [name for name, mask in masks.items() if mask.any()]
-    palette = plt.get_cmap("tab10" if len(present) <= 10 else "tab20")
-    colours = {name: np.asarray(palette(i % palette.N)[:3]) for i, name in enumerate(present)}
+    order = list(classes) if classes and len(classes) <= 20 and set(present) <= set(classes) else present
+    palette = plt.get_cmap("tab10" if len(order) <= 10 else "tab20")
+    colours = {name: np.asarray(palette(order.index(name) % palette.N)[:3]) for name in present}
     picture = np.zeros_like(image)
     for name in present:
         picture[masks[name]] = (colours[name] * 255).astype(np.uint8)

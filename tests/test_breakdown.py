@@ -44,6 +44,10 @@ def test_verdicts_name_the_stage_that_loses():
     assert verdict({**base, "sam_best_union": 0.3}).startswith("SAM")
     assert verdict({**base, "clip_recognition": 0.25}).startswith("CLIP")
     assert verdict({**base, "pipeline_iou": 0.85}) == "fine"
+    # good, yet well under the ceiling: it said "fine" for the demo's squares, 0.798 against 0.933 (a student's audit)
+    lost = verdict({**base, "pipeline_iou": 0.798, "sam_best_union": 0.933})
+    assert lost == "good, but 0.14 under SAM's ceiling: the selection keeps other masks or misses some"
+    assert "CLIP" in verdict({**base, "pipeline_iou": 0.75, "clip_recognition": 0.5})
 
 
 def test_error_breakdown_on_the_demo_set(tiny_models, tmp_path):

@@ -75,7 +75,7 @@ def test_demo_weights_are_checked_not_downloaded(tmp_path):
         checkpoint_paths(config)
 
 
-def test_a_demo_session_opens_and_segments_a_demo_image(tmp_path):
+def test_a_demo_session_opens_and_segments_a_demo_image(tmp_path, capsys):
     config = cfg.load_config({"SAMCLIP_PROFILE": "demo", "SAMCLIP_HOME": str(tmp_path), "SAMCLIP_MAX_IMAGES": "1"})
     prepared = prepare_dataset(config)
     assert np.array_equal(prepared.samples[0].image, make_demo_dataset(1, seed=cfg.DEMO_SEED).samples[0].image)
@@ -85,6 +85,10 @@ def test_a_demo_session_opens_and_segments_a_demo_image(tmp_path):
     sample = run.dataset.samples[0]
     result = pipe.process(sample.image, sample.image_id)
     assert pipe.sam_loaded and pipe.sam.name.startswith(DEMO_SAM) and len(result.masks) > 0
+    said = capsys.readouterr().out  # notebook 03 run before 02 loaded SAM without a word (a student's audit)
+    assert said.count("not in the cache") == 1 and "loading SAM" in said
+    pipe.process(make_demo_dataset(1, seed=3).samples[0].image)  # SAM loaded already: said once
+    assert "not in the cache" not in capsys.readouterr().out
     ious = {
         name: metrics.iou(pipe.predict(result, name, config.selection).mask, sample.masks[name])
         for name in run.classes

@@ -267,6 +267,24 @@ def test_tuner_callbacks_update_the_figure_and_iou(scene):
     plt.close("all")
 
 
+def test_tuner_says_when_the_class_is_not_in_the_image(scene):
+    """It printed 'IoU nan' (a student's audit); the controls wrap instead of running under each other."""
+    dataset, results, pipe = scene
+    first = dataset[0]
+    masks = {"cat": np.zeros_like(first.masks["cat"]), "dog": first.masks["dog"]}
+    alone = Dataset("s", [Sample(first.image_id, first.image, masks)], ["cat", "dog"])
+    tuner = ThresholdTuner(alone, results[:1], pipe.text, ["cat", "dog"])
+    assert "no cat in this image: IoU 0.000, every kept mask a false alarm" in tuner.iou_label.value
+    assert "no cat in this image" in tuner.figure._suptitle.get_text() and tuner.iou == 0
+    tuner.threshold.value = tuner.threshold.max  # nothing kept
+    assert "no cat in this image: none kept, right (IoU undefined)" in tuner.iou_label.value and np.isnan(tuner.iou)
+    assert "nan" not in tuner.iou_label.value
+    controls = tuner.widget().children[0]
+    assert controls.layout.flex_flow == "row wrap" and controls.children[0].layout.flex == "0 0 auto"
+    assert tuner.threshold.layout.width == "100%" and tuner.threshold.layout.max_width == "700px"
+    plt.close("all")
+
+
 def test_tuner_title_and_label_name_the_mode_and_threshold(scene):
     dataset, results, pipe = scene
     tuner = ThresholdTuner(dataset, results, pipe.text, ["cat", "dog"], thresholds={"cat": 0.3})
@@ -377,6 +395,26 @@ def test_sample_figure_gives_each_present_class_its_own_colour():
     assert len(colours) == 12 and (0, 0, 0) not in colours
     assert [t.get_text() for t in figure.axes[1].get_legend().get_texts()] == [f"class{i}" for i in range(12)]
     plt.close(figure)
+
+
+def test_sample_figures_keep_a_class_colour_from_image_to_image():
+    """Notebook 01's square was orange in one image and blue in the next (colours followed each image's classes)."""
+    classes = ["circle", "square", "star"]
+    one = viz.show_sample(
+        np.zeros((20, 30, 3), np.uint8),
+        {"circle": box(20, 30, 0, 5, 0, 5), "square": box(20, 30, 10, 15, 10, 15)},
+        "",
+        classes,
+    )
+    two = viz.show_sample(
+        np.zeros((20, 30, 3), np.uint8),
+        {"circle": np.zeros((20, 30), bool), "square": box(20, 30, 10, 15, 10, 15)},
+        "",
+        classes,
+    )
+    assert tuple(one.axes[1].images[0].get_array()[12, 12]) == tuple(two.axes[1].images[0].get_array()[12, 12])
+    assert tuple(one.axes[1].images[0].get_array()[2, 2]) != tuple(one.axes[1].images[0].get_array()[12, 12])
+    plt.close("all")
 
 
 def test_counts_check_shapes_and_dtypes_and_say_what_is_expected():

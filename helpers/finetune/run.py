@@ -174,7 +174,7 @@ def finetune_clip(
     total_steps = settings.epochs * math.ceil(batches / settings.accumulation_steps)
     plateau, step, rows = Plateau(settings.plateau_factor, settings.plateau_patience), 0, []
     best_loss, best_state, best_epoch, stale = math.inf, None, 0, 0
-    bar = tqdm(range(settings.epochs + 1), desc="fine-tuning CLIP", disable=not progress)
+    bar = tqdm(range(settings.epochs + 1), desc="CLIP epochs", disable=not progress)  # short: no wrap in a widget
     for epoch in bar:
         train_loss = math.nan
         if epoch:
