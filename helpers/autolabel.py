@@ -23,6 +23,7 @@ from .checkpoints import CheckpointError, DownloadError
 from .config import RunConfig, load_config, remember_start_dir
 from .data import Dataset, DatasetError, image_files, load_images
 from .export import check_export_folder, write_coco_dataset, write_yolo
+from .files import remove_leftovers
 from .instances import InstancePredictions
 from .pipeline import Pipeline
 from .session import checkpoint_paths, load_clip_for, sam_source
@@ -93,6 +94,8 @@ def check_output(out: Path, overwrite: bool) -> None:
     """Refuse an output folder that already holds files, unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; name a folder.")
+    for fmt in FORMATS:  # hidden temporaries a killed run left beside its exports do not make it "not empty"
+        remove_leftovers(out / fmt)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
             f"The output folder {out} is not empty; choose another --out, or pass --overwrite (overwrite=True "

@@ -72,6 +72,12 @@ DEFAULT_FILTERS = FilterSettings(min_area=100, max_inside=0.9)  # small masks an
 
 # The demo profile: the trained demo models (helpers.demo) and the settings they run with.
 DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent / "demo" / "weights"
+DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
+DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
+DEMO_SHA256 = {  # the shipped files' sums, checked on every load (helpers.demo.models.demo_weight_path)
+    DEMO_SAM_FILE: "69e881ba413bde93ccb3fe8ec35cfd4c5b02c34a7f4a0b7ae12e96eb0d654a83",
+    DEMO_CLIP_FILE: "91c89ae197e0eacb27f663c220acff3706dcca52dd2d3faffdbba56c464f32a2",
+}
 # 16 x 16 points suffice for shapes of radius >= 29 px on 320 x 240 images (every shape holds several
 # grid points) and take a quarter of 32 x 32's time. One crop layer (SAM's own: the image again as 2 x 2
 # overlapping crops, each at the model's full input size) shows the shapes 1.6x larger: best mask per shape

@@ -1,13 +1,15 @@
 """Writing files so that a reader never sees half of one and an interruption loses nothing.
 
-Every file or folder the package writes for later (caches, prepared datasets, exports, checkpoints and their
+Every file or folder the package writes for later (caches, prepared datasets, exports, runs, checkpoints and their
 stamps) is built under an unused name beside its place and renamed into it (``os.replace``, atomic on one file
-system); what it replaces is deleted only once the new one is in place.
+system); what it replaces is deleted only once the new one is in place. A path that is a symbolic link is written
+through: its target is replaced, the link kept.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -30,10 +32,42 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _target(path: str | Path) -> Path:
+    """``path``, or where it points when it is a symbolic link (replaced there, the link kept)."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """The temporaries beside ``path`` (``.<name>.<pid>-<token>.part`` / ``.old``) that a process killed half way
+    left behind, deleted: those of processes that are gone, and this process's own from an earlier interrupted
+    call (a notebook cell stopped and run again). Returns what was deleted."""
+    path = _target(path)
+    pattern = re.compile(rf"\.?{re.escape(path.name)}\.(\d+)-[0-9a-f]{{8}}\.(part|old)")
+    gone = []
+    for candidate in path.parent.glob(f"*{path.name}.*"):
+        match = pattern.fullmatch(candidate.name)
+        if match and (int(match[1]) == os.getpid() or not _alive(int(match[1]))):
+            remove(candidate)
+            gone.append(candidate)
+    return gone
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".part", hidden: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path`` to write a file at: renamed to ``path`` when the block ends, removed
     when it raises (Ctrl-C included). ``with atomic_path(p) as tmp: torch.save(obj, tmp)``."""
+    path = _target(path)
     tmp = unused_name(path, suffix, hidden)
     try:
         yield tmp
@@ -54,20 +88,23 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def new_folder_beside(path: str | Path, hidden: bool = True) -> Path:
-    """An empty folder under an unused name beside ``path``, to be filled and then moved into place by
-    ``replace_folder``. Made as ``mkdir`` makes folders, with the umask's permissions (``tempfile.mkdtemp``'s
-    are private, 0700, and what is built there for others to read would stay so)."""
+    """An empty folder under an unused name beside ``path`` (what earlier interrupted writes left there removed
+    first), to be filled and then moved into place by ``replace_folder``. Made as ``mkdir`` makes folders, with the
+    umask's permissions (``tempfile.mkdtemp``'s are private, 0700, and what others should read would stay so)."""
+    path = _target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     tmp = unused_name(path, hidden=hidden)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     return tmp
 
 
 def replace_folder(tmp: str | Path, folder: str | Path) -> None:
     """``tmp`` becomes ``folder``. What was there is moved aside first and deleted only once the new one is in
-    place; when the move fails, it is put back. Only a process killed between the two renames leaves it under
-    a hidden ``.<name>.<pid>-<token>.old`` beside ``folder``, never deleted."""
-    folder = Path(folder)
-    old = unused_name(folder, ".old", hidden=True) if folder.exists() or folder.is_symlink() else None
+    place; when the move fails, it is put back. Only a process stopped between the two renames, or while the old
+    one is deleted, leaves it under a hidden ``.<name>.<pid>-<token>.old``, removed by the next write there."""
+    folder = _target(folder)
+    old = unused_name(folder, ".old", hidden=True) if folder.exists() else None
     if old is not None:
         os.replace(folder, old)
     try:

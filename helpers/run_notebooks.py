@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +26,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from tqdm.std import Bar
 
 from .config import banner, load_config, remember_start_dir
+from .files import write_text
 
 CELL_TIMEOUT = {"smoke": 300, "demo": 300, "full": 3600}  # seconds; full runs embed whole datasets in one cell
 
@@ -155,18 +158,66 @@ class SharedKernel:
         return error
 
 
+RAN = ".ran.json"  # in outputs/<profile>/notebooks/: each notebook run to its end here, with the settings it had
+
+
+def settings_now() -> dict[str, str]:
+    """The ``SAMCLIP_*`` settings of this process (a run's outputs depend on them), as ``run`` records them."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("SAMCLIP_") and k != "SAMCLIP_START_DIR"}
+
+
 def run(notebooks: list[Path], out_dir: Path, timeout: int) -> int:
-    """Run ``notebooks`` in order into ``out_dir``; 1 at the first failure, else 0."""
+    """Run ``notebooks`` in order into ``out_dir``; 1 at the first failure, else 0. Each one that ends is recorded
+    in ``out_dir/.ran.json`` with the settings it ran with (``run_earlier`` reads it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in notebooks:
         started = time.time()
         print(f"running {path.name} ...", flush=True)
+        _record(out_dir, path.name[:2], None)
         error = execute(path, out_dir, timeout)
         if error:
             print(f"\n{path.name} stopped: {error}\n(partly executed copy: {out_dir / path.name})", file=sys.stderr)
             return 1
+        _record(out_dir, path.name[:2], settings_now())
         print(f"  done in {time.time() - started:.0f} s -> {out_dir / path.name}", flush=True)
     return 0
+
+
+def _ran(out_dir: Path) -> dict:
+    try:
+        record = json.loads((out_dir / RAN).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _record(out_dir: Path, name: str, settings: dict | None) -> None:
+    record = _ran(out_dir)
+    if settings is None:  # running: not to its end (yet)
+        record.pop(name, None)
+    else:
+        record[name] = settings
+    write_text(out_dir / RAN, json.dumps(record, indent=1))
+
+
+def run_earlier(names: str | list[str]) -> None:
+    """Run notebooks ``names`` (e.g. ``"01 02"``) headless, from the first that has not run to its end in this
+    checkout with the current ``SAMCLIP_*`` settings (the later ones read its outputs); nothing when all have.
+    For Colab, where every notebook gets a runtime of its own: the set-up cell of notebook 03 runs 01 and 02 first.
+    In a separate process (``python -m helpers.run_notebooks``); RuntimeError when one fails."""
+    names = names.split() if isinstance(names, str) else list(names)
+    config = load_config()
+    ran, now = _ran(config.output_dir / "notebooks"), settings_now()
+    todo = next((names[i:] for i, name in enumerate(names) if ran.get(name) != now), [])
+    if not todo:
+        print(f"notebooks {' '.join(names)} ran here with these settings already: their outputs are read.")
+        return
+    print(f"running notebooks {' '.join(todo)} first (this notebook reads their outputs) ...", flush=True)
+    done = subprocess.run([sys.executable, "-m", "helpers.run_notebooks", *todo], cwd=config.root)
+    if done.returncode:
+        raise RuntimeError(
+            f"notebook(s) {' '.join(todo)} stopped (the message above says why); mend that and run this cell again."
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

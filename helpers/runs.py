@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .files import atomic_path, write_text
+
 LIBRARIES = ("torch", "torchvision", "segment-anything", "openai-clip", "numpy", "pandas", "sam-clip-segmentation")
 
 
@@ -87,10 +89,11 @@ def save_results(
         for column, value in tags.items():
             if value is not None and column not in tagged:
                 tagged.insert(0, column, value)
-        tagged.to_csv(run / f"{name}.csv", index=False)
+        with atomic_path(run / f"{name}.csv") as tmp:  # whole or absent: notebook 04 reads best_thresholds.csv
+            tagged.to_csv(tmp, index=False)
     payload = {**_plain(record), "summary": _plain(summary), "library_versions": library_versions()}
     payload.setdefault("finished", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    (run / "results.json").write_text(json.dumps(payload, indent=1, default=str))
+    write_text(run / "results.json", json.dumps(payload, indent=1, default=str))
     return run
 
 

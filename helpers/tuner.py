@@ -208,13 +208,14 @@ class ThresholdTuner:
 
     def widget(self) -> widgets.Widget:
         # the two columns side by side while they fit, else one below the other; the left one keeps its natural
-        # width (its dropdowns were clipped under the right one in a 1400-px window), the slider takes what is left
+        # width (its dropdowns were clipped under the right one in a 1400-px window), the slider takes what is
+        # left (in a narrow notebook, the column wrapped below, less than its 420-px basis)
         controls = widgets.HBox(
             [
                 widgets.VBox([self.image, self.truth_class, self.prompt], layout=widgets.Layout(flex="0 0 auto")),
                 widgets.VBox(
                     [self.mode, self.threshold, self.iou_label],
-                    layout=widgets.Layout(flex="1 1 420px", min_width="420px", max_width=SLIDER_WIDTH),
+                    layout=widgets.Layout(flex="1 1 420px", min_width="0", max_width=SLIDER_WIDTH),
                 ),
             ],
             layout=widgets.Layout(flex_flow="row wrap", width="100%"),

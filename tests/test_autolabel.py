@@ -24,7 +24,8 @@ def folder(tmp_path):
 def smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
     monkeypatch.setenv("SAMCLIP_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("SAMCLIP_START_DIR", raising=False)
+    monkeypatch.setenv("SAMCLIP_START_DIR", "recorded, so that main()'s remember_start_dir is undone")
+    monkeypatch.delenv("SAMCLIP_START_DIR")
     return load_config()
 
 
@@ -143,6 +144,15 @@ def test_max_images_labels_the_first_few_and_the_cache_keeps_them(folder, smoke,
         assert "is not a number of images" in capsys.readouterr().err
     with pytest.raises(ValueError, match="whole number"):
         autolabel(folder, "circle", tmp_path / "x", "yolo", smoke, progress=False, limit=0)
+
+
+def test_what_a_killed_run_left_does_not_block_the_next(folder, smoke, tmp_path):
+    """A run killed while writing leaves a hidden .coco.<pid>-<token>.part in --out: it made --out 'not empty', so
+    the same command refused to run again without --overwrite."""
+    out = tmp_path / "killed"
+    (out / ".coco.999999999-0123abcd.part" / "images").mkdir(parents=True)
+    report = autolabel(folder, "circle", out, "coco", smoke, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["coco"] and report.outputs["coco"] == out / "coco"
 
 
 def test_unlabelled_folders_read_on_touch(folder):

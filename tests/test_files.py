@@ -73,3 +73,35 @@ def test_save_dataset_failing_half_way_keeps_the_prepared_folder(tmp_path, monke
     assert os.listdir(tmp_path) == ["dataset"]
     after = data.load_prepared(prepared)
     assert after.ids == before.ids and np.array_equal(after[0].image, before[0].image)
+
+
+def test_leftovers_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    """A killed kernel left hidden .<name>.<pid>-<token>.part / .old folders for good (a hidden one made autolabel's
+    --out 'not empty'): the next write there removes those of dead processes and this process's own."""
+    folder = tmp_path / "coco"
+    dead = tmp_path / ".coco.999999999-0123abcd.part"
+    mine = tmp_path / f".coco.{os.getpid()}-89abcdef.old"
+    alive = tmp_path / ".coco.1-00000000.part"  # pid 1 runs: another writer at work, left alone
+    other = tmp_path / ".cocoa.999999999-0123abcd.part"  # another folder's
+    for path in (dead, mine, alive, other):
+        path.mkdir()
+    tmp = files.new_folder_beside(folder)
+    files.replace_folder(tmp, folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["coco", alive.name, other.name])
+
+
+def test_a_symlinked_folder_or_file_is_replaced_where_it_points(tmp_path):
+    """An output folder linked to another disk stays a link: its target is replaced (the link was replaced by a
+    real folder on the link's disk)."""
+    disk = tmp_path / "disk"
+    (disk / "export").mkdir(parents=True)
+    (tmp_path / "export").symlink_to(disk / "export")
+    new = files.new_folder_beside(tmp_path / "export")
+    assert new.parent == disk
+    (new / "a.txt").write_text("new")
+    files.replace_folder(new, tmp_path / "export")
+    assert (tmp_path / "export").is_symlink() and (disk / "export" / "a.txt").read_text() == "new"
+    (disk / "f.json").write_text("old")
+    (tmp_path / "f.json").symlink_to(disk / "f.json")
+    files.write_text(tmp_path / "f.json", "new")
+    assert (tmp_path / "f.json").is_symlink() and (disk / "f.json").read_text() == "new"

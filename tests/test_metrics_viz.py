@@ -326,7 +326,7 @@ def test_slider_range_fits_the_mode(scene):
     sims = np.concatenate([r.embeddings for r in results]) @ pipe.text(["cat", "dog"]).T
     low, high = tuner.threshold.min, tuner.threshold.max
     assert low <= sims.min() and sims.max() < high and high - low <= sims.max() - sims.min() + 0.1 + 1e-9
-    assert int(tuner.threshold.layout.width.removesuffix("px")) >= 400  # about 1 px per 0.001 of the range
+    assert int(tuner.threshold.layout.max_width.removesuffix("px")) >= 400  # about 1 px per 0.001 of the range
     tuner.threshold.value = 0.32
     tuner.mode.value = "softmax"
     assert (tuner.threshold.min, tuner.threshold.max, tuner.threshold.value) == (0.0, 1.0, 0.5)

@@ -53,6 +53,8 @@ class FakeColab:
 def _run_colab_cell(source: str, content: Path, url: str | None, monkeypatch) -> list[str]:
     from IPython.core.inputtransformer2 import TransformerManager
 
+    import helpers.run_notebooks
+
     code = TransformerManager().transform_cell(source).replace('"/content/"', repr(f"{content}/"))
     if url is not None:
         code = code.replace("https://github.com/your-org/sam-clip-segmentation.git", url)
@@ -60,6 +62,7 @@ def _run_colab_cell(source: str, content: Path, url: str | None, monkeypatch) ->
     shell = FakeColab(namespace)
     namespace["get_ipython"] = lambda: shell
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(helpers.run_notebooks, "run_earlier", lambda names: shell.calls.append(f"run_earlier {names}"))
     exec(compile(code, "colab-cell", "exec"), namespace)
     return shell.calls
 
@@ -67,10 +70,11 @@ def _run_colab_cell(source: str, content: Path, url: str | None, monkeypatch) ->
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_the_colab_cell_stops_without_a_repository_and_can_run_twice(path, tmp_path, monkeypatch):
     """Run as shipped it says to set REPO_URL (it went on through three errors); a failed clone stops it; run twice
-    it stays in the one clone (it cloned a second copy inside the first, a relative path after %cd); in a new
-    runtime it first runs the notebooks whose outputs it reads (Colab gives each notebook a runtime of its own)."""
+    it stays in the one clone (it cloned a second copy inside the first, a relative path after %cd); it runs the
+    notebooks whose outputs it reads first (Colab gives each notebook a runtime of its own): run_earlier."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("SAMCLIP_HOME", raising=False)
+    monkeypatch.setenv("SAMCLIP_HOME", "recorded, so that the cell's setdefault is undone")
+    monkeypatch.delenv("SAMCLIP_HOME")
     source = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code").source
     content = tmp_path / "content"
     content.mkdir()
@@ -82,9 +86,39 @@ def test_the_colab_cell_stops_without_a_repository_and_can_run_twice(path, tmp_p
     repo = content / "sam-clip"
     assert first[0] == f"git clone -q https://example.org/team/sam-clip.git {repo}" and Path.cwd() == repo
     assert os.environ["SAMCLIP_HOME"] == str(repo)
-    earlier = {"02": "01", "03": "01 02", "04": "01 02 03"}.get(path.name[:2])
-    assert [c for c in first if "run_notebooks" in c] == (
-        [f"python -m helpers.run_notebooks {earlier}"] if earlier else []
-    )
+    earlier = {"02": "01", "03": "01 02", "04": "01 02 03", "05": "01"}.get(path.name[:2])
+    assert first[1:] == [f"%cd {repo}", "%pip install -q -e ."] + ([f"run_earlier {earlier}"] if earlier else [])
     again = _run_colab_cell(source, content, "https://example.org/team/sam-clip.git", monkeypatch)
-    assert again == [f"%cd {repo}", "%pip install -q -e ."] and Path.cwd() == repo  # no clone, no second run
+    assert again == first[1:] and Path.cwd() == repo  # no second clone; run_earlier decides what is left to run
+
+
+def test_run_earlier_runs_from_the_first_notebook_not_run_with_these_settings(tmp_path, monkeypatch, capsys):
+    """What the Colab cell asks: nothing when 01 and 02 ran here with the same SAMCLIP_* settings, 02 alone when
+    only it did not, both after a setting changed; a failure raises (the cell stops) and is not recorded."""
+    import helpers.run_notebooks as rn
+
+    for name in [k for k in os.environ if k.startswith("SAMCLIP_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SAMCLIP_HOME", str(tmp_path))
+    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    out = tmp_path / "outputs" / "smoke" / "notebooks"
+    monkeypatch.setattr(rn, "execute", lambda path, out_dir, timeout: None)  # every notebook runs to its end
+    assert rn.run([Path("01_prepare_dataset.ipynb"), Path("02_sam_clip_processing.ipynb")], out, 10) == 0
+    calls, fail = [], []
+
+    def fake(command, cwd):
+        calls.append(command[3:])
+        return types.SimpleNamespace(returncode=int(bool(fail)))
+
+    monkeypatch.setattr(rn.subprocess, "run", fake)
+    rn.run_earlier("01 02")
+    assert calls == [] and "ran here with these settings already" in capsys.readouterr().out
+    monkeypatch.setattr(rn, "execute", lambda path, out_dir, timeout: "KeyboardInterrupt: stopped")
+    assert rn.run([Path("02_sam_clip_processing.ipynb")], out, 10) == 1  # 02 stopped half way: not recorded
+    rn.run_earlier("01 02")
+    monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "2")
+    rn.run_earlier(["01", "02"])
+    assert calls == [["02"], ["01", "02"]]
+    fail.append(True)
+    with pytest.raises(RuntimeError, match=r"notebook\(s\) 01 02 stopped"):
+        rn.run_earlier("01 02")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .download import DownloadError, file_sha256, is_verified, set_aside
 from .ensure import REGISTRY, CheckpointError, check_clip_state_dict_file, ensure_checkpoint, note_first_sha256
-from .stamps import remember_sha256
+from .stamps import remember_sha256, sha256_of
 
 
 def verify_folder(folder: Path) -> list[tuple[Path, str | None]]:
@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     """Download (or ``--verify``) checkpoints; defaults from the run's settings; errors without a traceback."""
     import argparse
 
-    from ..config import load_config, remember_start_dir
+    from .. import config as run_settings  # the entry point's one arrow up: its defaults are the run's
 
-    remember_start_dir()  # relative paths in SAMCLIP_* are read from the folder this command started in
+    run_settings.remember_start_dir()  # relative paths in SAMCLIP_* are read from the folder this command started in
     try:
-        config = load_config()
+        config = run_settings.load_config()
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     mirrors = args.mirror if args.mirror is not None else mirrors
     names = args.names or ([] if args.verify else [n for n in (config.sam_model, config.clip_model) if n in REGISTRY])
     if config.is_demo and not args.names:
-        return _demo_weights(args.dir, args.verify)
+        return _demo_weights(args.dir, args.verify, run_settings.DEMO_SHA256, run_settings.DEMO_WEIGHTS_DIR)
     if not names and not args.verify:
         print(f"Nothing to download for this run's models ({config.sam_model}, {config.clip_model}); name some.")
     bad = 0
@@ -97,21 +97,23 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if bad else 0
 
 
-def _demo_weights(folder: Path, verify: bool) -> int:
-    """The demo profile downloads nothing: say so, and with ``verify`` check its shipped weights' sha256 now."""
-    from ..demo.models import DEMO_SHA256, demo_weight_path  # the entry point's arrow up, like config's
-
+def _demo_weights(folder: Path, verify: bool, sums: dict[str, str], shipped: Path) -> int:
+    """The demo profile downloads nothing: say so, and with ``verify`` check its weights' sha256 now."""
+    where = "ship with the package in" if Path(folder).resolve() == Path(shipped).resolve() else "are read from"
     print(
-        f"The demo profile downloads nothing: its weights ship with the package in {folder} and are sha256-checked on "
-        "every load." + ("" if verify else " --verify checks them now.")
+        f"The demo profile downloads nothing (no mirror is read): its weights {where} {folder} and are sha256-checked "
+        "on every load." + ("" if verify else " --verify checks them now.")
     )
     if not verify:
         return 0
     bad = 0
-    for name in DEMO_SHA256:
-        try:
-            print(f"ok  {demo_weight_path(name, folder)}")
-        except CheckpointError as exc:
-            print(f"BAD {Path(folder) / name}: {exc}")
+    for name, expected in sums.items():
+        path = Path(folder) / name
+        digest = sha256_of(path) if path.is_file() else None
+        if digest == expected:
+            print(f"ok  {path}")
+        else:
+            found = f"sha256 {digest}, expected {expected}" if digest else "missing"
+            print(f"BAD {path}: {found} (restore it with git in a checkout, or reinstall the package)")
             bad += 1
     return 1 if bad else 0

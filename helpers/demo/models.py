@@ -14,15 +14,16 @@ from pathlib import Path
 
 from ..checkpoints import CheckpointError, sha256_of
 from ..checkpoints.stamps import remember_sha256
-from ..config import DEMO_SAM_SETTINGS, DEMO_SELECTION, DEMO_SETTINGS, DEMO_WEIGHTS_DIR  # noqa: F401 (the demo's settings)
+from ..config import (  # noqa: F401 (the demo's settings and files, public here too)
+    DEMO_CLIP_FILE,
+    DEMO_SAM_FILE,
+    DEMO_SAM_SETTINGS,
+    DEMO_SELECTION,
+    DEMO_SETTINGS,
+    DEMO_SHA256,
+    DEMO_WEIGHTS_DIR,
+)
 from ..models import DEMO_SAM, LoadedClip, LoadedSam, load_clip, load_sam
-
-DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
-DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
-DEMO_SHA256 = {
-    DEMO_SAM_FILE: "69e881ba413bde93ccb3fe8ec35cfd4c5b02c34a7f4a0b7ae12e96eb0d654a83",
-    DEMO_CLIP_FILE: "91c89ae197e0eacb27f663c220acff3706dcca52dd2d3faffdbba56c464f32a2",
-}
 
 
 def demo_weight_path(name: str, folder: Path = DEMO_WEIGHTS_DIR) -> Path:
@@ -32,8 +33,8 @@ def demo_weight_path(name: str, folder: Path = DEMO_WEIGHTS_DIR) -> Path:
         raise CheckpointError(f"{name} is not a demo weight file; known: {sorted(DEMO_SHA256)}.")
     if not path.is_file():
         raise CheckpointError(
-            f"Demo weights {path} are missing: restore them with `git checkout -- {Path(folder).name}` in a checkout's "
-            "helpers/demo/, or reinstall the package (`pip install --force-reinstall --no-deps <wheel or folder>`)."
+            f"Demo weights {path} are missing: restore the shipped ones with `git checkout -- helpers/demo/weights` in "
+            "a checkout, or reinstall the package (`pip install --force-reinstall --no-deps <wheel or folder>`)."
         )
     digest = sha256_of(path)
     if digest != DEMO_SHA256[name]:
