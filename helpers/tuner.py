@@ -10,7 +10,9 @@ was made with, so a step that keeps the same masks still visibly happened.
 
 from __future__ import annotations
 
+import functools
 import io
+import threading
 from typing import Mapping, Sequence
 
 import ipywidgets as widgets
@@ -35,6 +37,18 @@ from .viz import four_panel
 SLIDER_WIDTH = "700px"  # at most: a track of about 540 px, a 0.6-wide cosine range moves about 0.001 per pixel
 SOFTMAX_START = 0.5  # the softmax mode's first threshold (a probability), as in sam_clip_measures
 COSINE_FALLBACK = (0.0, 0.6)  # the threshold mode's range when no scores are at hand
+
+
+def _one_at_a_time(method):
+    """``method`` under the tuner's lock: ipykernel 7 may run two widget callbacks at once, in the shell's thread and
+    a subshell's, and two redraws into the one figure sent a blank picture (seen after a change of mode)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def slider_range(
@@ -123,10 +137,12 @@ class ThresholdTuner:
         FigureCanvasAgg(self.figure)
         self.iou = float("nan")
         self.updating = False
+        self._lock = threading.RLock()
         self.truth_class.observe(self._class_changed, "value")
         self.mode.observe(self._mode_changed, "value")
-        for control in (self.image, self.prompt, self.threshold):
+        for control in (self.image, self.prompt):
             control.observe(lambda _: self.update(), "value")
+        self.threshold.observe(self._threshold_changed, "value")
         self.update()
 
     def range(self, mode: str) -> tuple[float, float, float]:
@@ -148,6 +164,13 @@ class ThresholdTuner:
             self.threshold.value = min(max(value, low), high)
         self.threshold.disabled = mode == "top1"
 
+    def _threshold_changed(self, change) -> None:
+        """A redraw, unless the move is under half a step: after a change of mode the page's slider sends back the
+        value it was given, rounded against its old range (5.55e-17 for 0), a second redraw at once."""
+        if abs(change["new"] - change["old"]) >= self.threshold.step / 2:
+            self.update()
+
+    @_one_at_a_time
     def _mode_changed(self, change) -> None:
         """A new mode brings its own slider range and its last threshold, and one redraw."""
         self.last[change["old"]] = self.threshold.value
@@ -158,6 +181,7 @@ class ThresholdTuner:
             self.updating = False
         self.update()
 
+    @_one_at_a_time
     def _class_changed(self, change) -> None:
         """A new class brings its own prompt and (in threshold mode) saved threshold, and one redraw."""
         self.updating = True
@@ -173,6 +197,7 @@ class ThresholdTuner:
         """The selection the picture is made with: the widgets' mode and threshold, the run's negatives."""
         return SelectionSettings(self.mode.value, float(self.threshold.value), self.negatives)
 
+    @_one_at_a_time
     def update(self) -> None:
         if self.updating:
             return

@@ -285,6 +285,34 @@ def test_tuner_says_when_the_class_is_not_in_the_image(scene):
     plt.close("all")
 
 
+def test_tuner_redraws_once_per_change_and_one_at_a_time(scene):
+    """ipykernel 7 ran the mode change's redraw and the page slider's echo of its value (5.55e-17 for 0) at once in
+    two threads, and the two redraws into one figure sent a blank picture (a browser check): the echo, under half a
+    step, draws nothing; redraws wait for each other."""
+    import threading
+    import time
+
+    dataset, results, pipe = scene
+    tuner = ThresholdTuner(dataset, results, pipe.text, ["cat", "dog"])
+    pictures = []
+    tuner.picture.observe(lambda change: pictures.append(len(change["new"])), "value")
+    tuner.mode.value = "top1"
+    assert len(pictures) == 1 and tuner.threshold.value == 0
+    tuner.threshold.value = 5.551115123125783e-17  # the page's echo: no second redraw
+    assert len(pictures) == 1
+    tuner.mode.value = "softmax"
+    tuner.threshold.value = 0.7  # a real move redraws
+    assert len(pictures) == 3 and all(size > 2500 for size in pictures)
+    with tuner._lock:  # a redraw under way: another thread's waits for it
+        other = threading.Thread(target=tuner.update)
+        other.start()
+        time.sleep(0.3)
+        assert other.is_alive() and len(pictures) == 3
+    other.join(10)
+    assert not other.is_alive()
+    plt.close("all")
+
+
 def test_tuner_title_and_label_name_the_mode_and_threshold(scene):
     dataset, results, pipe = scene
     tuner = ThresholdTuner(dataset, results, pipe.text, ["cat", "dog"], thresholds={"cat": 0.3})
