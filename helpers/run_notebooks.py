@@ -10,6 +10,7 @@ run instead of waiting for ever. Kernels talk over local sockets (IPC), not TCP.
 from __future__ import annotations
 
 import argparse
+import collections
 import html
 import json
 import os
@@ -158,27 +159,43 @@ class SharedKernel:
         return error
 
 
-RAN = ".ran.json"  # in outputs/<profile>/notebooks/: each notebook run to its end here, with the settings it had
+RAN = ".ran.json"  # in outputs/<profile>/notebooks/: each notebook run to its end here, and what it ran with
 
 
-def settings_now() -> dict[str, str]:
-    """The ``SAMCLIP_*`` settings of this process (a run's outputs depend on them), as ``run`` records them."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("SAMCLIP_") and k != "SAMCLIP_START_DIR"}
+def run_key(config) -> dict:
+    """What a run's outputs depend on, as ``load_config`` reads it (paths resolved, ``auto`` resolved; where the
+    weights are fetched from, a mirror or a Drive cache, left out): ``run`` records it, ``run_earlier`` compares it."""
+    optional = {"data": config.data_path, "sam_checkpoint": config.sam_checkpoint}
+    optional.update(clip_checkpoint=config.clip_checkpoint, finetune_data=config.finetune_data)
+    return {
+        "root": str(config.root),
+        "profile": config.profile,
+        "device": str(config.device),
+        "sam": config.sam_model,
+        "clip": config.clip_model,
+        "dataset": config.dataset,
+        "classes": list(config.classes),
+        "max_images": config.max_images,
+        "precision": config.pipeline.precision,
+        **{name: str(path) if path else None for name, path in optional.items()},
+    }
 
 
-def run(notebooks: list[Path], out_dir: Path, timeout: int) -> int:
-    """Run ``notebooks`` in order into ``out_dir``; 1 at the first failure, else 0. Each one that ends is recorded
-    in ``out_dir/.ran.json`` with the settings it ran with (``run_earlier`` reads it)."""
+def run(notebooks: list[Path], out_dir: Path, timeout: int, key: dict | None = None) -> int:
+    """Run ``notebooks`` in order into ``out_dir``; 1 at the first failure, else 0. With ``key`` (``run_key``) each
+    one that runs to its end is recorded in ``out_dir/.ran.json`` (``run_earlier`` reads it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in notebooks:
         started = time.time()
         print(f"running {path.name} ...", flush=True)
-        _record(out_dir, path.name[:2], None)
+        if key is not None:
+            _record(out_dir, path.name[:2], None)
         error = execute(path, out_dir, timeout)
         if error:
             print(f"\n{path.name} stopped: {error}\n(partly executed copy: {out_dir / path.name})", file=sys.stderr)
             return 1
-        _record(out_dir, path.name[:2], settings_now())
+        if key is not None:
+            _record(out_dir, path.name[:2], key)
         print(f"  done in {time.time() - started:.0f} s -> {out_dir / path.name}", flush=True)
     return 0
 
@@ -191,32 +208,56 @@ def _ran(out_dir: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _record(out_dir: Path, name: str, settings: dict | None) -> None:
+def _record(out_dir: Path, name: str, key: dict | None) -> None:
     record = _ran(out_dir)
-    if settings is None:  # running: not to its end (yet)
+    if key is None:  # running: not to its end (yet)
         record.pop(name, None)
     else:
-        record[name] = settings
+        record[name] = key
     write_text(out_dir / RAN, json.dumps(record, indent=1))
+
+
+def stream(command: list[str], cwd: Path, keep: int = 30) -> tuple[int, list[str]]:
+    """Run ``command``, printing its output line by line as it comes (a kernel older than ipykernel 6, as Colab's,
+    shows nothing a child process writes itself); its exit status and last ``keep`` lines. Ctrl-C stops it too."""
+    tail: collections.deque[str] = collections.deque(maxlen=keep)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in child.stdout:
+            print(line, end="", flush=True)
+            tail.append(line)
+        return child.wait(), list(tail)
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    finally:
+        child.stdout.close()
 
 
 def run_earlier(names: str | list[str]) -> None:
     """Run notebooks ``names`` (e.g. ``"01 02"``) headless, from the first that has not run to its end in this
-    checkout with the current ``SAMCLIP_*`` settings (the later ones read its outputs); nothing when all have.
+    checkout with the current settings (``run_key``; the later ones read its outputs); nothing when all have.
     For Colab, where every notebook gets a runtime of its own: the set-up cell of notebook 03 runs 01 and 02 first.
-    In a separate process (``python -m helpers.run_notebooks``); RuntimeError when one fails."""
-    names = names.split() if isinstance(names, str) else list(names)
+    In a separate process (``python -m helpers.run_notebooks``); RuntimeError with its last lines when one fails."""
+    names = [name[:2].zfill(2) for name in (names.split() if isinstance(names, str) else names)]
     config = load_config()
-    ran, now = _ran(config.output_dir / "notebooks"), settings_now()
-    todo = next((names[i:] for i, name in enumerate(names) if ran.get(name) != now), [])
+    out_dir = config.output_dir / "notebooks"
+    ran, key = _ran(out_dir), run_key(config)
+    todo = next((names[i:] for i, name in enumerate(names) if ran.get(name) != key), [])
     if not todo:
-        print(f"notebooks {' '.join(names)} ran here with these settings already: their outputs are read.")
+        print(
+            f"notebooks {' '.join(names)} ran here with these settings already: their outputs are read (to run them "
+            f"again: !python -m helpers.run_notebooks {' '.join(names)})."
+        )
         return
     print(f"running notebooks {' '.join(todo)} first (this notebook reads their outputs) ...", flush=True)
-    done = subprocess.run([sys.executable, "-m", "helpers.run_notebooks", *todo], cwd=config.root)
-    if done.returncode:
+    status, tail = stream([sys.executable, "-m", "helpers.run_notebooks", *todo], config.root)
+    if status:
         raise RuntimeError(
-            f"notebook(s) {' '.join(todo)} stopped (the message above says why); mend that and run this cell again."
+            f"notebook(s) {' '.join(todo)} stopped; the end of their output:\n{''.join(tail)}\nMend that and run this "
+            "cell again."
         )
 
 
@@ -246,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(banner(config), flush=True)
     timeout = args.cell_timeout or CELL_TIMEOUT[config.profile]
-    return run(notebooks, config.output_dir / "notebooks", timeout)
+    return run(notebooks, config.output_dir / "notebooks", timeout, run_key(config))
 
 
 if __name__ == "__main__":

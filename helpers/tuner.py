@@ -137,6 +137,7 @@ class ThresholdTuner:
         FigureCanvasAgg(self.figure)
         self.iou = float("nan")
         self.updating = False
+        self.drawn_at = float("nan")  # the threshold of the picture shown
         self._lock = threading.RLock()
         self.truth_class.observe(self._class_changed, "value")
         self.mode.observe(self._mode_changed, "value")
@@ -165,9 +166,9 @@ class ThresholdTuner:
         self.threshold.disabled = mode == "top1"
 
     def _threshold_changed(self, change) -> None:
-        """A redraw, unless the move is under half a step: after a change of mode the page's slider sends back the
-        value it was given, rounded against its old range (5.55e-17 for 0), a second redraw at once."""
-        if abs(change["new"] - change["old"]) >= self.threshold.step / 2:
+        """A redraw, unless the picture was drawn at this value already but for float noise: after a change of mode
+        the page's slider sends back the value it was given, rounded against its old range (5.55e-17 for 0)."""
+        if abs(change["new"] - self.drawn_at) > 1e-9:
             self.update()
 
     @_one_at_a_time
@@ -212,6 +213,7 @@ class ThresholdTuner:
             return
         truth = sample.masks.get(name, np.zeros(sample.image.shape[:2], bool))
         selection = self.selection()
+        self.drawn_at = selection.threshold
         result = self.results[self._result_of.get(sample.image_id, self.image.value)]  # by id when ids match
         prediction = predict(result, self.text, prompt, selection, self.classes)
         self.iou = counts(prediction.mask, truth, sample.ignore_mask(name)).iou

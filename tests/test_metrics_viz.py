@@ -303,11 +303,15 @@ def test_tuner_redraws_once_per_change_and_one_at_a_time(scene):
     tuner.mode.value = "softmax"
     tuner.threshold.value = 0.7  # a real move redraws
     assert len(pictures) == 3 and all(size > 2500 for size in pictures)
+    for typed in (0.703, 0.706):  # typed into the readout, under the step 0.01: drawn, the label follows
+        tuner.threshold.value = typed
+        assert f"p ≥ {typed:.3f}" in tuner.iou_label.value
     with tuner._lock:  # a redraw under way: another thread's waits for it
+        drawn = len(pictures)
         other = threading.Thread(target=tuner.update)
         other.start()
         time.sleep(0.3)
-        assert other.is_alive() and len(pictures) == 3
+        assert other.is_alive() and len(pictures) == drawn
     other.join(10)
     assert not other.is_alive()
     plt.close("all")

@@ -93,32 +93,50 @@ def test_the_colab_cell_stops_without_a_repository_and_can_run_twice(path, tmp_p
 
 
 def test_run_earlier_runs_from_the_first_notebook_not_run_with_these_settings(tmp_path, monkeypatch, capsys):
-    """What the Colab cell asks: nothing when 01 and 02 ran here with the same SAMCLIP_* settings, 02 alone when
-    only it did not, both after a setting changed; a failure raises (the cell stops) and is not recorded."""
+    """What the Colab cell asks: nothing when 01 and 02 ran here with the same settings (as load_config reads them:
+    a relative and an absolute path, or a Drive cache set later, are the same run), 02 alone when only it did not,
+    both after a setting changed; a failure raises with the end of the output (Colab's kernel shows nothing a child
+    process writes, so it is printed line by line) and is not recorded."""
     import helpers.run_notebooks as rn
+    from helpers.config import load_config
 
     for name in [k for k in os.environ if k.startswith("SAMCLIP_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("SAMCLIP_HOME", str(tmp_path))
     monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    monkeypatch.setenv("SAMCLIP_DATA_PATH", str(tmp_path / "data"))
     out = tmp_path / "outputs" / "smoke" / "notebooks"
     monkeypatch.setattr(rn, "execute", lambda path, out_dir, timeout: None)  # every notebook runs to its end
-    assert rn.run([Path("01_prepare_dataset.ipynb"), Path("02_sam_clip_processing.ipynb")], out, 10) == 0
-    calls, fail = [], []
+    notebooks = [Path("01_prepare_dataset.ipynb"), Path("02_sam_clip_processing.ipynb")]
+    assert rn.run(notebooks, out, 10, rn.run_key(load_config())) == 0
+    calls, status = [], [0]
 
     def fake(command, cwd):
         calls.append(command[3:])
-        return types.SimpleNamespace(returncode=int(bool(fail)))
+        return status[0], ["02_sam_clip_processing.ipynb stopped: CheckpointError: no network\n"]
 
-    monkeypatch.setattr(rn.subprocess, "run", fake)
+    monkeypatch.setattr(rn, "stream", fake)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAMCLIP_START_DIR", str(tmp_path))
+    monkeypatch.setenv("SAMCLIP_DATA_PATH", "data")  # the same folder, written relative
+    monkeypatch.setenv("SAMCLIP_DRIVE_CACHE", "/content/drive/cache")  # where weights come from: the same run
     rn.run_earlier("01 02")
     assert calls == [] and "ran here with these settings already" in capsys.readouterr().out
     monkeypatch.setattr(rn, "execute", lambda path, out_dir, timeout: "KeyboardInterrupt: stopped")
-    assert rn.run([Path("02_sam_clip_processing.ipynb")], out, 10) == 1  # 02 stopped half way: not recorded
-    rn.run_earlier("01 02")
+    assert rn.run(notebooks[1:], out, 10, rn.run_key(load_config())) == 1  # 02 stopped half way: not recorded
+    rn.run_earlier("1 2")
     monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "2")
     rn.run_earlier(["01", "02"])
     assert calls == [["02"], ["01", "02"]]
-    fail.append(True)
-    with pytest.raises(RuntimeError, match=r"notebook\(s\) 01 02 stopped"):
+    status[0] = 1
+    with pytest.raises(RuntimeError, match=r"(?s)notebook\(s\) 01 02 stopped.*CheckpointError: no network"):
         rn.run_earlier("01 02")
+
+
+def test_stream_prints_a_childs_output_as_it_comes_and_keeps_its_end(capsys, tmp_path):
+    from helpers.run_notebooks import stream
+
+    code = "import sys\nfor i in range(5): print('line', i)\nsys.exit(3)"
+    status, tail = stream([sys.executable, "-c", code], tmp_path, keep=2)
+    assert status == 3 and tail == ["line 3\n", "line 4\n"]
+    assert capsys.readouterr().out == "".join(f"line {i}\n" for i in range(5))
