@@ -143,6 +143,8 @@ def autolabel(
     if pipeline is None:
         paths = checkpoint_paths(config, progress=progress)
         pipeline = Pipeline(sam_source(config, paths), load_clip_for(config, paths), config.pipeline, config.cache_dir)
+    for name in names:  # the demo CLIP reads four shapes only: say so before the work, not after
+        pipeline.clip.check_prompt(name)
     if use_ray:
         from .distributed import ModelSpec, process_dataset_on_ray
 

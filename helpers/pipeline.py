@@ -178,7 +178,8 @@ class Pipeline:
         selection: SelectionSettings = SelectionSettings(),
         classes: Sequence[str] | None = None,
     ) -> np.ndarray:
-        """Type a word, get its mask: the one-call entry point."""
+        """Type a word, get its mask: the one-call entry point (a word the demo CLIP never read is warned about)."""
+        self.clip.check_prompt(prompt)
         return self.predict(self.process(image), prompt, selection, classes).mask
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoints.ensure import ensure_checkpoint
-from .config import RunConfig, load_config
+from .config import DEMO_VOCABULARY, RunConfig, load_config
 from .data import Dataset, dataset_request, load_prepared
 from .demo.models import DEMO_CLIP_FILE, DEMO_SAM_FILE, demo_weight_path
 from .evaluation import classes_to_evaluate
@@ -49,8 +49,11 @@ def sam_source(config: RunConfig, paths: dict[str, Path]) -> SamSource:
 
 
 def load_clip_for(config: RunConfig, paths: dict[str, Path]) -> LoadedClip:
-    """The run's CLIP, loaded on the run's device."""
-    return load_clip(paths["clip"], config.device, name=f"{config.clip_model}:{paths['clip'].name}")
+    """The run's CLIP, loaded on the run's device (the shipped demo CLIP knows its few words: ``vocabulary``)."""
+    clip = load_clip(paths["clip"], config.device, name=f"{config.clip_model}:{paths['clip'].name}")
+    if config.is_demo and config.clip_checkpoint is None:
+        clip.vocabulary = DEMO_VOCABULARY
+    return clip
 
 
 def load_models(config: RunConfig) -> tuple[LoadedSam, LoadedClip]:

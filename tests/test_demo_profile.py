@@ -197,3 +197,26 @@ def test_the_readmes_python_snippet_runs_offline_in_the_demo_profile(tmp_path):
     score = done.stdout.split("IOU", 1)[1].split()[0]
     assert float(score) >= 0.9, done.stdout  # the README's figure says 0.96
     assert "(240, 320) bool 1" in done.stdout and str(tmp_path / "outputs" / "demo" / "cache") in done.stdout
+
+
+def test_a_word_the_demo_clip_never_read_is_warned_about(tmp_path):
+    """The README says type "chair": in the demo profile that gave an empty mask without a word (a wheel user's
+    audit). The shipped demo CLIP knows its five words; a CLIP of one's own (notebook 05's) is not judged."""
+    import warnings
+
+    from helpers.pipeline import Pipeline
+    from helpers.session import load_models
+
+    config = cfg.load_config({"SAMCLIP_PROFILE": "demo", "SAMCLIP_HOME": str(tmp_path)})
+    sam, clip = load_models(config)
+    assert clip.vocabulary == cfg.DEMO_VOCABULARY
+    image = make_demo_dataset(1, 120, 160, seed=4)[0].image
+    pipe = Pipeline(sam, clip, config.pipeline)
+    with pytest.warns(UserWarning, match="'chair' is not a word this CLIP .* was trained on: it knows circle"):
+        pipe.segment_by_text(image, "chair", config.selection)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.segment_by_text(image, " Circle", config.selection)
+    shutil.copyfile(DEMO_WEIGHTS_DIR / DEMO_CLIP_FILE, tmp_path / "mine.pt")
+    own = cfg.load_config({"SAMCLIP_PROFILE": "demo", "SAMCLIP_CLIP_CHECKPOINT": str(tmp_path / "mine.pt")})
+    assert load_models(own)[1].vocabulary == ()

@@ -21,6 +21,7 @@ from ..config import (  # noqa: F401 (the demo's settings and files, public here
     DEMO_SELECTION,
     DEMO_SETTINGS,
     DEMO_SHA256,
+    DEMO_VOCABULARY,
     DEMO_WEIGHTS_DIR,
 )
 from ..models import DEMO_SAM, LoadedClip, LoadedSam, load_clip, load_sam
@@ -52,4 +53,5 @@ def load_demo_models(device: str = "cpu", folder: Path = DEMO_WEIGHTS_DIR) -> tu
     """The demo SAM and CLIP, verified and loaded through ``load_sam`` / ``load_clip``."""
     sam = load_sam(DEMO_SAM, demo_weight_path(DEMO_SAM_FILE, folder), device)
     clip = load_clip(demo_weight_path(DEMO_CLIP_FILE, folder), device, name=f"clip_demo:{DEMO_CLIP_FILE}")
+    clip.vocabulary = DEMO_VOCABULARY
     return sam, clip

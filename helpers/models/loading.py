@@ -73,6 +73,17 @@ class LoadedClip:
     name: str
     device: str
     identity: str = ""  # "clip:" and the sha256 of the weights, for cache keys
+    vocabulary: tuple[str, ...] = ()  # the only words it was trained on (the demo CLIP); empty: any text
+
+    def check_prompt(self, prompt: str) -> None:
+        """A warning when this CLIP was trained on a few words (``vocabulary``) and ``prompt`` is none of them."""
+        if self.vocabulary and prompt.strip().casefold() not in self.vocabulary:
+            warnings.warn(
+                f"{prompt!r} is not a word this CLIP ({self.name}) was trained on: it knows "
+                f"{', '.join(self.vocabulary)} only, so expect no mask or a wrong one. The real CLIP "
+                "(SAMCLIP_PROFILE=full) reads any text.",
+                stacklevel=3,
+            )
 
 
 def load_sam(model_type: str, checkpoint: str | Path, device: str = "cpu") -> LoadedSam:
