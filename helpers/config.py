@@ -27,6 +27,7 @@ from typing import Mapping
 import torch
 
 from .checkpoints.registry import REGISTRY
+from .data.demo import DEMO_CLASSES
 from .data.prepare import DATASETS
 from .masks import FilterSettings
 from .models.tiny import DEMO_SAM
@@ -74,7 +75,7 @@ DEFAULT_FILTERS = FilterSettings(min_area=100, max_inside=0.9)  # small masks an
 DEMO_WEIGHTS_DIR = Path(__file__).resolve().parent / "demo" / "weights"
 DEMO_SAM_FILE = "sam_demo.pth"  # a state dict for models.tiny.build_sam_demo
 DEMO_CLIP_FILE = "clip_demo.pt"  # a float16 state dict for models.tiny.build_clip_demo (clip.model.build_model)
-DEMO_VOCABULARY = ("circle", "square", "triangle", "star", "background")  # what the demo CLIP was trained to read
+DEMO_VOCABULARY = (*DEMO_CLASSES, "background")  # every word the demo CLIP was trained to read
 DEMO_SHA256 = {  # the shipped files' sums, checked on every load (helpers.demo.models.demo_weight_path)
     DEMO_SAM_FILE: "69e881ba413bde93ccb3fe8ec35cfd4c5b02c34a7f4a0b7ae12e96eb0d654a83",
     DEMO_CLIP_FILE: "91c89ae197e0eacb27f663c220acff3706dcca52dd2d3faffdbba56c464f32a2",

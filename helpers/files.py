@@ -99,6 +99,18 @@ def new_folder_beside(path: str | Path, hidden: bool = True) -> Path:
     return tmp
 
 
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """An empty folder beside ``path`` to fill (``new_folder_beside``): it replaces ``path`` when the block ends
+    (``replace_folder``) and is removed when the block raises (Ctrl-C included)."""
+    tmp = new_folder_beside(path)
+    try:
+        yield tmp
+        replace_folder(tmp, path)
+    finally:
+        remove(tmp)
+
+
 def replace_folder(tmp: str | Path, folder: str | Path) -> None:
     """``tmp`` becomes ``folder``. What was there is moved aside first and deleted only once the new one is in
     place; when the move fails, it is put back. Only a process stopped between the two renames, or while the old

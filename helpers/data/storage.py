@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..files import new_folder_beside, remove, replace_folder
+from ..files import atomic_folder
 from ..instances import Instance
 from .lazy import CHANGED, LazySamples, SampleRef, missing_sources, register_reader
 from .types import Dataset, DatasetError, Sample, read_image, sample_stats
@@ -30,13 +30,8 @@ def save_dataset(dataset: Dataset, folder: str | Path, request: dict | None = No
     whether the prepared data is what the current run asks for.
     """
     folder = Path(folder)
-    tmp = new_folder_beside(folder)
-    try:
+    with atomic_folder(folder) as tmp:
         _write_prepared(dataset, tmp, request)
-        replace_folder(tmp, folder)
-    except BaseException:
-        remove(tmp)
-        raise
     return folder
 
 

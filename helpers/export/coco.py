@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..data.types import Dataset, Sample
-from ..files import new_folder_beside, replace_folder
+from ..files import atomic_folder, new_folder_beside, replace_folder
 from ..instances import Instance
 from .common import (
     ExportError,
@@ -214,14 +214,8 @@ def write_coco_dataset(
         if image_dir is not None:
             raise ExportError(f"image_dir goes with a json path; {path} is a folder, which gets images/ inside.")
         check_export_folder(dataset, path, overwrite)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = new_folder_beside(path)
-        try:
+        with atomic_folder(path) as tmp:
             _write_coco(dataset, tmp / COCO_JSON, tmp / "images" if copy_images else None, predictions, category_ids)
-            replace_folder(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
     image_dir = Path(image_dir) if image_dir is not None else path.parent / "images"
     _refuse_existing([path, image_dir] if copy_images else [path], overwrite)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -11,7 +10,7 @@ import numpy as np
 import yaml
 
 from ..data.types import Dataset
-from ..files import new_folder_beside, replace_folder
+from ..files import atomic_folder
 from ..instances import Instance
 from .common import (
     ExportError,
@@ -65,9 +64,7 @@ def write_yolo(
     check_export_folder(dataset, path, overwrite)
     lookup = _predictions_by_id(dataset, predictions) if predictions is not None else None
     classes = {name: number for number, name in enumerate(dataset.classes)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = new_folder_beside(path)
-    try:
+    with atomic_folder(path) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         files = ImageFiles(dataset)
@@ -84,8 +81,4 @@ def write_yolo(
             "names": {number: name for name, number in classes.items()},
         }
         (tmp / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
-        replace_folder(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
