@@ -165,8 +165,10 @@ RAN = ".ran.json"  # in outputs/<profile>/notebooks/: each notebook run to its e
 def run_key(config) -> dict:
     """What a run's outputs depend on, as ``load_config`` reads it (paths resolved, ``auto`` resolved; where the
     weights are fetched from, a mirror or a Drive cache, left out): ``run`` records it, ``run_earlier`` compares it."""
-    optional = {"data": config.data_path, "sam_checkpoint": config.sam_checkpoint}
-    optional.update(clip_checkpoint=config.clip_checkpoint, finetune_data=config.finetune_data)
+
+    def text(path: Path | None) -> str | None:
+        return str(path) if path else None
+
     return {
         "root": str(config.root),
         "profile": config.profile,
@@ -177,7 +179,10 @@ def run_key(config) -> dict:
         "classes": list(config.classes),
         "max_images": config.max_images,
         "precision": config.pipeline.precision,
-        **{name: str(path) if path else None for name, path in optional.items()},
+        "data": text(config.data_path),
+        "sam_checkpoint": text(config.sam_checkpoint),
+        "clip_checkpoint": text(config.clip_checkpoint),
+        "finetune_data": text(config.finetune_data),
     }
 
 
