@@ -103,6 +103,16 @@ def check_output(out: Path, overwrite: bool) -> None:
         )
 
 
+def check_out_beside(images: Path, out: Path) -> None:
+    """Refuse an ``out`` inside the ``images`` folder of a recursive run: the next run would read the exported
+    copies as images to label."""
+    if out.absolute().is_relative_to(images.absolute()):
+        raise ValueError(
+            f"--out {out} lies inside --images {images}: with --recursive the next run would label the exported "
+            "copies too; choose an --out outside the image folder."
+        )
+
+
 def autolabel(
     images: str | Path | Dataset,
     classes: str | Sequence[str],
@@ -116,14 +126,18 @@ def autolabel(
     progress: bool = True,
     pipeline: Pipeline | None = None,
     limit: int | None = None,
+    recursive: bool = False,
 ) -> AutolabelReport:
     """Label ``images`` (a folder, or a ``Dataset``) with ``classes`` and write ``formats`` under ``out``
     (``out/coco``, ``out/yolo``). ``config``: the run's settings (``load_config()``); ``pipeline``: one
     already built (notebooks), else the run's models, SAM loaded only for images not in the cache;
-    ``limit``: only the folder's first ``limit`` image files (by name)."""
+    ``limit``: only the folder's first ``limit`` image files (by name); ``recursive``: the folder's sub-folders
+    too (hidden ones left out), exported in the same sub-folders (``images/street/0001.jpg``)."""
     started = time.perf_counter()
     names, chosen = parse_classes(classes), parse_formats(formats)
     out = Path(out).expanduser()
+    if recursive and not isinstance(images, Dataset):
+        check_out_beside(Path(images).expanduser(), out)
     check_output(out, overwrite)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit={limit!r}: give a whole number of images, at least 1 (or None for all).")
@@ -135,8 +149,8 @@ def autolabel(
         )
         left_out = len(images) - len(dataset)
     else:
-        dataset = load_images(images, classes=names, limit=limit, progress=progress)
-        left_out = max(0, len(image_files(Path(images).expanduser())) - limit) if limit else 0
+        dataset = load_images(images, classes=names, recursive=recursive, limit=limit, progress=progress)
+        left_out = max(0, len(image_files(Path(images).expanduser(), recursive)) - limit) if limit else 0
     for fmt in chosen:  # refused now, not after SAM has run on every image
         check_export_folder(dataset, out / fmt, overwrite)
     config = config or load_config()
@@ -200,8 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m helpers.autolabel",
         description="Label a folder of images with SAM + CLIP and export COCO / YOLO-seg datasets. Models and "
         "settings follow the SAMCLIP_* variables (SAMCLIP_PROFILE=demo: the small offline models); every image "
-        "directly in --images is labelled, or the first N with --max-images (SAMCLIP_MAX_IMAGES is for the "
-        "notebooks' datasets).",
+        "directly in --images is labelled (with --recursive, in its sub-folders too), or the first N with "
+        "--max-images (SAMCLIP_MAX_IMAGES is for the notebooks' datasets).",
     )
     parser.add_argument("--images", type=Path, required=True, help="folder of images to label")
     parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,dog"')
@@ -216,6 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="label only the first N images (by file name): try classes and settings on a few first; their SAM "
         "masks stay in the cache, so the whole folder afterwards does not compute them again",
+    )
+    parser.add_argument(
+        "--recursive",
+        action="store_true",
+        help="label the images in the sub-folders of --images too (hidden ones left out); the exports keep the "
+        "sub-folders (images/street/0001.jpg)",
     )
     parser.add_argument("--ray", action="store_true", help="fill the cache on Ray (RAY_ADDRESS, else a local one)")
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (with --ray)")
@@ -239,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.workers,
             args.overwrite,
             limit=args.max_images,
+            recursive=args.recursive,
         )
     except (ValueError, FileExistsError, ImportError, DatasetError, CheckpointError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,7 +7,7 @@ from PIL import Image
 from helpers import autolabel as autolabel_module
 from helpers.autolabel import autolabel, main, parse_classes, parse_formats
 from helpers.config import load_config
-from helpers.data import load_coco, load_images, load_yolo, make_demo_dataset
+from helpers.data import DatasetError, load_coco, load_images, load_yolo, make_demo_dataset
 
 
 @pytest.fixture
@@ -144,6 +144,36 @@ def test_max_images_labels_the_first_few_and_the_cache_keeps_them(folder, smoke,
         assert "is not a number of images" in capsys.readouterr().err
     with pytest.raises(ValueError, match="whole number"):
         autolabel(folder, "circle", tmp_path / "x", "yolo", smoke, progress=False, limit=0)
+
+
+def test_recursive_labels_sub_folders_and_keeps_them_in_the_exports(smoke, tmp_path, capsys):
+    """--recursive: images in sub-folders (two of one name in two folders; a hidden folder left out), exported in the
+    same sub-folders and read back under the same ids; without it the error names the option; an --out inside the
+    image folder is refused (the next run would label the exported copies)."""
+    photos = tmp_path / "photos"
+    for index, name in enumerate(["park/a.jpg", "street/a.jpg", "street/night/b.png", "top.jpg", ".cache/c.jpg"]):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(make_demo_dataset(1, 64, 80, seed=30 + index)[0].image).save(photos / name, quality=95)
+    (photos / "top.jpg").unlink()
+    with pytest.raises(DatasetError, match="recursive=True \\(autolabel --recursive\\)"):
+        autolabel(photos, "circle", tmp_path / "flat", "yolo", smoke, progress=False)
+    out = tmp_path / "labels"
+    argv = ["--images", str(photos), "--classes", "circle,square", "--out", str(out), "--recursive"]
+    assert main(argv) == 0 and "3 images labelled" in capsys.readouterr().out
+    ids = ["park/a", "street/a", "street/night/b"]
+    assert (out / "yolo" / "images" / "street" / "night" / "b.png").is_file()
+    assert (out / "yolo" / "labels" / "park" / "a.txt").is_file()
+    assert load_yolo(out / "yolo").ids == ids
+    coco = load_coco(out / "coco" / "annotations.json", out / "coco" / "images")
+    assert [ref.label.split(" ")[0] for ref in coco.samples.refs] == [
+        "park/a.jpg",
+        "street/a.jpg",
+        "street/night/b.png",
+    ]
+    few = autolabel(photos, "circle", tmp_path / "few", "yolo", smoke, progress=False, limit=1, recursive=True)
+    assert few.images == 1 and few.left_out == 2 and few.sam_runs == 0  # from the cache
+    assert main([*argv[:5], str(photos / "out"), "--recursive"]) == 2
+    assert "lies inside --images" in capsys.readouterr().err and not (photos / "out").exists()
 
 
 def test_what_a_killed_run_left_does_not_block_the_next(folder, smoke, tmp_path):

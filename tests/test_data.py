@@ -128,6 +128,13 @@ def test_prepared_dataset_round_trip(tmp_path):
     assert np.array_equal(back[0].ignore["circle"], ds[0].ignore["circle"])
     with pytest.raises(DatasetError, match="run notebooks/01"):
         data.load_prepared(tmp_path / "nothing")
+    ds.samples[1].image_id = "street/night/a"  # an id with folders (recursive reads): copied into sub-folders
+    data.save_dataset(ds, tmp_path / "nested")
+    assert data.load_prepared(tmp_path / "nested").ids == ["demo_000", "street/night/a", "demo_002"]
+    ds.samples[1].image_id = "../outside"
+    with pytest.raises(DatasetError, match="cannot name a file"):
+        data.save_dataset(ds, tmp_path / "escape")
+    assert not (tmp_path / "outside.png").exists() and not (tmp_path / "escape").exists()
 
 
 def _tiny_coco(tmp_path):

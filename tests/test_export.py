@@ -9,6 +9,7 @@ import json
 import math
 import os
 import stat
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +314,29 @@ def test_yolo_predictions_and_polygon_rule(demo, tmp_path):
     folder = write_yolo(demo, tmp_path / "pred", predictions=predictions)
     assert len((folder / "labels" / "demo_001.txt").read_text().splitlines()) == 1
     assert (folder / "labels" / "demo_000.txt").read_text() == ""  # no objects: an empty label file
+
+
+def test_ids_with_folders_are_exported_in_sub_folders_and_read_back(demo, tmp_path):
+    """Ids from a recursive read ("park/a"; one in a folder named images, where ultralytics' label rule takes the last
+    /images/) become sub-folders in both formats and come back from both readers; an id that leaves the folder or
+    names nothing is refused."""
+    ids = ["park/a", "street/a", "images/b", "c"]
+    nested = Dataset("nested", [replace(s, image_id=i) for s, i in zip(demo, ids)], demo.classes)
+    yolo = write_yolo(nested, tmp_path / "yolo")
+    assert (yolo / "images" / "park" / "a.png").is_file() and (yolo / "labels" / "street" / "a.txt").is_file()
+    assert (yolo / "images" / "labels" / "b.txt").is_file()  # images/images/b.png's labels, as ultralytics looks
+    back = load_yolo(yolo, classes=demo.classes)
+    assert sorted(back.ids) == sorted(ids) and pooled_iou(nested, back) >= 0.98
+    coco = write_coco_dataset(nested, tmp_path / "coco" / "annotations.json")
+    names = [image["file_name"] for image in json.loads(coco.read_text())["images"]]
+    assert names == ["park/a.png", "street/a.png", "images/b.png", "c.png"]
+    read = load_coco(coco, tmp_path / "coco" / "images")  # ids 1-4 (COCO's are numbers), in the same order
+    assert pooled_iou(nested, Dataset("read", [replace(s, image_id=i) for s, i in zip(read, ids)], [])) == 1.0
+    for bad in ("../x", "a//b", "/abs", "a\\b", ""):
+        one = Dataset("bad", [replace(demo[0], image_id=bad)], demo.classes)
+        with pytest.raises(ExportError, match="cannot name a file"):
+            write_yolo(one, tmp_path / f"bad{len(bad)}")
+    assert not list(tmp_path.glob("bad*")) and not (tmp_path / "x.png").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------------

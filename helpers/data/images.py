@@ -16,10 +16,11 @@ def load_images(
     check: bool = True,
     progress: bool = False,
 ) -> Dataset:
-    """The images of ``folder`` (sorted; ``recursive``: sub-folders too), read on touch, with no
-    ground truth; ``classes`` names what is looked for. Image ids are file stems (paths relative
-    to the folder when ``recursive``). ``check`` reads each image once now: an unreadable one is
-    skipped and listed in ``Dataset.skipped``, never fatal."""
+    """The images of ``folder`` (sorted; ``recursive``: sub-folders too, hidden ones left out), read on touch, with
+    no ground truth; ``classes`` names what is looked for. Image ids are file stems, or with ``recursive`` paths
+    relative to the folder without the suffix, "/" between folders (``street/0001``: the exports write
+    ``images/street/0001.jpg``). ``limit``: the first ``limit`` image files (by path). ``check`` reads each image
+    once now: an unreadable one is skipped and listed in ``Dataset.skipped``, never fatal."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DatasetError(f"{folder.absolute()} is not a folder of images; pass the folder that holds them.")
@@ -27,8 +28,8 @@ def load_images(
     if not paths:
         deeper = None if recursive else next((p for p in folder.glob("*/**/*") if is_image_file(p)), None)
         hint = (
-            f"; its sub-folders hold images (e.g. {deeper.relative_to(folder)}): pass the folder that holds them "
-            "(sub-folders are not searched)"
+            f"; its sub-folders hold images (e.g. {deeper.relative_to(folder)}): pass recursive=True "
+            "(autolabel --recursive) to read them all, or the folder that holds them"
             if deeper
             else ""
         )
@@ -36,9 +37,10 @@ def load_images(
     dataset = Dataset(folder.name, LazySamples([]), list(classes or []))
     seen: dict[str, Path] = {}
     for path in paths[:limit] if limit else paths:
-        name = str(path.relative_to(folder).with_suffix("")) if recursive else path.stem
+        name = path.relative_to(folder).with_suffix("").as_posix() if recursive else path.stem
         if name in seen:
-            dataset.skipped.append((path.name, f"same file name stem as {seen[name].name}"))
+            where = path.relative_to(folder).as_posix()
+            dataset.skipped.append((where, f"same file name stem as {seen[name].relative_to(folder).as_posix()}"))
             continue
         seen[name] = path
         source = {"image": path_text(path), "name": path.name}

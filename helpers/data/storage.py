@@ -15,7 +15,7 @@ from PIL import Image
 from ..files import atomic_folder
 from ..instances import Instance
 from .lazy import CHANGED, LazySamples, SampleRef, missing_sources, register_reader
-from .types import Dataset, DatasetError, Sample, read_image, sample_stats
+from .types import Dataset, DatasetError, Sample, id_path, read_image, sample_stats
 
 RERUN = "run notebooks/01_prepare_dataset.ipynb again (or `make run`)"
 STORED = "stored"  # samples copied into the prepared folder (in-memory datasets: the demo set)
@@ -42,6 +42,7 @@ def _write_prepared(dataset: Dataset, tmp: Path, request: dict | None) -> None:
         entries = [ref.to_json() for ref in refs]
     else:  # in memory (or copies of an earlier prepared folder, which this replaces): copy
         for sample in dataset.samples:
+            (tmp / id_path(sample.image_id)).parent.mkdir(parents=True, exist_ok=True)  # an id with folders
             Image.fromarray(sample.image).save(tmp / f"{sample.image_id}.png")
             arrays = {f"mask/{k}": v for k, v in sample.masks.items()}
             arrays.update({f"ignore/{k}": v for k, v in sample.ignore.items()})

@@ -5,6 +5,8 @@ sample from disk when touched (the readers' default); every caller treats it as 
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,8 +25,27 @@ def is_image_file(path: Path) -> bool:
 
 
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """The image files of ``folder`` (``is_image_file``), sorted; ``recursive``: of its sub-folders too."""
-    return sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if is_image_file(p))
+    """The image files of ``folder`` (``is_image_file``), sorted; ``recursive``: of its sub-folders too, but for
+    hidden ones (``.git``, ``.ipynb_checkpoints``, ``.Trash``: a name that starts with a dot)."""
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if is_image_file(p))
+    found = []
+    for parent, folders, files in os.walk(folder):  # symlinked folders are not followed (no loops)
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [Path(parent, name) for name in files if is_image_file(Path(parent, name))]
+    return sorted(found)
+
+
+def id_path(image_id: str) -> str:
+    """A sample id as the relative path of files named after it (exports, prepared copies): a plain id as it is, an
+    id with folders (``street/0001``, from ``load_images(recursive=True)``) in those sub-folders; DatasetError for an
+    id that would name no file or one outside the folder written."""
+    parts = image_id.split("/")
+    if not image_id or any(part in ("", ".", "..") for part in parts) or re.search(r"[\\\x00]", image_id):
+        raise DatasetError(
+            f"Image id {image_id!r} cannot name a file; give the samples plain ids (or folder/name, '/' between)."
+        )
+    return image_id
 
 
 ORIENTATION_TAG = 0x0112  # EXIF Orientation: 1 = as stored; 2-8 = flip and/or rotate for display

@@ -38,6 +38,8 @@ def load_yolo(
     label file is background (as in ultralytics). Images are turned upright by their EXIF
     orientation, as ultralytics (cv2) reads them and its labels assume; the files are listed in
     ``Dataset.notes``. A label file with a bad line is skipped with its image and listed, up front.
+    Sample ids: an image's path below its split's folder without the suffix (its stem when directly in it;
+    ``street/0001`` in a sub-folder, as ``write_yolo`` writes such ids).
     Samples are read from disk when touched (``lazy.LazySamples``); ``check`` reads each image
     once now (an unreadable one is skipped and listed here; without it, at first touch).
     """
@@ -54,12 +56,12 @@ def load_yolo(
     dataset.notes += [split_note] if split_note else []
     unlabelled: list[str] = []
     seen: dict[str, Path] = {}
-    for image_path in images[:limit] if limit else images:
+    for image_path, image_id in images[:limit] if limit else images:
         item = str(image_path.relative_to(base)) if image_path.is_relative_to(base) else str(image_path)
-        if image_path.stem in seen:
-            dataset.skipped.append((item, f"same file name stem as {seen[image_path.stem]}"))
+        if image_id in seen:
+            dataset.skipped.append((item, f"same file name stem as {seen[image_id]}"))
             continue
-        seen[image_path.stem] = image_path
+        seen[image_id] = image_path
         label_path = label_path_for(image_path)
         try:
             instances = _read_labels(label_path, table) if label_path.is_file() else []
@@ -77,7 +79,7 @@ def load_yolo(
             "classes": classes,
         }
         source["fingerprint"] = fingerprints(source, "image", "label")
-        dataset.samples.refs.append(SampleRef(image_path.stem, "yolo", item, source))
+        dataset.samples.refs.append(SampleRef(image_id, "yolo", item, source))
     if unlabelled:
         dataset.notes.append(
             f"{len(unlabelled)} image(s) have no label file and count as background (no objects): "
@@ -166,14 +168,21 @@ def _names(names: object, where: Path) -> dict[int, str]:
     return table
 
 
-def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[Path], str | None]:
-    """The split's image paths, and a note when no split was asked for and ``val`` is missing (the first of
-    test / train that the dataset has is read then: the notebooks have no split setting)."""
+def _in_folder(folder: Path) -> list[tuple[Path, str]]:
+    """The images of ``folder`` and its sub-folders with their sample ids: the path below ``folder`` without the
+    suffix (``street/0001``; a file directly in it: its stem), as ``write_yolo`` names the files."""
+    return [(p, p.relative_to(folder).with_suffix("").as_posix()) for p in image_files(folder, recursive=True)]
+
+
+def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[tuple[Path, str]], str | None]:
+    """The split's image paths with their sample ids (``_in_folder``; a .txt list's: the stems), and a note when
+    no split was asked for and ``val`` is missing (the first of test / train that the dataset has is read then:
+    the notebooks have no split setting)."""
     flat = base / "images"
     note, fallback = None, ""
     if split is None:
         if flat.is_dir() and any(is_image_file(p) for p in flat.iterdir()):
-            return image_files(flat, recursive=True), None
+            return _in_folder(flat), None
         present = [s for s in SPLITS if spec.get(s) is not None or (flat / s).is_dir()]
         split = "val" if "val" in present or not present else next(s for s in ("test", "train") if s in present)
         if split != "val":
@@ -190,15 +199,16 @@ def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[Path]
             f"No {split!r} split in the YOLO dataset at {base.absolute()} (found: {sorted(set(known)) or 'none'}); "
             "pass split=... or put the images in images/ and the labels in labels/."
         )
-    paths: list[Path] = []
+    paths: list[tuple[Path, str]] = []
     for part in entry if isinstance(entry, list) else [entry]:
         path = Path(str(part)).expanduser()
         path = path if path.is_absolute() else base / path
         if path.is_dir():
-            paths += image_files(path, recursive=True)
+            paths += _in_folder(path)
         elif path.is_file() and path.suffix == ".txt":  # a list of image paths, relative to its folder
             lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-            paths += [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
+            listed = [p if p.is_absolute() else (path.parent / p) for p in map(Path, lines)]
+            paths += [(p, p.stem) for p in listed]
         else:
             raise DatasetError(
                 f"The {split!r} entry {part!r}{fallback} is not a folder or .txt list: {path.absolute()}"

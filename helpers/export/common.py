@@ -11,7 +11,8 @@ from typing import Callable, Mapping, Sequence
 
 from PIL import Image
 
-from ..data.types import IMAGE_SUFFIXES, ORIENTATION_TAG, Dataset, Sample
+from ..data.types import IMAGE_SUFFIXES, ORIENTATION_TAG, Dataset, DatasetError, Sample
+from ..data.types import id_path as sample_id_path
 from ..files import atomic_path
 from ..instances import Instance
 
@@ -78,6 +79,14 @@ def _predictions_by_id(dataset: Dataset, predictions: Predictions) -> Callable[[
     return lambda image_id: predictions[position[image_id]]
 
 
+def id_path(image_id: str) -> str:
+    """``data.types.id_path`` (the relative path an exported file of a sample takes), as an ExportError."""
+    try:
+        return sample_id_path(image_id)
+    except DatasetError as exc:
+        raise ExportError(str(exc)) from None
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # images
 
@@ -113,15 +122,13 @@ class ImageFiles:
         return Path(text)
 
     def name(self, sample: Sample) -> str:
-        """The exported file name of ``sample``'s image."""
-        image_id = sample.image_id
-        if not image_id or image_id in (".", "..") or re.search(r"[/\\\x00]", image_id):
-            raise ExportError(f"Image id {image_id!r} cannot name a file; give the samples plain ids.")
+        """The exported file name of ``sample``'s image, in a sub-folder for an id with folders (``id_path``)."""
         source = self.source(sample)
-        return image_id + (source.suffix if source is not None else ".png")
+        return id_path(sample.image_id) + (source.suffix if source is not None else ".png")
 
     def write(self, sample: Sample, folder: Path, name: str) -> None:
         """Put ``sample``'s image into ``folder`` as ``name``: the source file copied, else a PNG."""
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         source = self.source(sample)
         if source is not None:
             shutil.copyfile(source, folder / name)

@@ -10,6 +10,7 @@ import numpy as np
 import yaml
 
 from ..data.types import Dataset
+from ..data.yolo import label_path_for
 from ..files import atomic_folder
 from ..instances import Instance
 from .common import (
@@ -55,7 +56,8 @@ def write_yolo(
     dataset: Dataset, path: str | Path, predictions: Predictions | None = None, overwrite: bool = False
 ) -> Path:
     """An ultralytics YOLO-seg folder at ``path``: ``images/<sample id><suffix>`` (as
-    ``write_coco_dataset`` provides them), ``labels/<sample id>.txt`` (``yolo_lines``: the ground-truth
+    ``write_coco_dataset`` provides them; an id with folders in those sub-folders), ``labels/<sample id>.txt``
+    (ultralytics' rule, ``label_path_for``; ``yolo_lines``: the ground-truth
     instances, or ``predictions`` without their scores; an image without objects gets an empty file)
     and ``data.yaml`` (``path`` absolute, ``train`` and ``val`` both ``images``, ``names`` id -> class in
     ``dataset.classes`` order). Crowd / ignore regions have no YOLO form and are left out.
@@ -69,11 +71,14 @@ def write_yolo(
         (tmp / "labels").mkdir()
         files = ImageFiles(dataset)
         for sample in dataset:
-            files.write(sample, tmp / "images", files.name(sample))
+            name = files.name(sample)
+            files.write(sample, tmp / "images", name)
             height, width = sample.image.shape[:2]
             instances = sample.instances if lookup is None else lookup(sample.image_id)
             lines = yolo_lines(instances, classes, width, height)
-            (tmp / "labels" / f"{sample.image_id}.txt").write_text("".join(line + "\n" for line in lines))
+            label = label_path_for(tmp / "images" / name)  # where ultralytics and load_yolo look for it
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text("".join(line + "\n" for line in lines))
         spec = {
             "path": str(path.absolute()),
             "train": "images",
