@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .files import atomic_path
 from .masks import MaskSet
 from .selection import SelectionSettings, TextEncoder, predict
 
@@ -183,10 +184,12 @@ def worst_gallery(
 
 
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:
-    """Save ``figure`` as a PNG at ``path`` (folders created), returning the path."""
+    """Save ``figure`` as a PNG at ``path`` (folders created; written under another name first and renamed into
+    place, so an interrupted save leaves the earlier figure), returning the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    with atomic_path(path, hidden=True) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     return path
 
 

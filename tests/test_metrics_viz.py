@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -226,6 +227,16 @@ def test_colour_masks_and_gallery(scene, tmp_path):
         assert np.array_equal(sub.axes[2].images[0].get_array(), expected)
         assert f"IoU {row.iou:.3f}" in sub._suptitle.get_text()
     assert viz.save_figure(figure, tmp_path / "g.png").stat().st_size > 1000
+    before = (tmp_path / "g.png").read_bytes()
+
+    def broken(path, **kwargs):  # a save that dies half-way (Ctrl-C, a full disk)
+        Path(path).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    figure.savefig = broken
+    with pytest.raises(KeyboardInterrupt):
+        viz.save_figure(figure, tmp_path / "g.png")
+    assert (tmp_path / "g.png").read_bytes() == before and sorted(tmp_path.iterdir()) == [tmp_path / "g.png"]
     plt.close("all")
 
 

@@ -16,6 +16,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm.auto import tqdm
 
+from ..files import atomic_path
 from ..models.tiny import DEMO_SAM_ARCHITECTURE, SamArchitecture, build_sam_small
 from ..sam.allocator import reuse_freed_memory
 from ..sam.decoder import PromptBatchDecoder
@@ -528,7 +529,8 @@ def train_sam_rank(
             scheduler.step()
             history.append({"step": step, "loss": loss.item(), **parts})
             if snapshot is not None and (step + 1) % 200 == 0:
-                torch.save(sam.state_dict(), snapshot.with_name(f"{snapshot.stem}_{step + 1}.pth"))
+                with atomic_path(snapshot.with_name(f"{snapshot.stem}_{step + 1}.pth")) as tmp:
+                    torch.save(sam.state_dict(), tmp)
             if progress and step % 10 == 0:  # the bar's figures only
                 recent = pd.DataFrame(history[-50:]).mean()
                 mse = f"{recent['iou_mse']:.4f}"

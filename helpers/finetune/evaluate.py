@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..clip_scoring import encode_images, encode_text
 from ..data import Dataset, LabelledImage, make_mosaics
+from ..files import atomic_path
 from ..models.loading import LoadedClip, LoadedSam
 
 PRETRAINED, FINETUNED = "pretrained", "fine-tuned"
@@ -202,12 +203,15 @@ def plot_history(history: pd.DataFrame, title: str = "") -> Figure:
 
 
 def save_history(history: pd.DataFrame, folder: str | Path, stem: str = "finetune", title: str = "") -> dict:
-    """``<stem>_history.csv`` and ``<stem>_curves.png`` in ``folder``; returns their paths."""
+    """``<stem>_history.csv`` and ``<stem>_curves.png`` in ``folder`` (each written under another name and renamed
+    into place); returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     csv, png = folder / f"{stem}_history.csv", folder / f"{stem}_curves.png"
-    history.to_csv(csv, index=False)
-    plot_history(history, title).savefig(png, dpi=100)
+    with atomic_path(csv, hidden=True) as tmp:
+        history.to_csv(tmp, index=False)
+    with atomic_path(png, hidden=True) as tmp:
+        plot_history(history, title).savefig(tmp, format="png", dpi=100)
     return {"csv": csv, "png": png}
 
 
