@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.checkpoints import sha256_of  # noqa: E402
 from helpers.config import DEMO_SELECTION, DEMO_SETTINGS, SelectionSettings  # noqa: E402
 from helpers.data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops  # noqa: E402
-from helpers.demo.train import evaluate_clip, truth_overlaps  # noqa: E402
+from helpers.demo.train import ceiling_from_masks, evaluate_clip, truth_overlaps  # noqa: E402
 from helpers.demo.train_clip import BACKGROUND, ClipTrainSettings  # noqa: E402
 from helpers.evaluation import mosaic_top1_hits  # noqa: E402
 from helpers.masks import overlap_counts  # noqa: E402
@@ -200,15 +200,11 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
     text, named = pipeline.text(names), []
     for seed in seeds:
         dataset = make_demo_dataset(images, seed=seed)
+        raws, touching = [pipeline.segment(sample.image) for sample in dataset.samples], []
         for sample in dataset.samples:
-            raw = pipeline.segment(sample.image)
             present = [name for name, truth in sample.masks.items() if truth.any()]
             truths = np.stack([sample.masks[name] for name in present])
-            _, _, ious = truth_overlaps(raw, truths)
-            touching = touches_another(truths)
-            for j, name in enumerate(present):
-                best = float(ious[:, j].max()) if len(raw) else 0.0
-                ceiling.append({"class": name, "best": best, "touching": bool(touching[j])})
+            touching += list(touches_another(truths))  # in ceiling_from_masks' row order: samples, present classes
             result = pipeline.process(sample.image)
             if len(result.masks):
                 _, _, kept_ious = truth_overlaps(result.masks, truths)
@@ -228,6 +224,11 @@ def evaluate(models: ModelSet, seeds, images: int, mosaics: int, cache: Path, ra
                 _, _, true = truth_overlaps(everything, truths)
                 for p, s, t in zip(everything.predicted_iou, everything.stability, true.max(1)):
                     gates.append({"predicted": float(p), "stability": float(s), "true": float(t)})
+        table = ceiling_from_masks(dataset, raws)
+        ceiling += [
+            {"class": name, "best": best, "touching": bool(touches)}
+            for name, best, touches in zip(table["class"], table.best_mask_iou, touching, strict=True)
+        ]
         cutouts = make_demo_dataset(12, seed=seed + 50)
         tiles, shapes = tile_shapes(cutouts, mosaics, seed)
         results = [pipeline.process(sample.image) for sample in tiles.samples]
