@@ -65,15 +65,19 @@ def remove_leftovers(path: str | Path) -> list[Path]:
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".part", hidden: bool = False) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write a file at: renamed to ``path`` when the block ends, removed
-    when it raises (Ctrl-C included). ``with atomic_path(p) as tmp: torch.save(obj, tmp)``."""
+    """A temporary path to write a file at, renamed to ``path`` when the block ends and removed when it raises
+    (Ctrl-C included): ``path``'s own file name in a new folder beside it (``unused_name``), so that a writer that
+    reads the name writes what it writes at ``path`` (``torch.save`` names its zip records after the file: the
+    same bytes; ``numpy.savez`` and ``savefig`` read the suffix). ``with atomic_path(p) as tmp: torch.save(obj,
+    tmp)``."""
     path = _target(path)
-    tmp = unused_name(path, suffix, hidden)
+    folder = unused_name(path, suffix, hidden)
+    folder.mkdir()
     try:
-        yield tmp
-        os.replace(tmp, path)
+        yield folder / path.name
+        os.replace(folder / path.name, path)
     finally:
-        remove(tmp)
+        remove(folder)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

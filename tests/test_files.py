@@ -18,7 +18,7 @@ def test_unused_names_differ_and_hide_on_request(tmp_path):
 def test_atomic_path_renames_on_success_and_removes_on_failure(tmp_path):
     target = tmp_path / "weights.pth"
     with files.atomic_path(target) as tmp:
-        assert tmp != target and tmp.parent == tmp_path
+        assert tmp != target and tmp.parent.parent == tmp_path and tmp.name == target.name
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["weights.pth"]
     for error in (RuntimeError, KeyboardInterrupt):  # a failure half way, Ctrl-C
@@ -26,6 +26,20 @@ def test_atomic_path_renames_on_success_and_removes_on_failure(tmp_path):
             tmp.write_bytes(b"half")
             raise error()
         assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["weights.pth"]
+
+
+def test_a_file_written_through_atomic_path_is_the_file_written_in_place(tmp_path):
+    """torch.save names its zip records after the file it writes: through a temporary name the demo weights got
+    'sam_demo.pth.<pid>-<token>/data.pkl' records, other bytes at every run, never the shipped ones."""
+    import torch
+
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    (tmp_path / "direct").mkdir()
+    torch.save(state, tmp_path / "direct" / "sam_demo.pth")
+    with files.atomic_path(tmp_path / "sam_demo.pth") as tmp:
+        torch.save(state, tmp)
+    assert (tmp_path / "sam_demo.pth").read_bytes() == (tmp_path / "direct" / "sam_demo.pth").read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["direct", "sam_demo.pth"]
 
 
 def test_write_bytes_and_text_replace_whole_files(tmp_path):
