@@ -93,13 +93,13 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse an output folder that already holds files, unless ``overwrite``."""
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file; name a folder.")
+        raise FileExistsError(f"--out {out.absolute()} is a file; name a folder.")
     for fmt in FORMATS:  # hidden temporaries a killed run left beside its exports do not make it "not empty"
         remove_leftovers(out / fmt)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"The output folder {out} is not empty; choose another --out, or pass --overwrite (overwrite=True "
-            "from Python) to replace the exports in it."
+            f"The output folder {out.absolute()} is not empty; choose another --out, or pass --overwrite "
+            "(overwrite=True from Python) to replace the exports in it."
         )
 
 
@@ -108,8 +108,8 @@ def check_out_beside(images: Path, out: Path) -> None:
     copies as images to label."""
     if out.absolute().is_relative_to(images.absolute()):
         raise ValueError(
-            f"--out {out} lies inside --images {images}: with --recursive the next run would label the exported "
-            "copies too; choose an --out outside the image folder."
+            f"--out {out.absolute()} lies inside --images {images.absolute()}: with --recursive the next run would "
+            "label the exported copies too; choose an --out outside the image folder."
         )
 
 

@@ -151,7 +151,7 @@ LOCAL_SETTING = {"sam": "SAMCLIP_SAM_CHECKPOINT", "clip": "SAMCLIP_CLIP_CHECKPOI
 def supply_hint(checkpoint: Checkpoint, dest_dir: Path) -> str:
     """How to supply ``checkpoint`` by hand: the text appended to every download error."""
     setting = LOCAL_SETTING.get(checkpoint.family, "SAMCLIP_<FAMILY>_CHECKPOINT")
-    urls = ", ".join(checkpoint.urls)
+    urls, dest_dir = ", ".join(checkpoint.urls), Path(dest_dir).absolute()  # where to copy it, from any folder
     hint = (
         f"\nTo supply {checkpoint.filename} ({checkpoint.name}) yourself, any one of:\n"
         f"  - download it from {urls} on a machine with internet and copy it to {dest_dir / checkpoint.filename}\n"

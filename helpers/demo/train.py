@@ -462,7 +462,9 @@ def main(argv: list[str] | None = None) -> dict:
         help=f"default: {DEFAULT_OUT} in the current folder (a temp dir with --quick); the shipped weights' folder, "
         "helpers/demo/weights, only from a source checkout",
     )
-    parser.add_argument("--quick", action="store_true", help="a few steps of each, seconds: checks the code path")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few steps of each, about 1-2 minutes on 2 cores: checks the code path"
+    )
     parser.add_argument("--only", choices=("sam", "clip"), help="train this one; evaluate with the other from out-dir")
     parser.add_argument("--sam-steps", type=int, default=DEMO_SAM_STEPS)
     parser.add_argument("--sam-lr", type=float, default=DEMO_SAM_LR, help="SAM's peak learning rate")
