@@ -106,7 +106,7 @@ def check_output(out: Path, overwrite: bool) -> None:
 def check_out_beside(images: Path, out: Path) -> None:
     """Refuse an ``out`` inside the ``images`` folder of a recursive run: the next run would read the exported
     copies as images to label."""
-    if out.absolute().is_relative_to(images.absolute()):
+    if out.resolve().is_relative_to(images.resolve()):  # '..' collapsed, symbolic links followed
         raise ValueError(
             f"--out {out.absolute()} lies inside --images {images.absolute()}: with --recursive the next run would "
             "label the exported copies too; choose an --out outside the image folder."

@@ -184,12 +184,12 @@ def worst_gallery(
 
 
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:
-    """Save ``figure`` as a PNG at ``path`` (folders created; written under another name first and renamed into
-    place, so an interrupted save leaves the earlier figure), returning the path."""
+    """Save ``figure`` at ``path`` in the format its suffix names (folders created; written in a folder beside it
+    first and renamed into place, so an interrupted save leaves the earlier figure), returning the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, hidden=True) as tmp:
-        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        figure.savefig(tmp, dpi=100, bbox_inches="tight")  # the format from the suffix: tmp has path's name
     return path
 
 

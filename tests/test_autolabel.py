@@ -174,6 +174,21 @@ def test_recursive_labels_sub_folders_and_keeps_them_in_the_exports(smoke, tmp_p
     assert few.images == 1 and few.left_out == 2 and few.sam_runs == 0  # from the cache
     assert main([*argv[:5], str(photos / "out"), "--recursive"]) == 2
     assert "lies inside --images" in capsys.readouterr().err and not (photos / "out").exists()
+    (tmp_path / "linked").symlink_to(photos)  # the same folder by a link, or through '..': inside it all the same
+    for out in (photos / "park" / ".." / "out", tmp_path / "linked" / "out"):
+        assert main([*argv[:5], str(out), "--recursive"]) == 2 and "lies inside" in capsys.readouterr().err
+    # a folder name no export can take (a colon is a drive on Windows) is refused before SAM runs, naming the fix
+    (photos / "a:b").mkdir()
+    Image.fromarray(make_demo_dataset(1, 64, 80, seed=40)[0].image).save(photos / "a:b" / "x.jpg")
+    assert main([*argv[:5], str(tmp_path / "colon"), "--recursive"]) == 2
+    assert "rename that image file or folder" in capsys.readouterr().err
+    assert load_images(photos, recursive=True).ids == ["a:b/x", *ids]  # readable: only exporting it fails
+    hidden = tmp_path / "hidden-only"
+    (hidden / ".ipynb_checkpoints").mkdir(parents=True)
+    Image.fromarray(make_demo_dataset(1, 64, 80, seed=41)[0].image).save(hidden / ".ipynb_checkpoints" / "y.png")
+    with pytest.raises(DatasetError) as error:  # hidden folders are not read, so no hint to read sub-folders
+        load_images(hidden)
+    assert "recursive=True" not in str(error.value)
 
 
 def test_what_a_killed_run_left_does_not_block_the_next(folder, smoke, tmp_path):

@@ -132,7 +132,7 @@ def test_prepared_dataset_round_trip(tmp_path):
     data.save_dataset(ds, tmp_path / "nested")
     assert data.load_prepared(tmp_path / "nested").ids == ["demo_000", "street/night/a", "demo_002"]
     ds.samples[1].image_id = "../outside"
-    with pytest.raises(DatasetError, match="cannot name a file"):
+    with pytest.raises(DatasetError, match="cannot name an exported file"):
         data.save_dataset(ds, tmp_path / "escape")
     assert not (tmp_path / "outside.png").exists() and not (tmp_path / "escape").exists()
 
@@ -301,3 +301,14 @@ def test_image_files_lists_image_files_only(tmp_path):
         str(tmp_path / "cls" / "x.png"),
         str(tmp_path / "sub" / "e.png"),
     ]
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path)  # a link back up: each folder read once, no endless walk
+    (tmp_path / ".hidden").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / ".hidden" / "h.png")
+    found = [p.relative_to(tmp_path).as_posix() for p in data.image_files(tmp_path, recursive=True)]
+    assert found == ["a.jpg", "b.PNG", "cls/x.png", "sub/e.png"]
+    (tmp_path / "sub" / "loop").unlink()
+    (tmp_path / "more").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "more" / "m.png")
+    (tmp_path / "sub" / "linked").symlink_to(tmp_path / "more")  # a linked folder outside the one read is read
+    found = [p.relative_to(tmp_path / "sub").as_posix() for p in data.image_files(tmp_path / "sub", recursive=True)]
+    assert found == ["e.png", "linked/m.png"]

@@ -237,6 +237,7 @@ def test_colour_masks_and_gallery(scene, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         viz.save_figure(figure, tmp_path / "g.png")
     assert (tmp_path / "g.png").read_bytes() == before and sorted(tmp_path.iterdir()) == [tmp_path / "g.png"]
+    assert viz.save_figure(plt.figure(), tmp_path / "g.svg").read_bytes().startswith(b"<?xml")  # format: the suffix's
     plt.close("all")
 
 

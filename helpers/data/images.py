@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .lazy import LazySamples, SampleRef, check_sources, fingerprints, path_text, register_reader
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, image_files, is_image_file, load_image
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, image_files, load_image
 
 
 def load_images(
@@ -26,9 +26,9 @@ def load_images(
         raise DatasetError(f"{folder.absolute()} is not a folder of images; pass the folder that holds them.")
     paths = image_files(folder, recursive)
     if not paths:
-        deeper = None if recursive else next((p for p in folder.glob("*/**/*") if is_image_file(p)), None)
+        deeper = None if recursive else next(iter(image_files(folder, recursive=True)), None)  # hidden ones left out
         hint = (
-            f"; its sub-folders hold images (e.g. {deeper.relative_to(folder)}): pass recursive=True "
+            f"; its sub-folders hold images (e.g. {deeper.relative_to(folder).as_posix()}): pass recursive=True "
             "(autolabel --recursive) to read them all, or the folder that holds them"
             if deeper
             else ""

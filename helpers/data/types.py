@@ -25,12 +25,18 @@ def is_image_file(path: Path) -> bool:
 
 
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """The image files of ``folder`` (``is_image_file``), sorted; ``recursive``: of its sub-folders too, but for
-    hidden ones (``.git``, ``.ipynb_checkpoints``, ``.Trash``: a name that starts with a dot)."""
+    """The image files of ``folder`` (``is_image_file``), sorted; ``recursive``: of its sub-folders too, symbolic
+    links to folders followed (each folder once: no loops), but for hidden ones (``.git``, ``.ipynb_checkpoints``,
+    ``.Trash``: a name that starts with a dot)."""
     if not recursive:
         return sorted(p for p in folder.iterdir() if is_image_file(p))
-    found = []
-    for parent, folders, files in os.walk(folder):  # symlinked folders are not followed (no loops)
+    found, seen = [], set()
+    for parent, folders, files in os.walk(folder, followlinks=True):
+        where = os.stat(parent)
+        if (where.st_dev, where.st_ino) in seen:  # reached again through a link
+            folders[:] = []
+            continue
+        seen.add((where.st_dev, where.st_ino))
         folders[:] = [name for name in folders if not name.startswith(".")]
         found += [Path(parent, name) for name in files if is_image_file(Path(parent, name))]
     return sorted(found)
@@ -41,9 +47,11 @@ def id_path(image_id: str) -> str:
     id with folders (``street/0001``, from ``load_images(recursive=True)``) in those sub-folders; DatasetError for an
     id that would name no file or one outside the folder written."""
     parts = image_id.split("/")
-    if not image_id or any(part in ("", ".", "..") for part in parts) or re.search(r"[\\\x00]", image_id):
+    if not image_id or any(part in ("", ".", "..") for part in parts) or re.search(r"[\\:\x00]", image_id):
         raise DatasetError(
-            f"Image id {image_id!r} cannot name a file; give the samples plain ids (or folder/name, '/' between)."
+            f"Image id {image_id!r} cannot name an exported file (an empty or '..' folder name, a leading '/', a "
+            "backslash or a colon, which Windows reads as a drive): rename that image file or folder, or give the "
+            "samples plain ids (folder/name, '/' between)."
         )
     return image_id
 

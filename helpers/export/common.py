@@ -143,9 +143,11 @@ class ImageFiles:
 def check_export_folder(dataset: Dataset, folder: str | Path, overwrite: bool = False) -> None:
     """Raise now what writing ``dataset`` to ``folder`` (``write_coco_dataset`` / ``write_yolo``) would raise
     there, before any work: FileExistsError for a non-empty ``folder`` without ``overwrite``, ExportError for
-    a folder that holds the dataset's own files."""
+    a folder that holds the dataset's own files or an image id that cannot name a file (``id_path``)."""
     _refuse_existing([Path(folder)], overwrite)
     _refuse_sources(dataset, Path(folder))
+    for image_id in dataset.ids:
+        id_path(image_id)
 
 
 def _refuse_existing(paths: Sequence[Path], overwrite: bool) -> None:

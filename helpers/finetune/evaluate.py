@@ -211,7 +211,7 @@ def save_history(history: pd.DataFrame, folder: str | Path, stem: str = "finetun
     with atomic_path(csv, hidden=True) as tmp:
         history.to_csv(tmp, index=False)
     with atomic_path(png, hidden=True) as tmp:
-        plot_history(history, title).savefig(tmp, format="png", dpi=100)
+        plot_history(history, title).savefig(tmp, dpi=100)
     return {"csv": csv, "png": png}
 
 
