@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .lazy import LazySamples, SampleRef, check_sources, fingerprints, path_text, register_reader
-from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, image_files, load_image
+from .types import IMAGE_SUFFIXES, Dataset, DatasetError, Sample, finish, image_files, load_image, path_id
 
 
 def load_images(
@@ -37,7 +37,7 @@ def load_images(
     dataset = Dataset(folder.name, LazySamples([]), list(classes or []))
     seen: dict[str, Path] = {}
     for path in paths[:limit] if limit else paths:
-        name = path.relative_to(folder).with_suffix("").as_posix() if recursive else path.stem
+        name = path_id(path, folder)  # its stem when directly in the folder
         if name in seen:
             where = path.relative_to(folder).as_posix()
             dataset.skipped.append((where, f"same file name stem as {seen[name].relative_to(folder).as_posix()}"))

@@ -42,6 +42,12 @@ def image_files(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(found)
 
 
+def path_id(path: Path, folder: Path) -> str:
+    """The sample id of image file ``path`` read from ``folder``: its path below ``folder`` without the suffix, "/"
+    between folders (``street/0001``; a file directly in ``folder``: its stem), the inverse of ``id_path``."""
+    return path.relative_to(folder).with_suffix("").as_posix()
+
+
 def id_path(image_id: str) -> str:
     """A sample id as the relative path of files named after it (exports, prepared copies): a plain id as it is, an
     id with folders (``street/0001``, from ``load_images(recursive=True)``) in those sub-folders; DatasetError for an

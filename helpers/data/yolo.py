@@ -13,7 +13,7 @@ import yaml
 
 from ..instances import Instance
 from .lazy import LazySamples, SampleRef, check_sources, fingerprints, pack, path_text, register_reader
-from .types import Dataset, DatasetError, Sample, finish, image_files, is_image_file, load_image
+from .types import Dataset, DatasetError, Sample, finish, image_files, is_image_file, load_image, path_id
 
 SPLITS = ("train", "val", "test")
 
@@ -169,9 +169,9 @@ def _names(names: object, where: Path) -> dict[int, str]:
 
 
 def _in_folder(folder: Path) -> list[tuple[Path, str]]:
-    """The images of ``folder`` and its sub-folders with their sample ids: the path below ``folder`` without the
-    suffix (``street/0001``; a file directly in it: its stem), as ``write_yolo`` names the files."""
-    return [(p, p.relative_to(folder).with_suffix("").as_posix()) for p in image_files(folder, recursive=True)]
+    """The images of ``folder`` and its sub-folders with their sample ids (``path_id``), as ``write_yolo`` names
+    the files."""
+    return [(p, path_id(p, folder)) for p in image_files(folder, recursive=True)]
 
 
 def _split_images(base: Path, spec: dict, split: str | None) -> tuple[list[tuple[Path, str]], str | None]:
