@@ -13,10 +13,13 @@ TORCH_PINS = "torch==2.13.0" "torchvision==0.28.0"
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# --compile-bytecode: uv leaves .py files uncompiled by default, and where Python may not write __pycache__
+# (PYTHONDONTWRITEBYTECODE, a read-only install) every kernel then compiles torch's Python anew: make demo
+# took 3 min 9 s - 3 min 19 s without, 1 min 43 s - 1 min 45 s with (docs/performance.md#make-demo).
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade uv
-	$(VENV)/bin/uv pip install --python $(PY) -e ".[test,ray]" $(TORCH_PINS)
+	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -e ".[test,ray]" $(TORCH_PINS)
 	touch $(STAMP)
 
 run: $(STAMP)
