@@ -311,7 +311,7 @@ def banner(config: RunConfig) -> str:
         if path:  # a file of one's own (a fine-tuned CLIP) replaces the profile's weights: say which
             lines.append(f"{kind} weights: {path} (SAMCLIP_{kind}_CHECKPOINT)")
     if config.data_path:
-        unread = " (not read: SAMCLIP_DATASET=demo generates its images; set it to coco, camvid or yolo)"
+        unread = " (not read: SAMCLIP_DATASET=demo generates its images; set it to coco, camvid, yolo or labelmaps)"
         lines.append(f"data={config.data_path}" + (unread if config.dataset == "demo" else ""))
     if config.is_smoke:
         rule = "!" * 78

@@ -41,7 +41,7 @@ def test_the_config_is_frozen():
         ("SAMCLIP_MAX_IMAGES", "0", "SAMCLIP_MAX_IMAGES=0 must be"),
         ("SAMCLIP_SAM_MODEL", "vit_x", "SAMCLIP_SAM_MODEL='vit_x'.*vit_h, vit_l, vit_b"),
         ("SAMCLIP_CLIP_MODEL", "ViT-Z", "SAMCLIP_CLIP_MODEL='ViT-Z'.*ViT-B/32"),
-        ("SAMCLIP_DATASET", "kitti", "SAMCLIP_DATASET='kitti'.*demo, coco, camvid, yolo"),
+        ("SAMCLIP_DATASET", "kitti", "SAMCLIP_DATASET='kitti'.*demo, coco, camvid, yolo, labelmaps"),
         ("SAMCLIP_PRECISION", "half", "SAMCLIP_PRECISION='half'.*bfloat16"),
         ("SAMCLIP_DEVICE", "tpu", "SAMCLIP_DEVICE='tpu' is not a device"),
     ],

@@ -13,6 +13,7 @@ from PIL import Image
 from helpers import data
 from helpers.data import DatasetError
 from helpers.data.types import _rgb8
+from helpers.files import remove
 
 W, H = 64, 32  # powers of two: k / 64 and k / 32 are exact in decimal text and in binary
 
@@ -191,6 +192,99 @@ def test_exif_orientation_is_kept_as_stored_and_noted(tmp_path):
     assert np.array_equal(ds[0].image, np.rot90(stored, -1))
     assert np.array_equal(ds[0].masks["thing"], _box_mask(1, 2, 9, 40, h=W, w=H))
     assert any("r.png" in n and "upright" in n for n in ds.notes)
+
+
+# --- folders of label maps with a classes.txt (SAMCLIP_DATASET=labelmaps) ---------------------------
+
+
+def _label_map_folder(root, classes_txt, masks="labels"):
+    labels = np.zeros((H, W), np.uint8)
+    labels[4:20, 8:40] = 1
+    labels[30:, :] = 255
+    _png(root / "images" / "a.jpg", _image())
+    _png(root / masks / "a.png", labels)
+    (root / "classes.txt").write_text(classes_txt)
+    return labels
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["background\nchair\n", "# ids in order\nbackground\n\nchair  # the one to find\n", "0 background\n1 chair\n"],
+)
+def test_class_names_by_order_or_by_id(tmp_path, text):
+    (tmp_path / "classes.txt").write_text(text)
+    assert data.read_class_names(tmp_path / "classes.txt") == ({0: "background", 1: "chair"}, ())
+
+
+def test_class_names_with_spaces_and_ignored_ids(tmp_path):
+    (tmp_path / "classes.txt").write_text("0 background\n5 traffic light\n254 Void\n255 void\n")
+    table, ignored = data.read_class_names(tmp_path / "classes.txt")
+    assert table == {0: "background", 5: "traffic light", 254: "Void", 255: "void"} and ignored == (254, 255)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0 background\nchair\n", "line 2: some lines start with an id and this one does not"),
+        ("chair\nchair\n", "line 2: 'chair' is named twice"),
+        ("0 a\n0 b\n", "line 2: id 0 is named twice"),
+        ("# nothing\n\n", "names no class"),
+    ],
+)
+def test_class_names_refused_with_the_line_and_the_fix(tmp_path, text, message):
+    (tmp_path / "classes.txt").write_text(text)
+    with pytest.raises(DatasetError, match=message) as error:
+        data.read_class_names(tmp_path / "classes.txt")
+    assert "'255 void'" in str(error.value)  # the fix: how the file is written
+
+
+def test_a_label_map_folder_reads_like_load_semantic_folder(tmp_path):
+    labels = _label_map_folder(tmp_path / "rooms", "0 background\n1 chair\n255 void\n")
+    ds = data.load_label_map_folder(tmp_path / "rooms")
+    assert ds.name == "rooms" and ds.classes == ["background", "chair"] and [s.image_id for s in ds] == ["a"]
+    assert np.array_equal(ds[0].masks["chair"], labels == 1)
+    assert np.array_equal(ds[0].ignore["chair"], labels == 255)
+    twin = data.load_semantic_folder(
+        tmp_path / "rooms" / "images",
+        tmp_path / "rooms" / "labels",
+        {0: "background", 1: "chair", 255: "void"},
+        (255,),
+        name="rooms",
+    )
+    assert all(np.array_equal(ds[0].masks[c], twin[0].masks[c]) for c in ds.classes)
+    assert data.load_label_map_folder(tmp_path / "rooms", classes=["chair"]).classes == ["chair"]
+
+
+def test_a_label_map_folder_finds_the_coursework_layout(tmp_path):
+    root = tmp_path / "scene"
+    labels = _label_map_folder(root, "floor\nchair\n", masks="gt_semantic_2d/render_semantic")
+    exact = root / "gt_semantic_2d" / "render_semantic_npy"
+    exact.mkdir()
+    np.save(exact / "a.npy", np.minimum(labels, 1))
+    ds = data.load_label_map_folder(root)  # the exact .npy maps are preferred to the rendered ones' folder
+    assert ds.classes == ["floor", "chair"] and np.array_equal(ds[0].masks["chair"], np.minimum(labels, 1) == 1)
+
+
+@pytest.mark.parametrize(
+    "missing, message",
+    [("images", "No images/ folder"), ("labels", "No folder of label maps"), ("classes.txt", "No classes.txt in")],
+)
+def test_a_label_map_folder_says_what_is_missing(tmp_path, missing, message):
+    root = tmp_path / "rooms"
+    _label_map_folder(root, "background\nchair\n")
+    remove(root / missing)
+    with pytest.raises(DatasetError, match=message) as error:
+        data.load_label_map_folder(root)
+    assert str(root.absolute()) in str(error.value)
+
+
+def test_samclip_dataset_labelmaps_prepares_the_folder(tmp_path):
+    folder = tmp_path / "data" / "labelmaps"
+    _label_map_folder(folder, "0 background\n1 chair\n255 void\n")
+    config = _config(tmp_path, dataset="labelmaps", classes=("chair",), max_images=None)
+    assert data.prepare_dataset(config).classes == ["chair"]
+    back = data.load_prepared(config.dataset_dir, expected=data.dataset_request(config))
+    assert back.ids == ["a"] and back[0].masks["chair"].sum() == 16 * 32 and back[0].ignore["chair"].any()
 
 
 # --- bad masks, colour masks, huge images ---------------------------------------------------------

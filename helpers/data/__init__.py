@@ -1,7 +1,7 @@
 """Datasets in one simple form: samples of an RGB image with one boolean mask per class name.
 
 Modules: ``types`` (Sample, Dataset, errors, read_image), ``coco`` (COCO json, val2017 subset
-download), ``label_maps`` (folders of semantic label maps, CamVid, the coursework layout),
+download), ``label_maps`` (folders of semantic label maps with a classes.txt, CamVid, the coursework layout),
 ``class_folders`` (labelled images, object crops, mosaics), ``images`` (a folder without labels),
 ``demo`` (the generated shapes set),
 ``yolo`` (ultralytics segmentation folders), ``lazy`` (samples read from disk when touched),
@@ -24,7 +24,9 @@ from .label_maps import (
     MASK_SUFFIXES,
     load_camvid,
     load_coursework,
+    load_label_map_folder,
     load_semantic_folder,
+    read_class_names,
     read_label_map,
     snap_to_ids,
 )
@@ -62,6 +64,7 @@ __all__ = [
     "fetch_coco_subset",
     "image_files",
     "load_camvid",
+    "load_label_map_folder",
     "load_class_folders",
     "load_coco",
     "load_coursework",
@@ -75,6 +78,7 @@ __all__ = [
     "prepare_dataset",
     "dataset_request",
     "read_image",
+    "read_class_names",
     "read_label_map",
     "save_dataset",
     "snap_to_ids",

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from .coco import load_coco
 from .demo import make_demo_dataset
-from .label_maps import load_camvid
+from .label_maps import load_camvid, load_label_map_folder
 from .storage import save_dataset
 from .types import Dataset, DatasetError, is_image_file
 from .yolo import load_yolo
 
-DATASETS = ("demo", "coco", "camvid", "yolo")
+DATASETS = ("demo", "coco", "camvid", "yolo", "labelmaps")
 
 
 def data_path(config) -> Path | None:
@@ -75,7 +75,7 @@ def coco_files(path: Path) -> tuple[Path, Path]:
 
 
 def prepare_dataset(config) -> Dataset:
-    """The run's dataset (``config.dataset``: demo, coco, camvid or yolo, read from ``config.data_path``),
+    """The run's dataset (``config.dataset``: demo, coco, camvid, yolo or labelmaps, read from ``config.data_path``),
     saved with its request to ``config.dataset_dir`` for the next notebooks."""
     kind = config.dataset
     if kind not in DATASETS:
@@ -92,6 +92,8 @@ def prepare_dataset(config) -> Dataset:
         dataset = load_coco(annotations, images, classes=classes, limit=limit, progress=True)
     elif kind == "camvid":
         dataset = load_camvid(path, limit=limit, classes=classes)
+    elif kind == "labelmaps":
+        dataset = load_label_map_folder(path, classes=classes, limit=limit)
     else:
         dataset = load_yolo(path, classes=classes, limit=limit, progress=True)
     if classes:
