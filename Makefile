@@ -6,30 +6,37 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
+READY   = $(VENV)/.bytecode-stamp
 # torch and torchvision both from PyPI: the only pair that loads together on CPU here and on Colab.
 TORCH_PINS = "torch==2.13.0" "torchvision==0.28.0"
 
 .PHONY: install run smoke demo test test-fast lint clean strip ray-demo readme-figure
 
-install: $(STAMP)
+install: $(READY)
 
-# --compile-bytecode: uv leaves .py files uncompiled by default, and where Python may not write __pycache__
-# (PYTHONDONTWRITEBYTECODE, a read-only install) every kernel then compiles torch's Python anew: make demo
-# took 3 min 9 s - 3 min 19 s without, 1 min 43 s - 1 min 45 s with (docs/performance.md#make-demo).
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade uv
-	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -e ".[test,ray]" $(TORCH_PINS)
+	$(VENV)/bin/uv pip install --python $(PY) -e ".[test,ray]" $(TORCH_PINS)
 	touch $(STAMP)
 
-run: $(STAMP)
+# The installed packages compiled to bytecode, offline (once; a second time takes a second): uv leaves that to the
+# first import, and where Python may not write __pycache__ (PYTHONDONTWRITEBYTECODE=1, a read-only install) every
+# kernel then compiled torch's Python anew: make demo took 3 min 9 s - 3 min 19 s without, 1 min 43 s - 1 min 45 s
+# with (docs/performance.md#make-demo). A .venv made before this step gets it at its next make. '|| true': a file
+# of torch's own tests is Python 3.12 syntax and does not compile on 3.11, which nothing imports.
+$(READY): $(STAMP) Makefile
+	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" > /dev/null || true
+	touch $(READY)
+
+run: $(READY)
 	$(PY) -m helpers.run_notebooks
 
-smoke: $(STAMP)
+smoke: $(READY)
 	SAMCLIP_PROFILE=smoke $(PY) -m helpers.run_notebooks
 
 # The trained demo models (helpers/demo/weights/, sha256-checked) on unseen demo images: no download.
-demo: $(STAMP)
+demo: $(READY)
 	SAMCLIP_PROFILE=demo $(PY) -m helpers.run_notebooks 00 01 02 03 04
 
 # The README's picture: notebook 04's four panels in the demo profile on an unseen image (seed 11), as a
@@ -39,7 +46,7 @@ readme-figure: demo
 	.quantize(256).save('docs/demo_four_panels.png', optimize=True)"
 
 # The smoke dataset through a private 2-worker Ray instance; notebooks 03-04 then read its cache.
-ray-demo: $(STAMP)
+ray-demo: $(READY)
 	SAMCLIP_PROFILE=smoke $(PY) -c "from helpers.config import load_config; from helpers.data import prepare_dataset; prepare_dataset(load_config())"
 	SAMCLIP_PROFILE=smoke $(PY) -m helpers.distributed --address local --workers 2
 
@@ -47,18 +54,18 @@ ray-demo: $(STAMP)
 WORKERS ?= 2
 PYTEST  = SAMCLIP_PROFILE=smoke SAMCLIP_START_DIR=$(CURDIR) $(PY) -m pytest -q -n $(WORKERS)
 
-test: $(STAMP) lint
+test: $(READY) lint
 	$(PYTEST) --nbmake --nbmake-timeout=300 tests notebooks
 
 # The inner loop: everything but the notebooks, the real-data notebook flows and Ray (about a minute).
-test-fast: $(STAMP)
+test-fast: $(READY)
 	$(PYTEST) tests --ignore=tests/test_notebook_flow.py --ignore=tests/test_distributed.py
 
-lint: $(STAMP)
+lint: $(READY)
 	$(VENV)/bin/ruff check helpers tests benchmarks
 	$(VENV)/bin/ruff format --check helpers tests benchmarks
 
-strip: $(STAMP)
+strip: $(READY)
 	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
 clean:

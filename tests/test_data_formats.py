@@ -209,7 +209,13 @@ def _label_map_folder(root, classes_txt, masks="labels"):
 
 @pytest.mark.parametrize(
     "text",
-    ["background\nchair\n", "# ids in order\nbackground\n\nchair  # the one to find\n", "0 background\n1 chair\n"],
+    [
+        "background\nchair\n",
+        "# ids in order\r\nbackground\r\n\r\n  chair  # the one to find\r\n",
+        "\ufeff0 background\n1 chair\n",
+        "0: background\n1,chair\n",
+        "0\tbackground\n1 = chair\n",
+    ],
 )
 def test_class_names_by_order_or_by_id(tmp_path, text):
     (tmp_path / "classes.txt").write_text(text)
@@ -217,18 +223,22 @@ def test_class_names_by_order_or_by_id(tmp_path, text):
 
 
 def test_class_names_with_spaces_and_ignored_ids(tmp_path):
-    (tmp_path / "classes.txt").write_text("0 background\n5 traffic light\n254 Void\n255 void\n")
+    (tmp_path / "classes.txt").write_text("0 background\n5 traffic\t  light\n7 C#\n-1 void\n254 Void\n255 void\n")
     table, ignored = data.read_class_names(tmp_path / "classes.txt")
-    assert table == {0: "background", 5: "traffic light", 254: "Void", 255: "void"} and ignored == (254, 255)
+    assert table == {0: "background", 5: "traffic light", 7: "C#", -1: "void", 254: "Void", 255: "void"}
+    assert ignored == (-1, 254, 255)
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("0 background\nchair\n", "line 2: some lines start with an id and this one does not"),
-        ("chair\nchair\n", "line 2: 'chair' is named twice"),
-        ("0 a\n0 b\n", "line 2: id 0 is named twice"),
+        ("0 background\nchair\n2 table\n", "line 2: 'chair' has no id, unlike the other lines"),
+        ("background\nchair\nsofa\n2 wheeler\n", "line 4: '2 wheeler' starts with an id, unlike the others"),
+        ("0 background\n255\n", "line 2: the id 255 has no name"),
+        ("chair\nChair\n", "line 2: 'Chair' \\(line 1 names it too\\) is named twice"),
+        ("0 a\n00 b\n", "line 2: id 0 is named twice"),
         ("# nothing\n\n", "names no class"),
+        ("0 void\n1 ignore\n", "names only classes left out of the scores"),
     ],
 )
 def test_class_names_refused_with_the_line_and_the_fix(tmp_path, text, message):
@@ -236,6 +246,12 @@ def test_class_names_refused_with_the_line_and_the_fix(tmp_path, text, message):
     with pytest.raises(DatasetError, match=message) as error:
         data.read_class_names(tmp_path / "classes.txt")
     assert "'255 void'" in str(error.value)  # the fix: how the file is written
+
+
+def test_class_names_not_utf8_say_so(tmp_path):
+    (tmp_path / "classes.txt").write_bytes("chaise\nfenêtre\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match="Cannot read .*classes.txt .*\\(UTF-8\\)"):
+        data.read_class_names(tmp_path / "classes.txt")
 
 
 def test_a_label_map_folder_reads_like_load_semantic_folder(tmp_path):
@@ -253,6 +269,29 @@ def test_a_label_map_folder_reads_like_load_semantic_folder(tmp_path):
     )
     assert all(np.array_equal(ds[0].masks[c], twin[0].masks[c]) for c in ds.classes)
     assert data.load_label_map_folder(tmp_path / "rooms", classes=["chair"]).classes == ["chair"]
+    with pytest.raises(DatasetError, match="named void or ignore in .*classes.txt: its pixels are left out"):
+        data.load_label_map_folder(tmp_path / "rooms", classes=["void"])
+
+
+@pytest.mark.parametrize("images_with_255", [1, 2])
+def test_an_id_classes_txt_does_not_name_is_an_error_that_names_the_file(tmp_path, images_with_255):
+    root = tmp_path / "rooms"
+    _label_map_folder(root, "background\nchair\n")  # a.png holds 255 (VOC's border), unnamed
+    if images_with_255 == 1:  # a second image without it: skipping a.jpg would go on with a subset
+        _png(root / "images" / "b.jpg", _image(seed=1))
+        _png(root / "labels" / "b.png", np.ones((H, W), np.uint8))
+    with pytest.raises(DatasetError) as error:
+        data.load_label_map_folder(root)
+    message = str(error.value)
+    assert "class id(s) [255]" in message and str(root / "classes.txt") in message and "'255 void'" in message
+
+
+def test_a_label_map_folder_takes_the_first_folder_that_holds_maps(tmp_path):
+    root = tmp_path / "mixed"
+    labels = _label_map_folder(root, "0 background\n1 chair\n255 void\n", masks="masks")
+    (root / "labels").mkdir()
+    (root / "labels" / "a.txt").write_text("0 0.1 0.1 0.5 0.1 0.5 0.5\n")  # YOLO polygons beside, no label map
+    assert np.array_equal(data.load_label_map_folder(root)[0].masks["chair"], labels == 1)
 
 
 def test_a_label_map_folder_finds_the_coursework_layout(tmp_path):
@@ -267,7 +306,7 @@ def test_a_label_map_folder_finds_the_coursework_layout(tmp_path):
 
 @pytest.mark.parametrize(
     "missing, message",
-    [("images", "No images/ folder"), ("labels", "No folder of label maps"), ("classes.txt", "No classes.txt in")],
+    [("images", "No images/ folder"), ("labels", "No label maps in"), ("classes.txt", "No classes.txt in")],
 )
 def test_a_label_map_folder_says_what_is_missing(tmp_path, missing, message):
     root = tmp_path / "rooms"
@@ -276,6 +315,12 @@ def test_a_label_map_folder_says_what_is_missing(tmp_path, missing, message):
     with pytest.raises(DatasetError, match=message) as error:
         data.load_label_map_folder(root)
     assert str(root.absolute()) in str(error.value)
+
+
+def test_a_label_map_folder_given_as_dot_keeps_its_name(tmp_path, monkeypatch):
+    _label_map_folder(tmp_path / "rooms", "0 b\n1 chair\n255 void\n")
+    monkeypatch.chdir(tmp_path / "rooms")
+    assert data.load_label_map_folder(".").name == "rooms"
 
 
 def test_samclip_dataset_labelmaps_prepares_the_folder(tmp_path):

@@ -1,9 +1,9 @@
 """Datasets in one simple form: samples of an RGB image with one boolean mask per class name.
 
 Modules: ``types`` (Sample, Dataset, errors, read_image), ``coco`` (COCO json, val2017 subset
-download), ``label_maps`` (folders of semantic label maps with a classes.txt, CamVid, the coursework layout),
-``class_folders`` (labelled images, object crops, mosaics), ``images`` (a folder without labels),
-``demo`` (the generated shapes set),
+download), ``label_maps`` (folders of semantic label maps, CamVid, the coursework layout),
+``label_map_folder`` (one's own folder of them, named by a classes.txt), ``class_folders`` (labelled images, object
+crops, mosaics), ``images`` (a folder without labels), ``demo`` (the generated shapes set),
 ``yolo`` (ultralytics segmentation folders), ``lazy`` (samples read from disk when touched),
 ``storage`` (prepared datasets on disk: a manifest by reference, with the request they were
 prepared for) and ``prepare`` (the run's dataset for the notebooks).
@@ -18,15 +18,14 @@ from .class_folders import load_class_folders, make_mosaics, object_crops
 from .coco import COCO_ANNOTATIONS_URL, COCO_IMAGES_URL, fetch_coco_subset, load_coco
 from .demo import DEMO_CLASSES, make_demo_dataset
 from .images import load_images
+from .label_map_folder import load_label_map_folder, read_class_names
 from .label_maps import (
     CAMVID_CLASSES,
     CAMVID_IGNORE_IDS,
     MASK_SUFFIXES,
     load_camvid,
     load_coursework,
-    load_label_map_folder,
     load_semantic_folder,
-    read_class_names,
     read_label_map,
     snap_to_ids,
 )

@@ -1,5 +1,4 @@
-"""Folders of images with semantic label maps (.npy, .png, .jpg): generic, with a classes.txt, CamVid and the
-coursework layout."""
+"""Folders of images with semantic label maps (.npy, .png, .jpg): generic, CamVid and the coursework layout."""
 
 from __future__ import annotations
 
@@ -260,77 +259,6 @@ def load_camvid(root: str | Path, limit: int | None = None, classes: list[str] |
     root = Path(root)
     return load_semantic_folder(
         root / "images", root / "labels", CAMVID_CLASSES, CAMVID_IGNORE_IDS, classes=classes, limit=limit, name="camvid"
-    )
-
-
-CLASS_FILE = "classes.txt"
-MASK_FOLDERS = (
-    "labels",
-    "masks",
-    "annotations",
-    "gt_semantic_2d/render_semantic_npy",
-    "gt_semantic_2d/render_semantic",
-)
-IGNORE_NAMES = ("ignore", "void")  # a class named so in classes.txt: its pixels are left out of the evaluation
-
-
-def read_class_names(path: str | Path) -> tuple[dict[int, str], tuple[int, ...]]:
-    """The class table of a ``classes.txt``: one class per line, either ``<name>`` (its id is the line's place
-    among the classes, from 0) or ``<id> <name>`` on every line (VOC's ``255 void``); blank lines and ``#``
-    comments skipped. Returns ({id: name}, the ids named ``ignore`` or ``void``, whose pixels are ignored)."""
-    path = Path(path)
-    fix = (
-        f"Write one class per line in {path.absolute()}: its name (ids 0, 1, 2, ... in order), or '<id> <name>' on "
-        "every line (e.g. '0 background', '255 void'); name a class 'ignore' or 'void' to leave its pixels out."
-    )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DatasetError(
-            f"No {path.name} in {path.parent.absolute()}: the label maps' ids need names. {fix}"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"Cannot read {path.absolute()} ({exc}). {fix}") from exc
-    lines = [(n, line.split("#", 1)[0].strip()) for n, line in enumerate(text.splitlines(), 1)]
-    lines = [(n, line) for n, line in lines if line]
-    numbered = [line.split(None, 1) for _, line in lines]
-    explicit = [len(parts) == 2 and parts[0].isdigit() for parts in numbered]
-    if any(explicit) and not all(explicit):
-        n = lines[explicit.index(False)][0]
-        raise DatasetError(f"{path.absolute()} line {n}: some lines start with an id and this one does not. {fix}")
-    table: dict[int, str] = {}
-    for (n, line), parts in zip(lines, numbered):
-        class_id, name = (int(parts[0]), parts[1].strip()) if all(explicit) else (len(table), line)
-        if class_id in table or (name in table.values() and name.casefold() not in IGNORE_NAMES):
-            raise DatasetError(
-                f"{path.absolute()} line {n}: {f'id {class_id}' if class_id in table else repr(name)} is named "
-                f"twice. {fix}"
-            )
-        table[class_id] = name
-    if not table:
-        raise DatasetError(f"{path.absolute()} names no class. {fix}")
-    return table, tuple(i for i, name in table.items() if name.casefold() in IGNORE_NAMES)
-
-
-def load_label_map_folder(
-    root: str | Path, classes: list[str] | None = None, limit: int | None = None, check: bool = True
-) -> Dataset:
-    """A folder of images with label maps, named by a ``classes.txt`` (``read_class_names``): ``images/`` and the
-    first of ``labels/``, ``masks/``, ``annotations/`` or the coursework's ``gt_semantic_2d/render_semantic_npy``
-    (or ``render_semantic``) that exists; an image and its map share the file stem (``load_semantic_folder``)."""
-    root = Path(root).expanduser()
-    layout = (
-        f"{root.absolute()} should hold images/, a folder of label maps ({', '.join(f + '/' for f in MASK_FOLDERS)}) "
-        f"and {CLASS_FILE}"
-    )
-    if not (root / "images").is_dir():
-        raise DatasetError(f"No images/ folder in {root.absolute()}: {layout}.")
-    masks = next((root / f for f in MASK_FOLDERS if (root / f).is_dir()), None)
-    if masks is None:
-        raise DatasetError(f"No folder of label maps in {root.absolute()}: {layout}.")
-    table, ignore_ids = read_class_names(root / CLASS_FILE)
-    return load_semantic_folder(
-        root / "images", masks, table, ignore_ids, classes=classes, limit=limit, name=root.name, check=check
     )
 
 

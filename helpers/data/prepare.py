@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .coco import load_coco
 from .demo import make_demo_dataset
-from .label_maps import load_camvid, load_label_map_folder
+from .label_map_folder import load_label_map_folder
+from .label_maps import load_camvid
 from .storage import save_dataset
 from .types import Dataset, DatasetError, is_image_file
 from .yolo import load_yolo

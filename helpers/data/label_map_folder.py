@@ -1,0 +1,127 @@
+"""A folder of one's own label maps, its ids named by a ``classes.txt`` (``SAMCLIP_DATASET=labelmaps``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .label_maps import MASK_SUFFIXES, load_semantic_folder
+from .types import Dataset, DatasetError
+
+CLASS_FILE = "classes.txt"
+MASK_FOLDERS = (
+    "labels",
+    "masks",
+    "annotations",
+    "gt_semantic_2d/render_semantic_npy",
+    "gt_semantic_2d/render_semantic",
+)
+IGNORE_NAMES = ("ignore", "void")  # a class named so in classes.txt: its pixels are left out of the evaluation
+
+
+_COMMENT = re.compile(r"(^|\s)#.*")  # '#' at the start of a line or after a space: 'C#' stays a name
+_ID_NAME = re.compile(r"(-?[0-9]+)(?:\s*[:=,]\s*|\s+)(\S.*)")  # '5 car', '5: car', '5,car', '-1 void'
+
+
+def read_class_names(path: str | Path) -> tuple[dict[int, str], tuple[int, ...]]:
+    """The class table of a ``classes.txt``: one class per line, either ``<name>`` (ids 0, 1, 2, ... in the order
+    of the lines) or ``<id> <name>`` on every line (``255 void``; ``5: car`` and ``5,car`` too); blank lines and
+    ``#`` comments skipped, runs of spaces in a name made one. Returns ({id: name}, the ids of classes named
+    ``ignore`` or ``void``, whose pixels are left out of the scores)."""
+    path = Path(path)
+    fix = (
+        f"Write one class per line in {path.absolute()} (UTF-8): its name (ids 0, 1, 2, ... in order), or "
+        "'<id> <name>' on every line (e.g. '0 background', '255 void'); name a class 'ignore' or 'void' to leave "
+        "its pixels out."
+    )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DatasetError(
+            f"No {path.name} in {path.parent.absolute()}: the label maps' ids need names. {fix}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"Cannot read {path.absolute()} ({exc}). {fix}") from exc
+    lines = [(n, _COMMENT.sub("", line).strip()) for n, line in enumerate(text.splitlines(), 1)]
+    lines = [(n, line) for n, line in lines if line]
+    for n, line in lines:
+        if re.fullmatch(r"-?[0-9]+", line):
+            raise DatasetError(f"{path.absolute()} line {n}: the id {line} has no name. {fix}")
+    matches = [_ID_NAME.fullmatch(line) for _, line in lines]
+    with_id = sum(m is not None for m in matches)
+    if 0 < with_id < len(lines):  # the odd line out: an id among names, or a name among ids
+        odd = next(i for i, m in enumerate(matches) if (m is None) == (2 * with_id >= len(lines)))
+        what = "has no id, unlike the other lines" if matches[odd] is None else "starts with an id, unlike the others"
+        raise DatasetError(f"{path.absolute()} line {lines[odd][0]}: '{lines[odd][1]}' {what}. {fix}")
+    table: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for (n, line), match in zip(lines, matches):
+        class_id, name = (int(match[1]), match[2]) if match else (len(table), line)
+        name = " ".join(name.split())
+        folded = name.casefold()
+        if class_id in table or (folded in seen and folded not in IGNORE_NAMES):
+            twice = f"id {class_id}" if class_id in table else f"{name!r} (line {seen[folded]} names it too)"
+            raise DatasetError(f"{path.absolute()} line {n}: {twice} is named twice. {fix}")
+        table[class_id], seen[folded] = name, n
+    if not table:
+        raise DatasetError(f"{path.absolute()} names no class. {fix}")
+    ignored = tuple(i for i, name in table.items() if name.casefold() in IGNORE_NAMES)
+    if len(ignored) == len(table):
+        raise DatasetError(f"{path.absolute()} names only classes left out of the scores (void / ignore). {fix}")
+    return table, ignored
+
+
+def _mask_folder(root: Path) -> Path | None:
+    """The first of ``MASK_FOLDERS`` under ``root`` holding a label map (a file with a mask suffix)."""
+    for name in MASK_FOLDERS:
+        folder = root / name
+        if folder.is_dir() and any(p.suffix.lower() in MASK_SUFFIXES for p in folder.iterdir()):
+            return folder
+    return None
+
+
+def load_label_map_folder(
+    root: str | Path, classes: list[str] | None = None, limit: int | None = None, check: bool = True
+) -> Dataset:
+    """A folder of images with label maps, named by a ``classes.txt`` (``read_class_names``): ``images/`` and the
+    first of ``labels/``, ``masks/``, ``annotations/`` or the coursework's ``gt_semantic_2d/render_semantic_npy``
+    (or ``render_semantic``) that holds label maps; an image and its map share the file stem
+    (``load_semantic_folder``). A class id in a map that ``classes.txt`` does not name is an error that says so."""
+    root = Path(root).expanduser().absolute()
+    layout = (
+        f"{root} should hold images/, label maps with the images' file stems in one of "
+        f"{', '.join(f + '/' for f in MASK_FOLDERS)} ({', '.join(MASK_SUFFIXES)}), and {CLASS_FILE}"
+    )
+    if not (root / "images").is_dir():
+        raise DatasetError(f"No images/ folder in {root}: {layout}.")
+    masks = _mask_folder(root)
+    if masks is None:
+        raise DatasetError(f"No label maps in {root}: {layout}.")
+    table, ignore_ids = read_class_names(root / CLASS_FILE)
+    left_out = [c for c in classes or [] if c.casefold() in IGNORE_NAMES]
+    if left_out:
+        raise DatasetError(
+            f"{left_out} is named void or ignore in {root / CLASS_FILE}: its pixels are left out of the scores, "
+            "not a class to look for. Ask for another class, or rename it there."
+        )
+
+    def unnamed(reason: str) -> DatasetError | None:
+        found = re.search(r"class id\(s\) \[([^\]]*)\] are not in the class table", reason)
+        if found is None:
+            return None
+        return DatasetError(
+            f"The label maps in {masks} hold class id(s) [{found[1]}] that {root / CLASS_FILE} does not name: add a "
+            f"line for each ('<id> <name>', e.g. '{found[1].split(',')[0]} void' to leave its pixels out; a file "
+            "of names alone numbers them from 0, so use '<id> <name>' lines for other ids)."
+        )
+
+    try:
+        dataset = load_semantic_folder(
+            root / "images", masks, table, ignore_ids, classes=classes, limit=limit, name=root.name, check=check
+        )
+    except DatasetError as exc:
+        raise (unnamed(str(exc)) or exc) from exc
+    problem = next((p for p in (unnamed(reason) for _, reason in dataset.skipped) if p is not None), None)
+    if problem is not None:
+        raise problem
+    return dataset
