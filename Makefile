@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/uv pip install --python $(PY) -e ".[test,ray]" $(TORCH_PINS)
 	touch $(STAMP)
 
-# The installed packages compiled to bytecode, offline (once; a second time takes a second): uv leaves that to the
-# first import, and where Python may not write __pycache__ (PYTHONDONTWRITEBYTECODE=1, a read-only install) every
-# kernel then compiled torch's Python anew: make demo took 3 min 9 s - 3 min 19 s without, 1 min 43 s - 1 min 45 s
-# with (docs/performance.md#make-demo). A .venv made before this step gets it at its next make. '|| true': a file
-# of torch's own tests is Python 3.12 syntax and does not compile on 3.11, which nothing imports.
+# The installed packages compiled to bytecode, offline (~45 s once; ~10 s to check again when the Makefile changes):
+# uv leaves that to the first import, and where Python may not write __pycache__ (PYTHONDONTWRITEBYTECODE=1, a
+# read-only install) every kernel then compiled torch's Python anew: make demo took 3 min 9 s - 3 min 19 s without,
+# 1 min 43 s - 1 min 45 s with (docs/performance.md#make-demo). A .venv made before this step gets it at its next
+# make. '|| true': a file of torch's own tests is Python 3.12 syntax, which 3.11 cannot compile and nothing imports.
 $(READY): $(STAMP) Makefile
 	$(PY) -m compileall -q -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" > /dev/null || true
 	touch $(READY)
