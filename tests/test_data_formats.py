@@ -330,6 +330,9 @@ def test_samclip_dataset_labelmaps_prepares_the_folder(tmp_path):
     assert data.prepare_dataset(config).classes == ["chair"]
     back = data.load_prepared(config.dataset_dir, expected=data.dataset_request(config))
     assert back.ids == ["a"] and back[0].masks["chair"].sum() == 16 * 32 and back[0].ignore["chair"].any()
+    (folder / "classes.txt").write_text("0 background\n1 armchair\n255 void\n")  # renamed after notebook 01
+    with pytest.raises(DatasetError, match="run notebooks/01_prepare_dataset.ipynb again"):
+        data.load_prepared(config.dataset_dir, expected=data.dataset_request(config))
 
 
 # --- bad masks, colour masks, huge images ---------------------------------------------------------

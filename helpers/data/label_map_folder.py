@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from .label_maps import MASK_SUFFIXES, load_semantic_folder
+from .lazy import fingerprints, path_text
 from .types import Dataset, DatasetError
 
 CLASS_FILE = "classes.txt"
@@ -86,7 +87,8 @@ def load_label_map_folder(
     """A folder of images with label maps, named by a ``classes.txt`` (``read_class_names``): ``images/`` and the
     first of ``labels/``, ``masks/``, ``annotations/`` or the coursework's ``gt_semantic_2d/render_semantic_npy``
     (or ``render_semantic``) that holds label maps; an image and its map share the file stem
-    (``load_semantic_folder``). A class id in a map that ``classes.txt`` does not name is an error that says so."""
+    (``load_semantic_folder``). A class id in a map that ``classes.txt`` does not name is an error that says so;
+    ``classes.txt`` is recorded with each sample, so that a prepared set notices when it changes size."""
     root = Path(root).expanduser().absolute()
     layout = (
         f"{root} should hold images/, label maps with the images' file stems in one of "
@@ -124,4 +126,7 @@ def load_label_map_folder(
     problem = next((p for p in (unnamed(reason) for _, reason in dataset.skipped) if p is not None), None)
     if problem is not None:
         raise problem
+    for ref in dataset.samples.refs:  # the names are part of each sample: an edited classes.txt is noticed later
+        ref.source["classes_file"] = path_text(root / CLASS_FILE)
+        ref.source["fingerprint"] = fingerprints(ref.source, "image", "mask", "classes_file")
     return dataset
