@@ -269,7 +269,7 @@ def test_a_label_map_folder_reads_like_load_semantic_folder(tmp_path):
     )
     assert all(np.array_equal(ds[0].masks[c], twin[0].masks[c]) for c in ds.classes)
     assert data.load_label_map_folder(tmp_path / "rooms", classes=["chair"]).classes == ["chair"]
-    with pytest.raises(DatasetError, match="named void or ignore in .*classes.txt: its pixels are left out"):
+    with pytest.raises(DatasetError, match="void: named void or ignore in .*classes.txt, so its pixels are left out"):
         data.load_label_map_folder(tmp_path / "rooms", classes=["void"])
 
 
@@ -330,7 +330,7 @@ def test_samclip_dataset_labelmaps_prepares_the_folder(tmp_path):
     assert data.prepare_dataset(config).classes == ["chair"]
     back = data.load_prepared(config.dataset_dir, expected=data.dataset_request(config))
     assert back.ids == ["a"] and back[0].masks["chair"].sum() == 16 * 32 and back[0].ignore["chair"].any()
-    (folder / "classes.txt").write_text("0 background\n1 armchair\n255 void\n")  # renamed after notebook 01
+    (folder / "classes.txt").write_text("1 background\n0 chair\n255 void\n")  # ids swapped: the same size
     with pytest.raises(DatasetError, match="run notebooks/01_prepare_dataset.ipynb again"):
         data.load_prepared(config.dataset_dir, expected=data.dataset_request(config))
 

@@ -88,7 +88,7 @@ def load_label_map_folder(
     first of ``labels/``, ``masks/``, ``annotations/`` or the coursework's ``gt_semantic_2d/render_semantic_npy``
     (or ``render_semantic``) that holds label maps; an image and its map share the file stem
     (``load_semantic_folder``). A class id in a map that ``classes.txt`` does not name is an error that says so;
-    ``classes.txt`` is recorded with each sample, so that a prepared set notices when it changes size."""
+    ``classes.txt`` is recorded with each sample (its sha256), so that a prepared set notices an edit."""
     root = Path(root).expanduser().absolute()
     layout = (
         f"{root} should hold images/, label maps with the images' file stems in one of "
@@ -100,11 +100,12 @@ def load_label_map_folder(
     if masks is None:
         raise DatasetError(f"No label maps in {root}: {layout}.")
     table, ignore_ids = read_class_names(root / CLASS_FILE)
-    left_out = [c for c in classes or [] if c.casefold() in IGNORE_NAMES]
+    ignored = {table[i].casefold() for i in ignore_ids}
+    left_out = [c for c in classes or [] if c.casefold() in ignored]
     if left_out:
         raise DatasetError(
-            f"{left_out} is named void or ignore in {root / CLASS_FILE}: its pixels are left out of the scores, "
-            "not a class to look for. Ask for another class, or rename it there."
+            f"{', '.join(left_out)}: named void or ignore in {root / CLASS_FILE}, so its pixels are left out of the "
+            "scores, not a class to look for. Ask for another class, or rename it there."
         )
 
     def unnamed(reason: str) -> DatasetError | None:
@@ -128,5 +129,5 @@ def load_label_map_folder(
         raise problem
     for ref in dataset.samples.refs:  # the names are part of each sample: an edited classes.txt is noticed later
         ref.source["classes_file"] = path_text(root / CLASS_FILE)
-        ref.source["fingerprint"] = fingerprints(ref.source, "image", "mask", "classes_file")
+        ref.source["fingerprint"] = fingerprints(ref.source, "image", "mask", hashed=("classes_file",))
     return dataset

@@ -15,6 +15,7 @@ with the last few samples kept (``CACHED``). When items turn bad:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -77,22 +78,26 @@ CHANGED = (
 )
 
 
-def fingerprints(source: dict, *keys: str) -> dict[str, list[int] | None]:
+def fingerprints(source: dict, *keys: str, hashed: tuple[str, ...] = ()) -> dict[str, list | None]:
     """{key: [size, mtime_ns]} of the files ``source[key]`` names (None for a file not there now: its read
-    fails with the reader's own message), recorded when indexing and checked by ``check_sources``."""
-    recorded: dict[str, list[int] | None] = {}
-    for key in keys:
+    fails with the reader's own message), recorded when indexing and checked by ``check_sources``; for the
+    ``hashed`` keys (small files whose edits may keep their size, e.g. a classes.txt) the content's sha256 too."""
+    recorded: dict[str, list | None] = {}
+    for key in (*keys, *hashed):
         try:
             status = os.stat(source[key])
             recorded[key] = [status.st_size, status.st_mtime_ns]
+            if key in hashed:
+                recorded[key].append(hashlib.sha256(Path(source[key]).read_bytes()).hexdigest())
         except OSError:
             recorded[key] = None
     return recorded
 
 
 def check_sources(source: dict) -> None:
-    """DatasetError when a file of ``source`` is gone or its size differs from when it was indexed. The
-    date is recorded but not compared: copies (Drive, ``cp`` without ``-p``) change it, not the pixels."""
+    """DatasetError when a file of ``source`` is gone or its size (for a hashed one, its content) differs from when
+    it was indexed. The date is recorded but not compared: copies (Drive, ``cp`` without ``-p``) change it, not the
+    pixels."""
     for key, recorded in source.get("fingerprint", {}).items():
         if recorded is None:
             continue
@@ -105,6 +110,10 @@ def check_sources(source: dict) -> None:
             raise DatasetError(
                 f"{key} {path} {CHANGED} ({recorded[0]} -> {size} bytes); "
                 "prepare the dataset again (notebook 01) to use the new file"
+            )
+        if len(recorded) > 2 and hashlib.sha256(path.read_bytes()).hexdigest() != recorded[2]:
+            raise DatasetError(
+                f"{key} {path} {CHANGED} (its content); prepare the dataset again (notebook 01) to use the new file"
             )
 
 
