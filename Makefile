@@ -7,14 +7,23 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 READY   = $(VENV)/.bytecode-stamp
+PINS    = $(VENV)/.pins
 # torch and torchvision both from PyPI: the only pair that loads together on CPU here and on Colab.
 TORCH_PINS = "torch==2.13.0" "torchvision==0.28.0"
 
-.PHONY: install run smoke demo test test-fast lint clean strip ray-demo readme-figure
+.PHONY: FORCE install run smoke demo test test-fast lint clean strip ray-demo readme-figure
 
 install: $(READY)
 
-$(STAMP): pyproject.toml
+# The pins as a file rewritten only when they change, so that a new pin reinstalls and an edit elsewhere in this
+# Makefile does not (a reinstall needs the network; make demo must not). A .venv made before this file has the
+# pins of its install stamp's day: the file starts with that stamp's date.
+$(PINS): FORCE
+	@mkdir -p $(VENV)
+	@if [ ! -e $@ ] && [ -e $(STAMP) ]; then echo '$(TORCH_PINS)' > $@ && touch -r $(STAMP) $@; fi
+	@echo '$(TORCH_PINS)' | cmp -s - $@ || echo '$(TORCH_PINS)' > $@
+
+$(STAMP): pyproject.toml $(PINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade uv
 	$(VENV)/bin/uv pip install --python $(PY) -e ".[test,ray]" $(TORCH_PINS)

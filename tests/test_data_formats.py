@@ -273,17 +273,24 @@ def test_a_label_map_folder_reads_like_load_semantic_folder(tmp_path):
         data.load_label_map_folder(tmp_path / "rooms", classes=["void"])
 
 
-@pytest.mark.parametrize("images_with_255", [1, 2])
-def test_an_id_classes_txt_does_not_name_is_an_error_that_names_the_file(tmp_path, images_with_255):
+@pytest.mark.parametrize("case", ["one image", "the only image", "another skipped first", "two ids"])
+def test_an_id_classes_txt_does_not_name_is_an_error_that_names_the_file(tmp_path, case):
     root = tmp_path / "rooms"
     _label_map_folder(root, "background\nchair\n")  # a.png holds 255 (VOC's border), unnamed
-    if images_with_255 == 1:  # a second image without it: skipping a.jpg would go on with a subset
+    if case == "one image":  # a second image without it: skipping a.jpg would go on with a subset
         _png(root / "images" / "b.jpg", _image(seed=1))
         _png(root / "labels" / "b.png", np.ones((H, W), np.uint8))
+    if case == "another skipped first":  # 0.jpg has no map: the empty set's first reason is not the id
+        _png(root / "images" / "0.jpg", _image(seed=1))
+    if case == "two ids":
+        _png(root / "images" / "b.jpg", _image(seed=1))
+        _png(root / "labels" / "b.png", np.full((H, W), 7, np.uint8))
     with pytest.raises(DatasetError) as error:
         data.load_label_map_folder(root)
     message = str(error.value)
-    assert "class id(s) [255]" in message and str(root / "classes.txt") in message and "'255 void'" in message
+    ids = "[7, 255]" if case == "two ids" else "[255]"
+    assert f"class id(s) {ids} (e.g. a.png)" in message and str(root / "classes.txt") in message
+    assert "'7 void'" in message if case == "two ids" else "'255 void'" in message
 
 
 def test_a_label_map_folder_takes_the_first_folder_that_holds_maps(tmp_path):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .label_maps import MASK_SUFFIXES, load_semantic_folder
+import numpy as np
+
+from .label_maps import MASK_SUFFIXES, load_semantic_folder, read_label_map
 from .lazy import fingerprints, path_text
 from .types import Dataset, DatasetError
 
@@ -17,6 +19,7 @@ MASK_FOLDERS = (
     "gt_semantic_2d/render_semantic_npy",
     "gt_semantic_2d/render_semantic",
 )
+UNNAMED = "are not in the class table"  # load_semantic_folder's words for an id its table lacks
 IGNORE_NAMES = ("ignore", "void")  # a class named so in classes.txt: its pixels are left out of the evaluation
 
 
@@ -72,6 +75,25 @@ def read_class_names(path: str | Path) -> tuple[dict[int, str], tuple[int, ...]]
     return table, ignored
 
 
+def _unnamed_ids(masks: Path, table: dict[int, str]) -> tuple[list[int], str]:
+    """The class ids in the label maps of ``masks`` that ``table`` does not name, and a file that holds one (read
+    only when loading failed on them: every map is read)."""
+    ids: set[int] = set()
+    example = ""
+    for path in sorted(masks.iterdir()):
+        if path.suffix.lower() not in MASK_SUFFIXES:
+            continue
+        try:
+            labels, _ = read_label_map(path, sorted(table))
+        except DatasetError:
+            continue  # an unreadable map is reported as such by the reader
+        found = set(np.unique(labels).tolist()) - set(table)
+        if found and not example:
+            example = path.name
+        ids |= found
+    return sorted(ids), example
+
+
 def _mask_folder(root: Path) -> Path | None:
     """The first of ``MASK_FOLDERS`` under ``root`` holding a label map (a file with a mask suffix)."""
     for name in MASK_FOLDERS:
@@ -108,25 +130,25 @@ def load_label_map_folder(
             "scores, not a class to look for. Ask for another class, or rename it there."
         )
 
-    def unnamed(reason: str) -> DatasetError | None:
-        found = re.search(r"class id\(s\) \[([^\]]*)\] are not in the class table", reason)
-        if found is None:
+    def unnamed() -> DatasetError | None:
+        """The ids the maps hold that ``classes.txt`` does not name, all of them in one error (None: none)."""
+        ids, example = _unnamed_ids(masks, table)
+        if not ids:
             return None
         return DatasetError(
-            f"The label maps in {masks} hold class id(s) [{found[1]}] that {root / CLASS_FILE} does not name: add a "
-            f"line for each ('<id> <name>', e.g. '{found[1].split(',')[0]} void' to leave its pixels out; a file "
-            "of names alone numbers them from 0, so use '<id> <name>' lines for other ids)."
+            f"The label maps in {masks} hold class id(s) {ids} (e.g. {example}) that {root / CLASS_FILE} does not "
+            f"name: add a line for each ('<id> <name>', e.g. '{ids[0]} void' to leave its pixels out; a file of names "
+            "alone numbers them from 0, so use '<id> <name>' lines for other ids)."
         )
 
     try:
         dataset = load_semantic_folder(
             root / "images", masks, table, ignore_ids, classes=classes, limit=limit, name=root.name, check=check
         )
-    except DatasetError as exc:
-        raise (unnamed(str(exc)) or exc) from exc
-    problem = next((p for p in (unnamed(reason) for _, reason in dataset.skipped) if p is not None), None)
-    if problem is not None:
-        raise problem
+    except DatasetError as exc:  # nothing left: say so when unnamed ids are why, whatever else was skipped first
+        raise (unnamed() or exc) from exc
+    if any(UNNAMED in reason for _, reason in dataset.skipped):
+        raise unnamed() or DatasetError(next(reason for _, reason in dataset.skipped if UNNAMED in reason))
     for ref in dataset.samples.refs:  # the names are part of each sample: an edited classes.txt is noticed later
         ref.source["classes_file"] = path_text(root / CLASS_FILE)
         ref.source["fingerprint"] = fingerprints(ref.source, "image", "mask", hashed=("classes_file",))
