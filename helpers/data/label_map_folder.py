@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
-
-from .label_maps import MASK_SUFFIXES, load_semantic_folder, read_label_map
+from .label_maps import MASK_SUFFIXES, UNNAMED, ids_outside, load_semantic_folder, read_label_map
 from .lazy import fingerprints, path_text
 from .types import Dataset, DatasetError
 
@@ -19,7 +17,6 @@ MASK_FOLDERS = (
     "gt_semantic_2d/render_semantic_npy",
     "gt_semantic_2d/render_semantic",
 )
-UNNAMED = "are not in the class table"  # load_semantic_folder's words for an id its table lacks
 IGNORE_NAMES = ("ignore", "void")  # a class named so in classes.txt: its pixels are left out of the evaluation
 
 
@@ -87,10 +84,10 @@ def _unnamed_ids(masks: Path, table: dict[int, str]) -> tuple[list[int], str]:
             labels, _ = read_label_map(path, sorted(table))
         except DatasetError:
             continue  # an unreadable map is reported as such by the reader
-        found = set(np.unique(labels).tolist()) - set(table)
+        found = ids_outside(labels, table)
         if found and not example:
             example = path.name
-        ids |= found
+        ids.update(found)
     return sorted(ids), example
 
 
@@ -149,7 +146,10 @@ def load_label_map_folder(
         raise (unnamed() or exc) from exc
     if any(UNNAMED in reason for _, reason in dataset.skipped):
         raise unnamed() or DatasetError(next(reason for _, reason in dataset.skipped if UNNAMED in reason))
-    for ref in dataset.samples.refs:  # the names are part of each sample: an edited classes.txt is noticed later
-        ref.source["classes_file"] = path_text(root / CLASS_FILE)
-        ref.source["fingerprint"] = fingerprints(ref.source, "image", "mask", hashed=("classes_file",))
+    # the names are part of each sample: classes.txt's fingerprint (read once) joins each one's, so an edit is noticed
+    named = {"classes_file": path_text(root / CLASS_FILE)}
+    recorded = fingerprints(named, hashed=("classes_file",))
+    for ref in dataset.samples.refs:
+        ref.source.update(named)
+        ref.source["fingerprint"] = {**ref.source["fingerprint"], **recorded}
     return dataset

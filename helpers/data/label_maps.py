@@ -27,6 +27,7 @@ CAMVID_CLASSES = [
     "Unlabelled",
 ]
 CAMVID_IGNORE_IDS = (11,)
+UNNAMED = "are not in the class table"  # a sample's skip reason for ids its table lacks (label_map_folder reads it)
 
 
 def snap_to_ids(values: np.ndarray, valid_ids: np.ndarray) -> np.ndarray:
@@ -237,14 +238,19 @@ def _read(ref: SampleRef) -> tuple[Sample, tuple[int, int], int]:
             f"image is {image.shape[1]}x{image.shape[0]}"
             + (f" (EXIF orientation {orientation}, not applied)" if orientation != 1 else "")
         )
-    outside = sorted(set(np.unique(labels).tolist()) - set(table))
+    outside = ids_outside(labels, table)
     if outside:
-        raise DatasetError(f"class id(s) {outside} are not in the class table (known ids: {sorted(table)})")
+        raise DatasetError(f"class id(s) {outside} {UNNAMED} (known ids: {sorted(table)})")
     ignored = np.isin(labels, list(ignore_ids)) if ignore_ids else None
     masks = {n: labels == i for i, n in table.items() if n in shared["classes"]}
     ignore = {n: ignored for n in masks} if ignored is not None and ignored.any() else {}
     instances = [Instance(part, name) for name, mask in masks.items() for part in components(mask)]
     return Sample(image_path.stem, image, masks, ignore, instances), (orientation, mask_orientation), snapped
+
+
+def ids_outside(labels: np.ndarray, table: dict[int, str]) -> list[int]:
+    """The class ids in ``labels`` that ``table`` does not name, sorted."""
+    return sorted(set(np.unique(labels).tolist()) - set(table))
 
 
 def components(mask: np.ndarray) -> list[np.ndarray]:
