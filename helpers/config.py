@@ -80,6 +80,9 @@ DEMO_SHA256 = {  # the shipped files' sums, checked on every load (helpers.demo.
     DEMO_SAM_FILE: "69e881ba413bde93ccb3fe8ec35cfd4c5b02c34a7f4a0b7ae12e96eb0d654a83",
     DEMO_CLIP_FILE: "91c89ae197e0eacb27f663c220acff3706dcca52dd2d3faffdbba56c464f32a2",
 }
+# Where the shipped files were trained (6 Dec 2026, the default command; their train_summary.json predates its "cpu"
+# record): the same bytes come out again only on a CPU of this type (docs/demo-models.md, "Byte for byte").
+DEMO_TRAINED_ON = {"model": "AMD EPYC", "kernels": "AVX512", "threads": 2}
 # 16 x 16 points suffice for shapes of radius >= 29 px on 320 x 240 images (every shape holds several
 # grid points) and take a quarter of 32 x 32's time. One crop layer (SAM's own: the image again as 2 x 2
 # overlapping crops, each at the model's full input size) shows the shapes 1.6x larger: best mask per shape

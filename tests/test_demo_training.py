@@ -752,3 +752,25 @@ def test_the_fast_scene_data_is_the_reference_data():
                     assert tensor.dtype == expected.dtype
                     np.testing.assert_array_equal(tensor.numpy(), expected.numpy())
         assert fast.bit_generator.state == slow.bit_generator.state
+
+
+def test_the_closing_note_says_why_the_bytes_differ():
+    """The command's last line: the files' match with the shipped ones and, where they differ, this run's CPU type and
+    threads beside the shipped files' (``DEMO_TRAINED_ON``): expected on another CPU type, a finding on the same one."""
+    from helpers.config import DEMO_TRAINED_ON
+    from helpers.demo.train import byte_for_byte_note
+
+    same_cpu = {"model": f"{DEMO_TRAINED_ON['model']} 7B13", "kernels": DEMO_TRAINED_ON["kernels"]}
+    both = {"sam_demo.pth": True, "clip_demo.pt": True}
+    note = byte_for_byte_note({"matches_registry": both, "cpu": same_cpu, "threads": 2})
+    assert "sam_demo.pth yes, clip_demo.pt yes" in note and "this run" not in note
+    differ = {"sam_demo.pth": False, "clip_demo.pt": True}
+    other_cpu = {"model": "Intel(R) Xeon(R) Platinum", "kernels": "AVX512"}
+    note = byte_for_byte_note({"matches_registry": differ, "cpu": other_cpu, "threads": 2})
+    assert "sam_demo.pth no" in note and "Intel(R) Xeon(R) Platinum with AVX512 kernels" in note
+    assert "as expected" in note
+    note = byte_for_byte_note({"matches_registry": differ, "cpu": same_cpu, "threads": 1})  # another thread count
+    assert "as expected" in note
+    note = byte_for_byte_note({"matches_registry": differ, "cpu": same_cpu, "threads": DEMO_TRAINED_ON["threads"]})
+    assert "with the default options the bytes should have matched" in note
+    assert "DEMO_SHA256 (helpers/config.py)" in note

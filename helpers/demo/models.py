@@ -43,7 +43,7 @@ def demo_weight_path(name: str, folder: Path = DEMO_WEIGHTS_DIR) -> Path:
             f"{path} has sha256 {digest}, expected {DEMO_SHA256[name]}: the file is damaged or from another "
             "training run. Restore it with git in a checkout, or reinstall the package (`pip install "
             "--force-reinstall --no-deps <wheel or folder>`); new weights of your own: register their sum in "
-            "DEMO_SHA256 (helpers/demo/models.py)."
+            "DEMO_SHA256 (helpers/config.py)."
         )
     remember_sha256(path, digest)  # the weights' identity in cache keys reuses this hash instead of hashing again
     return path

@@ -38,6 +38,7 @@ from segment_anything.modeling import Sam
 
 from ..checkpoints.ensure import sha256_of
 from ..clip_scoring import encode_images, encode_text
+from ..config import DEMO_TRAINED_ON
 from ..data import DEMO_CLASSES, Dataset, make_demo_dataset, make_mosaics, object_crops
 from ..files import atomic_path, write_text
 from ..masks import MaskSet, iou_from_counts, overlap_counts
@@ -672,13 +673,30 @@ def main(argv: list[str] | None = None) -> dict:
     write_text(out / "train_summary.json", json.dumps(summary, indent=1, default=str))
     print(json.dumps({k: v for k, v in summary.items() if not k.endswith("_settings")}, indent=1, default=str))
     print(f"weights in {out}")
-    same = ", ".join(f"{name} {'yes' if match else 'no'}" for name, match in summary["matches_registry"].items())
-    print(
-        f"the shipped files byte for byte: {same} (another CPU type, thread count or option trains other bytes: "
-        "docs/demo-models.md). To ship new ones: copy them into helpers/demo/weights/ and their sha256 into "
-        "DEMO_SHA256 (helpers/demo/models.py)."
-    )
+    print(byte_for_byte_note(summary))
     return summary
+
+
+def byte_for_byte_note(summary: dict) -> str:
+    """Whether a run's files are the shipped ones byte for byte, and, where they are not, the CPU type and threads it
+    ran with beside the shipped files' (``DEMO_TRAINED_ON``): what decides the bytes, besides the options."""
+    matches = summary["matches_registry"]
+    same = ", ".join(f"{name} {'yes' if match else 'no'}" for name, match in matches.items())
+    note = f"the shipped files byte for byte: {same}"
+    if matches and not all(matches.values()):
+        cpu, shipped = summary.get("cpu", {}), DEMO_TRAINED_ON
+        here = f"{cpu.get('model', '?')} with {cpu.get('kernels', '?')} kernels, {summary.get('threads')} threads"
+        there = f"{shipped['model']} with {shipped['kernels']} kernels, {shipped['threads']} threads"
+        alike = cpu.get("kernels") == shipped["kernels"] and shipped["model"] in cpu.get("model", "")
+        note += f" (this run: {here}; the shipped files: {there}" + (
+            "; the same CPU model, kernels and threads: with the default options the bytes should have matched)"
+            if alike and summary.get("threads") == shipped["threads"]
+            else ": another CPU type or thread count sums floats in another order and trains other bytes, as expected)"
+        )
+    return note + (
+        ". docs/demo-models.md says why. To ship new ones: copy them into helpers/demo/weights/ and their sha256 into "
+        "DEMO_SHA256 (helpers/config.py)."
+    )
 
 
 if __name__ == "__main__":
