@@ -238,3 +238,20 @@ def test_the_demo_profile_downloads_nothing_and_verifies_its_shipped_weights(tmp
     assert cli.main(["--verify", "--dir", str(tmp_path)]) == 1
     printed = capsys.readouterr().out
     assert "ok  " in printed and "BAD " in printed and "clip_demo.pt" in printed.split("BAD ")[1]
+
+
+def test_a_checkpoint_named_in_the_demo_profile_is_not_written_into_the_package(file_server, tmp_path, monkeypatch):
+    """``SAMCLIP_PROFILE=demo python -m helpers.checkpoints vit_b`` downloaded into the demo weights' folder, which is
+    the package's (and left a ``.lock`` there): a named checkpoint now goes where the full profile reads it."""
+    from helpers.config import DEMO_WEIGHTS_DIR
+
+    file_server.files["/mirror/demo_named.pth"] = PAYLOAD
+    register_checkpoint(Checkpoint("t_demo_named", "sam", "demo_named.pth", SHA, len(PAYLOAD), (), "sam"))
+    monkeypatch.setenv("SAMCLIP_PROFILE", "demo")
+    monkeypatch.setenv("SAMCLIP_HOME", str(tmp_path))
+    before = sorted(p.name for p in DEMO_WEIGHTS_DIR.iterdir())
+    assert cli.main(["t_demo_named", "--mirror", file_server.url + "/mirror"]) == 0
+    assert (tmp_path / "checkpoints" / "demo_named.pth").read_bytes() == PAYLOAD
+    assert sorted(p.name for p in DEMO_WEIGHTS_DIR.iterdir()) == before  # nothing written there, no .lock either
+    assert cli.main(["t_demo_named", "--dir", str(tmp_path / "mine"), "--mirror", file_server.url + "/mirror"]) == 0
+    assert (tmp_path / "mine" / "demo_named.pth").is_file()  # an explicit --dir still wins

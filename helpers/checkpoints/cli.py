@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     names = args.names or ([] if args.verify else [n for n in (config.sam_model, config.clip_model) if n in REGISTRY])
     if config.is_demo and not args.names:
         return _demo_weights(args.dir, args.verify, run_settings.DEMO_SHA256, run_settings.DEMO_WEIGHTS_DIR)
+    if config.is_demo and Path(args.dir).resolve() == Path(run_settings.DEMO_WEIGHTS_DIR).resolve():
+        # the demo profile's folder is the package's (read-only in many installs): real checkpoints named here go
+        # where the full profile reads them
+        args.dir = Path(config.root) / "checkpoints"
+        print(f"The demo profile's weights ship with the package; {', '.join(names)} go to {args.dir}, where the full "
+              "profile reads them (--dir: another folder).")  # fmt: skip
     if not names and not args.verify:
         print(f"Nothing to download for this run's models ({config.sam_model}, {config.clip_model}); name some.")
     bad = 0
