@@ -103,14 +103,34 @@ def check_output(out: Path, overwrite: bool) -> None:
         )
 
 
-def check_out_beside(images: Path, out: Path) -> None:
-    """Refuse an ``out`` inside the ``images`` folder of a recursive run: the next run would read the exported
-    copies as images to label."""
-    if out.resolve().is_relative_to(images.resolve()):  # '..' collapsed, symbolic links followed
+def check_out_beside(images: Path, out: Path, recursive: bool = True) -> None:
+    """Refuse an ``out`` that is the ``images`` folder or holds it (the exports would lie among the images, and a
+    ``--recursive`` run over them would label the exported copies), and, for a recursive run, one inside it."""
+    images_at, out_at = images.resolve(), out.resolve()  # '..' collapsed, symbolic links followed
+    if images_at.is_relative_to(out_at):
+        raise ValueError(
+            f"--out {out.absolute()} is, or holds, the image folder {images.absolute()}: the exports would lie among "
+            "the images; choose an --out outside the image folder."
+        )
+    if recursive and out_at.is_relative_to(images_at):
         raise ValueError(
             f"--out {out.absolute()} lies inside --images {images.absolute()}: with --recursive the next run would "
             "label the exported copies too; choose an --out outside the image folder."
         )
+
+
+def check_negatives(names: Sequence[str], negatives: Sequence[str]) -> tuple[str, ...]:
+    """The negative prompts left once the classes are taken out: a class may be named like a default negative
+    ("background" as a class replaces that negative), but negatives chosen by hand must not name a class."""
+    folded = {name.casefold() for name in names}
+    if tuple(negatives) != DEFAULT_NEGATIVES:
+        clash = [n for n in negatives if n.casefold() in folded]
+        if clash:
+            raise ValueError(
+                f"{', '.join(clash)} is both a class and a negative prompt (--negatives): a mask it names would be "
+                "labelled and dropped at once; leave it out of one of the two."
+            )
+    return tuple(n for n in negatives if n.casefold() not in folded)
 
 
 def autolabel(
@@ -136,8 +156,9 @@ def autolabel(
     started = time.perf_counter()
     names, chosen = parse_classes(classes), parse_formats(formats)
     out = Path(out).expanduser()
-    if recursive and not isinstance(images, Dataset):
-        check_out_beside(Path(images).expanduser(), out)
+    if not isinstance(images, Dataset):
+        check_out_beside(Path(images).expanduser(), out, recursive)
+    negatives = check_negatives(names, negatives)
     check_output(out, overwrite)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit={limit!r}: give a whole number of images, at least 1 (or None for all).")
@@ -166,8 +187,7 @@ def autolabel(
             dataset, ModelSpec.from_config(config), config.pipeline, config.cache_dir, workers, progress=progress
         )  # fills the shared cache; the results are read back below without running SAM
     results = pipeline.process_dataset(dataset, progress=progress)
-    folded = {name.casefold() for name in names}
-    selection = replace(config.selection, negatives=tuple(n for n in negatives if n.casefold() not in folded))
+    selection = replace(config.selection, negatives=negatives)
     predictions = InstancePredictions(results, pipeline.text, names, selection)
     labelled = Dataset(dataset.name, dataset.samples, names, dataset.skipped, dataset.notes)
     outputs = {}
@@ -238,13 +258,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sub-folders (images/street/0001.jpg)",
     )
     parser.add_argument("--ray", action="store_true", help="fill the cache on Ray (RAY_ADDRESS, else a local one)")
-    parser.add_argument("--workers", type=int, default=2, help="Ray workers (with --ray)")
+    parser.add_argument("--workers", type=int, default=None, help="Ray workers (with --ray; default 2)")
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="write into a non-empty --out, replacing the exports of the chosen formats (others are left as they are)",
     )
     args = parser.parse_args(argv)
+    if args.workers is not None and not args.ray:
+        parser.error("--workers counts Ray's workers: give --ray too, or leave --workers out.")
     remember_start_dir()  # relative paths in SAMCLIP_* are read from the folder this command started in
     negatives = [n.strip() for n in args.negatives.split(",") if n.strip()]
     try:
@@ -256,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             None,
             negatives,
             args.ray,
-            args.workers,
+            2 if args.workers is None else args.workers,
             args.overwrite,
             limit=args.max_images,
             recursive=args.recursive,

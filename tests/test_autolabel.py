@@ -76,6 +76,21 @@ def test_bad_requests_are_clear_errors(folder, smoke, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "full" / "keep.txt").read_text() == "mine"
     assert main(["--images", str(folder.parent), "--classes", "cat", "--out", str(tmp_path / "o")]) == 2
     assert "its sub-folders hold images (e.g. photos/" in capsys.readouterr().err
+    # --out the image folder itself, or one holding it: the exports would lie among the images (a review found
+    # `--out photos --overwrite` accepted without --recursive, and a later --recursive run labelling the copies)
+    before = sorted(folder.iterdir())
+    for out in (folder, folder.parent, folder / ".." / folder.name):
+        assert main(["--images", str(folder), "--classes", "cat", "--out", str(out), "--overwrite"]) == 2
+        assert "is, or holds, the image folder" in capsys.readouterr().err
+    assert sorted(folder.iterdir()) == before
+    # a negative chosen by hand that is also a class: its masks would be labelled and dropped at once
+    args = ["--images", str(folder), "--classes", "circle,square", "--out", str(tmp_path / "o")]
+    assert main([*args, "--negatives", "Circle,background"]) == 2
+    assert "Circle is both a class and a negative prompt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # --workers is Ray's: without --ray it did nothing, silently
+        main([*args, "--workers", "3"])
+    assert stop.value.code == 2 and "give --ray too" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_an_export_that_would_be_refused_is_refused_before_any_work(folder, smoke, tmp_path, monkeypatch, capsys):
@@ -88,7 +103,7 @@ def test_an_export_that_would_be_refused_is_refused_before_any_work(folder, smok
     monkeypatch.setattr(autolabel_module, "checkpoint_paths", lambda *a, **k: pytest.fail("models were loaded"))
     args = ["--images", str(out / "yolo"), "--classes", "circle", "--out", str(out), "--overwrite"]
     assert main(args) == 2
-    assert "holds the dataset's own file" in capsys.readouterr().err
+    assert "is, or holds, the image folder" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["yolo"] and len(list((out / "yolo").iterdir())) == 3
 
 
