@@ -102,6 +102,49 @@ def test_workers_given_no_gpu_load_on_the_cpu(tmp_path):
     assert Path(worker_spec(auto, 0).sam_checkpoint).is_absolute()
 
 
+def test_a_worker_no_node_can_take_is_refused_at_once_on_a_private_instance(spec, tmp_path, monkeypatch, capsys):
+    """`--address local --gpus-per-worker 1` on a machine without a GPU waited forever (Ray: "No available node types
+    can fulfill resource request"): a private instance is refused at once, naming the fix; a cluster that may grow gets
+    a warning. The driver's wiring checked with a stand-in for Ray that would wait forever too."""
+    from helpers.distributed import driver
+
+    check = driver.check_resources
+    check({"CPU": 2.0}, 0, 1, local=True)  # fits
+    with pytest.raises(ValueError, match=r"--gpus-per-worker 1 \(the cluster has 0 in all\).*leave --gpus-per-worker"):
+        check({"CPU": 2.0}, 1, 1, local=True)
+    with pytest.raises(ValueError, match=r"--cpus-per-worker 4 .*give --cpus-per-worker 2 or less"):
+        check({"CPU": 2.0, "GPU": 1.0}, 0.5, 4, local=True)
+    with pytest.warns(UserWarning, match="waits until the cluster adds such a node"):
+        check({"CPU": 2.0}, 1, 1, local=False)
+
+    class Ray:  # started here, 2 CPUs, no GPU; running any work would hang the test
+        data = None
+
+        def __init__(self):
+            self.started = False
+
+        def is_initialized(self):
+            return self.started
+
+        def init(self, **kwargs):
+            self.started = kwargs.get("address") == "local"
+
+        def cluster_resources(self):
+            return {"CPU": 2.0}
+
+    ray = Ray()
+    monkeypatch.setattr(driver, "_import_ray", lambda: ray)
+    with pytest.raises(ValueError, match="runs on this machine alone"):
+        process_dataset_on_ray(tmp_path, spec, SETTINGS, tmp_path / "cache", 1, gpus_per_worker=1, progress=False)
+    assert ray.started and not list((tmp_path / "cache").iterdir())  # refused before any work or marker
+    monkeypatch.setattr(driver, "process_dataset_on_ray", lambda *a, **k: check({"CPU": 2.0}, 1, 1, local=True))
+    monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
+    monkeypatch.setenv("SAMCLIP_START_DIR", "recorded, so that main()'s remember_start_dir is undone")
+    monkeypatch.delenv("SAMCLIP_START_DIR")
+    assert driver.main(["--address", "local", "--gpus-per-worker", "1", "--images", str(tmp_path)]) == 2
+    assert "error: No Ray node can take one worker" in capsys.readouterr().err  # one line, not a traceback
+
+
 def test_image_items_from_a_folder_and_a_list(tmp_path):
     for name in ("b.jpg", "a.png", "notes.txt", "c.npz"):
         (tmp_path / name).write_bytes(b"")

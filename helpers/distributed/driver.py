@@ -66,17 +66,40 @@ def _import_ray():
     return ray
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Join a Ray cluster unless this process already has: ``"local"`` starts a private instance
     here, ``"auto"`` joins the one ``ray start --head`` started, ``None`` joins ``RAY_ADDRESS`` when
-    set and starts a private instance otherwise; anything else is a cluster address (``host:6379``)."""
+    set and starts a private instance otherwise; anything else is a cluster address (``host:6379``).
+    True when it started a private instance here (its resources are all there will be)."""
     ray = _import_ray()
     if ray.is_initialized():
-        return
+        return False
     if address in (None, "local"):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
-    else:
-        ray.init(address=address)
+        return True
+    ray.init(address=address)
+    return False
+
+
+def check_resources(resources: dict, gpus_per_worker: float, cpus_per_worker: float, local: bool) -> None:
+    """Refuse a worker that a private Ray instance on this machine (``local``) can never place: Ray would wait for it
+    forever, saying only that no node type fulfils the request. Another cluster may grow (an autoscaler): a warning."""
+    asked = {"GPU": (gpus_per_worker, "--gpus-per-worker"), "CPU": (cpus_per_worker, "--cpus-per-worker")}
+    short = {key: f"{option} {wanted:g} (the cluster has {resources.get(key, 0):g} in all)"
+             for key, (wanted, option) in asked.items() if wanted and resources.get(key, 0) < wanted}  # fmt: skip
+    if not short:
+        return
+    message = f"No Ray node can take one worker: {'; '.join(short.values())}."
+    if not local:
+        warnings.warn(f"{message} The run waits until the cluster adds such a node.", stacklevel=3)
+        return
+    fixes = []
+    if "GPU" in short:
+        fixes.append("without a GPU here, leave --gpus-per-worker out (gpus_per_worker=0)")
+    if "CPU" in short:
+        fixes.append(f"give --cpus-per-worker {resources.get('CPU', 0):g} or less")
+    raise ValueError(f"{message} This Ray instance runs on this machine alone: {'; '.join(fixes)}, or join a cluster "
+                     "that has them with --address (or RAY_ADDRESS).")  # fmt: skip
 
 
 def worker_spec(model_spec: ModelSpec, gpus_per_worker: float) -> ModelSpec:
@@ -119,7 +142,8 @@ def process_dataset_on_ray(
     for path in (spec.sam_checkpoint, spec.clip_checkpoint):
         if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist (it must exist at this path on every node)")
-    connect(address)
+    private = connect(address)
+    check_resources(ray.cluster_resources(), gpus_per_worker, cpus_per_worker, local=private)
     started = time.perf_counter()
     marker = cache_dir / f".driver-{uuid.uuid4().hex}"  # do the workers see the driver's cache folder?
     marker.touch()
@@ -258,16 +282,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         images = args.images
     cache_dir = args.cache_dir or config.cache_dir
-    results = process_dataset_on_ray(
-        images,
-        spec,
-        config.pipeline,
-        cache_dir,
-        args.workers,
-        args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker,
-        address=args.address or config.ray_address,
-    )
+    try:
+        results = process_dataset_on_ray(
+            images,
+            spec,
+            config.pipeline,
+            cache_dir,
+            args.workers,
+            args.gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker,
+            address=args.address or config.ray_address,
+        )
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stats = results.stats
     per_image = np.mean(stats.image_seconds) if stats.image_seconds else float("nan")
     print(
