@@ -235,6 +235,21 @@ def test_the_trained_demo_sam_gives_the_reference_masks():
     np.testing.assert_allclose(fast.predicted_iou, reference.predicted_iou, atol=1e-4)
 
 
+def test_generate_mask_set_takes_what_load_sam_returns_and_names_anything_else():
+    """``generate_mask_set(load_sam(...), image)`` failed with "'LoadedSam' object has no attribute 'image_format'"
+    (a review as a new user): the loaded model is unwrapped; anything else is a TypeError saying what to pass."""
+    from helpers.data import make_demo_dataset
+    from helpers.demo.models import load_demo_models
+
+    sam, _ = load_demo_models("cpu")
+    image = make_demo_dataset(1, seed=78)[0].image
+    options = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    wrapped, plain = generate_mask_set(sam, image, **options), generate_mask_set(sam.model, image, **options)
+    assert len(wrapped) == len(plain) > 0 and np.array_equal(wrapped.atoms, plain.atoms)
+    with pytest.raises(TypeError, match="Expected segment_anything's Sam model .* got str: load one with"):
+        generate_mask_set("sam_vit_b_01ec64.pth", image)
+
+
 def test_no_candidates_stay_on_the_models_device():
     """A crop without candidates gives empty tensors on the model's device, not the CPU: on a GPU, torch.cat of
     those with another crop's candidates failed ("Expected all tensors to be on the same device"), found by

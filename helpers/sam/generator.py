@@ -228,6 +228,19 @@ def check_rgb_image(image: np.ndarray) -> None:
         raise ValueError(f"SAM needs an H x W x 3 uint8 RGB image, got {image.shape} {image.dtype}.")
 
 
+def sam_module(model) -> Sam:
+    """segment_anything's ``Sam`` itself, or the one inside a ``LoadedSam`` (``load_sam``'s result); a TypeError
+    naming what to pass for anything else."""
+    if isinstance(model, Sam):
+        return model
+    if isinstance(getattr(model, "model", None), Sam):
+        return model.model
+    raise TypeError(
+        f"Expected segment_anything's Sam model (or helpers.models.load_sam's result), got {type(model).__name__}: "
+        "load one with helpers.models.load_sam(...) or segment_anything.sam_model_registry[...](checkpoint)."
+    )
+
+
 def generate_mask_set_with_counts(model: Sam, image: np.ndarray, **options) -> tuple[MaskSet, GateCounts]:
     """``generate_mask_set`` (same keyword options) plus how many candidates each gate let through."""
     counts = GateCounts()
@@ -255,7 +268,9 @@ def generate_mask_set(
     """The masks of ``SamAutomaticMaskGenerator(model, **same options).generate(image)`` in the same
     order, with their predicted IoU and stability score, as a ``MaskSet`` at the image's size.
     ``precision`` "bfloat16"/"float16" runs encoder and decoder in autocast (masks change slightly).
-    ``counts``, when given, is filled with how many candidates each gate let through."""
+    ``counts``, when given, is filled with how many candidates each gate let through. ``model``: segment_anything's
+    ``Sam``, or what ``helpers.models.load_sam`` returns (its ``.model`` is taken)."""
+    model = sam_module(model)
     check_precision(precision, model.device)
     check_rgb_image(image)
     options = dict(
