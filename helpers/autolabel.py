@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -154,6 +155,7 @@ def autolabel(
     ``limit``: only the folder's first ``limit`` image files (by name); ``recursive``: the folder's sub-folders
     too (hidden ones left out), exported in the same sub-folders (``images/street/0001.jpg``)."""
     started = time.perf_counter()
+    config = config or load_config()  # a bad SAMCLIP_* setting is said now, before the images are read
     names, chosen = parse_classes(classes), parse_formats(formats)
     out = Path(out).expanduser()
     if not isinstance(images, Dataset):
@@ -174,7 +176,6 @@ def autolabel(
         left_out = max(0, len(image_files(Path(images).expanduser(), recursive)) - limit) if limit else 0
     for fmt in chosen:  # refused now, not after SAM has run on every image
         check_export_folder(dataset, out / fmt, overwrite)
-    config = config or load_config()
     if pipeline is None:
         paths = checkpoint_paths(config, progress=progress)
         pipeline = Pipeline(sam_source(config, paths), load_clip_for(config, paths), config.pipeline, config.cache_dir)
@@ -269,6 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers counts Ray's workers: give --ray too, or leave --workers out.")
     remember_start_dir()  # relative paths in SAMCLIP_* are read from the folder this command started in
     negatives = [n.strip() for n in args.negatives.split(",") if n.strip()]
+    with warnings.catch_warnings():  # a warning is one line of the command's output, not Python's file and source
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+        return _run(args, negatives)
+
+
+def _run(args: argparse.Namespace, negatives: list[str]) -> int:
     try:
         report = autolabel(
             args.images,

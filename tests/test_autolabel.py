@@ -69,7 +69,10 @@ def test_bad_requests_are_clear_errors(folder, smoke, tmp_path, capsys):
     assert main(["--images", str(folder), "--classes", "cat", "--out", str(tmp_path / "o"), "--format", "voc"]) == 2
     assert "Unknown export format" in capsys.readouterr().err
     assert main(["--images", str(tmp_path / "nowhere"), "--classes", "cat", "--out", str(tmp_path / "o")]) == 2
-    assert "not a folder of images" in capsys.readouterr().err
+    assert "is not a folder; pass the folder that holds the images" in capsys.readouterr().err
+    one = next(folder.glob("demo_*.jpg"))  # a single image: said so
+    assert main(["--images", str(one), "--classes", "cat", "--out", str(tmp_path / "o")]) == 2
+    assert "is a file: put it in a folder of its own" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert main(["--images", str(folder), "--classes", "cat", "--out", str(tmp_path / "full")]) == 2
@@ -227,3 +230,22 @@ def test_the_autolabel_benchmark_runs_and_both_labellers_agree(tmp_path):
 
     ratios = load_benchmark("bench_autolabel").main(["--quick", "--work-dir", str(tmp_path)])
     assert ratios["tiny"] > 0  # the script asserts the same labels, masks and scores itself
+
+
+def test_settings_are_checked_first_and_warnings_are_one_line(tmp_path, monkeypatch, capsys):
+    """A bad SAMCLIP_* value stopped the command only after the images had been read, and the demo CLIP's warning
+    about a word it never read printed as Python's file, line and source (a review as a new user)."""
+    monkeypatch.setenv("SAMCLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SAMCLIP_START_DIR", "recorded, so that main()'s remember_start_dir is undone")
+    monkeypatch.delenv("SAMCLIP_START_DIR")
+    monkeypatch.setenv("SAMCLIP_MAX_IMAGES", "two")
+    assert main(["--images", str(tmp_path / "nowhere"), "--classes", "cat", "--out", str(tmp_path / "o")]) == 2
+    assert "SAMCLIP_MAX_IMAGES" in capsys.readouterr().err  # said before the (missing) folder is looked at
+    monkeypatch.delenv("SAMCLIP_MAX_IMAGES")
+    monkeypatch.setenv("SAMCLIP_PROFILE", "demo")
+    images = tmp_path / "photos"
+    images.mkdir()
+    Image.fromarray(make_demo_dataset(1, 64, 80, seed=9)[0].image).save(images / "one.png")
+    assert main(["--images", str(images), "--classes", "circle,chair", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 'chair' is not a word this CLIP" in err and "UserWarning" not in err and "autolabel.py" not in err

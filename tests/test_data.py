@@ -90,6 +90,8 @@ def test_empty_dataset_and_unknown_class_are_clear_errors(tmp_path):
     images, masks = _semantic_folder(tmp_path / "x", {"a": _labels()})
     with pytest.raises(UnknownClassError, match="Known classes: floor, chair, table"):
         data.load_semantic_folder(images, masks, ["floor", "chair", "table"], classes=["sofa"])
+    with pytest.raises(UnknownClassError, match="Class names are matched as written: 'chair'\\?"):  # a case hint
+        data.load_semantic_folder(images, masks, ["floor", "chair", "table"], classes=["Chair", "sofa"])
 
 
 def test_demo_set_is_deterministic_with_exact_disjoint_masks():

@@ -23,7 +23,8 @@ def load_images(
     once now: an unreadable one is skipped and listed in ``Dataset.skipped``, never fatal."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DatasetError(f"{folder.absolute()} is not a folder of images; pass the folder that holds them.")
+        what = "a file: put it in a folder of its own and pass that" if folder.is_file() else "not a folder"
+        raise DatasetError(f"{folder.absolute()} is {what}; pass the folder that holds the images.")
     paths = image_files(folder, recursive)
     if not paths:
         deeper = None if recursive else next(iter(image_files(folder, recursive=True)), None)  # hidden ones left out
