@@ -37,7 +37,7 @@ from helpers.models.tiny import TINY_SAM, steepen_random_sam, write_tiny_checkpo
 from helpers.pipeline import Pipeline
 from helpers.regions import extract_regions
 from helpers.segmentation import generate_masks
-from helpers.selection import CLIP_LOGIT_SCALE, ImageResult, SelectionSettings, softmax
+from helpers.selection import ImageResult, SelectionSettings, softmax
 
 NEGATIVES = ("background",)
 SEED = 717  # demo images no training, tuning or test uses
@@ -46,11 +46,12 @@ SEED = 717  # demo images no training, tuning or test uses
 def per_mask_loop(clip_model: LoadedClip, regions, masks, classes: list[str]) -> list[Instance]:
     """autodistill's way: each mask alone through CLIP, the prompts encoded again for every mask."""
     names = classes + [n for n in NEGATIVES if n not in classes]
+    scale = float(clip_model.model.logit_scale.exp())  # CLIP's logits_per_image, as autodistill reads them
     winners, scores = [], []
     for region in regions:
         text = encode_text(clip_model, names, DEFAULT_TEMPLATES)
         image = encode_images(clip_model, [region], batch_size=1)[0]
-        probabilities = softmax(CLIP_LOGIT_SCALE * (text @ image)[None, :], axis=1)[0]
+        probabilities = softmax(scale * (text @ image)[None, :], axis=1)[0]
         winners.append(int(probabilities.argmax()))
         scores.append(float(probabilities.max()))
     winners, scores = np.asarray(winners), np.asarray(scores)

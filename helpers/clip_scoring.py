@@ -13,6 +13,7 @@ from .masks import MaskSet
 from .models.loading import LoadedClip
 from .precision import autocast
 from .regions import RegionSettings, extract_regions
+from .selection import CLIP_LOGIT_SCALE
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 # A small ensemble in the spirit of CLIP's ImageNet prompt engineering.
@@ -115,6 +116,10 @@ class TextEmbeddings:
     def __init__(self, model: LoadedClip, templates: Sequence[str] = DEFAULT_TEMPLATES) -> None:
         self.model, self.templates = model, tuple(templates)
         self._cache: dict[str, np.ndarray] = {}
+        # the softmax over prompts at the temperature this CLIP learnt (selection.logit_scale): 100 for OpenAI's; the
+        # demo CLIP's is about 14, and at 100 its probabilities were all 1.0
+        scale = getattr(model.model, "logit_scale", None)
+        self.logit_scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else CLIP_LOGIT_SCALE
 
     def __call__(self, names: Sequence[str]) -> np.ndarray:
         names = check_prompts(names)

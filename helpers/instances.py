@@ -5,8 +5,9 @@ image's cached SAM masks and CLIP embeddings into predicted instances for a whol
 
 1. every mask is scored against the classes plus the negative prompts (``SelectionSettings.negatives``,
    e.g. "background") and goes to the one it matches best; a mask won by a negative is dropped;
-2. its score is the softmax probability of that class over those prompts at CLIP's logit scale (100),
-   a number between 0 and 1 that compares across images (what COCOeval ranks detections by);
+2. its score is the softmax probability of that class over those prompts at the CLIP's own logit scale
+   (100 for OpenAI's, about 14 for the demo CLIP), a number between 0 and 1 that compares across images (what
+   COCOeval ranks detections by);
 3. duplicates of one object (SAM's part / whole masks) are removed by mask NMS within each class:
    from the highest score down, a mask whose IoU with a kept mask of its class exceeds ``nms_iou``
    (0.5) is dropped;
@@ -22,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .masks import MaskSet
-from .selection import CLIP_LOGIT_SCALE, ImageResult, SelectionSettings, TextEncoder, similarities, softmax
+from .selection import ImageResult, SelectionSettings, TextEncoder, logit_scale, similarities, softmax
 
 
 @dataclass
@@ -73,7 +74,7 @@ def from_result(
         return []
     negatives = [n for n in selection.negatives if n not in classes]
     sims = similarities(result.embeddings, text(classes + negatives))
-    probabilities = softmax(CLIP_LOGIT_SCALE * sims, axis=1)
+    probabilities = softmax(logit_scale(text) * sims.astype(np.float64), axis=1)  # float64: no ties at 1.0
     winner = probabilities.argmax(1)
     scores = probabilities[np.arange(len(winner)), winner]
     candidates = np.flatnonzero((winner < len(classes)) & (scores >= min_score))

@@ -17,7 +17,7 @@ import numpy as np
 from .masks import MaskSet
 
 SELECTION_MODES = ("threshold", "softmax", "top1")
-CLIP_LOGIT_SCALE = 100.0  # the temperature CLIP was trained with
+CLIP_LOGIT_SCALE = 100.0  # the temperature OpenAI's CLIP was trained with; a model's own: ``logit_scale(text)``
 DEFAULT_THRESHOLD = 0.25  # cosine similarity; the threshold sweep (notebook 03) finds a better one per class
 TextEncoder = Callable[[Sequence[str]], np.ndarray]  # names -> K x D unit embeddings (clip_scoring.TextEmbeddings)
 
@@ -117,10 +117,19 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def mask_scores(sims: np.ndarray, target: int, mode: str, negatives: Sequence[int] = ()) -> np.ndarray:
+def logit_scale(text: TextEncoder) -> float:
+    """The temperature of the softmax over prompts: the CLIP's own learnt one, which ``TextEmbeddings`` carries (100
+    for OpenAI's; the demo CLIP's about 14), else ``CLIP_LOGIT_SCALE``."""
+    return float(getattr(text, "logit_scale", CLIP_LOGIT_SCALE))
+
+
+def mask_scores(
+    sims: np.ndarray, target: int, mode: str, negatives: Sequence[int] = (), scale: float = CLIP_LOGIT_SCALE
+) -> np.ndarray:
     """One score per mask for prompt column ``target``; -inf marks masks that can never be kept.
 
-    ``negatives`` are the columns of ``sims`` that hold negative prompts (never ``target``)."""
+    ``negatives`` are the columns of ``sims`` that hold negative prompts (never ``target``); ``scale``: the softmax
+    mode's temperature (``logit_scale(text)``)."""
     if sims.shape[0] == 0:
         return np.zeros(0, np.float32)
     winner = np.argmax(sims, axis=1) == target
@@ -132,7 +141,7 @@ def mask_scores(sims: np.ndarray, target: int, mode: str, negatives: Sequence[in
             scores[beaten] = -np.inf
         return scores
     if mode == "softmax":
-        probs = softmax(CLIP_LOGIT_SCALE * sims, axis=1)[:, target]
+        probs = softmax(scale * sims, axis=1)[:, target]
         return np.where(winner, probs, -np.inf).astype(np.float32)
     if mode == "top1":
         scores = np.full(sims.shape[0], -np.inf, np.float32)
@@ -153,7 +162,7 @@ def score(
     names = prompt_columns(prompt, classes, settings.negatives)
     sims = similarities(embeddings, text(names))
     negatives = [names.index(n) for n in settings.negatives if n != prompt]  # a class may also be a negative
-    scores = mask_scores(sims, names.index(prompt), settings.mode, negatives)
+    scores = mask_scores(sims, names.index(prompt), settings.mode, negatives, logit_scale(text))
     return Scores(names, sims, scores, scores >= settings.threshold)
 
 

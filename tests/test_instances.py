@@ -109,3 +109,37 @@ def test_show_instances_draws_a_box_and_a_readable_label_per_object():
     positions = sorted(t.get_position()[1] for t in axis.texts)
     assert all(b - a >= 0.05 * 40 - 1e-9 for a, b in zip(positions, positions[1:]))  # stacked, not on top
     plt.close(figure)
+
+
+def test_scores_are_at_the_clips_own_temperature():
+    """Instance scores (and the softmax selection mode) are CLIP's zero-shot probabilities at the temperature the CLIP
+    learnt: 100 for OpenAI's, about 14 for the demo CLIP. At 100 every demo-profile score was exactly 1.0 (a review
+    as a new user): exported scores and mask AP's ranking said nothing."""
+    from helpers.clip_scoring import TextEmbeddings
+    from helpers.config import DEMO_SETTINGS
+    from helpers.data import DEMO_CLASSES, make_demo_dataset
+    from helpers.demo.models import load_demo_models
+    from helpers.pipeline import Pipeline
+    from helpers.selection import logit_scale, mask_scores
+
+    sam, clip_model = load_demo_models("cpu")
+    text = TextEmbeddings(clip_model)
+    learnt = float(clip_model.model.logit_scale.detach().exp())
+    assert logit_scale(text) == pytest.approx(learnt) and 10 < logit_scale(text) < 20
+    assert logit_scale(lambda names: None) == 100.0  # an encoder that does not say: OpenAI's
+    pipe = Pipeline(sam, clip_model, DEMO_SETTINGS)
+    scores = []
+    for sample in make_demo_dataset(3, seed=719):
+        result = pipe.process(sample.image, sample.image_id)
+        found = from_result(result, pipe.text, list(DEMO_CLASSES), SelectionSettings(negatives=("background",)))
+        scores += [i.score for i in found]
+        sims = result.embeddings @ pipe.text([*DEMO_CLASSES, "background"]).T
+        logits = logit_scale(pipe.text) * sims.astype(np.float64)
+        for i in found:  # each is its class's softmax probability at that scale
+            index = next(k for k in range(len(result.masks)) if np.array_equal(result.masks.mask(k), i.mask))
+            p = np.exp(logits[index] - logits[index].max())
+            assert i.score == pytest.approx((p / p.sum()).max(), rel=1e-5)
+    assert len(scores) >= 5 and len(set(scores)) == len(scores) and min(scores) < 0.999  # no ties at 1.0
+    sims = np.array([[0.5, 0.3], [0.4, 0.35]])
+    hot, cool = mask_scores(sims, 0, "softmax"), mask_scores(sims, 0, "softmax", scale=14.0)
+    assert cool[0] < hot[0] and cool[1] < hot[1]  # the same winners, softer probabilities
