@@ -104,19 +104,14 @@ def check_output(out: Path, overwrite: bool) -> None:
         )
 
 
-def check_out_beside(images: Path, out: Path, recursive: bool = True) -> None:
-    """Refuse an ``out`` that is the ``images`` folder or holds it (the exports would lie among the images, and a
-    ``--recursive`` run over them would label the exported copies), and, for a recursive run, one inside it."""
-    images_at, out_at = images.resolve(), out.resolve()  # '..' collapsed, symbolic links followed
-    if images_at.is_relative_to(out_at):
+def check_out_beside(images: Path, out: Path) -> None:
+    """Refuse an ``out`` that is the ``images`` folder or lies inside it: the exports would lie among the images, and
+    a ``--recursive`` run over them would label the exported copies. (An ``images`` folder inside ``out/coco`` or
+    ``out/yolo``, which an export replaces, is refused by ``check_export_folder``.)"""
+    if out.resolve().is_relative_to(images.resolve()):  # '..' collapsed, symbolic links followed
         raise ValueError(
-            f"--out {out.absolute()} is, or holds, the image folder {images.absolute()}: the exports would lie among "
-            "the images; choose an --out outside the image folder."
-        )
-    if recursive and out_at.is_relative_to(images_at):
-        raise ValueError(
-            f"--out {out.absolute()} lies inside --images {images.absolute()}: with --recursive the next run would "
-            "label the exported copies too; choose an --out outside the image folder."
+            f"--out {out.absolute()} is, or lies inside, --images {images.absolute()}: the exports would lie among the "
+            "images (and a --recursive run would label the exported copies); choose an --out outside the image folder."
         )
 
 
@@ -158,8 +153,8 @@ def autolabel(
     config = config or load_config()  # a bad SAMCLIP_* setting is said now, before the images are read
     names, chosen = parse_classes(classes), parse_formats(formats)
     out = Path(out).expanduser()
-    if not isinstance(images, Dataset):
-        check_out_beside(Path(images).expanduser(), out, recursive)
+    if not isinstance(images, Dataset) and Path(images).expanduser().is_dir():  # a missing folder: said below
+        check_out_beside(Path(images).expanduser(), out)
     negatives = check_negatives(names, negatives)
     check_output(out, overwrite)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -185,7 +180,13 @@ def autolabel(
         from .distributed import ModelSpec, process_dataset_on_ray
 
         process_dataset_on_ray(
-            dataset, ModelSpec.from_config(config), config.pipeline, config.cache_dir, workers, progress=progress
+            dataset,
+            ModelSpec.from_config(config),
+            config.pipeline,
+            config.cache_dir,
+            workers,
+            progress=progress,
+            address=config.ray_address,  # RAY_ADDRESS's cluster, else a private instance here
         )  # fills the shared cache; the results are read back below without running SAM
     results = pipeline.process_dataset(dataset, progress=progress)
     selection = replace(config.selection, negatives=negatives)

@@ -116,10 +116,13 @@ class TextEmbeddings:
     def __init__(self, model: LoadedClip, templates: Sequence[str] = DEFAULT_TEMPLATES) -> None:
         self.model, self.templates = model, tuple(templates)
         self._cache: dict[str, np.ndarray] = {}
-        # the softmax over prompts at the temperature this CLIP learnt (selection.logit_scale): 100 for OpenAI's; the
-        # demo CLIP's is about 14, and at 100 its probabilities were all 1.0
-        scale = getattr(model.model, "logit_scale", None)
-        self.logit_scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else CLIP_LOGIT_SCALE
+
+    @property
+    def logit_scale(self) -> float:
+        """The temperature this CLIP learnt, for the softmax over prompts (``selection.logit_scale``): 100 for OpenAI's;
+        the demo CLIP's is about 14 (at 100 its probabilities were all 1.0). Read from the model each time."""
+        scale = getattr(self.model.model, "logit_scale", None)
+        return float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else CLIP_LOGIT_SCALE
 
     def __call__(self, names: Sequence[str]) -> np.ndarray:
         names = check_prompts(names)

@@ -77,15 +77,19 @@ def test_bad_requests_are_clear_errors(folder, smoke, tmp_path, capsys):
     (tmp_path / "full" / "keep.txt").write_text("mine")
     assert main(["--images", str(folder), "--classes", "cat", "--out", str(tmp_path / "full")]) == 2
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "full" / "keep.txt").read_text() == "mine"
-    assert main(["--images", str(folder.parent), "--classes", "cat", "--out", str(tmp_path / "o")]) == 2
+    tree = tmp_path / "tree"  # images in sub-folders only
+    (tree / "photos").mkdir(parents=True)
+    (tree / "photos" / "a.jpg").write_bytes(next(folder.glob("demo_*.jpg")).read_bytes())
+    assert main(["--images", str(tree), "--classes", "cat", "--out", str(tmp_path / "o")]) == 2
     assert "its sub-folders hold images (e.g. photos/" in capsys.readouterr().err
-    # --out the image folder itself, or one holding it: the exports would lie among the images (a review found
+    # --out the image folder itself, or inside it: the exports would lie among the images (a review found
     # `--out photos --overwrite` accepted without --recursive, and a later --recursive run labelling the copies)
     before = sorted(folder.iterdir())
-    for out in (folder, folder.parent, folder / ".." / folder.name):
+    for out in (folder, folder / ".." / folder.name, folder / "labels"):
         assert main(["--images", str(folder), "--classes", "cat", "--out", str(out), "--overwrite"]) == 2
-        assert "is, or holds, the image folder" in capsys.readouterr().err
+        assert "is, or lies inside, --images" in capsys.readouterr().err
     assert sorted(folder.iterdir()) == before
+    autolabel_module.check_out_beside(folder, folder.parent)  # a folder holding it is fine: coco/, yolo/ beside photos/
     # a negative chosen by hand that is also a class: its masks would be labelled and dropped at once
     args = ["--images", str(folder), "--classes", "circle,square", "--out", str(tmp_path / "o")]
     assert main([*args, "--negatives", "Circle,background"]) == 2
@@ -106,7 +110,7 @@ def test_an_export_that_would_be_refused_is_refused_before_any_work(folder, smok
     monkeypatch.setattr(autolabel_module, "checkpoint_paths", lambda *a, **k: pytest.fail("models were loaded"))
     args = ["--images", str(out / "yolo"), "--classes", "circle", "--out", str(out), "--overwrite"]
     assert main(args) == 2
-    assert "is, or holds, the image folder" in capsys.readouterr().err
+    assert "holds the dataset's own file" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["yolo"] and len(list((out / "yolo").iterdir())) == 3
 
 
@@ -191,7 +195,7 @@ def test_recursive_labels_sub_folders_and_keeps_them_in_the_exports(smoke, tmp_p
     few = autolabel(photos, "circle", tmp_path / "few", "yolo", smoke, progress=False, limit=1, recursive=True)
     assert few.images == 1 and few.left_out == 2 and few.sam_runs == 0  # from the cache
     assert main([*argv[:5], str(photos / "out"), "--recursive"]) == 2
-    assert "lies inside --images" in capsys.readouterr().err and not (photos / "out").exists()
+    assert "lies inside, --images" in capsys.readouterr().err and not (photos / "out").exists()
     (tmp_path / "linked").symlink_to(photos)  # the same folder by a link, or through '..': inside it all the same
     for out in (photos / "park" / ".." / "out", tmp_path / "linked" / "out"):
         assert main([*argv[:5], str(out), "--recursive"]) == 2 and "lies inside" in capsys.readouterr().err

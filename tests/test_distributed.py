@@ -104,40 +104,52 @@ def test_workers_given_no_gpu_load_on_the_cpu(tmp_path):
 
 def test_a_worker_no_node_can_take_is_refused_at_once_on_a_private_instance(spec, tmp_path, monkeypatch, capsys):
     """`--address local --gpus-per-worker 1` on a machine without a GPU waited forever (Ray: "No available node types
-    can fulfill resource request"): a private instance is refused at once, naming the fix; a cluster that may grow gets
-    a warning. The driver's wiring checked with a stand-in for Ray that would wait forever too."""
+    can fulfill resource request"): a private instance is refused at once, naming the fix, also when called again on
+    the instance the first call started; a cluster that may grow gets a warning. Per node, not the cluster's total.
+    The driver's wiring checked with a stand-in for Ray that would wait forever too."""
+    from types import SimpleNamespace
+
     from helpers.distributed import driver
 
     check = driver.check_resources
-    check({"CPU": 2.0}, 0, 1, local=True)  # fits
-    with pytest.raises(ValueError, match=r"--gpus-per-worker 1 \(the cluster has 0 in all\).*leave --gpus-per-worker"):
-        check({"CPU": 2.0}, 1, 1, local=True)
-    with pytest.raises(ValueError, match=r"--cpus-per-worker 4 .*give --cpus-per-worker 2 or less"):
-        check({"CPU": 2.0, "GPU": 1.0}, 0.5, 4, local=True)
+    check([{"CPU": 2.0}], 0, 1, local=True)  # fits
+    with pytest.raises(ValueError, match=r"--gpus-per-worker 1 \(the largest node has 0\).*leave --gpus-per-worker"):
+        check([{"CPU": 2.0}], 1, 1, local=True)
+    with pytest.raises(ValueError, match=r"--cpus-per-worker 6 .*give --cpus-per-worker 4 or less"):
+        check([{"CPU": 4.0}, {"CPU": 4.0}], 0, 6, local=True)  # 8 CPUs in all, but no node holds 6
+    with pytest.raises(ValueError, match="not both at once"):
+        check([{"CPU": 4.0}, {"CPU": 1.0, "GPU": 1.0}], 1, 2, local=True)  # GPUs and CPUs, never on one node
     with pytest.warns(UserWarning, match="waits until the cluster adds such a node"):
-        check({"CPU": 2.0}, 1, 1, local=False)
+        check([{"CPU": 2.0}], 1, 1, local=False)
 
     class Ray:  # started here, 2 CPUs, no GPU; running any work would hang the test
         data = None
 
         def __init__(self):
-            self.started = False
+            self.started = None
 
         def is_initialized(self):
-            return self.started
+            return self.started is not None
 
-        def init(self, **kwargs):
-            self.started = kwargs.get("address") == "local"
+        def init(self, address, **kwargs):
+            self.started = address
 
-        def cluster_resources(self):
-            return {"CPU": 2.0}
+        def get_runtime_context(self):
+            return SimpleNamespace(gcs_address=f"127.0.0.1:{id(self)}")
+
+        def nodes(self):
+            return [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"GPU": 8.0}}]
 
     ray = Ray()
     monkeypatch.setattr(driver, "_import_ray", lambda: ray)
-    with pytest.raises(ValueError, match="runs on this machine alone"):
-        process_dataset_on_ray(tmp_path, spec, SETTINGS, tmp_path / "cache", 1, gpus_per_worker=1, progress=False)
-    assert ray.started and not list((tmp_path / "cache").iterdir())  # refused before any work or marker
-    monkeypatch.setattr(driver, "process_dataset_on_ray", lambda *a, **k: check({"CPU": 2.0}, 1, 1, local=True))
+    for call in range(2):  # the second call finds the instance the first started: still private, still refused
+        with pytest.raises(ValueError, match="runs on this machine alone"):
+            process_dataset_on_ray(tmp_path, spec, SETTINGS, tmp_path / "cache", 1, gpus_per_worker=1, progress=False)
+    assert ray.started == "local" and not list((tmp_path / "cache").iterdir())  # refused before any work or marker
+    joined = Ray()  # a cluster joined by address: it may grow, so a warning, not a refusal
+    monkeypatch.setattr(driver, "_import_ray", lambda: joined)
+    assert driver.connect("10.0.0.1:6379") is False and joined.started == "10.0.0.1:6379"
+    monkeypatch.setattr(driver, "process_dataset_on_ray", lambda *a, **k: check([{"CPU": 2.0}], 1, 1, local=True))
     monkeypatch.setenv("SAMCLIP_PROFILE", "smoke")
     monkeypatch.setenv("SAMCLIP_START_DIR", "recorded, so that main()'s remember_start_dir is undone")
     monkeypatch.delenv("SAMCLIP_START_DIR")

@@ -66,30 +66,42 @@ def _import_ray():
     return ray
 
 
+_PRIVATE: set[str] = set()  # the GCS addresses of the Ray instances ``connect`` started in this process
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Join a Ray cluster unless this process already has: ``"local"`` starts a private instance
-    here, ``"auto"`` joins the one ``ray start --head`` started, ``None`` joins ``RAY_ADDRESS`` when
-    set and starts a private instance otherwise; anything else is a cluster address (``host:6379``).
-    True when it started a private instance here (its resources are all there will be)."""
+    """Join a Ray cluster unless this process already has: ``"local"`` or ``None`` starts a private instance
+    here, ``"auto"`` joins the one ``ray start --head`` started; anything else is a cluster address (``host:6379``).
+    ``RAY_ADDRESS`` is read by ``helpers.config`` (``RunConfig.ray_address``): pass that to join its cluster.
+    True when this process is on a private instance that ``connect`` started (its resources are all there will be)."""
     ray = _import_ray()
-    if ray.is_initialized():
-        return False
-    if address in (None, "local"):
+    if not ray.is_initialized():
+        if address not in (None, "local"):
+            ray.init(address=address)
+            return False
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
-        return True
-    ray.init(address=address)
-    return False
+        _PRIVATE.add(_gcs_address(ray))
+    return _gcs_address(ray) in _PRIVATE
 
 
-def check_resources(resources: dict, gpus_per_worker: float, cpus_per_worker: float, local: bool) -> None:
-    """Refuse a worker that a private Ray instance on this machine (``local``) can never place: Ray would wait for it
-    forever, saying only that no node type fulfils the request. Another cluster may grow (an autoscaler): a warning."""
+def _gcs_address(ray) -> str:
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except Exception:  # an instance without a runtime context (a stand-in) is told apart by nothing else
+        return ""
+
+
+def check_resources(nodes: list[dict], gpus_per_worker: float, cpus_per_worker: float, local: bool) -> None:
+    """Refuse a worker that no node of a private Ray instance on this machine (``local``) can take: Ray would wait
+    for it forever, saying only that no node type fulfils the request. ``nodes``: each live node's resources. Another
+    cluster may grow (an autoscaler): a warning there."""
     asked = {"GPU": (gpus_per_worker, "--gpus-per-worker"), "CPU": (cpus_per_worker, "--cpus-per-worker")}
-    short = {key: f"{option} {wanted:g} (the cluster has {resources.get(key, 0):g} in all)"
-             for key, (wanted, option) in asked.items() if wanted and resources.get(key, 0) < wanted}  # fmt: skip
-    if not short:
+    if any(all(node.get(key, 0) >= wanted for key, (wanted, _) in asked.items()) for node in nodes):
         return
-    message = f"No Ray node can take one worker: {'; '.join(short.values())}."
+    largest = {key: max((node.get(key, 0) for node in nodes), default=0) for key in asked}
+    short = {key: f"{option} {wanted:g} (the largest node has {largest[key]:g})"
+             for key, (wanted, option) in asked.items() if wanted and largest[key] < wanted}  # fmt: skip
+    message = f"No Ray node can take one worker: {'; '.join(short.values()) or 'not both at once'}."
     if not local:
         warnings.warn(f"{message} The run waits until the cluster adds such a node.", stacklevel=3)
         return
@@ -97,9 +109,14 @@ def check_resources(resources: dict, gpus_per_worker: float, cpus_per_worker: fl
     if "GPU" in short:
         fixes.append("without a GPU here, leave --gpus-per-worker out (gpus_per_worker=0)")
     if "CPU" in short:
-        fixes.append(f"give --cpus-per-worker {resources.get('CPU', 0):g} or less")
+        fixes.append(f"give --cpus-per-worker {largest['CPU']:g} or less")
     raise ValueError(f"{message} This Ray instance runs on this machine alone: {'; '.join(fixes)}, or join a cluster "
-                     "that has them with --address (or RAY_ADDRESS).")  # fmt: skip
+                     "that has them with --address or RAY_ADDRESS.")  # fmt: skip
+
+
+def node_resources(ray) -> list[dict]:
+    """Each live node's resources (``ray.nodes()``)."""
+    return [dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive", True)]
 
 
 def worker_spec(model_spec: ModelSpec, gpus_per_worker: float) -> ModelSpec:
@@ -143,7 +160,7 @@ def process_dataset_on_ray(
         if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist (it must exist at this path on every node)")
     private = connect(address)
-    check_resources(ray.cluster_resources(), gpus_per_worker, cpus_per_worker, local=private)
+    check_resources(node_resources(ray), gpus_per_worker, cpus_per_worker, local=private)
     started = time.perf_counter()
     marker = cache_dir / f".driver-{uuid.uuid4().hex}"  # do the workers see the driver's cache folder?
     marker.touch()
