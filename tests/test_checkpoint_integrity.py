@@ -240,7 +240,9 @@ def test_the_demo_profile_downloads_nothing_and_verifies_its_shipped_weights(tmp
     assert "ok  " in printed and "BAD " in printed and "clip_demo.pt" in printed.split("BAD ")[1]
 
 
-def test_a_checkpoint_named_in_the_demo_profile_is_not_written_into_the_package(file_server, tmp_path, monkeypatch):
+def test_a_checkpoint_named_in_the_demo_profile_is_not_written_into_the_package(
+    file_server, tmp_path, monkeypatch, capsys
+):
     """``SAMCLIP_PROFILE=demo python -m helpers.checkpoints vit_b`` downloaded into the demo weights' folder, which is
     the package's (and left a ``.lock`` there): a named checkpoint now goes where the full profile reads it."""
     from helpers.config import DEMO_WEIGHTS_DIR
@@ -255,3 +257,9 @@ def test_a_checkpoint_named_in_the_demo_profile_is_not_written_into_the_package(
     assert sorted(p.name for p in DEMO_WEIGHTS_DIR.iterdir()) == before  # nothing written there, no .lock either
     assert cli.main(["t_demo_named", "--dir", str(tmp_path / "mine"), "--mirror", file_server.url + "/mirror"]) == 0
     assert (tmp_path / "mine" / "demo_named.pth").is_file()  # an explicit --dir still wins
+    args = ["t_demo_named", "--dir", str(tmp_path / "none"), "--mirror", file_server.url + "/gone"]
+    assert cli.main(args) == 1  # a failed download: its hint, without "try the demo profile" to someone in it
+    err = capsys.readouterr().err
+    assert "error:" in err and "yourself, any one of" in err and "No internet at all?" not in err
+    monkeypatch.setenv("SAMCLIP_PROFILE", "full")
+    assert cli.main(args) == 1 and "No internet at all? SAMCLIP_PROFILE=demo" in capsys.readouterr().err

@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 from .download import DownloadError, file_sha256, is_verified, set_aside
-from .ensure import REGISTRY, CheckpointError, check_clip_state_dict_file, ensure_checkpoint, note_first_sha256
+from .ensure import (
+    DEMO_HINT,
+    REGISTRY,
+    CheckpointError,
+    check_clip_state_dict_file,
+    ensure_checkpoint,
+    note_first_sha256,
+)
 from .stamps import remember_sha256, sha256_of
 
 
@@ -98,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             verify = "full" if args.verify else True
             print(ensure_checkpoint(name, args.dir, mirrors, drive_cache=args.drive_cache, verify=verify))
     except (CheckpointError, DownloadError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if config.is_demo:  # the hint to try the demo profile, to someone in it already
+            message = message.split(DEMO_HINT)[0].rstrip()
+        print(f"error: {message}", file=sys.stderr)
         return 1
     return 1 if bad else 0
 

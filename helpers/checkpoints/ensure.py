@@ -66,6 +66,9 @@ CLIP_REQUIRED_KEYS = (
 FIRST_SEEN = "first_seen_sha256.json"  # in the checkpoint folder: sha256 of checkpoints with none published
 
 
+DEMO_HINT = "No internet at all?"  # opens the last line of a download failure's hint (the demo profile)
+
+
 def open_clip_to_clip_state_dict(state: dict) -> dict:
     """Turn an open_clip / timm copy of OpenAI CLIP weights into ``build_model``'s key names.
 
@@ -164,7 +167,7 @@ def supply_hint(checkpoint: Checkpoint, dest_dir: Path) -> str:
             f"{dest_dir / copy.filename} (or in the mirror as {copy.filename}), or set {setting} to it."
         )
     hint += (
-        "\nNo internet at all? SAMCLIP_PROFILE=demo (`make demo` in a checkout) runs the notebooks and autolabel "
+        f"\n{DEMO_HINT} SAMCLIP_PROFILE=demo (`make demo` in a checkout) runs the notebooks and autolabel "
         "offline with the small SAM and CLIP trained on the demo shapes, shipped in the package."
     )
     return hint
