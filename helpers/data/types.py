@@ -151,8 +151,8 @@ class Dataset:
         unknown = [name for name in names if name not in self.classes]
         if unknown:
             folded = {known.casefold(): known for known in self.classes}
-            cased = {name: folded[name.casefold()] for name in unknown if name.casefold() in folded}
-            hint = f" Class names are matched as written: {', '.join(map(repr, cased.values()))}?" if cased else ""
+            cased = [folded[name.casefold()] for name in unknown if name.casefold() in folded]
+            hint = f" Class names are matched as written: {', '.join(map(repr, cased))}?" if cased else ""
             raise UnknownClassError(
                 f"Unknown class {unknown} for dataset {self.name!r}. Known classes: {', '.join(self.classes)}.{hint}"
             )

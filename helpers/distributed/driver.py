@@ -75,20 +75,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     ``RAY_ADDRESS`` is read by ``helpers.config`` (``RunConfig.ray_address``): pass that to join its cluster.
     True when this process is on a private instance that ``connect`` started (its resources are all there will be)."""
     ray = _import_ray()
-    if not ray.is_initialized():
-        if address not in (None, "local"):
-            ray.init(address=address)
-            return False
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
-        _PRIVATE.add(_gcs_address(ray))
-    return _gcs_address(ray) in _PRIVATE
-
-
-def _gcs_address(ray) -> str:
-    try:
-        return str(ray.get_runtime_context().gcs_address)
-    except Exception:  # an instance without a runtime context (a stand-in) is told apart by nothing else
-        return ""
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address in _PRIVATE
+    if address not in (None, "local"):
+        ray.init(address=address)
+        return False
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    _PRIVATE.add(ray.get_runtime_context().gcs_address)
+    return True
 
 
 def check_resources(nodes: list[dict], gpus_per_worker: float, cpus_per_worker: float, local: bool) -> None:
